@@ -1,0 +1,144 @@
+"""In-process execution of a graph: the plan is built once, then run per feed.
+
+The plan resolves each node's kernel once (device kernel, or the numpy reference) and records
+after which step each intermediate value is dead, so peak memory is the live set of the
+network, not the sum of all activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import ops
+from .errors import TaskflowError, UnsupportedOpError
+from .graph import Graph, Node
+
+
+@dataclass
+class Step:
+    node: Node
+    fn: Callable[..., Any]
+    #: Values no later step (nor the graph outputs) reads: dropped after this step.
+    release: tuple[str, ...]
+
+
+class ExecutionPlan:
+    """A graph resolved into an ordered list of kernel calls.
+
+    Parameters
+    ----------
+    graph : Graph
+        A validated graph in canonical form.
+    device : {"cpu", "gpu", "reference"}
+        Which kernels to use; ops without a kernel for the device fall back to the reference.
+    strict : bool
+        Raise instead of falling back when a device kernel is missing.
+    """
+
+    def __init__(self, graph: Graph, device: str = "cpu", strict: bool = False):
+        self.graph = graph
+        self.device = device
+        order = graph.toposort()
+        unsupported = unsupported_nodes(graph)
+        if unsupported:
+            raise unsupported_error(unsupported)
+        last_use: dict[str, int] = {}
+        for k, node in enumerate(order):
+            for name in node.inputs:
+                if name:
+                    last_use[name] = k
+        keep = set(graph.output_names) | set(graph.initializers)
+        releases: dict[int, list[str]] = {}
+        for name, k in last_use.items():
+            if name not in keep:
+                releases.setdefault(k, []).append(name)
+        for k, node in enumerate(order):
+            # outputs nobody reads (e.g. Dropout's mask) die right away
+            for o in node.outputs:
+                if o and o not in last_use and o not in keep:
+                    releases.setdefault(k, []).append(o)
+        self.steps = [
+            Step(node, ops.get(node.op).kernel(device, strict=strict), tuple(releases.get(k, ())))
+            for k, node in enumerate(order)
+        ]
+
+    def run(self, feed: Mapping[str, Any], outputs: list[str] | None = None,
+            trace: Callable[[Node, list[Any], tuple], None] | None = None) -> dict[str, Any]:
+        """Evaluate the graph on ``feed``; return the requested values by name.
+
+        ``trace(node, inputs, outputs)`` is called after each step when given (for shape and
+        FLOP accounting); it must not keep references to large arrays.
+        """
+        env: dict[str, Any] = dict(self.graph.initializers)
+        env.update(feed)
+        for step in self.steps:
+            node = step.node
+            args = [env[i] if i else None for i in node.inputs]
+            try:
+                results = ops.as_outputs(step.fn(*args, **node.attrs))
+            except TaskflowError:
+                raise
+            except Exception as exc:
+                shapes = [None if a is None else getattr(a, "shape", None) for a in args]
+                raise TaskflowError(
+                    f"node {node.name or node.op!r} ({node.op}) failed on inputs of shapes "
+                    f"{shapes}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if len(results) < sum(1 for o in node.outputs if o):
+                raise TaskflowError(
+                    f"node {node.name or node.op!r} ({node.op}) returned {len(results)} "
+                    f"outputs; the graph expects {len(node.outputs)}"
+                )
+            for name, value in zip(node.outputs, results):
+                if name:
+                    env[name] = value
+            if trace is not None:
+                trace(node, args, results)
+            for name in step.release:
+                env.pop(name, None)
+        wanted = outputs if outputs is not None else self.graph.output_names
+        return {name: env[name] for name in wanted}
+
+
+def unsupported_nodes(graph: Graph) -> list[tuple[Node, str]]:
+    """Every node taskflow cannot run, with the reason (unknown op, attribute, arity)."""
+    bad = []
+    for node in graph.nodes:
+        spec = ops.lookup(node.op)
+        if node.domain not in ("", "ai.onnx") and (spec is None or spec.domain != node.domain):
+            bad.append((node, f"domain {node.domain!r} is not supported"))
+            continue
+        if spec is None:
+            bad.append((node, "no such op in the registry"))
+            continue
+        n_inputs = max((k + 1 for k, i in enumerate(node.inputs) if i), default=0)
+        why = spec.check(n_inputs, node.attrs)
+        if why:
+            bad.append((node, why))
+    return bad
+
+
+def unsupported_error(bad: list[tuple[Node, str]]) -> UnsupportedOpError:
+    lines = [f"  {n.op} (node {n.name or '<unnamed>'!r}): {why}" for n, why in bad]
+    kinds = sorted({n.op for n, _ in bad})
+    return UnsupportedOpError(
+        f"the model uses {len(bad)} node(s) taskflow cannot run (ops: {', '.join(kinds)}):\n"
+        + "\n".join(lines)
+        + f"\nSupported ops: {', '.join(ops.names())}",
+        [(n.op, n.name) for n, _ in bad],
+    )
+
+
+def dummy_feed(graph: Graph, batch: int = 1) -> dict[str, np.ndarray]:
+    """Zero-filled inputs with every symbolic or unknown dimension set to ``batch``."""
+    feed = {}
+    for v in graph.inputs:
+        if v.shape is None:
+            raise TaskflowError(f"input {v.name!r} has no known rank; cannot build a sample")
+        shape = tuple(d if isinstance(d, int) else batch for d in v.shape)
+        feed[v.name] = np.zeros(shape, dtype=v.dtype or np.float32)
+    return feed
