@@ -17,6 +17,7 @@ from .errors import (
     ModelLoadError,
     ShapeError,
     TaskflowError,
+    ThreadBudgetError,
     UnsupportedOpError,
 )
 from .graph import Graph, Node, Value
@@ -24,7 +25,19 @@ from .model import Model, ModelInfo, NodeArg, load
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Cluster pulls in distributed: import it on first use so `import taskflow` stays light.
+    if name == "Cluster":
+        from .cluster import Cluster
+
+        return Cluster
+    raise AttributeError(f"module 'taskflow' has no attribute {name!r}")
+
+
 __all__ = [
+    "Cluster",
+    "ThreadBudgetError",
     "DTypeError",
     "Graph",
     "GraphError",

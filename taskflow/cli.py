@@ -30,6 +30,9 @@ def command(name: str, setup: Callable[[argparse.ArgumentParser], None]):
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="path to an ONNX model")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--plan", action="store_true",
+                   help="also print the thread plan for this machine (workers x threads x "
+                        "kernel threads, usable cores and where that number came from)")
 
 
 @command("info", _info_args)
@@ -49,9 +52,37 @@ def info(args: argparse.Namespace) -> int:
             "parameters": summary.parameters,
             "flops_per_sample": summary.flops_per_sample,
             "notes": summary.notes,
+            **({"thread_plan": _plan_json()} if args.plan else {}),
         }, indent=2))
     else:
         print(summary)
+        if args.plan:
+            from .threads import default_plan
+
+            plan = default_plan()
+            print(f"threads   {plan}\ncores     {plan.source}")
+    return 0
+
+
+def _plan_json() -> dict:
+    from .threads import default_plan
+
+    plan = default_plan()
+    return {"workers": plan.workers, "threads_per_worker": plan.threads_per_worker,
+            "kernel_threads": plan.kernel_threads, "usable_cores": plan.cores,
+            "source": plan.source}
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+
+
+@command("demo", _demo_args)
+def demo(args: argparse.Namespace) -> int:
+    """Classify the bundled handwritten-digits test split with the bundled CNN."""
+    from .demo import run_demo
+
+    run_demo(batch_size=args.batch_size)
     return 0
 
 

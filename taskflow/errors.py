@@ -39,3 +39,7 @@ class UnsupportedOpError(TaskflowError, NotImplementedError):
 
 class ModelLoadError(TaskflowError, ValueError):
     """A model file is corrupt, truncated, or refers to data it may not read."""
+
+
+class ThreadBudgetError(TaskflowError, ValueError):
+    """A thread plan asks for more threads than the cores this process may use."""
