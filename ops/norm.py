@@ -1,1 +1,99 @@
-"""Placeholder: filled by its family author."""
+"""Normalisations: BatchNormalization (inference), LayerNormalization, InstanceNormalization.
+
+Statistics are two-pass (mean, then the mean of squared deviations) in the input dtype, or in
+LayerNormalization's ``stash_type``; the affine parameters are cast to the input dtype so a
+float32 model stays float32 whatever dtype its initializers were stored in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from taskflow.errors import ShapeError, UnsupportedOpError
+
+from .registry import register
+
+#: ONNX TensorProto element types LayerNormalization's ``stash_type`` may name.
+_STASH_DTYPES = {1: np.float32, 10: np.float16, 11: np.float64}
+
+
+def _per_channel(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A (C,) parameter cast to x's dtype and shaped to broadcast along axis 1 of x."""
+    return p.astype(x.dtype, copy=False).reshape(-1, *(1,) * (x.ndim - 2))
+
+
+def batch_norm_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any], **attrs: Any) -> int:
+    """One multiply-add per element (the per-channel scale and shift are folded first)."""
+    return 2 * math.prod(out_shapes[0])
+
+
+@register("BatchNormalization", "norm", flops=batch_norm_flops)
+def batch_normalization(X: np.ndarray, scale: np.ndarray, B: np.ndarray,
+                        input_mean: np.ndarray, input_var: np.ndarray, *,
+                        epsilon: float = 1e-5, momentum: float = 0.9,
+                        training_mode: int = 0) -> np.ndarray:
+    """Y = (X - mean) / sqrt(var + epsilon) * scale + B, per channel (axis 1)."""
+    if training_mode:
+        raise UnsupportedOpError("BatchNormalization with training_mode=1 is not supported; "
+                                 "taskflow runs inference only (export the model in eval mode)",
+                                 [("BatchNormalization", "")])
+    if X.ndim < 2:
+        raise ShapeError(f"BatchNormalization input has shape {X.shape}; expected (N, C, ...)")
+    # Fold to one multiply-add per element, as ONNX Runtime does.
+    a = _per_channel(scale, X) / np.sqrt(_per_channel(input_var, X) + X.dtype.type(epsilon))
+    b = _per_channel(B, X) - _per_channel(input_mean, X) * a
+    return X * a + b
+
+
+def _standardize(x: np.ndarray, axes: tuple[int, ...],
+                 epsilon: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x - mean) * inv_std, mean and inv_std = 1 / sqrt(var + epsilon) over ``axes``."""
+    mean = x.mean(axis=axes, keepdims=True)
+    dev = x - mean
+    inv_std = 1 / np.sqrt((dev * dev).mean(axis=axes, keepdims=True) + x.dtype.type(epsilon))
+    return dev * inv_std, mean, inv_std
+
+
+def standardize_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any],
+                      **attrs: Any) -> int:
+    """Per element: add (mean), subtract, square, add (variance), multiply, multiply-add."""
+    return 7 * math.prod(in_shapes[0])
+
+
+@register("LayerNormalization", "norm", flops=standardize_flops)
+def layer_normalization(X: np.ndarray, Scale: np.ndarray, B: np.ndarray | None = None, *,
+                        axis: int = -1, epsilon: float = 1e-5,
+                        stash_type: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y = (X - mean) / sqrt(var + epsilon) * Scale + B, statistics over axes [axis, rank)."""
+    if not -X.ndim <= axis < X.ndim:
+        raise ShapeError(f"LayerNormalization axis={axis!r} is out of range for input shape "
+                         f"{X.shape}")
+    if stash_type not in _STASH_DTYPES:
+        raise UnsupportedOpError(f"LayerNormalization stash_type={stash_type!r} is not "
+                                 f"supported (known: {sorted(_STASH_DTYPES)})",
+                                 [("LayerNormalization", "")])
+    # Mean and InvStdDev have dtype stash_type; the arithmetic never drops below the input's
+    # own precision (a float64 input is normalised in float64). Both as in ONNX Runtime.
+    stash = np.dtype(_STASH_DTYPES[stash_type])
+    axes = tuple(range(axis % X.ndim, X.ndim))
+    x = X.astype(np.promote_types(X.dtype, stash), copy=False)
+    z, mean, inv_std = _standardize(x, axes, epsilon)
+    y = z.astype(X.dtype, copy=False) * Scale.astype(X.dtype, copy=False)
+    if B is not None:
+        y += B.astype(X.dtype, copy=False)
+    return y, mean.astype(stash, copy=False), inv_std.astype(stash, copy=False)
+
+
+@register("InstanceNormalization", "norm", flops=standardize_flops)
+def instance_normalization(X: np.ndarray, scale: np.ndarray, B: np.ndarray, *,
+                           epsilon: float = 1e-5) -> np.ndarray:
+    """Y = (X - mean) / sqrt(var + epsilon) * scale[c] + B[c], statistics per (n, c)."""
+    if X.ndim < 3:
+        raise ShapeError(f"InstanceNormalization input has shape {X.shape}; expected "
+                         "(N, C, D1, ...)")
+    z, _, _ = _standardize(X, tuple(range(2, X.ndim)), epsilon)
+    return z * _per_channel(scale, X) + _per_channel(B, X)
