@@ -50,18 +50,29 @@ class ModelInfo:
     flops_per_sample: int
     notes: list[str] = field(default_factory=list)
     flops_by_op: dict[str, int] = field(default_factory=dict)
+    #: "<before> -> <after> nodes (...)" when the graph was optimised, else "".
+    optimized: str = ""
 
     def __str__(self) -> str:
         lines = [f"model     {self.name}"]
         lines += [f"input     {v!r}" for v in self.inputs]
         lines += [f"output    {v!r}" for v in self.outputs]
-        lines.append(f"nodes     {sum(self.op_counts.values())}")
+        lines.append(f"nodes     {sum(self.op_counts.values())}"
+                     + (f" (optimised: {self.optimized})" if self.optimized else ""))
         lines.append(f"params    {self.parameters:,}")
-        lines.append(f"FLOPs     {self.flops_per_sample / 1e9:.3f} GFLOP per sample")
+        lines.append(f"FLOPs     {_si(self.flops_per_sample)}FLOP per sample")
         lines.append("ops       " + ", ".join(f"{k} x{v}" for k, v in self.op_counts.items()))
         lines.append("supported all ops")
         lines += [f"note      {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _si(n: float) -> str:
+    """``12.3 M`` style: FLOP counts span 1e3 (tiny MLPs) to 1e10 (VGG-19)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3f} {unit}"
+    return f"{n:.0f} "
 
 
 class Model:
@@ -75,6 +86,10 @@ class Model:
         Kernels to run with. ``"reference"`` runs the numpy definitions.
     strict : bool
         Refuse to fall back to the reference when a device kernel is missing.
+    optimize : bool
+        Run the graph passes (constant and BatchNorm folding, Dropout/Identity removal,
+        op+bias+activation fusion, dead-node elimination) first, like ONNX Runtime's default
+        level. ``graph`` keeps the optimised graph, ``source_graph`` the one given.
 
     Examples
     --------
@@ -83,8 +98,15 @@ class Model:
     >>> probs = model.run(None, {"data": x})[0]                 # doctest: +SKIP
     """
 
-    def __init__(self, graph: Graph, *, device: str = "cpu", strict: bool = False):
+    def __init__(self, graph: Graph, *, device: str = "cpu", strict: bool = False,
+                 optimize: bool = True):
         graph.validate()
+        self.source_graph = graph
+        self.optimize_report = None
+        if optimize:
+            from .optimize import optimize as run_passes
+
+            graph, self.optimize_report = run_passes(graph)
         self.graph = graph
         self.device = device
         self.strict = strict
@@ -198,6 +220,7 @@ class Model:
             flops_per_sample=sum(flops_by_op.values()),
             notes=list(self.graph.notes),
             flops_by_op=dict(sorted(flops_by_op.items(), key=lambda kv: -kv[1])),
+            optimized=str(self.optimize_report) if self.optimize_report else "",
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -206,15 +229,45 @@ class Model:
 
         from .onnx_export import to_onnx
 
-        onnx.save(to_onnx(self.graph), os.fspath(path))
+        # The source graph: fused taskflow-domain ops would not load in other runtimes.
+        onnx.save(to_onnx(self.source_graph), os.fspath(path))
 
     def __repr__(self) -> str:
         return (f"Model({self.graph.name!r}, inputs={self.graph.input_names}, "
                 f"outputs={self.graph.output_names}, nodes={len(self.graph.nodes)})")
 
+    # --- Dask ------------------------------------------------------------------------------------
+    def predict(self, x: Any, **kwargs: Any) -> Any:
+        """Lazy inference over a Dask array chunked along the batch: see
+        :func:`taskflow.lower.predict` for the options (``outputs``, ``mode``, ``plan``,
+        ``client``, ``chunk_size``, ``fuse``).
+
+        ``x`` is a Dask array, or a dict of input name to Dask array. Returns the single output
+        array, or a tuple of arrays for several outputs. Nothing is computed.
+
+        Examples
+        --------
+        >>> lazy = model.predict(images)                            # doctest: +SKIP
+        >>> lazy[:8].compute()                                      # doctest: +SKIP
+        """
+        from .lower import predict
+
+        return predict(self, x, **kwargs)
+
+    def to_cluster(self, client: Any) -> Model:
+        """Scatter the weights to every worker of ``client``'s cluster, once.
+
+        Later :meth:`predict` graphs reference these keys instead of carrying the weights.
+        Returns the model, so ``model.to_cluster(client).predict(x)`` reads naturally.
+        """
+        from .lower import to_cluster
+
+        to_cluster(self, client)
+        return self
+
 
 def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
-         strict: bool = False, fix_batch: bool | None = None) -> Model:
+         strict: bool = False, fix_batch: bool | None = None, optimize: bool = True) -> Model:
     """Load an ONNX model (path, bytes or ``onnx.ModelProto``) as a :class:`Model`.
 
     Parameters
@@ -225,6 +278,8 @@ def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
         Kernels to run with.
     fix_batch : bool or None
         Make a batch-1 export's batch dimension symbolic (None: where sound).
+    optimize : bool
+        Run the graph optimisation passes (default, like ONNX Runtime).
 
     Examples
     --------
@@ -236,4 +291,4 @@ def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
     from .onnx_import import load_onnx
 
     graph = load_onnx(source, fix_batch=fix_batch)
-    return Model(graph, device=device, strict=strict)
+    return Model(graph, device=device, strict=strict, optimize=optimize)

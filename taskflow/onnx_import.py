@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
@@ -65,7 +66,7 @@ def load_onnx(source: Source, *, fix_batch: bool | None = None,
     ([Value('data', float32, (N, 3, 224, 224))], ['batch dimension made symbolic ...'])
     """
     model, label = _read(source, base_dir)
-    opset = _default_opset(model, label)
+    model, opset = _default_opset(model, label)
     graph, unsupported = _convert(model, label)
     bad, notes = canonicalize(graph, opset)
     graph.notes.extend(notes)
@@ -168,15 +169,87 @@ def _load_external(model: onnx.ModelProto, label: str, folder: str | None) -> No
         t.data_location = onnx.TensorProto.DEFAULT
 
 
-def _default_opset(model: onnx.ModelProto, label: str) -> int:
+def _default_opset(model: onnx.ModelProto, label: str) -> tuple[onnx.ModelProto, int]:
+    """The model's default-domain opset, upgrading models older than MIN_OPSET to it.
+
+    A model importing no default-domain opset has only foreign-domain nodes: those are listed
+    as unsupported later, so it gets the newest opset here.
+    """
     versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     newest = onnx.defs.onnx_opset_version()
-    if not versions or not MIN_OPSET <= versions[0] <= newest:
-        found = versions[0] if versions else "none"
+    if not versions:
+        return model, newest
+    if versions[0] > newest:
         raise UnsupportedOpError(
-            f"{label} imports default-domain opset {found}; taskflow reads opsets {MIN_OPSET} "
-            f"to {newest}. Convert it with onnx.version_converter.convert_version(model, 13)")
-    return versions[0]
+            f"{label} imports default-domain opset {versions[0]}; this onnx ({onnx.__version__})"
+            f" knows opsets up to {newest}: upgrade onnx")
+    if versions[0] >= MIN_OPSET:
+        return model, versions[0]
+    return _upgrade_legacy(model, versions[0], label), MIN_OPSET
+
+
+def _upgrade_legacy(model: onnx.ModelProto, opset: int, label: str) -> onnx.ModelProto:
+    """Bring a pre-opset-7 model to opset 7 with onnx's version converter.
+
+    Where the converter fails, a model whose every op kept its schema from ``opset`` to 7
+    (e.g. ``Not``, ``Relu``) is read as opset 7 unchanged; anything else is refused.
+    """
+    model = _legacy_prelu(model)
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError/ValueError/ConvertError
+        changed = sorted({
+            n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")
+            and _since(n.op_type, opset) != _since(n.op_type, MIN_OPSET)
+        })
+        if changed:
+            raise UnsupportedOpError(
+                f"{label} imports default-domain opset {opset} and onnx's version converter "
+                f"cannot bring it to {MIN_OPSET} ({exc}); ops whose meaning changed since: "
+                f"{changed}. Re-export the model with opset >= {MIN_OPSET}") from exc
+        upgraded = onnx.ModelProto.FromString(model.SerializeToString())
+        for o in upgraded.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = MIN_OPSET
+        return upgraded
+
+
+def _legacy_prelu(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Before opset 7 a PRelu slope of shape (C,) applied per channel (axis 1); from 7 on it
+    broadcasts numpy-style from the right. Reshape such constant slopes to (C, 1, ..., 1)."""
+    prelus = [n for n in model.graph.node if n.op_type == "PRelu"]
+    if not prelus:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return model
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
+             [*inferred.graph.value_info, *inferred.graph.input]
+             if v.type.tensor_type.HasField("shape")}
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "PRelu" or node.input[1] not in inits:
+            continue
+        slope = numpy_helper.to_array(inits[node.input[1]])
+        rank = ranks.get(node.input[0], 0)
+        if slope.ndim == 1 and slope.size > 1 and rank > 2:
+            fixed = slope.reshape((slope.size,) + (1,) * (rank - 2))
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(fixed, node.input[1]))
+            for v in model.graph.input:  # IR < 4 also declares initializers as inputs
+                if v.name == node.input[1]:
+                    del v.type.tensor_type.shape.dim[:]
+                    for d in fixed.shape:
+                        v.type.tensor_type.shape.dim.add().dim_value = d
+    return model
+
+
+def _since(op: str, opset: int) -> int | None:
+    try:
+        return onnx.defs.get_schema(op, opset).since_version
+    except onnx.defs.SchemaError:
+        return None
 
 
 # --- conversion --------------------------------------------------------------------------------

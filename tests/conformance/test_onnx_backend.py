@@ -66,3 +66,4 @@ for _case in _cases.values():
             setattr(_case, _name, unittest.skip(f"known gap: {_reason}")(getattr(_case, _name)))
 
 globals().update(_cases)
+del _case, _name, _reason
