@@ -19,6 +19,15 @@ from .conv import apply_activation
 from .registry import register
 
 
+#: Half-precision types numpy has no BLAS for: products accumulate in float32 and round
+#: once at the end, as ONNX Runtime's kernels do (numpy would round after every addition).
+_HALF_KINDS = ("float16", "bfloat16")
+
+
+def _accumulate_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float32) if np.dtype(dtype).name in _HALF_KINDS else np.dtype(dtype)
+
+
 def _scaled(y: np.ndarray, factor: float) -> np.ndarray:
     # Skip the multiply when factor is 1 so y is bit-identical to the plain product.
     return y if factor == 1 else y * y.dtype.type(factor)
@@ -47,7 +56,9 @@ def gemm(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *, alpha: fl
     if a.shape[1] != b.shape[0]:
         raise ShapeError(f"Gemm inner dimensions differ: A' is {a.shape}, B' is {b.shape} "
                          f"(transA={transA}, transB={transB})")
-    y = _scaled(np.matmul(a, b.astype(a.dtype, copy=False)), alpha)
+    acc = _accumulate_dtype(a.dtype)
+    y = _scaled(np.matmul(a.astype(acc, copy=False), b.astype(acc, copy=False)), alpha)
+    y = y.astype(a.dtype, copy=False)
     if C is not None:
         y = y + _scaled(C.astype(y.dtype, copy=False), beta)
     return y
@@ -81,6 +92,9 @@ def matmul_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any], **attrs: A
 @register("MatMul", "contraction", flops=matmul_flops)
 def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Y = A @ B (numpy matmul: 1-D operands promoted, batch dimensions broadcast)."""
+    acc = _accumulate_dtype(A.dtype)
+    if acc != A.dtype:
+        return np.matmul(A.astype(acc), B.astype(acc)).astype(A.dtype)
     return np.matmul(A, B.astype(A.dtype, copy=False))
 
 
@@ -160,7 +174,8 @@ def einsum_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any], *, equatio
 def einsum(*inputs: np.ndarray, equation: str) -> np.ndarray:
     """Y = np.einsum(equation, *inputs), summing over indices absent from the output."""
     dtype = inputs[0].dtype
-    y = np.einsum(equation.replace(" ", ""), *(x.astype(dtype, copy=False) for x in inputs),
+    acc = _accumulate_dtype(dtype)
+    y = np.einsum(equation.replace(" ", ""), *(x.astype(acc, copy=False) for x in inputs),
                   optimize=True)
     y = np.asarray(y, dtype=dtype)
     # einsum may return a view of an input (a transpose, a diagonal); outputs must own memory.

@@ -26,7 +26,22 @@ from taskflow.errors import UnsupportedOpError
 os.environ.setdefault("ONNX_HOME", os.path.join(tempfile.gettempdir(), "taskflow-onnx-home"))
 
 #: Cases in taskflow's op set that it does not pass, as regex -> reason. Keep this short.
-KNOWN_GAPS: dict[str, str] = {}
+KNOWN_GAPS: dict[str, str] = {
+    r"_training_mode_|^test_training_dropout":
+        "training mode (BatchNormalization/Dropout): taskflow runs inference only",
+    r"^test_cast(like)?_.*_to_(INT4|UINT4|INT2|UINT2|FLOAT4E2M1|FLOAT8E8M0)":
+        "casting *to* sub-byte or e8m0 types is not supported (int8 is the smallest type "
+        "taskflow produces; casts from them work)",
+    r"^test_identity_(opt|sequence)_":
+        "optional and sequence values: taskflow's IR carries tensors only",
+    r"^test_maxpool_with_argmax_":
+        "MaxPool's second output (Indices) is not implemented; inference graphs do not use it",
+    r"^test_resize_.*_antialias_":
+        "Resize with antialias=1 is not implemented (nearest/linear/cubic without it are)",
+    r"^test_attention_4d_causal_fp16_expanded_":
+        "float16 rounded after every op of the expanded graph differs by 2 ulp (4.9e-4) from "
+        "the expected output, computed in float32 end to end; rtol=1e-3 is below 2 fp16 ulp",
+}
 
 
 def _gap_reason(test_name: str) -> str | None:
@@ -52,14 +67,16 @@ class ConformanceBackend(TaskflowBackend):
 
 
 backend_test = onnx.backend.test.BackendTest(ConformanceBackend, __name__)
-# Each case is generated once per device; taskflow's in-process backend is the CPU one (the
-# CUDA duplicates would only skip). GPU kernels are tested in tests/ops with pytest.mark.gpu.
-backend_test.exclude(r"_cuda$")
 _cases = backend_test.test_cases
 
 for _case in _cases.values():
     for _name in dir(_case):
         if not _name.startswith("test_"):
+            continue
+        if _name.endswith("_cuda"):
+            # Each case is generated once per device; this in-process backend is the CPU one,
+            # so the CUDA copies could only skip. GPU kernels are tested in tests/ops.
+            delattr(_case, _name)
             continue
         _reason = _gap_reason(_name)
         if _reason:
