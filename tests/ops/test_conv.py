@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import taskflow.ops as ops
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import helper
+from taskflow.ops.conv import apply_activation
 
-import ops
-from ops.conv import apply_activation
 from taskflow.errors import ShapeError, UnsupportedOpError
 
 from .oracles import (

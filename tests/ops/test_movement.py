@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from taskflow.ops import registry
 
-from ops import registry
 from taskflow.errors import ShapeError, UnsupportedOpError
 from tests.ops.oracles import run_onnx_reference
 from tests.ops.test_shape import BOTH, FAST, check, rand, shapes

@@ -15,10 +15,10 @@ import math
 
 import numpy as np
 import pytest
+import taskflow.ops as ops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ops
 from taskflow.errors import ShapeError, UnsupportedOpError
 
 from .oracles import assert_close, run_onnx_reference, run_ort

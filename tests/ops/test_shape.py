@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import taskflow.ops as ops  # noqa: F401  (registers every family)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import AttributeProto, helper, numpy_helper
+from taskflow.ops import registry
 
-import ops  # noqa: F401  (registers every family)
-from ops import registry
 from taskflow.errors import UnsupportedOpError
 from tests.ops.oracles import DEFAULT_OPSET, assert_close, run_onnx_reference, run_ort
 
