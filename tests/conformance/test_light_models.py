@@ -13,8 +13,13 @@ import pytest
 
 import taskflow as tf
 
-from .light_models import LIGHT_MODELS, dummy_input, expected_output, light_path, \
-    with_random_weights
+from .light_models import (
+    LIGHT_MODELS,
+    dummy_input,
+    expected_output,
+    light_path,
+    with_random_weights,
+)
 
 #: ORT's CPU provider (MLAS) and our kernels sum in different orders; 1e-4 relative to the
 #: largest logit is the bar the issue sets.
