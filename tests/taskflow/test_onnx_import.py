@@ -271,12 +271,33 @@ def test_unsupported_ops_are_listed_together():
     assert "fine" not in msg
 
 
-@pytest.mark.parametrize("opset", [6, 99])
-def test_opset_outside_range(opset):
+def test_opset_newer_than_onnx_is_refused():
     model = one_node_model("Relu", ["x"], ["y"], {}, [_vi("x", [2])], 13)
-    model.opset_import[0].version = opset
-    with pytest.raises(UnsupportedOpError, match=f"opset {opset}"):
+    model.opset_import[0].version = 99
+    with pytest.raises(UnsupportedOpError, match="opset 99"):
         load_onnx(model)
+
+
+def _legacy_add(b_shape: list[int]) -> onnx.ModelProto:
+    # Opset 6 Add broadcast only with broadcast=1, B aligned at `axis`; 7+ is numpy-style.
+    model = one_node_model("Add", ["a", "b"], ["y"], {"broadcast": 1, "axis": 1},
+                           [_vi("a", [2, 3, 4]), _vi("b", b_shape)], 13)
+    model.opset_import[0].version = 6
+    model.ir_version = 3
+    return model
+
+
+def test_pre_opset7_model_is_upgraded_by_onnx_version_converter():
+    graph = load_onnx(_legacy_add([3, 4]), fix_batch=False)
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    b = np.arange(12, dtype=np.float32).reshape(3, 4) * 10
+    (y,) = run_graph(graph, {"a": a, "b": b})
+    np.testing.assert_array_equal(y, a + b)
+
+
+def test_pre_opset7_form_the_converter_cannot_express_is_refused_clearly():
+    with pytest.raises(UnsupportedOpError, match=r"opset 6.*version converter.*\['Add'\]"):
+        load_onnx(_legacy_add([3]), fix_batch=False)
 
 
 def test_empty_optional_inputs_are_kept():
