@@ -307,7 +307,10 @@ class ThreadBudgetPlugin(WorkerPlugin):
         self.report: dict[str, Any] | None = None
 
     def setup(self, worker: Any = None, **kwargs: Any) -> None:
+        from .telemetry import emit_threads
+
         self.report = apply_kernel_threads(self.kernel_threads, cap_numba_pool=True)
+        emit_threads(self.report, worker=worker)  # for the dashboard's worker table
 
     def teardown(self, worker: Any = None, **kwargs: Any) -> None:
         reset_kernel_threads()  # matters for in-process workers, which share the client's
