@@ -32,6 +32,10 @@ def __getattr__(name: str):
         from .cluster import Cluster
 
         return Cluster
+    if name == "infer_zarr":  # likewise: distributed and zarr load on first use
+        from .stream import infer_zarr
+
+        return infer_zarr
     raise AttributeError(f"module 'taskflow' has no attribute {name!r}")
 
 
@@ -52,5 +56,6 @@ __all__ = [
     "UnsupportedOpError",
     "Value",
     "errors",
+    "infer_zarr",
     "load",
 ]

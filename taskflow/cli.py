@@ -75,6 +75,8 @@ def _plan_json() -> dict:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run Model.run in this process instead of Zarr -> Zarr on a cluster")
 
 
 @command("demo", _demo_args)
@@ -82,7 +84,122 @@ def demo(args: argparse.Namespace) -> int:
     """Classify the bundled handwritten-digits test split with the bundled CNN."""
     from .demo import run_demo
 
-    run_demo(batch_size=args.batch_size)
+    run_demo(batch_size=args.batch_size, mode="in-process" if args.in_process else "zarr")
+    return 0
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path to an ONNX model")
+    p.add_argument("--input", "-i", required=True, action="append", metavar="[NAME=]SRC",
+                   help="Zarr array or group (path or fsspec URL) to read; NAME=SRC per model "
+                        "input for several (repeat the option)")
+    p.add_argument("--output", "-o", required=True, metavar="DST",
+                   help="Zarr group to write, one array per model output")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run on this Dask scheduler (default: an embedded local cluster)")
+    p.add_argument("--batch-size", type=int, help="rows per model call and output chunk "
+                                                  "(default: the input's chunking)")
+    p.add_argument("--window", type=int, help="tasks in flight at most (default: 2 per worker "
+                                              "thread)")
+    p.add_argument("--resume", action="store_true", help="compute only chunks not yet done")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--rerun-failed", action="store_true",
+                   help="recompute only the chunks a previous run quarantined")
+    p.add_argument("--retries", type=int, default=2,
+                   help="extra attempts per failing chunk before quarantine (default 2)")
+    p.add_argument("--chunks-per-task", type=int,
+                   help="output chunks per task (default: grouped adaptively; 1: one each)")
+    p.add_argument("--outputs", help="comma-separated model outputs to write (default: all)")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="one updating line on stderr (bar), JSON lines on stdout, or none")
+    p.add_argument("--preprocess", metavar="JSON|MODULE:FUNC",
+                   help='declared steps, e.g. \'{"scale": "uint8", "mean": [0.485, 0.456, '
+                        '0.406], "std": [0.229, 0.224, 0.225], "layout": "NHWC->NCHW"}\', '
+                        "or an importable function fn(feed) -> feed")
+
+
+def _sources(values: list[str]) -> str | dict[str, str]:
+    named = [v.partition("=") for v in values]
+    if len(values) == 1 and not (named[0][1] and "/" not in named[0][0]
+                                 and ":" not in named[0][0]):
+        return values[0]
+    bad = [v for v, (name, sep, _) in zip(values, named) if not sep or not name]
+    if bad:
+        raise TaskflowError(f"--input {bad[0]!r}: with several inputs, give each as NAME=SRC")
+    return {name: src for name, _, src in named}
+
+
+@command("run", _run_args)
+def run(args: argparse.Namespace) -> int:
+    """Stream a Zarr dataset through a model on a Dask cluster into a Zarr group.
+
+    Exit codes: 0 every chunk done; 2 refused (bad input, existing output, resume mismatch);
+    3 some chunks quarantined after their retries (listed; ``--rerun-failed`` redoes them);
+    130 interrupted (``--resume`` finishes the job).
+    """
+    from .model import load
+    from .preprocess import preprocess_from_text
+    from .stream import EXIT_QUARANTINED, infer_zarr
+
+    preprocess = preprocess_from_text(args.preprocess) if args.preprocess else None
+    try:
+        summary = infer_zarr(
+            load(args.model), _sources(args.input), args.output, batch_size=args.batch_size,
+            window=args.window, resume=args.resume, overwrite=args.overwrite,
+            rerun_failed=args.rerun_failed, preprocess=preprocess,
+            outputs=args.outputs.split(",") if args.outputs else None, progress=args.progress,
+            client=args.scheduler, retries=args.retries, chunks_per_task=args.chunks_per_task)
+    except KeyboardInterrupt:
+        print("taskflow run: interrupted; finished chunks are kept, rerun with --resume",
+              file=sys.stderr)
+        return 130
+    if args.progress == "json":
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(summary)
+    return 0 if not summary.failed else EXIT_QUARANTINED
+
+
+def _warmup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?",
+                   help="also run this model (path or light-zoo name) once at batch 1")
+
+
+@command("warmup", _warmup_args)
+def warmup(args: argparse.Namespace) -> int:
+    """Compile the Numba cpu kernels (or load them from the on-disk cache) and say how long."""
+    import time
+
+    from .ops.cpu.warmup import warmup as compile_kernels
+
+    start = time.perf_counter()
+    compile_kernels()
+    print(f"kernels   {time.perf_counter() - start:.2f} s (compile on a cold cache, cache "
+          "load after)")
+    if args.model:
+        from .bench import resolve_model, warmup_model
+        from .model import load
+
+        first, warm = warmup_model(load(resolve_model(args.model)))
+        print(f"model     first batch-1 run {first:.2f} s, second {warm:.3f} s")
+    return 0
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path to an ONNX model, or a light-zoo name (light_resnet50)")
+    p.add_argument("--batch", type=int, default=32, help="images per run (default 32)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="kernel threads for taskflow and every peer (default 2)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="timed runs per runtime, interleaved; medians reported (default 5)")
+
+
+@command("bench", _bench_args)
+def bench(args: argparse.Namespace) -> int:
+    """Images/s of taskflow next to ONNX Runtime and PyTorch (when installed), as ratios."""
+    from .bench import bench_model
+
+    print(bench_model(args.model, batch=args.batch, threads=args.threads, repeat=args.repeat))
     return 0
 
 

@@ -3,10 +3,17 @@
 The model (``taskflow/data/digits_cnn.onnx``) and data (``digits.npz``) come with the package;
 ``workflows/digits/train.py`` made both (PyTorch training on scikit-learn's digits), so the demo
 needs neither sklearn nor torch.
+
+By default the demo is the main job in miniature: the test images (uint8, as stored) and labels
+go into a temporary Zarr group, :func:`taskflow.infer_zarr` streams them through the model on an
+embedded cluster (scaling declared as preprocessing), and the accuracy is computed from the
+*output* Zarr. ``mode="in-process"`` runs ``Model.run`` batch by batch instead.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -45,15 +52,20 @@ def _predict(model: Model, images: np.ndarray, batch_size: int) -> np.ndarray:
     ])
 
 
-def run_demo(*, batch_size: int = 64, quiet: bool = False) -> dict[str, Any]:
+def run_demo(*, batch_size: int = 64, quiet: bool = False, mode: str = "zarr",
+             workers: int | None = None) -> dict[str, Any]:
     """Classify the bundled digits test split; print one line per phase; return the figures.
 
     Parameters
     ----------
     batch_size : int
-        Images per ``Model.run`` call.
+        Images per ``Model.run`` call (per task and output chunk in ``"zarr"`` mode).
     quiet : bool
         Print nothing.
+    mode : {"zarr", "in-process"}
+        Zarr -> Zarr on an embedded :class:`taskflow.Cluster`, or in this process.
+    workers : int, optional
+        Worker processes of the embedded cluster (default: the thread plan's).
 
     Returns
     -------
@@ -65,30 +77,65 @@ def run_demo(*, batch_size: int = 64, quiet: bool = False) -> dict[str, Any]:
     --------
     >>> from taskflow.demo import run_demo
     >>> run_demo()["accuracy"] > 0.95                           # doctest: +SKIP
-    digits_cnn: loaded model (14 nodes, 13,899 parameters) in 0.02 s
+    digits_cnn: loaded model (8 nodes, 13,899 parameters) in 0.02 s
     ...
+    digits_cnn: 450 test images, accuracy 0.998, 2,104 images/s (zarr -> zarr, 2 workers)
     True
     """
     say = (lambda *a: None) if quiet else print
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size!r}")
+    if mode not in ("zarr", "in-process"):
+        raise ValueError(f"mode={mode!r}; expected 'zarr' or 'in-process'")
     t0 = time.perf_counter()
     model = load_digits_model()
     say(f"digits_cnn: loaded model ({len(model.graph.nodes)} nodes, "
         f"{model.graph.parameter_count():,} parameters) in {time.perf_counter() - t0:.2f} s")
     images, labels, test_idx = load_digits()
-    x = images[test_idx].astype(np.float32) / np.float32(PIXEL_MAX)
-    y = labels[test_idx]
-    say(f"digits_cnn: loaded {len(images)} images, {len(x)} in the test split, "
+    say(f"digits_cnn: loaded {len(images)} images, {len(test_idx)} in the test split, "
         f"batches of {batch_size}")
-    t0 = time.perf_counter()
-    predicted = _predict(model, x, batch_size)
-    seconds = time.perf_counter() - t0
+    if mode == "zarr":
+        predicted, y, seconds, mode = _zarr_job(model, images[test_idx], labels[test_idx],
+                                                batch_size, workers, say)
+    else:
+        x = images[test_idx].astype(np.float32) / np.float32(PIXEL_MAX)
+        y = labels[test_idx]
+        t0 = time.perf_counter()
+        predicted = _predict(model, x, batch_size)
+        seconds = time.perf_counter() - t0
     correct = int((predicted == y).sum())
-    result = {"model": "digits_cnn", "images": len(x), "correct": correct,
-              "accuracy": correct / len(x), "seconds": seconds,
-              "images_per_s": len(x) / seconds, "batch_size": batch_size,
-              "mode": "in-process"}
-    say(f"digits_cnn: {len(x)} test images, accuracy {result['accuracy']:.3f}, "
+    result = {"model": "digits_cnn", "images": len(y), "correct": correct,
+              "accuracy": correct / len(y), "seconds": seconds,
+              "images_per_s": len(y) / seconds, "batch_size": batch_size, "mode": mode}
+    say(f"digits_cnn: {len(y)} test images, accuracy {result['accuracy']:.3f}, "
         f"{result['images_per_s']:,.0f} images/s ({result['mode']})")
     return result
+
+
+def _zarr_job(model: Model, images: np.ndarray, labels: np.ndarray, batch_size: int,
+              workers: int | None, say: Any) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """Images -> temporary Zarr -> infer_zarr on an embedded cluster -> predictions read back
+    from the output Zarr (with the labels, from the input Zarr)."""
+    import zarr
+
+    from .cluster import Cluster
+    from .stream import infer_zarr
+
+    with tempfile.TemporaryDirectory(prefix="taskflow-demo-") as tmp:
+        src, dst = os.path.join(tmp, "digits.zarr"), os.path.join(tmp, "predictions.zarr")
+        group = zarr.open_group(src, mode="w")
+        group.create_array("input", data=images, chunks=(batch_size, *images.shape[1:]))
+        group.create_array("labels", data=labels, chunks=(batch_size,))
+        with Cluster(n_workers=workers, quiet=True) as cluster:
+            say(f"digits_cnn: embedded cluster {cluster.plan.split()}; dashboard "
+                f"{cluster.dashboard_link}")
+            summary = infer_zarr(model, src, dst, preprocess={"scale": 1 / PIXEL_MAX},
+                                 client=cluster, progress="none")
+        if not summary.ok:
+            raise RuntimeError(f"the demo job did not finish:\n{summary}")
+        say(f"digits_cnn: wrote {dst.replace(tmp, '<tmp>')}: {summary.chunks_done} chunks in "
+            f"{summary.seconds:.2f} s")
+        predicted = zarr.open_group(dst, mode="r")["output"][:].argmax(axis=1)
+        y = zarr.open_group(src, mode="r")["labels"][:]
+        mode = f"zarr -> zarr, {cluster.plan.workers} workers"
+    return predicted, y, summary.seconds, mode

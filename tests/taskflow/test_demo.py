@@ -29,8 +29,8 @@ def test_bundled_data_is_the_digits_set():
 
 
 def test_bundled_model_accuracy_on_test_split():
-    result = run_demo(batch_size=50, quiet=True)
-    assert result["images"] == 450
+    result = run_demo(batch_size=50, quiet=True, mode="in-process")
+    assert result["images"] == 450 and result["mode"] == "in-process"
     assert result["accuracy"] >= MIN_ACCURACY, result
 
 
@@ -57,13 +57,30 @@ def test_bundled_model_matches_onnxruntime():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_cli_demo_prints_accuracy_line():
+def run_cli_demo(*args: str) -> str:
     script = shutil.which("taskflow", path=str(Path(sys.executable).parent))
     cmd = [script] if script else [sys.executable, "-m", "taskflow.cli"]
-    proc = subprocess.run([*cmd, "demo", "--batch-size", "128"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([*cmd, "demo", *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_cli_demo_streams_zarr_on_a_cluster_and_scores_the_output():
+    """The main job: images in a Zarr store -> embedded cluster -> output Zarr -> accuracy."""
+    out = run_cli_demo("--batch-size", "128")
+    assert re.search(r"^digits_cnn: embedded cluster \d+ workers? x", out, re.MULTILINE), out
+    assert re.search(r"^digits_cnn: wrote <tmp>/predictions.zarr: 4 chunks in", out,
+                     re.MULTILINE), out
     m = re.search(r"^digits_cnn: 450 test images, accuracy (\d\.\d{3}), [\d,]+ images/s "
-                  r"\(in-process\)$", proc.stdout, re.MULTILINE)
-    assert m, proc.stdout
+                  r"\(zarr -> zarr, \d+ workers?\)$", out, re.MULTILINE)
+    assert m, out
+    assert float(m.group(1)) >= MIN_ACCURACY
+
+
+def test_cli_demo_in_process_prints_accuracy_line():
+    out = run_cli_demo("--batch-size", "128", "--in-process")
+    m = re.search(r"^digits_cnn: 450 test images, accuracy (\d\.\d{3}), [\d,]+ images/s "
+                  r"\(in-process\)$", out, re.MULTILINE)
+    assert m, out
     assert float(m.group(1)) >= MIN_ACCURACY
