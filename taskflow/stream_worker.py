@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -32,6 +31,7 @@ from distributed import WorkerPlugin
 
 from . import manifest as mf
 from .errors import ShapeError, TaskflowError
+from .threads import sync_numba_env
 
 #: Models kept registered on a cluster (and built in each worker) across jobs: the one in use
 #: and the one before it, so alternating jobs do not resend weights; more would pin memory.
@@ -127,25 +127,8 @@ class JobPlugin(WorkerPlugin):
         _ARRAYS.pop(self.job.token, None)
 
 
-def _numba_env_matches_pool() -> None:
-    """Keep ``NUMBA_NUM_THREADS`` equal to the pool size Numba started with.
-
-    A spawned worker imports its parent's ``__main__`` before the nanny applies the cluster's
-    environment; when that is ``taskflow``'s console script, Numba is imported then and sizes
-    its pool from the core count, and the ``NUMBA_NUM_THREADS=1`` set afterwards makes Numba's
-    next compilation raise "Cannot set NUMBA_NUM_THREADS to a different value once the threads
-    have been launched". Kernel threads are limited with ``numba.set_num_threads`` anyway
-    (:func:`taskflow.threads.ensure_kernel_threads`), so the variable only has to agree.
-    """
-    numba = sys.modules.get("numba")
-    if numba is not None:
-        n = str(numba.config.NUMBA_NUM_THREADS)
-        if os.environ.get("NUMBA_NUM_THREADS") != n:
-            os.environ["NUMBA_NUM_THREADS"] = n
-
-
 def _state(token: str) -> tuple[ChunkJob, Any, tuple, ThreadPoolExecutor]:
-    _numba_env_matches_pool()
+    sync_numba_env()  # cheap; see its docstring
     job = _JOBS.get(token)
     if job is None:
         raise TaskflowError(f"job {token} is not registered on this worker (its plugin was "

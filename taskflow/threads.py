@@ -237,12 +237,31 @@ def apply_kernel_threads(n: int, *, cap_numba_pool: bool = False) -> dict[str, A
     import numba
     from threadpoolctl import threadpool_limits
 
+    sync_numba_env()
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     if _LIMITER is not None:  # so restoring goes back to the limits before the first call
         _LIMITER.restore_original_limits()
     _LIMITER = threadpool_limits(limits=n)
     _KERNEL_THREADS = n
     return kernel_thread_report()
+
+
+def sync_numba_env() -> None:
+    """Keep ``NUMBA_NUM_THREADS`` equal to the pool size Numba started with.
+
+    A spawned worker imports its parent's ``__main__`` before the nanny applies the cluster's
+    env; when that imports taskflow, Numba sizes its pool from the core count then, and the
+    ``NUMBA_NUM_THREADS`` set afterwards makes Numba's next compile raise "Cannot set
+    NUMBA_NUM_THREADS to a different value once the threads have been launched". Kernel threads
+    are limited with ``numba.set_num_threads`` anyway, so the variable only has to agree.
+    """
+    numba = sys.modules.get("numba")
+    if numba is None:
+        return
+    n = str(numba.config.NUMBA_NUM_THREADS)
+    if os.environ.get("NUMBA_NUM_THREADS") != n:
+        _ORIGINAL_ENV.setdefault("NUMBA_NUM_THREADS", os.environ.get("NUMBA_NUM_THREADS"))
+        os.environ["NUMBA_NUM_THREADS"] = n
 
 
 def reset_kernel_threads() -> None:
