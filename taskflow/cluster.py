@@ -55,6 +55,11 @@ class Cluster:
         Per-worker memory limit, passed to ``LocalCluster`` (``"auto"``: memory / workers).
     plugins : iterable
         More Dask plugins (worker, nanny or scheduler) to register.
+    policies : list of str or taskflow.schedulers.Policy, optional
+        Scheduling policies of the taskflow scheduler plugin (names as in
+        :func:`taskflow.schedulers.policies_from_names`; ``[]``: Dask's own scheduling only).
+        Default: Dask config ``taskflow.scheduler.policies``, or, on a running scheduler
+        started with ``--preload taskflow.schedulers``, what it has.
     quiet : bool
         Do not print the one-line plan and dashboard link at start.
     threads : ThreadPlan, "static" or "auto"
@@ -87,7 +92,8 @@ class Cluster:
                  processes: bool = True, dashboard_address: str = "127.0.0.1:0",
                  memory_limit: str | int | None = "auto", plugins: Iterable[Any] = (),
                  quiet: bool = False, threads: ThreadPlan | str = "static",
-                 tune: tuple[Any, Any] | None = None, oversubscribe: bool = False):
+                 tune: tuple[Any, Any] | None = None, oversubscribe: bool = False,
+                 policies: Iterable[Any] | None = None):
         self.address = address
         self._owned: LocalCluster | None = None
         self.client: Client | None = None
@@ -106,7 +112,7 @@ class Cluster:
                     )
                 self.client = Client(address)
                 self.plan = self._remote_plan(kernel_threads, oversubscribe)
-            self._register(plugins)
+            self._register(plugins, policies)
             self.dashboard_link = self._find_dashboard_link()
         except BaseException:
             self.close()
@@ -181,23 +187,37 @@ class Cluster:
         return ThreadPlan(len(info), tpw, k, cores=cores, source=source,
                           oversubscribe=oversubscribe or len(info) * tpw * k > cores)
 
-    def _register(self, plugins: Iterable[Any]) -> None:
+    def _register(self, plugins: Iterable[Any], policies: Iterable[Any] | None = None) -> None:
         self.client.register_plugin(ThreadBudgetPlugin(self.plan.kernel_threads),
                                     name=ThreadBudgetPlugin.name)
-        # The scheduler plugin arrives with a later issue; until then this finds nothing.
         schedulers = importlib.import_module("taskflow.schedulers")
         scheduler_plugin = getattr(schedulers, "TaskflowSchedulerPlugin", None)
         if scheduler_plugin is not None:
-            try:
-                self.client.register_plugin(scheduler_plugin())
+            try:  # given policies replace a preloaded plugin; the default keeps it
+                self.client.register_plugin(scheduler_plugin() if policies is None else
+                                            scheduler_plugin(list(policies), replace=True))
             except Exception as exc:  # a remote scheduler without taskflow installed
                 if self._owned is not None:
                     raise
                 warnings.warn(f"could not register TaskflowSchedulerPlugin on {self.address}: "
                               f"{exc!r}; start that scheduler with --preload taskflow.schedulers",
                               RuntimeWarning, stacklevel=3)
+        self._register_dashboard()
         for plugin in plugins:
             self.client.register_plugin(plugin)
+
+    def _register_dashboard(self) -> None:
+        """The /taskflow page on the Dask dashboard (taskflow/dashboard.py)."""
+        from .dashboard import DashboardPlugin
+
+        try:
+            self.client.register_plugin(DashboardPlugin())
+        except Exception as exc:  # a remote scheduler without taskflow installed
+            if self._owned is not None:
+                raise
+            warnings.warn(f"could not add the /taskflow dashboard page on {self.address}: "
+                          f"{exc!r}; start that scheduler with --preload taskflow.dashboard",
+                          RuntimeWarning, stacklevel=4)
 
     # --- use ------------------------------------------------------------------------------------
     def _find_dashboard_link(self) -> str | None:

@@ -1,0 +1,199 @@
+"""What a policy sees and what it may say: read-only views and suggestions.
+
+Policies never touch ``distributed`` objects. The plugin copies the few fields they need into
+the immutable views below (``NamedTuple``: cheap to build for 10,000 tasks, and tests build
+them by hand), and applies, rejects or counts the suggestions the policies yield.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Iterator, Mapping, Set
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+Key = Hashable
+EMPTY: Mapping[Any, Any] = MappingProxyType({})
+
+
+class TaskView(NamedTuple):
+    """One task as a policy sees it.
+
+    ``priority`` is Dask's tuple ``(-user priority, generation, dask.order index)``: smaller runs
+    first. ``prefix`` is its kind (:func:`task_kind`). ``restrictions`` is the set of worker
+    addresses the task is restricted to (None: any), ``loose`` whether it may run elsewhere
+    when none of them is there. ``nbytes`` is its result's size, ``input_nbytes`` that of its
+    dependencies.
+    """
+
+    key: Key
+    prefix: str
+    state: str = "released"
+    priority: tuple = (0, 0, 0)
+    dependencies: tuple = ()
+    dependents: tuple = ()
+    annotations: Mapping[str, Any] = EMPTY
+    restrictions: frozenset | None = None
+    loose: bool = False
+    resources: Mapping[str, float] = EMPTY
+    processing_on: str | None = None
+    who_has: frozenset = frozenset()
+    nbytes: int = 0
+    input_nbytes: int = 0
+
+
+class WorkerView(NamedTuple):
+    """One worker: its threads and resources, and what the scheduler has sent it.
+
+    ``prefix_counts`` counts its processing tasks per key prefix (all of them);
+    ``candidates`` holds its lowest-priority processing tasks, lowest first: the ones a
+    balancer may move (it is not told which have started: the handshake sorts that out).
+    """
+
+    address: str
+    nthreads: int = 1
+    resources: Mapping[str, float] = EMPTY
+    status: str = "running"
+    prefix_counts: Mapping[str, int] = EMPTY
+    candidates: tuple = ()
+    nbytes: int = 0
+
+
+class Snapshot(NamedTuple):
+    """The state a policy decides from; built by the plugin for one hook call.
+
+    ``fresh`` lists the keys just submitted (``update_graph``), in submission order.
+    ``durations`` is seconds per task by key prefix (measured, else Dask's estimate);
+    ``rates`` is measured seconds per task by ``(worker, prefix)`` (EWMA, one thread).
+    ``bandwidth`` is Dask's estimate of bytes/s between workers; ``in_flight`` are keys being
+    moved; ``annotations`` is ``{name: {key: value}}`` as
+    submitted (global annotations reach every task, even those made by graph optimisation).
+    Two aggregates of ``fresh`` save policies a view per task on big graphs: ``input_kinds``,
+    the kinds of the tasks they read that existed before, and ``ready``, per kind the fresh
+    keys without restrictions whose inputs are all in memory, by priority.
+    """
+
+    now: float = 0.0
+    tasks: Mapping[Key, TaskView] = EMPTY
+    workers: Mapping[str, WorkerView] = EMPTY
+    fresh: tuple = ()
+    durations: Mapping[str, float] = EMPTY
+    rates: Mapping[tuple[str, str], float] = EMPTY
+    client: str | None = None
+    in_flight: frozenset = frozenset()
+    annotations: Mapping[str, Mapping[Key, Any]] = EMPTY
+    input_kinds: Set[str] = frozenset()
+    ready: Mapping[str, tuple] = EMPTY
+    bandwidth: float = 100e6
+
+
+class _Lazy:
+    """A value computed on first use (the snapshot's aggregates cost only when read)."""
+
+    def __init__(self, compute: Any):
+        self._compute, self._value = compute, None
+
+    def value(self) -> Any:
+        if self._value is None:
+            self._value = self._compute()
+        return self._value
+
+
+class LazySet(_Lazy, Set):
+    def __contains__(self, x: Any) -> bool:
+        return x in self.value()
+
+    def __iter__(self) -> Iterator:
+        return iter(self.value())
+
+    def __len__(self) -> int:
+        return len(self.value())
+
+
+class LazyMapping(_Lazy, Mapping):
+    def __getitem__(self, k: Any) -> Any:
+        return self.value()[k]
+
+    def __iter__(self) -> Iterator:
+        return iter(self.value())
+
+    def __len__(self) -> int:
+        return len(self.value())
+
+
+
+# --- suggestions --------------------------------------------------------------------------------
+class SetPriority(NamedTuple):
+    """Change the priority of fresh tasks ``keys`` (one suggestion for a whole job).
+
+    ``shift``, when given, is added to the task's own user priority (Dask's ``priority=``:
+    higher runs first), and ``orders``, when given, replaces each task's ``dask.order`` index
+    (parallel to ``keys``).
+    """
+
+    keys: tuple
+    shift: float | None = None
+    orders: tuple | None = None
+    reason: str = ""
+
+
+class Pin(NamedTuple):
+    """Run ``key`` only on ``workers`` (hard restriction) until the job ends or they are lost."""
+
+    key: Key
+    workers: frozenset
+    reason: str = ""
+
+
+class Unpin(NamedTuple):
+    """Lift a restriction this plugin set (its workers are gone)."""
+
+    key: Key
+    reason: str = ""
+
+
+class Place(NamedTuple):
+    """Send fresh tasks ``keys`` to ``worker`` (a loose restriction: anywhere if that worker
+    is gone; they may still be moved)."""
+
+    keys: tuple
+    worker: str
+    reason: str = ""
+
+
+class Require(NamedTuple):
+    """Run ``key`` only on workers declaring ``resources`` (e.g. ``{"GPU": 1}``)."""
+
+    key: Key
+    resources: Mapping[str, float]
+    reason: str = ""
+
+
+class Move(NamedTuple):
+    """Move a queued task from ``victim`` to ``thief`` through Dask's stealing handshake;
+    ``gain`` is the estimated makespan saving in seconds."""
+
+    key: Key
+    victim: str
+    thief: str
+    gain: float = 0.0
+    reason: str = ""
+
+
+Suggestion = SetPriority | Pin | Unpin | Place | Require | Move
+
+
+
+_TOKEN = re.compile(r"-[0-9a-f]{8,}$")
+
+
+def task_kind(name: str) -> str:
+    """A task's kind from its key name, for taskflow keys finer than Dask's key prefix.
+
+    Dask's ``key_split`` stops at the first word with a digit, so ``tf-conv1-<token>`` and
+    ``tf-fc2-<token>`` both become ``tf``; here they stay ``tf-conv1`` and ``tf-fc2``.
+
+    >>> task_kind("tf-layer1.s0-2b3c4d5e6f708192a3b4c5d6e7f8091a")
+    'tf-layer1.s0'
+    """
+    return _TOKEN.sub("", name)
