@@ -112,6 +112,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outputs", help="comma-separated model outputs to write (default: all)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="one updating line on stderr (bar), JSON lines on stdout, or none")
+    p.add_argument("--policy", metavar="NAMES",
+                   help="scheduler policies, comma-separated (e.g. 'default', "
+                        "'job-priority,throughput-balancer', 'dask' for Dask's own)")
+    p.add_argument("--report", metavar="HTML", help="save a Dask performance report of the job")
     p.add_argument("--preprocess", metavar="JSON|MODULE:FUNC",
                    help='declared steps, e.g. \'{"scale": "uint8", "mean": [0.485, 0.456, '
                         '0.406], "std": [0.229, 0.224, 0.225], "layout": "NHWC->NCHW"}\', '
@@ -137,18 +141,29 @@ def run(args: argparse.Namespace) -> int:
     3 some chunks quarantined after their retries (listed; ``--rerun-failed`` redoes them);
     130 interrupted (``--resume`` finishes the job).
     """
+    from .cluster import Cluster
+    from .dashboard import page_link, performance_report_context
     from .model import load
     from .preprocess import preprocess_from_text
+    from .schedulers import policies_from_names
     from .stream import EXIT_QUARANTINED, infer_zarr
 
     preprocess = preprocess_from_text(args.preprocess) if args.preprocess else None
+    policies = policies_from_names(args.policy) if args.policy else None
+    model, sources = load(args.model), _sources(args.input)
     try:
-        summary = infer_zarr(
-            load(args.model), _sources(args.input), args.output, batch_size=args.batch_size,
-            window=args.window, resume=args.resume, overwrite=args.overwrite,
-            rerun_failed=args.rerun_failed, preprocess=preprocess,
-            outputs=args.outputs.split(",") if args.outputs else None, progress=args.progress,
-            client=args.scheduler, retries=args.retries, chunks_per_task=args.chunks_per_task)
+        with Cluster(args.scheduler, policies=policies, quiet=True) as cluster:
+            link = page_link(cluster.dashboard_link)
+            if link and args.progress == "bar":  # stderr holds the one progress line
+                print(f"taskflow: dashboard {link}", flush=True)
+            with performance_report_context(args.report):
+                summary = infer_zarr(
+                    model, sources, args.output, batch_size=args.batch_size,
+                    window=args.window, resume=args.resume, overwrite=args.overwrite,
+                    rerun_failed=args.rerun_failed, preprocess=preprocess,
+                    outputs=args.outputs.split(",") if args.outputs else None,
+                    progress=args.progress, client=cluster, retries=args.retries,
+                    chunks_per_task=args.chunks_per_task)
     except KeyboardInterrupt:
         print("taskflow run: interrupted; finished chunks are kept, rerun with --resume",
               file=sys.stderr)

@@ -28,6 +28,7 @@ from .errors import TaskflowError
 from .sources import location, output_specs, validate_feed
 from .stream_report import FailedChunk, JobSummary, Progress
 from .stream_worker import ChunkJob, JobPlugin, run_chunks, ship_model
+from .telemetry import emit_job
 
 #: Tasks in flight per worker thread when ``window`` is not given. Queued tasks cost nothing on
 #: workers (they hold no data until they start), and two per thread keeps every thread fed while
@@ -39,6 +40,8 @@ TARGET_TASK_S = 0.2
 #: Upper bound on chunks grouped into one task.
 MAX_CHUNKS_PER_TASK = 256
 EXIT_QUARANTINED = 3
+#: Job progress events for the dashboard: each is a scheduler round trip, 2 a second is plenty.
+JOB_EVENT_INTERVAL = 0.5
 
 
 # --- client side ---------------------------------------------------------------------------------
@@ -260,6 +263,18 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
         else:
             failed[k] = error
 
+    started, last = time.time(), [0.0]
+
+    def publish(state: str, force: bool = False) -> None:
+        """Job progress for the /taskflow dashboard, at most every JOB_EVENT_INTERVAL."""
+        if not force and time.time() - last[0] < JOB_EVENT_INTERVAL:
+            return
+        last[0] = time.time()
+        # chunks that failed are retried; only those past their retries count (quarantined)
+        emit_job(job.token, total=len(todo), done=len(done), failed=0,
+                 quarantined=len(failed), in_flight=len(in_flight), started=started,
+                 state=state, client=client)
+
     fill()
     try:
         for fut, result in pending:
@@ -284,7 +299,9 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
             fut.release()
             fill()
             report.update(len(done), len(failed), out["samples"])
+            publish("running")
         report.update(len(done), len(failed), out["samples"], force=True)
+        publish("failed" if failed else "done", force=True)
     except BaseException:
         client.cancel(list(pending.futures), force=True)
         raise

@@ -302,3 +302,26 @@ def test_telemetry_is_a_no_op_outside_workers_and_clients():
     subprocess.run([sys.executable, "-c", code], check=True)
     assert telemetry.emit_chunk("j", (1, 2), 1, 0.1) is False  # distributed loaded, no worker
     assert telemetry._chunk_id((1, 2)) == [1, 2] and telemetry._plain({"a": (1, object)})
+
+
+def test_a_real_streaming_job_is_on_the_page(cluster, tmp_path):
+    """infer_zarr's own telemetry (not a stand-in job) reaches /taskflow/json."""
+    from tests.taskflow.stream_helpers import digits_images, digits_model, write_array
+
+    images = digits_images(512)
+    src = write_array(tmp_path / "in.zarr", images, chunk=16)
+    summary = tf.infer_zarr(digits_model(), src, tmp_path / "out.zarr", client=cluster,
+                            preprocess={"scale": 1 / 16}, progress="none", chunks_per_task=1)
+    assert summary.samples == 512 and not summary.failed
+    url = page_url(cluster) + "/json"
+
+    def finished_job():
+        jobs = get_json(url)["jobs"]
+        return next((j for j in jobs.values() if j["total"] == 32 and j["state"] == "done"),
+                    None)
+
+    job = wait_for(finished_job, what="the streaming job's final progress on /taskflow/json")
+    assert job["done"] == 32 and job["quarantined"] == 0 and job["samples"] == 512
+    workers = get_json(url)["workers"]
+    assert sum(w["samples"] for w in workers.values()) >= 512
+    assert sum(1 for w in workers.values() if w["chunks"] > 0) == 2  # both workers computed

@@ -271,12 +271,35 @@ def test_cli_run_on_an_existing_scheduler_with_a_progress_bar(tmp_path, cluster,
     assert bar.rsplit("\r", 1)[-1].startswith("taskflow: 8/8 chunks  200 samples")
     assert re.search(r"ETA \d+:\d\d", bar)
     lines = proc.stdout.splitlines()
+    # the dashboard page first (before any work), then the summary
+    assert lines[0] == "taskflow: dashboard " + \
+        cluster.client.dashboard_link.replace("/status", "/taskflow"), lines
     assert re.match(r"taskflow run: 200 samples in 8 chunks \(0 already done, 8 in all\) in "
-                    r"[\d.]+ s, [\d,]+ samples/s; 0 failed; \d+ tasks$", lines[0]), lines
-    assert lines[1] == f"output {tmp_path / 'out.zarr'}; dashboard " \
+                    r"[\d.]+ s, [\d,]+ samples/s; 0 failed; \d+ tasks$", lines[1]), lines
+    assert lines[2] == f"output {tmp_path / 'out.zarr'}; dashboard " \
                        f"{cluster.client.dashboard_link}"
     (want,) = reference(digits, {"input": images}, 25, SCALE)
     assert zarr.open_group(tmp_path / "out.zarr")["output"][:].tobytes() == want.tobytes()
+
+
+def test_cli_run_with_policies_and_a_performance_report(tmp_path, cluster, digits):
+    src = write_array(tmp_path / "src.zarr", digits_images(100), 25)
+    address = cluster.client.scheduler.address
+    report = tmp_path / "report.html"
+    proc = run_cli(MODEL, "--input", src, "--output", str(tmp_path / "out.zarr"),
+                   "--scheduler", address, "--preprocess", '{"scale": 0.0625}',
+                   "--policy", "job-priority,throughput-balancer", "--report", str(report),
+                   "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "Dask Performance Report" in report.read_text()
+    active = cluster.client.run_on_scheduler(
+        lambda dask_scheduler: [p.name for p in dask_scheduler.plugins["taskflow"].policies])
+    assert active == ["job-priority", "throughput-balancer"]
+    bad = run_cli(MODEL, "--input", src, "--output", str(tmp_path / "o2.zarr"),
+                  "--scheduler", address, "--policy", "fastest-please")
+    assert bad.returncode == 2 and "fastest-please" in bad.stderr
+    assert "job-priority" in bad.stderr  # lists what exists
+    assert not (tmp_path / "o2.zarr").exists()
 
 
 @pytest.mark.parametrize("spec, text", [
