@@ -70,7 +70,8 @@ def __getattr__(name: str) -> Any:
 
 
 def dask_setup(scheduler: Any) -> None:
-    """``--preload`` entry point: register the plugin with the configured policies.
+    """``--preload`` entry point: register the plugin with the configured policies, and the
+    ``/taskflow`` dashboard page that shows what it decides.
 
     Preloaded into anything but a scheduler (``dask worker --preload ...``) it does nothing.
     """
@@ -81,6 +82,9 @@ def dask_setup(scheduler: Any) -> None:
     if isinstance(scheduler, Scheduler):
         scheduler.add_plugin(TaskflowSchedulerPlugin(), name=TaskflowSchedulerPlugin.name,
                              idempotent=True)
+        from taskflow.dashboard import dask_setup as attach_dashboard_page
+
+        attach_dashboard_page(scheduler)
 
 
 def job(name: str | None = None, priority: str | int = "interactive", *,

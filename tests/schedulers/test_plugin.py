@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 import dask.array as da
 import pytest
@@ -220,6 +221,10 @@ def test_preload_registers_the_plugin_on_a_scheduler_process(tmp_path):
             names = client.run_on_scheduler(policy_names)
             assert names == ["job-priority", "locality"]
             assert metrics(client)["policies"]["locality"]["errors"] == 0
+            # the /taskflow page comes with it
+            page = client.dashboard_link.replace("/status", "/taskflow/json")
+            with urllib.request.urlopen(page, timeout=10) as resp:
+                assert json.load(resp)["policies"]["plugin"] is True
     finally:
         proc.terminate()
         proc.wait(10)
