@@ -41,3 +41,5 @@ __all__ = [
     "register_lazy",
     "specs",
 ]
+
+from . import cpu  # noqa: E402, F401  (Numba/BLAS "cpu" kernels register themselves)

@@ -141,7 +141,9 @@ class Model:
                 f"unknown output name(s) {bad}; the model's outputs are {sorted(known)}"
             )
         values = self._plan.run(feed, wanted)
-        return [np.asarray(values[n]) if self.device != "gpu" else values[n] for n in wanted]
+        # C order, as ONNX Runtime returns: cpu kernels may hand on channels-last views
+        return [np.asarray(values[n], order="C") if self.device != "gpu" else values[n]
+                for n in wanted]
 
     def check_feed(self, input_feed: Mapping[str, Any]) -> dict[str, Any]:
         """Validate names, dtypes and shapes of a feed (symbolic dims must agree across inputs)."""

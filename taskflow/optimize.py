@@ -233,6 +233,82 @@ def fold_batchnorm(graph: Graph) -> Graph:
     return eliminate_dead(g)
 
 
+def fold_channel_affine(graph: Graph) -> Graph:
+    """Fold a per-channel constant Mul or Add into the Conv or BatchNormalization before it.
+
+    ``conv(x, W, B) * s = conv(x, W * s, B * s)`` and ``conv(x, W, B) + c = conv(x, W, B + c)``
+    per output channel (ONNX Runtime's ConvMulFusion / ConvAddFusion); likewise a
+    BatchNormalization's scale and bias absorb them. DenseNet-121 and Inception-style exports
+    write BatchNorm as such Mul/Add pairs after a Conv (or after another BatchNorm); folded,
+    the Conv is left with a bias and an activation that :func:`fuse_epilogues` then fuses.
+    Weights are rescaled in float64 and rounded once, as in :func:`fold_batchnorm`.
+    """
+    g = graph.copy()
+    while True:
+        consumers = g.consumers()
+        producers = g.producers()
+        done = next((n for n in g.nodes if _fold_affine_one(g, n, consumers, producers)), None)
+        if done is None:
+            return eliminate_dead(g)
+        g.nodes = [n for n in g.nodes if n is not done]
+
+
+def _fold_affine_one(g: Graph, node: Node, consumers: dict, producers: dict) -> bool:
+    if node.op not in ("Mul", "Add") or len(node.inputs) != 2 or len(node.outputs) != 1:
+        return False
+    for k in (0, 1):
+        src, c = node.inputs[k], _const(g, node.inputs[1 - k])
+        prod = producers.get(src)
+        if c is None or prod is None or _single_consumer(g, src, consumers) is not node \
+                or len([o for o in prod.outputs if o]) != 1:
+            continue
+        folded = _fold_into(g, prod, node.op, c)
+        if folded is None:
+            continue
+        names = [g.unique_name(f"{prod.inputs[i]}_{node.op.lower()}fold") for i in folded]
+        for i, name in zip(folded, names):
+            g.initializers[name] = folded[i]
+        prod.inputs = list(prod.inputs) + [""] * (max(folded) + 1 - len(prod.inputs))
+        for i, name in zip(folded, names):
+            prod.inputs[i] = name
+        prod.outputs = [node.outputs[0]]
+        return True
+    return False
+
+
+def _fold_into(g: Graph, prod: Node, op: str, c: np.ndarray) -> dict[int, np.ndarray] | None:
+    """New constants (by input slot) of ``prod`` absorbing ``* c`` or ``+ c``, or None."""
+    if prod.op == "Conv":
+        w = _const(g, prod.inputs[1]) if len(prod.inputs) > 1 else None
+        if w is None or w.dtype != np.float32 or c.dtype != w.dtype:
+            return None
+        has_b = len(prod.inputs) > 2 and bool(prod.inputs[2])
+        b = _const(g, prod.inputs[2]) if has_b else np.zeros(w.shape[0], w.dtype)
+        vec = _per_channel(c, w.shape[0], w.ndim)
+        if b is None or vec is None:
+            return None
+        b64, v64 = b.astype(np.float64), vec.astype(np.float64)
+        if op == "Add":
+            return {2: (b64 + v64).astype(w.dtype)}
+        scaled = w.astype(np.float64) * v64.reshape(-1, *(1,) * (w.ndim - 1))
+        return {1: scaled.astype(w.dtype), 2: (b64 * v64).astype(w.dtype)}
+    if prod.op == "BatchNormalization" and not prod.attrs.get("training_mode", 0):
+        params = [_const(g, name) for name in prod.inputs[1:5]]
+        value = g.values.get(prod.outputs[0])
+        if any(p is None for p in params) or value is None or value.shape is None:
+            return None
+        scale, bias = params[0], params[1]
+        vec = _per_channel(c, scale.shape[0], len(value.shape))
+        if vec is None or c.dtype != scale.dtype or bias.dtype != scale.dtype:
+            return None
+        v64 = vec.astype(np.float64)
+        if op == "Add":
+            return {2: (bias.astype(np.float64) + v64).astype(bias.dtype)}
+        return {1: (scale.astype(np.float64) * v64).astype(scale.dtype),
+                2: (bias.astype(np.float64) * v64).astype(bias.dtype)}
+    return None
+
+
 #: Ops a fused Conv/Gemm/MatMul kernel can apply as its epilogue, with how to read their
 #: parameters into ``activation_params`` (ONNX Runtime's FusedConv convention).
 FUSABLE_ACTIVATIONS: dict[str, Callable[[Node, Graph], list[float] | None]] = {
@@ -391,11 +467,12 @@ def eliminate_dead(graph: Graph) -> Graph:
 # --- driver --------------------------------------------------------------------------------------
 
 #: The passes ``optimize`` runs, in order. Folding first exposes constant weights to the
-#: BatchNorm fold; fusion runs last so it sees the folded Conv biases.
+#: BatchNorm and Mul/Add folds; fusion runs last so it sees the folded Conv biases.
 PASSES: dict[str, Callable[[Graph], Graph]] = {
     "fold_constants": fold_constants,
     "remove_identities": remove_identities,
     "fold_batchnorm": fold_batchnorm,
+    "fold_channel_affine": fold_channel_affine,
     "fuse_epilogues": fuse_epilogues,
     "eliminate_dead": eliminate_dead,
 }

@@ -1,0 +1,17 @@
+"""Numba/BLAS ``cpu`` kernels, registered on import (``taskflow.ops`` imports this package).
+
+Each module registers the cpu kernels of one op family with :func:`register_kernel`; every
+kernel takes the reference's arguments, agrees with it (tests/ops/test_cpu_kernels.py), and
+runs the reference itself for cases outside its fast paths. :mod:`.common` holds what they
+share: the channels-last layout, the kernel threads, scratch and recycled output buffers and
+the packed-weight cache; :mod:`.warmup` compiles them all (``taskflow warmup``).
+
+    conv.py      Conv, FusedConv (1x1 GEMM, im2col + GEMM, depthwise)   winograd.py  3x3 F(2,3)
+    matmul.py    Gemm, FusedGemm, FusedMatMul                          epilogue.py  bias/act/res
+    pool.py      MaxPool, AveragePool, Global*Pool, LRN                norm.py      BN, LN, IN
+    eltwise.py   activations, Add/Sub/Mul/Div, Softmax, Gelu, Erf      movement.py  Concat
+"""
+
+from __future__ import annotations
+
+from . import conv, eltwise, matmul, movement, norm, pool  # noqa: F401  (register kernels)

@@ -1,0 +1,126 @@
+"""Gemm, FusedGemm and FusedMatMul: one BLAS GEMM, then the epilogue in place.
+
+The product is numpy's ``matmul`` (OpenBLAS sgemm/dgemm: faster than any Numba loop at these
+sizes), split into row or column blocks over the kernel threads with BLAS single-threaded
+(see :mod:`.common`); ``alpha``, a row-vector ``C`` or bias, and the activation are then
+applied in one pass over the fresh output instead of a chain of temporaries. Other
+broadcasts of ``C``, half precision and FusedMatMul with a non-vector bias take the
+reference's route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..matmul import fused_gemm, fused_matmul, gemm
+from ..registry import register_kernel
+from .common import TASKS_PER_THREAD, fast_dtype, run_tasks, threads, vector
+from .epilogue import activation_code, apply_epilogue
+
+#: Smallest block of a split GEMM: below it BLAS's per-call packing dominates.
+MIN_BLOCK = 64
+#: Multiply-adds below which a GEMM (a classifier head at small batch) is left to BLAS as is:
+#: splitting and thread switching would cost more than it saves.
+SMALL_GEMM = 1 << 24
+
+
+def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-D operands, blocks of output rows over the kernel threads.
+
+    Only rows are split: every output element is then computed by the same BLAS call shape as
+    its neighbours. Splitting columns would let BLAS's edge kernels round some outputs
+    differently from others, which a model with equal logits (the constant-weight light
+    models) turns into a visibly non-uniform softmax.
+    """
+    m, n = a.shape[0], b.shape[1]
+    if m * n * a.shape[1] < SMALL_GEMM or m < 2 * MIN_BLOCK:
+        # small, or few rows (a classifier at small batch: VGG's 25088x4096 weight): one call,
+        # with BLAS's own threads, which split the weight's columns among themselves
+        return np.matmul(a, b)
+    y = np.empty((m, n), np.result_type(a, b))
+    parts = max(1, min(m // MIN_BLOCK, TASKS_PER_THREAD * threads()))
+    step = max(1, -(-m // parts))
+    run_tasks(lambda i: np.matmul(a[i * step:(i + 1) * step], b,
+                                  out=y[i * step:(i + 1) * step]), max(1, -(-m // step)))
+    return y
+
+
+def _row_vector(c: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray | None:
+    """``c`` as a length-n vector if it broadcasts along rows of an (m, n) output."""
+    if c is None or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+        return None
+    if c.size == n or c.size == 1:
+        return vector(np.broadcast_to(c.reshape(-1), (n,)), dtype)
+    return None
+
+
+def _gemm(A, B, C, alpha, beta, transA, transB, act) -> np.ndarray | None:
+    if act is None or A.ndim != 2 or B.ndim != 2 or not fast_dtype(A, B):
+        return None
+    a = A.T if transA else A
+    b = B.T if transB else B
+    if a.shape[1] != b.shape[0] or (C is not None and C.dtype != A.dtype):
+        return None
+    bias = None
+    if C is not None:
+        bias = _row_vector(C, b.shape[1], A.dtype)
+        if bias is None:
+            return None
+        if beta != 1:
+            bias = bias * A.dtype.type(beta)
+    y = parallel_matmul(a, b)
+    if alpha != 1:
+        y *= A.dtype.type(alpha)
+    apply_epilogue(y, bias, None, act)
+    return y
+
+
+@register_kernel("Gemm", "cpu")
+def gemm_cpu(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *, alpha: float = 1.0,
+             beta: float = 1.0, transA: int = 0, transB: int = 0) -> np.ndarray:
+    """Gemm with the row-vector ``C`` added in place."""
+    y = _gemm(A, B, C, alpha, beta, transA, transB, (0, 0.0, 0.0))
+    if y is None:
+        return gemm(A, B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
+    return y
+
+
+@register_kernel("FusedGemm", "cpu")
+def fused_gemm_cpu(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *,
+                   alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0,
+                   activation: str = "",
+                   activation_params: Sequence[float] | None = None) -> np.ndarray:
+    """FusedGemm: ``C`` and the activation applied in one pass over the GEMM output."""
+    y = _gemm(A, B, C, alpha, beta, transA, transB,
+              activation_code(activation, activation_params))
+    if y is None:
+        return fused_gemm(A, B, C, alpha=alpha, beta=beta, transA=transA, transB=transB,
+                          activation=activation, activation_params=activation_params)
+    return y
+
+
+@register_kernel("FusedMatMul", "cpu")
+def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = None, *,
+                     activation: str = "",
+                     activation_params: Sequence[float] | None = None) -> np.ndarray:
+    """FusedMatMul: bias over the last axis and the activation in one pass."""
+    act = activation_code(activation, activation_params)
+    if act is not None and A.ndim >= 2 and B.ndim >= 2 and fast_dtype(A, B) \
+            and (bias is None or bias.dtype == A.dtype):
+        if A.ndim == 2 and B.ndim == 2:
+            y = parallel_matmul(A, B)
+        elif B.ndim == 2 and A.flags.c_contiguous:
+            y = parallel_matmul(A.reshape(-1, A.shape[-1]), B)
+            y = y.reshape(*A.shape[:-1], B.shape[1])
+        else:
+            y = np.matmul(A, B)
+        n = y.shape[-1]
+        vec = None if bias is None else _row_vector(bias.reshape(-1) if bias.ndim > 2 and
+                                                    bias.size == n else bias, n, y.dtype)
+        if (bias is None or vec is not None) and y.flags.c_contiguous \
+                and (bias is None or bias.ndim <= y.ndim):
+            apply_epilogue(y.reshape(-1, n), vec, None, act)
+            return y
+    return fused_matmul(A, B, bias, activation=activation, activation_params=activation_params)

@@ -1,0 +1,64 @@
+"""Concat along channels that keeps channels-last inputs channels-last.
+
+``np.concatenate`` (the reference) returns a C-ordered (NCHW) array, which would force the
+next convolution to transpose it back. Inception, SqueezeNet and DenseNet concatenate
+convolution outputs, which are channels-last, so the kernel writes an NHWC output: each
+input's channel rows are copied into their column block, pixels split over kernel threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..movement import concat
+from ..registry import register_kernel
+from .common import (
+    MIN_TASK_ELEMENTS,
+    fast_dtype,
+    is_channels_last,
+    nchw_view,
+    new_output,
+    run_ranges,
+)
+
+
+@njit(cache=True, nogil=True)
+def _copy_columns(src, dst, c0):
+    """dst[:, c0:c0 + src.shape[1]] = src."""
+    rows, c = src.shape
+    base = np.uint64(c0)  # unsigned: see conv._im2col
+    for r in range(rows):
+        for k in range(c):
+            dst[r, base + np.uint64(k)] = src[r, k]
+
+
+@register_kernel("Concat", "cpu")
+def concat_cpu(*inputs: np.ndarray, axis: int) -> np.ndarray:
+    """Concat; along channels of 4-D float inputs with any channels-last one, NHWC output."""
+    first = inputs[0] if inputs else None
+    if (first is None or first.ndim != 4 or int(axis) not in (1, -3) or not fast_dtype(*inputs)
+            or not any(is_channels_last(x) for x in inputs)
+            or sum(x.size for x in inputs) < MIN_TASK_ELEMENTS  # small: numpy's copy wins
+            or any(x.ndim != 4 or x.shape[:1] + x.shape[2:] != first.shape[:1] + first.shape[2:]
+                   for x in inputs)):
+        return concat(*inputs, axis=axis)
+    n, _, h, w = first.shape
+    total = sum(x.shape[1] for x in inputs)
+    y = new_output((n, h, w, total), first.dtype)
+    rows = y.reshape(-1, total)
+    parts, c0 = [], 0
+    for x in inputs:
+        c = x.shape[1]
+        if is_channels_last(x):
+            parts.append((x.transpose(0, 2, 3, 1).reshape(-1, c), c0))
+        else:  # an NCHW input: numpy's strided copy
+            y[..., c0:c0 + c] = x.transpose(0, 2, 3, 1)
+        c0 += c
+
+    def block(lo: int, hi: int) -> None:  # a block of output rows, filled from every input
+        for src, start in parts:
+            _copy_columns(src[lo:hi], rows[lo:hi], start)
+
+    run_ranges(block, rows.shape[0], max(1, MIN_TASK_ELEMENTS // total))
+    return nchw_view(y)

@@ -1,0 +1,231 @@
+"""Numba kernels for the window ops: MaxPool, AveragePool, the global pools and LRN.
+
+They work on NHWC (see :mod:`.common`): a convolution's output arrives channels-last, each
+output pixel is a vector over channels, and the result stays channels-last for the next
+layer. Window geometry (pads, ceil mode, dilations) is the reference's own
+:func:`taskflow.ops.pool._geometry`; padded taps count exactly as in the reference, so the
+results are bit-identical (same taps, same order). Shapes outside 2-D NCHW float32/float64
+(1-D/3-D pools, MaxPool's indices output, other dtypes) run the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit
+
+from ..pool import _geometry, average_pool, global_average_pool, global_max_pool, lrn, max_pool
+from ..registry import register_kernel
+from .common import MIN_TASK_ELEMENTS, as_nhwc, fast_dtype, nchw_view, new_output, run_ranges
+
+
+@njit(cache=True, nogil=True)
+def _max_pool(x, y, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi):
+    """y[n, oh, ow] = max over taps of x (NHWC), output rows (n, oh) in [lo, hi); a tap
+    outside the input counts as ``fill``."""
+    n_, h, w, c = x.shape
+    ho, wo = y.shape[1], y.shape[2]
+    for t in range(lo, hi):
+        n = t // ho
+        oh = t % ho
+        acc = np.empty(c, x.dtype)
+        for ow in range(wo):
+            for k in range(c):
+                acc[k] = -np.inf
+            padded = False
+            for a in range(kh):
+                ih = oh * sh - ph + a * dh
+                for b in range(kw):
+                    iw = ow * sw - pw + b * dw
+                    if ih < 0 or ih >= h or iw < 0 or iw >= w:
+                        padded = True
+                        continue
+                    for k in range(c):
+                        v = x[n, ih, iw, k]
+                        if v > acc[k] or v != v:  # nan propagates, as np.maximum
+                            acc[k] = v
+            if padded:
+                for k in range(c):
+                    if fill > acc[k]:
+                        acc[k] = fill
+            for k in range(c):
+                y[n, oh, ow, k] = acc[k]
+
+
+@njit(cache=True, nogil=True)
+def _avg_pool(x, y, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, lo_w, hi_w, lo, hi):
+    """y = sum of in-input taps / (taps inside [lo, hi) per axis, at least 1), NHWC.
+
+    [lo_*, hi_*) is the input itself, or the input plus its pads when count_include_pad;
+    output rows (n, oh) in [lo, hi).
+    """
+    n_, h, w, c = x.shape
+    ho, wo = y.shape[1], y.shape[2]
+    for t in range(lo, hi):
+        n = t // ho
+        oh = t % ho
+        acc = np.empty(c, x.dtype)
+        count_h = 0
+        for a in range(kh):
+            ih = oh * sh - ph + a * dh
+            if lo_h <= ih < hi_h:
+                count_h += 1
+        for ow in range(wo):
+            for k in range(c):
+                acc[k] = 0
+            count_w = 0
+            for b in range(kw):
+                iw = ow * sw - pw + b * dw
+                if lo_w <= iw < hi_w:
+                    count_w += 1
+            for a in range(kh):
+                ih = oh * sh - ph + a * dh
+                if ih < 0 or ih >= h:
+                    continue
+                for b in range(kw):
+                    iw = ow * sw - pw + b * dw
+                    if iw < 0 or iw >= w:
+                        continue
+                    for k in range(c):
+                        acc[k] += x[n, ih, iw, k]
+            # int / float32 divides in float64 and rounds once: the float32 quotient exactly.
+            count = max(count_h * count_w, 1)
+            for k in range(c):
+                y[n, oh, ow, k] = acc[k] / count
+
+
+@njit(cache=True, nogil=True)
+def _global_pool(x, y, take_max):
+    """y[n, c] = mean (or max) of x[n, :, c] over the pixels of x (N, P, C)."""
+    n_, p, c = x.shape
+    for n in range(n_):
+        if take_max:
+            acc = np.full(c, -np.inf, x.dtype)
+            for i in range(p):
+                for k in range(c):
+                    v = x[n, i, k]
+                    if v > acc[k] or v != v:
+                        acc[k] = v
+            for k in range(c):
+                y[n, k] = acc[k]
+        else:
+            total = np.zeros(c, np.float64)  # float64: the mean of 3136 pixels stays exact
+            for i in range(p):
+                for k in range(c):
+                    total[k] += x[n, i, k]
+            for k in range(c):
+                y[n, k] = total[k] / p
+
+
+@njit(cache=True, nogil=True)
+def _lrn(x, y, size, alpha_over_size, beta, bias, zero):
+    """Across-channel LRN on rows of channels, x and y (R, C); scalars in x's dtype.
+
+    Squares are summed in window order from 0, as the reference's fold does (its zero
+    padding adds nothing), so the sums are bit-identical.
+    """
+    rows, c = x.shape
+    lo = (size - 1) // 2
+    for r in range(rows):
+        for k in range(c):
+            acc = zero
+            for j in range(k - lo, k - lo + size):
+                if 0 <= j < c:
+                    acc += x[r, j] * x[r, j]
+            y[r, k] = x[r, k] / (bias + alpha_over_size * acc) ** beta
+
+
+def _rows_per_task(row_elements: int, kernel_shape: Sequence[int]) -> int:
+    return max(1, MIN_TASK_ELEMENTS // max(1, row_elements * kernel_shape[0] * kernel_shape[1]))
+
+
+def _pool_case(X: np.ndarray, kernel_shape: Sequence[int]) -> bool:
+    return X.ndim == 4 and len(kernel_shape) == 2 and fast_dtype(X)
+
+
+@register_kernel("MaxPool", "cpu")
+def max_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
+                 dilations: Sequence[int] | None = None, kernel_shape: Sequence[int],
+                 pads: Sequence[int] | None = None, storage_order: int = 0,
+                 strides: Sequence[int] | None = None) -> np.ndarray:
+    """MaxPool (see :func:`taskflow.ops.pool.max_pool`), NHWC."""
+    if not _pool_case(X, kernel_shape) or storage_order != 0:
+        return max_pool(X, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
+                        kernel_shape=kernel_shape, pads=pads, storage_order=storage_order,
+                        strides=strides)
+    pb, _, _, out, s, d = _geometry(X.shape[2:], kernel_shape, strides, dilations, pads,
+                                    auto_pad, ceil_mode)
+    xh = as_nhwc(X)
+    y = new_output((X.shape[0], *out, X.shape[1]), X.dtype)
+    fill = np.finfo(X.dtype).min
+    run_ranges(lambda lo, hi: _max_pool(xh, y, kernel_shape[0], kernel_shape[1], s[0], s[1],
+                                        d[0], d[1], pb[0], pb[1], fill, lo, hi),
+               X.shape[0] * out[0], _rows_per_task(out[1] * X.shape[1], kernel_shape))
+    return nchw_view(y)
+
+
+@register_kernel("AveragePool", "cpu")
+def average_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
+                     count_include_pad: int = 0, dilations: Sequence[int] | None = None,
+                     kernel_shape: Sequence[int], pads: Sequence[int] | None = None,
+                     strides: Sequence[int] | None = None) -> np.ndarray:
+    """AveragePool (see :func:`taskflow.ops.pool.average_pool`), NHWC."""
+    if not _pool_case(X, kernel_shape):
+        return average_pool(X, auto_pad=auto_pad, ceil_mode=ceil_mode,
+                            count_include_pad=count_include_pad, dilations=dilations,
+                            kernel_shape=kernel_shape, pads=pads, strides=strides)
+    h, w = X.shape[2:]
+    pb, pe, _, out, s, d = _geometry((h, w), kernel_shape, strides, dilations, pads, auto_pad,
+                                     ceil_mode)
+    lo_h, hi_h = (-pb[0], h + pe[0]) if count_include_pad else (0, h)
+    lo_w, hi_w = (-pb[1], w + pe[1]) if count_include_pad else (0, w)
+    xh = as_nhwc(X)
+    y = new_output((X.shape[0], *out, X.shape[1]), X.dtype)
+    run_ranges(lambda lo, hi: _avg_pool(xh, y, kernel_shape[0], kernel_shape[1], s[0], s[1],
+                                        d[0], d[1], pb[0], pb[1], lo_h, hi_h, lo_w, hi_w, lo,
+                                        hi),
+               X.shape[0] * out[0], _rows_per_task(out[1] * X.shape[1], kernel_shape))
+    return nchw_view(y)
+
+
+def _global(X: np.ndarray, take_max: bool) -> np.ndarray | None:
+    if X.ndim != 4 or not fast_dtype(X) or X.shape[2] * X.shape[3] == 0:
+        return None
+    n, c = X.shape[:2]
+    xh = as_nhwc(X).reshape(n, X.shape[2] * X.shape[3], c)
+    y = np.empty((n, c), X.dtype)
+    run_ranges(lambda lo, hi: _global_pool(xh[lo:hi], y[lo:hi], take_max), n,
+               max(1, MIN_TASK_ELEMENTS // max(1, xh.shape[1] * c)))
+    return y.reshape(n, c, 1, 1)
+
+
+@register_kernel("GlobalAveragePool", "cpu")
+def global_average_pool_cpu(X: np.ndarray) -> np.ndarray:
+    """GlobalAveragePool, summing each channel in float64 along NHWC rows."""
+    y = _global(X, False)
+    return global_average_pool(X) if y is None else y
+
+
+@register_kernel("GlobalMaxPool", "cpu")
+def global_max_pool_cpu(X: np.ndarray) -> np.ndarray:
+    """GlobalMaxPool along NHWC rows."""
+    y = _global(X, True)
+    return global_max_pool(X) if y is None else y
+
+
+@register_kernel("LRN", "cpu")
+def lrn_cpu(X: np.ndarray, *, alpha: float = 1e-4, beta: float = 0.75, bias: float = 1.0,
+            size: int) -> np.ndarray:
+    """LRN across channels, one NHWC row (all channels of a pixel) at a time."""
+    if X.ndim != 4 or not fast_dtype(X) or size < 1:
+        return lrn(X, alpha=alpha, beta=beta, bias=bias, size=size)
+    n, c, h, w = X.shape
+    xh = as_nhwc(X)
+    y = np.empty_like(xh)
+    t = X.dtype.type
+    x2, y2 = xh.reshape(-1, c), y.reshape(-1, c)
+    args = (int(size), t(alpha / size), t(beta), t(bias), t(0))
+    run_ranges(lambda lo, hi: _lrn(x2[lo:hi], y2[lo:hi], *args), x2.shape[0],
+               max(1, MIN_TASK_ELEMENTS // (16 * c)))  # a pow per element: ~16x a copy
+    return nchw_view(y)

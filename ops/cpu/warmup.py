@@ -1,0 +1,123 @@
+"""Compile (or load from Numba's on-disk cache) every ``cpu`` kernel before timing starts.
+
+:data:`CASES` holds one small input per fast path of each kernel, shaped so that the kernel
+takes its compiled route (channels-last and NCHW layouts, fused activations, residuals,
+depthwise and grouped convolutions). :func:`warmup` runs them all; ``taskflow warmup`` calls
+it, and the kernel tests draw their inputs from the same table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import registry
+from .common import as_nhwc, nchw_view
+
+Case = tuple[str, Callable[..., list[Any]], dict[str, Any]]
+
+
+def channels_last(x: np.ndarray) -> np.ndarray:
+    """A channels-last copy of a 4-D array (how convolution kernels hand on their outputs)."""
+    return nchw_view(as_nhwc(x).copy())
+
+
+def _x(*shape: int, cl: bool = False):
+    """A batched input (activation): ``batch`` replaces its first dimension when given."""
+    def make(rng: np.random.Generator, dtype: Any, batch: int | None) -> np.ndarray:
+        full = shape if batch is None else (batch, *shape[1:])
+        x = rng.standard_normal(full).astype(dtype)
+        return channels_last(x) if cl and x.ndim == 4 else x
+    return make
+
+
+def _w(*shape: int):
+    """A weight or other unbatched input."""
+    return lambda rng, dtype, batch: rng.standard_normal(shape).astype(dtype)
+
+
+def _positive(*shape: int):
+    return lambda rng, dtype, batch: rng.uniform(0.5, 1.5, shape).astype(dtype)
+
+
+def _inputs(*makers: Callable[..., Any]):
+    return lambda rng, dtype, batch=None: [m(rng, dtype, batch) for m in makers]
+
+
+#: (op, inputs(rng, dtype, batch=None), attributes): one entry per compiled path; ``batch``
+#: replaces the batch dimension of the activations (the tests' edge shapes).
+CASES: list[Case] = [
+    ("Conv", _inputs(_x(2, 8, 9, 9), _w(16, 8, 3, 3), _w(16)), {"pads": [1, 1, 1, 1]}),
+    ("Conv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 1, 1)), {}),
+    ("Conv", _inputs(_x(2, 8, 9, 9), _w(8, 1, 3, 3)), {"group": 8, "strides": [2, 2],
+                                                       "pads": [1, 1, 1, 1]}),
+    # im2col + GEMM (8 channels: below Winograd's minimum), with a residual
+    ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(8, 8, 3, 3), _w(8),
+                          _x(2, 8, 9, 9, cl=True)),
+     {"pads": [1, 1, 1, 1], "activation": "Relu"}),
+    # Winograd F(2x2, 3x3): 3x3, stride 1, >= 40 channels; odd output size
+    ("FusedConv", _inputs(_x(2, 48, 7, 7, cl=True), _w(16, 48, 3, 3), _w(16),
+                          _x(2, 16, 7, 7, cl=True)),
+     {"pads": [1, 1, 1, 1], "activation": "Relu"}),
+    ("FusedConv", _inputs(_x(2, 8, 9, 9), _w(8, 2, 1, 1), _w(8)),
+     {"group": 4, "activation": "LeakyRelu", "activation_params": [0.1]}),
+    ("FusedConv", _inputs(_x(2, 8, 9, 9), _w(8, 1, 3, 3), _w(8), _x(2, 8, 9, 9)),
+     {"group": 8, "pads": [1, 1, 1, 1], "activation": "Clip", "activation_params": [0, 6]}),
+    ("Gemm", _inputs(_x(4, 16), _w(8, 16), _w(8)), {"transB": 1}),
+    ("FusedGemm", _inputs(_x(4, 16), _w(16, 8), _w(1, 8)), {"activation": "Sigmoid"}),
+    ("FusedMatMul", _inputs(_x(2, 4, 16), _w(16, 8), _w(8)), {"activation": "Gelu"}),
+    ("MaxPool", _inputs(_x(2, 8, 9, 9, cl=True)), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                    "pads": [1, 1, 1, 1]}),
+    ("AveragePool", _inputs(_x(2, 8, 9, 9, cl=True)), {"kernel_shape": [3, 3],
+                                                        "strides": [2, 2], "ceil_mode": 1}),
+    ("GlobalAveragePool", _inputs(_x(2, 8, 5, 5, cl=True)), {}),
+    ("GlobalMaxPool", _inputs(_x(2, 8, 5, 5)), {}),
+    ("LRN", _inputs(_x(2, 8, 5, 5, cl=True)), {"size": 5, "alpha": 1e-4, "beta": 0.75}),
+    ("BatchNormalization", _inputs(_x(2, 8, 5, 5, cl=True), _w(8), _w(8), _w(8),
+                                   _positive(8)), {}),
+    ("BatchNormalization", _inputs(_x(2, 8, 5, 5), _w(8), _w(8), _w(8), _positive(8)), {}),
+    ("LayerNormalization", _inputs(_x(4, 6, 16), _w(16), _w(16)), {"axis": -1}),
+    ("InstanceNormalization", _inputs(_x(2, 8, 5, 5), _w(8), _w(8)), {}),
+    ("InstanceNormalization", _inputs(_x(2, 8, 5, 5, cl=True), _w(8), _w(8)), {}),
+    ("Concat", _inputs(_x(4, 64, 32, 32, cl=True), _x(4, 32, 32, 32, cl=True)), {"axis": 1}),
+    ("Concat", _inputs(_x(4, 64, 32, 32), _x(4, 32, 32, 32, cl=True)), {"axis": -3}),
+    ("Relu", _inputs(_x(4, 16, 32, 32, cl=True)), {}),
+    ("Sigmoid", _inputs(_x(4, 16, 32, 32)), {}),
+    ("Tanh", _inputs(_x(4, 16, 32, 32, cl=True)), {}),
+    ("LeakyRelu", _inputs(_x(4, 16, 32, 32)), {"alpha": 0.2}),
+    ("HardSigmoid", _inputs(_x(4, 16, 32, 32)), {"beta": 0.4}),
+    ("Clip", _inputs(_x(4, 16, 32, 32), lambda rng, dtype, batch: np.asarray(-0.5, dtype),
+                     lambda rng, dtype, batch: np.asarray(0.5, dtype)), {}),
+    ("Add", _inputs(_x(4, 16, 32, 32, cl=True), _x(4, 16, 32, 32, cl=True)), {}),
+    ("Mul", _inputs(_x(4, 16, 32, 32, cl=True), _w(16, 1, 1)), {}),
+    ("Mul", _inputs(_w(1), _x(4, 16, 32, 32)), {}),
+    ("Sub", _inputs(_x(4, 16, 32, 32), _w(1, 16, 1, 1)), {}),
+    ("Div", _inputs(_x(4, 16, 32, 32), _positive(1)), {}),
+    ("Softmax", _inputs(_x(32, 1024)), {"axis": -1}),
+    ("Softmax", _inputs(_x(8, 64, 64)), {"axis": 1}),
+    ("Gelu", _inputs(_x(4, 10)), {}),
+    ("Erf", _inputs(_x(4, 10)), {}),
+]
+
+
+def warmup(dtypes: tuple[Any, ...] = (np.float32,), *,
+           verbose: bool = False) -> dict[str, float]:
+    """Run every case of :data:`CASES` once per dtype; return seconds spent per op.
+
+    The first call in a fresh environment compiles (seconds per kernel); later ones load
+    Numba's cache from ``__pycache__`` (milliseconds).
+    """
+    rng = np.random.default_rng(0)
+    spent: dict[str, float] = {}
+    for dtype in dtypes:
+        for op, make, attrs in CASES:
+            args = make(rng, np.dtype(dtype))
+            start = time.perf_counter()
+            registry.get(op).kernels["cpu"](*args, **attrs)
+            spent[op] = spent.get(op, 0.0) + time.perf_counter() - start
+            if verbose:
+                print(f"  {op:22s} {time.perf_counter() - start:7.2f} s")
+    return spent

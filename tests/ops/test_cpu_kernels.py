@@ -1,0 +1,248 @@
+"""Every Numba/BLAS ``cpu`` kernel against its numpy reference (the definition).
+
+One parametrised suite covers every op with a cpu kernel, on the inputs of
+``taskflow.ops.cpu.warmup.CASES`` (one per compiled path: NCHW and channels-last inputs, fused
+activations and residuals, depthwise, grouped and Winograd convolutions), in float32 and
+float64, at the case's own batch and at the edge shapes: an empty batch, one sample and a
+ragged batch of 3; with one kernel thread and with two (the task-splitting path). Then the
+fused epilogues, one activation at a time; the layout contract; the weight cache; the
+fallbacks. The conformance suite (tests/conformance) runs whole models on these kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import taskflow.ops as ops
+from numba.core.registry import CPUDispatcher as Dispatcher
+from taskflow.ops.conv import ACTIVATIONS
+from taskflow.ops.cpu import (
+    common,
+    conv,
+    eltwise,
+    epilogue,
+    matmul,
+    movement,
+    norm,
+    pool,
+    winograd,
+)
+from taskflow.ops.cpu.common import is_channels_last
+from taskflow.ops.cpu.warmup import CASES, channels_last, warmup
+
+from taskflow import threads
+from taskflow.errors import ShapeError
+
+from .oracles import assert_close
+
+#: (rtol, atol) of kernel vs reference in float32, per op; float64 uses FLOAT64_TOL. Inputs are
+#: standard normal, so outputs are O(1) to O(sqrt(fan-in)).
+TOL: dict[str, tuple[float, float]] = {
+    # GEMM summation order differs from numpy's (NHWC rows vs NCHW columns, BLAS blocking),
+    # and Winograd F(2x2, 3x3) adds its transforms' roundings: a few ulps of sums of ~144 terms.
+    "Conv": (1e-4, 1e-4),
+    "FusedConv": (1e-4, 1e-4),
+    # One BLAS GEMM either way; the sigmoid/gelu epilogue uses libm exp/erf (1 ulp).
+    "Gemm": (1e-5, 1e-6),
+    "FusedGemm": (1e-5, 1e-6),
+    "FusedMatMul": (1e-5, 1e-6),
+    # Same taps in the same order: bit-identical.
+    "MaxPool": (0, 0),
+    "AveragePool": (0, 0),
+    "GlobalMaxPool": (0, 0),
+    # float64 sum against numpy's pairwise float32 sum: ~1 ulp of the mean.
+    "GlobalAveragePool": (1e-6, 1e-7),
+    # libm powf vs numpy's power: 1 ulp.
+    "LRN": (1e-6, 1e-7),
+    # The reference's own folded scale and shift, one multiply-add: bit-identical.
+    "BatchNormalization": (0, 0),
+    # float64 statistics against the reference's float32 two-pass ones.
+    "LayerNormalization": (1e-5, 1e-6),
+    "InstanceNormalization": (1e-5, 1e-6),
+    # Copies and single IEEE operations: bit-identical.
+    "Concat": (0, 0),
+    "Relu": (0, 0),
+    "LeakyRelu": (0, 0),
+    "HardSigmoid": (0, 0),
+    "Clip": (0, 0),
+    "Add": (0, 0),
+    "Sub": (0, 0),
+    "Mul": (0, 0),
+    "Div": (0, 0),
+    # libm expf/tanhf against numpy's SIMD versions: 1-2 ulp.
+    "Sigmoid": (1e-6, 1e-7),
+    "Tanh": (1e-6, 1e-7),
+    # float64 row sums against numpy's float32 ones.
+    "Softmax": (1e-6, 1e-8),
+    # libm erf against the reference's rational erf (both ~1e-16 in float64).
+    "Gelu": (1e-6, 1e-7),
+    "Erf": (1e-6, 1e-7),
+}
+#: float64: the same orderings, 2^29 times finer.
+FLOAT64_TOL = (1e-11, 1e-11)
+CPU_MODULES = (common, conv, eltwise, epilogue, matmul, movement, norm, pool, winograd)
+#: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
+EDGE_BATCHES = (None, 0, 1, 3)
+
+
+def kernel_ops() -> list[str]:
+    return sorted(spec.name for spec in ops.specs() if "cpu" in spec.kernels)
+
+
+def check(op: str, args: list, attrs: dict, dtype=np.float32, what: str = "") -> tuple:
+    """Run kernel and reference (on C-ordered copies) and compare every output."""
+    spec = ops.get(op)
+    plain = [None if a is None else np.ascontiguousarray(a) for a in args]
+    want = ops.as_outputs(spec.reference(*plain, **attrs))
+    got = ops.as_outputs(spec.kernels["cpu"](*args, **attrs))
+    rtol, atol = TOL[op] if np.dtype(dtype) == np.float32 else FLOAT64_TOL
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert_close(g, w, rtol=rtol, atol=atol, what=f"{op} output {k} {what}")
+    return got
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def kernel_threads(request):
+    threads.apply_kernel_threads(request.param)
+    yield request.param
+    threads.reset_kernel_threads()
+
+
+def test_every_kernel_has_a_case_and_a_tolerance():
+    assert {op for op, _, _ in CASES} == set(kernel_ops())
+    assert set(TOL) == set(kernel_ops())
+
+
+def test_the_cases_reach_every_compiled_kernel():
+    """Each Numba function is compiled by the cases (the suite tests compiled code, not only
+    reference fallbacks), which is also what ``taskflow warmup`` relies on."""
+    warmup()
+    dispatchers = [(f"{mod.__name__}.{name}", fn) for mod in CPU_MODULES
+                   for name, fn in vars(mod).items()
+                   if isinstance(fn, Dispatcher) and fn.__module__ == mod.__name__
+                   and fn.targetoptions.get("inline") != "always"]
+    assert len(dispatchers) > 15
+    assert [name for name, fn in dispatchers if not fn.signatures] == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", EDGE_BATCHES, ids=lambda b: "own" if b is None else f"n{b}")
+@pytest.mark.parametrize("case", range(len(CASES)), ids=lambda i: f"{CASES[i][0]}-{i}")
+def test_kernel_matches_reference(case, batch, dtype, kernel_threads):
+    op, make, attrs = CASES[case]
+    args = make(np.random.default_rng(case), np.dtype(dtype), batch)
+    check(op, args, attrs, dtype, f"batch={batch} {attrs}")
+
+
+# --- fused epilogues ----------------------------------------------------------------------------
+PARAMS = {"LeakyRelu": [0.1], "Clip": [-0.5, 0.7], "HardSigmoid": [0.3, 0.4]}
+#: (weight shape, attributes, input channels, spatial size): each convolution path.
+CONV_PATHS = {
+    "1x1": ((24, 16, 1, 1), {}, 16, 6),
+    "1x1-strided": ((24, 16, 1, 1), {"strides": [2, 2]}, 16, 7),
+    "im2col": ((24, 8, 5, 5), {"pads": [2, 1, 2, 1], "dilations": [1, 2]}, 8, 9),
+    "winograd": ((24, 64, 3, 3), {"pads": [1, 1, 1, 1]}, 64, 9),
+    "winograd-valid": ((16, 48, 3, 3), {}, 48, 8),
+    "depthwise": ((16, 1, 3, 3), {"group": 16, "pads": [1, 1, 1, 1], "strides": [2, 2]}, 16, 9),
+    "grouped": ((24, 4, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, 16, 6),
+}
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS), ids=lambda a: a or "none")
+@pytest.mark.parametrize("path", sorted(CONV_PATHS))
+def test_fused_conv_epilogues(path, activation, residual):
+    shape, attrs, c, size = CONV_PATHS[path]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, c, size, size), dtype=np.float32)
+    w = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.3)
+    b = rng.standard_normal(shape[0], dtype=np.float32)
+    y = ops.get("Conv").reference(x, w, **attrs)
+    z = channels_last(rng.standard_normal(y.shape, dtype=np.float32)) if residual else None
+    attrs = {**attrs, "activation": activation, "activation_params": PARAMS.get(activation, [])}
+    (out,) = check("FusedConv", [channels_last(x), w, b, z], attrs, what=path)
+    assert is_channels_last(out)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS), ids=lambda a: a or "none")
+def test_fused_gemm_and_matmul_epilogues(activation):
+    rng = np.random.default_rng(8)
+    params = {"activation": activation, "activation_params": PARAMS.get(activation, [])}
+    a = rng.standard_normal((300, 256), dtype=np.float32)  # row blocks over the threads
+    w = rng.standard_normal((256, 256), dtype=np.float32) * np.float32(0.1)
+    c = rng.standard_normal(256, dtype=np.float32)
+    check("FusedGemm", [a, w, c], {"transB": 1, "alpha": 0.5, **params})
+    check("FusedGemm", [a[:3], w.T.copy(), c[None]], params)  # small: one BLAS call
+    check("FusedMatMul", [a.reshape(2, 150, 256), w.T, c], params)
+    check("FusedMatMul", [a, w.T, None], params)
+
+
+def test_omitted_activation_params_take_the_onnx_defaults():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 16, 6, 6), dtype=np.float32)
+    w = rng.standard_normal((8, 16, 1, 1), dtype=np.float32)
+    for act in ("LeakyRelu", "HardSigmoid", "Clip"):
+        check("FusedConv", [x, w], {"activation": act})
+        check("FusedConv", [x, w], {"activation": act, "activation_params": [0.3]})
+
+
+# --- layout, caches, fallbacks -----------------------------------------------------------------
+def test_convolutions_return_channels_last_and_keep_it_downstream():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 8, 10, 10), dtype=np.float32)  # NCHW in
+    y = ops.get("Conv").kernels["cpu"](x, rng.standard_normal((16, 8, 3, 3), dtype=np.float32))
+    assert is_channels_last(y) and y.shape == (2, 16, 8, 8)
+    for op, args, attrs in [("Relu", [y], {}), ("MaxPool", [y], {"kernel_shape": [2, 2]}),
+                            ("Concat", [y, y], {"axis": 1}),
+                            ("BatchNormalization", [y] + [np.ones(16, np.float32)] * 4, {})]:
+        (out,) = check(op, args, attrs)
+        assert is_channels_last(out), op
+
+
+def test_a_new_weight_array_is_never_served_a_stale_packed_copy():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 16, 8, 8), dtype=np.float32)
+    for shape in [(16, 16, 3, 3), (16, 16, 5, 5), (16, 1, 3, 3)]:
+        group = 16 if shape[1] == 1 else 1
+        for _ in range(3):  # fresh arrays, possibly at a freed array's address
+            w = rng.standard_normal(shape, dtype=np.float32)
+            check("Conv", [x, w], {"group": group, "pads": [1, 1, 1, 1]})
+
+
+def test_unsupported_cases_fall_back_to_the_reference():
+    rng = np.random.default_rng(12)
+    conv = ops.get("Conv").kernels["cpu"]
+    x1 = rng.standard_normal((2, 3, 11), dtype=np.float32)  # 1-D convolution
+    w1 = rng.standard_normal((4, 3, 3), dtype=np.float32)
+    check("Conv", [x1, w1], {"pads": [1, 1]})
+    xi = rng.integers(-5, 5, (2, 3, 6, 6)).astype(np.int32)  # no compiled integer path
+    check("Relu", [xi], {})
+    check("MaxPool", [xi], {"kernel_shape": [2, 2]})
+    xh = rng.standard_normal((2, 4, 6, 6)).astype(np.float16)
+    check("Gelu", [xh], {})
+    with pytest.raises(ShapeError):  # the reference's own error, from the fallback
+        conv(rng.standard_normal((1, 3, 5, 5), dtype=np.float32),
+             rng.standard_normal((4, 2, 3, 3), dtype=np.float32))
+
+
+def test_recycled_outputs_are_reused_only_once_unreferenced(monkeypatch):
+    monkeypatch.setattr(common, "RECYCLE_MAX_BYTES", 20 << 20)
+    monkeypatch.setattr(common, "ENABLE_RECYCLING", True)
+    monkeypatch.setattr(common, "_RECYCLED", [])
+    a = common.new_output((1 << 20,), np.float32)  # 4 MiB: pooled
+    a[:] = 1
+    b = common.new_output((1 << 20,), np.float32)
+    assert not np.shares_memory(a, b)  # a is alive: never handed out twice
+    view = a[::2]
+    del a
+    c = common.new_output((1 << 20,), np.float32)
+    assert not np.shares_memory(c, view)  # a view keeps the buffer alive
+    del view
+    d = common.new_output((3 << 18,), np.float32)  # 3 MiB fits the freed 4 MiB buffer
+    assert len(common._RECYCLED) == 3
+    e = common.new_output((3 << 20,), np.float32)  # 12 MiB: over the cap, no free buffer
+    assert len(common._RECYCLED) == 3 and not any(np.shares_memory(e, x) for x in (b, c, d))
+    del b
+    f = common.new_output((3 << 20,), np.float32)  # over the cap: the free buffer is evicted
+    assert len(common._RECYCLED) == 3 and f.nbytes == 12 << 20
