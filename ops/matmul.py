@@ -18,7 +18,6 @@ from taskflow.errors import ShapeError
 from .conv import apply_activation
 from .registry import register
 
-
 #: Half-precision types numpy has no BLAS for: products accumulate in float32 and round
 #: once at the end, as ONNX Runtime's kernels do (numpy would round after every addition).
 _HALF_KINDS = ("float16", "bfloat16")
