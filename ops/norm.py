@@ -18,7 +18,7 @@ from taskflow.errors import ShapeError, UnsupportedOpError
 from .registry import register
 
 #: ONNX TensorProto element types LayerNormalization's ``stash_type`` may name.
-_STASH_DTYPES = {1: np.float32, 10: np.float16, 11: np.float64}
+STASH_DTYPES = {1: np.float32, 10: np.float16, 11: np.float64}
 
 
 def _per_channel(p: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -72,13 +72,13 @@ def layer_normalization(X: np.ndarray, Scale: np.ndarray, B: np.ndarray | None =
     if not -X.ndim <= axis < X.ndim:
         raise ShapeError(f"LayerNormalization axis={axis!r} is out of range for input shape "
                          f"{X.shape}")
-    if stash_type not in _STASH_DTYPES:
+    if stash_type not in STASH_DTYPES:
         raise UnsupportedOpError(f"LayerNormalization stash_type={stash_type!r} is not "
-                                 f"supported (known: {sorted(_STASH_DTYPES)})",
+                                 f"supported (known: {sorted(STASH_DTYPES)})",
                                  [("LayerNormalization", "")])
     # Mean and InvStdDev have dtype stash_type; the arithmetic never drops below the input's
     # own precision (a float64 input is normalised in float64). Both as in ONNX Runtime.
-    stash = np.dtype(_STASH_DTYPES[stash_type])
+    stash = np.dtype(STASH_DTYPES[stash_type])
     axes = tuple(range(axis % X.ndim, X.ndim))
     x = X.astype(np.promote_types(X.dtype, stash), copy=False)
     z, mean, inv_std = _standardize(x, axes, epsilon)

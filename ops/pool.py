@@ -22,7 +22,7 @@ from .conv import resolve_pads, spatial_attrs
 from .registry import register
 
 
-def _geometry(in_sp: Sequence[int], kernel: Sequence[int], strides: Sequence[int] | None,
+def pool_geometry(in_sp: Sequence[int], kernel: Sequence[int], strides: Sequence[int] | None,
               dilations: Sequence[int] | None, pads: Sequence[int] | None, auto_pad: str,
               ceil_mode: int) -> tuple[list[int], list[int], list[int], list[int], tuple, tuple]:
     """Begin pads, end pads, ceil-mode overhang past the end pads, output sizes, strides and
@@ -93,7 +93,7 @@ def max_pool(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
     if storage_order != 0:
         raise UnsupportedOpError(f"MaxPool storage_order={storage_order!r} is not supported "
                                  "(only 0, row-major indices)", [("MaxPool", "")])
-    pb, pe, over, out, s, d = _geometry(X.shape[2:], kernel_shape, strides, dilations, pads,
+    pb, pe, over, out, s, d = pool_geometry(X.shape[2:], kernel_shape, strides, dilations, pads,
                                         auto_pad, ceil_mode)
     # Pad with the dtype's lowest finite value, as ONNX Runtime does: a window wholly in the
     # padding (possible with dilations) then yields that value rather than -inf.
@@ -124,7 +124,7 @@ def average_pool(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
                  strides: Sequence[int] | None = None) -> np.ndarray:
     """Y[n, c, o] = sum_k Xpad[n, c, o * s + k * d] / (elements counted in window o)."""
     in_sp = X.shape[2:]
-    pb, pe, over, out, s, d = _geometry(in_sp, kernel_shape, strides, dilations, pads,
+    pb, pe, over, out, s, d = pool_geometry(in_sp, kernel_shape, strides, dilations, pads,
                                         auto_pad, ceil_mode)
     win = _windows(X, kernel_shape, pb, [e + v for e, v in zip(pe, over)], out, s, d, 0)
     total = _reduce_window(win, len(out), np.add)

@@ -12,23 +12,22 @@ from taskflow.errors import DTypeError, ShapeError, UnsupportedOpError
 
 from .registry import register
 
-#: ONNX ``TensorProto.DataType`` codes (as the ``dtype`` attribute of EyeLike carries them).
-ONNX_DTYPES = {
-    1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
-    7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64,
-}
-
 #: Range's ``stash_type`` (opset 27): the precision float16 ranges are computed in.
 _STASH_DTYPES = {1: np.float32, 11: np.float64}
 
 
 def onnx_dtype(code: int) -> np.dtype:
-    """The numpy dtype of ONNX ``TensorProto.DataType`` ``code``."""
+    """The numpy dtype of ONNX ``TensorProto.DataType`` ``code`` (onnx's own mapping)."""
+    from onnx import helper
+
     try:
-        return np.dtype(ONNX_DTYPES[int(code)])
-    except KeyError:
-        raise DTypeError(f"ONNX dtype code {code!r} is not supported "
-                         f"(supported: {sorted(ONNX_DTYPES)})") from None
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(int(code)))
+    except (KeyError, ValueError, TypeError):
+        dtype = None
+    if dtype is None or dtype.kind == "O":  # unknown code, or strings: no numeric tensor
+        raise DTypeError(f"ONNX dtype code {code!r} is not supported (expected a numeric "
+                         "TensorProto.DataType, e.g. 1 = FLOAT, 7 = INT64)")
+    return dtype
 
 
 @register("Shape", "shape")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..norm import _STASH_DTYPES, batch_normalization, instance_normalization, layer_normalization
+from ..norm import STASH_DTYPES, batch_normalization, instance_normalization, layer_normalization
 from ..registry import register_kernel
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -120,7 +120,7 @@ def layer_normalization_cpu(X: np.ndarray, Scale: np.ndarray, B: np.ndarray | No
                             axis: int = -1, epsilon: float = 1e-5,
                             stash_type: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LayerNormalization, one row (the normalised axes) per task, float64 statistics."""
-    ok = (fast_dtype(X) and -X.ndim <= axis < X.ndim and stash_type in _STASH_DTYPES
+    ok = (fast_dtype(X) and -X.ndim <= axis < X.ndim and stash_type in STASH_DTYPES
           and X.size > 0)
     if ok:
         lead = X.shape[:axis % X.ndim]
@@ -136,7 +136,7 @@ def layer_normalization_cpu(X: np.ndarray, Scale: np.ndarray, B: np.ndarray | No
     inv_std = np.empty(x.shape[0])
     _standardize(x, vector(Scale, t), np.zeros(0, t) if B is None else vector(B, t),
                  y, mean, inv_std, float(t.type(epsilon)))
-    stash = np.dtype(_STASH_DTYPES[stash_type])
+    stash = np.dtype(STASH_DTYPES[stash_type])
     keep = lead + (1,) * (X.ndim - len(lead))
     return (y.reshape(X.shape), mean.astype(stash).reshape(keep),
             inv_std.astype(stash).reshape(keep))

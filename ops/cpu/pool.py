@@ -3,7 +3,7 @@
 They work on NHWC (see :mod:`.common`): a convolution's output arrives channels-last, each
 output pixel is a vector over channels, and the result stays channels-last for the next
 layer. Window geometry (pads, ceil mode, dilations) is the reference's own
-:func:`taskflow.ops.pool._geometry`; padded taps count exactly as in the reference, so the
+:func:`taskflow.ops.pool.pool_geometry`; padded taps count exactly as in the reference, so the
 results are bit-identical (same taps, same order). Shapes outside 2-D NCHW float32/float64
 (1-D/3-D pools, MaxPool's indices output, other dtypes) run the reference.
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
-from ..pool import _geometry, average_pool, global_average_pool, global_max_pool, lrn, max_pool
+from ..pool import average_pool, global_average_pool, global_max_pool, lrn, max_pool, pool_geometry
 from ..registry import register_kernel
 from .common import MIN_TASK_ELEMENTS, as_nhwc, fast_dtype, nchw_view, new_output, run_ranges
 
@@ -154,7 +154,7 @@ def max_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
         return max_pool(X, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
                         kernel_shape=kernel_shape, pads=pads, storage_order=storage_order,
                         strides=strides)
-    pb, _, _, out, s, d = _geometry(X.shape[2:], kernel_shape, strides, dilations, pads,
+    pb, _, _, out, s, d = pool_geometry(X.shape[2:], kernel_shape, strides, dilations, pads,
                                     auto_pad, ceil_mode)
     xh = as_nhwc(X)
     y = new_output((X.shape[0], *out, X.shape[1]), X.dtype)
@@ -176,7 +176,7 @@ def average_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int 
                             count_include_pad=count_include_pad, dilations=dilations,
                             kernel_shape=kernel_shape, pads=pads, strides=strides)
     h, w = X.shape[2:]
-    pb, pe, _, out, s, d = _geometry((h, w), kernel_shape, strides, dilations, pads, auto_pad,
+    pb, pe, _, out, s, d = pool_geometry((h, w), kernel_shape, strides, dilations, pads, auto_pad,
                                      ceil_mode)
     lo_h, hi_h = (-pb[0], h + pe[0]) if count_include_pad else (0, h)
     lo_w, hi_w = (-pb[1], w + pe[1]) if count_include_pad else (0, w)
