@@ -192,32 +192,28 @@ class Cluster:
                                     name=ThreadBudgetPlugin.name)
         schedulers = importlib.import_module("taskflow.schedulers")
         scheduler_plugin = getattr(schedulers, "TaskflowSchedulerPlugin", None)
-        if scheduler_plugin is not None:
-            try:  # given policies replace a preloaded plugin; the default keeps it
-                self.client.register_plugin(scheduler_plugin() if policies is None else
-                                            scheduler_plugin(list(policies), replace=True))
-            except Exception as exc:  # a remote scheduler without taskflow installed
-                if self._owned is not None:
-                    raise
-                warnings.warn(f"could not register TaskflowSchedulerPlugin on {self.address}: "
-                              f"{exc!r}; start that scheduler with --preload taskflow.schedulers",
-                              RuntimeWarning, stacklevel=3)
-        self._register_dashboard()
+        if scheduler_plugin is not None:  # given policies replace a preloaded plugin
+            self._register_on_scheduler(
+                lambda: scheduler_plugin() if policies is None else
+                scheduler_plugin(list(policies), replace=True),
+                "TaskflowSchedulerPlugin", "taskflow.schedulers")
+        from .dashboard import DashboardPlugin
+
+        self._register_on_scheduler(DashboardPlugin, "the /taskflow dashboard page",
+                                    "taskflow.dashboard")
         for plugin in plugins:
             self.client.register_plugin(plugin)
 
-    def _register_dashboard(self) -> None:
-        """The /taskflow page on the Dask dashboard (taskflow/dashboard.py)."""
-        from .dashboard import DashboardPlugin
-
+    def _register_on_scheduler(self, make: Any, what: str, preload: str) -> None:
+        """Register a scheduler plugin; on an attached cluster whose scheduler cannot import
+        taskflow, warn how to preload it instead of failing."""
         try:
-            self.client.register_plugin(DashboardPlugin())
+            self.client.register_plugin(make())
         except Exception as exc:  # a remote scheduler without taskflow installed
             if self._owned is not None:
                 raise
-            warnings.warn(f"could not add the /taskflow dashboard page on {self.address}: "
-                          f"{exc!r}; start that scheduler with --preload taskflow.dashboard",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(f"could not add {what} on {self.address}: {exc!r}; start that "
+                          f"scheduler with --preload {preload}", RuntimeWarning, stacklevel=4)
 
     # --- use ------------------------------------------------------------------------------------
     def _find_dashboard_link(self) -> str | None:
