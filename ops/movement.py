@@ -142,6 +142,21 @@ def space_to_depth(input, *, blocksize, mode="DCR"):
     return x.reshape(n, c * b * b, h // b, w // b)
 
 
+@register("ChannelShuffle", "movement", domain="taskflow")
+def channel_shuffle(input, *, group):
+    """reshape (N, group, C/group, ...) -> swap axes 1 and 2 -> reshape (N, C, ...)
+
+    ShuffleNet's channel shuffle, which ONNX spells as Reshape, Transpose and Reshape (the
+    optimiser's ``fuse_channel_shuffle`` makes it one node)."""
+    group = int(group)
+    if input.ndim < 2 or group < 1 or input.shape[1] % group:
+        raise ShapeError(f"ChannelShuffle input of shape {input.shape}: expected a channel "
+                         f"axis (axis 1) divisible by group={group}")
+    n, c = input.shape[:2]
+    rest = input.shape[2:]
+    return input.reshape(n, group, c // group, *rest).swapaxes(1, 2).reshape(input.shape)
+
+
 # ---------------------------------------------------------------------------- joining, slicing
 
 

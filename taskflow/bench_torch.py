@@ -114,6 +114,7 @@ BUILDERS: dict[str, Callable[[Node, dict], Fn]] = {
     "Softmax": lambda n, c: lambda x: torch.softmax(x, n.attrs.get("axis", -1)),
     "Concat": lambda n, c: lambda *xs: torch.cat(xs, n.attrs["axis"]),
     "Transpose": lambda n, c: lambda x: x.permute(*n.attrs["perm"]),
+    "ChannelShuffle": lambda n, c: lambda x: torch.channel_shuffle(x, int(n.attrs["group"])),
     "Flatten": lambda n, c: lambda x: torch.flatten(x, n.attrs.get("axis", 1)),
     "BatchNormalization": lambda n, c: lambda x, s, b, m, v: F.batch_norm(
         x, m, v, s, b, False, 0.0, n.attrs.get("epsilon", 1e-5)),

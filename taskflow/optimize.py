@@ -450,6 +450,64 @@ def _same_shape(g: Graph, a: str, b: str) -> bool:
                 and all(d is not None for d in va.shape))
 
 
+def fuse_channel_shuffle(graph: Graph) -> Graph:
+    """Replace ShuffleNet's channel shuffle, Reshape (N, g, C/g, H, W) -> Transpose
+    (0, 2, 1, 3, 4) -> Reshape (N, C, H, W), by one ChannelShuffle node.
+
+    Spelled out, the last Reshape copies a transposed view into a fresh C-ordered array (and a
+    channels-last kernel after it converts that back); ChannelShuffle is one gather per pixel
+    that keeps channels-last data channels-last. Matched on static shapes only: the input's
+    channel and spatial sizes must be known and the result must have the input's shape.
+    """
+    g = graph.copy()
+    consumers = g.consumers()
+    removed: set[int] = set()
+    for node in g.nodes:
+        if node.op != "Reshape" or id(node) in removed:
+            continue
+        group = _shuffle_group(g, node, consumers)
+        if group is None:
+            continue
+        transpose = consumers[node.outputs[0]][0]
+        last = consumers[transpose.outputs[0]][0]
+        removed.update((id(transpose), id(last)))
+        node.op, node.domain = "ChannelShuffle", "taskflow"
+        node.inputs = [node.inputs[0]]
+        node.attrs = {"group": group}
+        node.outputs = [last.outputs[0]]
+    g.nodes = [n for n in g.nodes if id(n) not in removed]
+    return eliminate_dead(g)
+
+
+def _shuffle_group(g: Graph, first: Node, consumers: dict[str, list[Node]]) -> int | None:
+    """The group count if ``first`` starts a channel-shuffle Reshape-Transpose-Reshape."""
+    if len(first.inputs) != 2 or first.attrs.get("allowzero", 0):
+        return None
+    x, split = g.values.get(first.inputs[0]), _const(g, first.inputs[1])
+    if x is None or x.shape is None or len(x.shape) < 3 or split is None:
+        return None
+    c, spatial = x.shape[1], list(x.shape[2:])
+    if not isinstance(c, int) or not all(isinstance(d, int) for d in spatial):
+        return None
+    split = [int(v) for v in split.reshape(-1)]
+    batch = x.shape[0]
+    if len(split) != len(x.shape) + 1 or split[3:] != spatial or split[1] * split[2] != c \
+            or not (split[0] in (0, -1) or split[0] == batch) or split[1] < 1:
+        return None
+    transpose = _single_consumer(g, first.outputs[0], consumers)
+    perm = [0, 2, 1, *range(3, len(split))]
+    if transpose is None or transpose.op != "Transpose" or \
+            [int(p) for p in transpose.attrs.get("perm", [])] != perm:
+        return None
+    last = _single_consumer(g, transpose.outputs[0], consumers)
+    if last is None or last.op != "Reshape" or last.inputs[0] != transpose.outputs[0]:
+        return None
+    out = g.values.get(last.outputs[0])
+    if out is None or out.shape is None or tuple(out.shape) != tuple(x.shape):
+        return None
+    return split[1]
+
+
 def eliminate_dead(graph: Graph) -> Graph:
     """Remove nodes none of whose outputs is read or is a graph output, and unused constants."""
     g = graph.copy()
@@ -474,6 +532,7 @@ PASSES: dict[str, Callable[[Graph], Graph]] = {
     "fold_batchnorm": fold_batchnorm,
     "fold_channel_affine": fold_channel_affine,
     "fuse_epilogues": fuse_epilogues,
+    "fuse_channel_shuffle": fuse_channel_shuffle,
     "eliminate_dead": eliminate_dead,
 }
 

@@ -84,6 +84,7 @@ CASES: list[Case] = [
     ("InstanceNormalization", _inputs(_x(2, 8, 5, 5, cl=True), _w(8), _w(8)), {}),
     ("Concat", _inputs(_x(4, 64, 32, 32, cl=True), _x(4, 32, 32, 32, cl=True)), {"axis": 1}),
     ("Concat", _inputs(_x(4, 64, 32, 32), _x(4, 32, 32, 32, cl=True)), {"axis": -3}),
+    ("ChannelShuffle", _inputs(_x(4, 24, 16, 16, cl=True)), {"group": 3}),
     ("Relu", _inputs(_x(4, 16, 32, 32, cl=True)), {}),
     ("Sigmoid", _inputs(_x(4, 16, 32, 32)), {}),
     ("Tanh", _inputs(_x(4, 16, 32, 32, cl=True)), {}),

@@ -61,6 +61,7 @@ TOL: dict[str, tuple[float, float]] = {
     "InstanceNormalization": (1e-5, 1e-6),
     # Copies and single IEEE operations: bit-identical.
     "Concat": (0, 0),
+    "ChannelShuffle": (0, 0),
     "Relu": (0, 0),
     "LeakyRelu": (0, 0),
     "HardSigmoid": (0, 0),

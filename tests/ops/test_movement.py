@@ -160,6 +160,47 @@ def test_concat(data):
 
 @FAST
 @given(st.data())
+def test_channel_shuffle_is_the_onnx_reshape_transpose_reshape(data):
+    """taskflow's ChannelShuffle against ShuffleNet's ONNX spelling of it, run by ONNX Runtime
+    and by onnx's ReferenceEvaluator."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from tests.ops.oracles import ORT_IR_VERSION
+
+    group = data.draw(st.integers(1, 4))
+    shape = (data.draw(st.integers(0, 3)), group * data.draw(st.integers(1, 5)),
+             *data.draw(shapes(0, 2, min_side=1, max_side=4)))  # a 0 in Reshape copies
+    x = rand(data.draw, shape, data.draw(DTYPES))
+    n, c = shape[:2]
+    split = np.array([0, group, c // group, *shape[2:]], np.int64)
+    nodes = [helper.make_node("Reshape", ["x", "split"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, *range(3, len(split))]),
+             helper.make_node("Reshape", ["t", "back"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "shuffle",
+        [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), shape)],
+        [helper.make_empty_tensor_value_info("y")],
+        initializer=[numpy_helper.from_array(split, "split"),
+                     numpy_helper.from_array(np.array([0, c, *shape[2:]], np.int64), "back")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = ORT_IR_VERSION
+    got = registry.get("ChannelShuffle").reference(x, group=group)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+    if x.dtype != np.bool_:
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(got, sess.run(None, {"x": x})[0])
+
+
+def test_channel_shuffle_names_a_bad_group():
+    with pytest.raises(ShapeError, match=r"divisible by group=3"):
+        registry.get("ChannelShuffle").reference(np.zeros((1, 4, 2, 2)), group=3)
+
+
+@FAST
+@given(st.data())
 def test_split(data):
     shape = data.draw(shapes(1, 3, max_side=6))
     axis = axis_of(data.draw, len(shape))

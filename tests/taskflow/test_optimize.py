@@ -72,3 +72,36 @@ def test_unknown_pass_is_refused_with_the_list():
     graph, _ = _graph_and_input("zfnet512")
     with pytest.raises(ValueError, match="known: .*fold_batchnorm"):
         optimize(graph, ["fold_everything"])
+
+
+def test_shufflenet_channel_shuffles_become_one_node_each():
+    graph, x = _graph_and_input("shufflenet")
+    transposes = graph.op_counts()["Transpose"]
+    assert transposes >= 10
+    out, report = optimize(graph, ["fuse_channel_shuffle"])
+    counts = out.op_counts()
+    assert counts.get("ChannelShuffle") == transposes
+    assert "Transpose" not in counts
+    assert report.by_pass["fuse_channel_shuffle"] == 2 * transposes
+    shuffle = next(n for n in out.nodes if n.op == "ChannelShuffle")
+    assert shuffle.attrs == {"group": 4} and shuffle.domain == "taskflow"
+    np.testing.assert_array_equal(_run(out, x), _run(graph, x))
+
+
+def test_a_reshape_transpose_reshape_that_is_no_shuffle_stays():
+    """The same three ops with another permutation (a spatial transpose) are left alone."""
+    from onnx import helper, numpy_helper
+
+    nodes = [helper.make_node("Reshape", ["x", "split"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 1, 2, 4, 3]),
+             helper.make_node("Reshape", ["t", "back"], ["y"])]
+    proto = helper.make_model(helper.make_graph(
+        nodes, "not_a_shuffle",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 6, 4, 4])],
+        initializer=[numpy_helper.from_array(np.array([0, 2, 3, 4, 4]), "split"),
+                     numpy_helper.from_array(np.array([0, 6, 4, 4]), "back")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    graph = tf.load(proto, optimize=False).graph
+    out, _ = optimize(graph, ["fuse_channel_shuffle"])
+    assert out.op_counts() == graph.op_counts()
