@@ -16,6 +16,7 @@ from ..movement import channel_shuffle, concat
 from ..registry import register_kernel
 from .common import (
     MIN_TASK_ELEMENTS,
+    as_nhwc,
     fast_dtype,
     is_channels_last,
     nchw_view,
@@ -25,13 +26,20 @@ from .common import (
 
 
 @njit(cache=True, nogil=True)
-def _copy_columns(src, dst, c0):
-    """dst[:, c0:c0 + src.shape[1]] = src."""
-    rows, c = src.shape
-    base = np.uint64(c0)  # unsigned: see conv._im2col
-    for r in range(rows):
-        for k in range(c):
-            dst[r, base + np.uint64(k)] = src[r, k]
+def _concat_rows(srcs, dst):
+    """dst[r] = concatenation of src[r] for src in ``srcs`` (a tuple of (rows, c_i) arrays).
+
+    Each output row is written whole, once: copying input by input would write every cache
+    line of a row in parts (measured 1.3x slower than numpy's contiguous NCHW blocks).
+    """
+    for r in range(dst.shape[0]):
+        d = dst[r]
+        c0 = np.uint64(0)  # unsigned offsets: see conv._im2col
+        for src in srcs:
+            s = src[r]
+            for k in range(s.shape[0]):
+                d[c0 + np.uint64(k)] = s[k]
+            c0 += np.uint64(s.shape[0])
 
 
 @register_kernel("Concat", "cpu")
@@ -48,18 +56,11 @@ def concat_cpu(*inputs: np.ndarray, axis: int) -> np.ndarray:
     total = sum(x.shape[1] for x in inputs)
     y = new_output((n, h, w, total), first.dtype)
     rows = y.reshape(-1, total)
-    parts, c0 = [], 0
-    for x in inputs:
-        c = x.shape[1]
-        if is_channels_last(x):
-            parts.append((x.transpose(0, 2, 3, 1).reshape(-1, c), c0))
-        else:  # an NCHW input: numpy's strided copy
-            y[..., c0:c0 + c] = x.transpose(0, 2, 3, 1)
-        c0 += c
+    # an NCHW input (rare: after an op without a channels-last kernel) is transposed first
+    parts = tuple(as_nhwc(x).reshape(-1, x.shape[1]) for x in inputs)
 
-    def block(lo: int, hi: int) -> None:  # a block of output rows, filled from every input
-        for src, start in parts:
-            _copy_columns(src[lo:hi], rows[lo:hi], start)
+    def block(lo: int, hi: int) -> None:
+        _concat_rows(tuple(p[lo:hi] for p in parts), rows[lo:hi])
 
     run_ranges(block, rows.shape[0], max(1, MIN_TASK_ELEMENTS // total))
     return nchw_view(y)
