@@ -1,13 +1,22 @@
-"""In-process throughput of taskflow next to ONNX Runtime and PyTorch, as ratios from one run.
+"""Throughput of taskflow, in-process and on Dask, next to ONNX Runtime and PyTorch, as ratios
+from one run.
 
 Used by ``taskflow bench`` and ``benchmarks/bench_cpu_kernels.py``. One call of
 :func:`bench_model` loads a model, sets the kernel threads once for the whole run (Numba and
 BLAS through :func:`taskflow.threads.apply_kernel_threads`; ONNX Runtime's
 ``intra_op_num_threads``; ``torch.set_num_threads``), warms every runtime up, then times the
-runtimes *interleaved* (taskflow, ORT, torch, taskflow, ...) and reports medians, so load from
-other processes on a shared machine hits every runtime alike. Peers are optional: ONNX Runtime
-and PyTorch are imported only here, inside functions, and skipped quietly when missing. They
-never appear on taskflow's runtime path.
+runtimes *interleaved* (taskflow, taskflow-dask, ORT, torch, taskflow, ...) and reports
+medians, so load from other processes on a shared machine hits every runtime alike.
+
+``taskflow`` is :meth:`Model.run` in this process. ``taskflow-dask`` is :meth:`Model.predict`
+on an embedded :class:`taskflow.cluster.Cluster` of one worker process with one task thread
+and the same kernel threads as every other runtime; weights and input are placed on the worker
+once, so a timed call is graph building, scheduling, the whole batch as one chunk, and fetching
+the result. Its output is checked against ``Model.run`` once, after warm-up. "Dask overhead" is
+its time over the in-process time.
+
+Peers are optional: ONNX Runtime and PyTorch are imported only here, inside functions, and
+skipped quietly when missing. They never appear on taskflow's runtime path.
 
 Examples
 --------
@@ -21,7 +30,8 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +41,11 @@ import numpy as np
 PEAK_GEMM_SIZE = 2048
 #: Peers compared by default, in report order.
 PEERS = ("onnxruntime", "torch")
+#: taskflow's own runners; every other runner in a result is a peer.
+TASKFLOW_RUNNERS = ("taskflow", "taskflow-dask")
+#: How far the Dask output may stray from ``Model.run``'s: the same kernels on the same input
+#: and thread count, so anything past float32 noise is a bug, not a rounding difference.
+DASK_TOLERANCE = 1e-5
 
 
 def light_model_dir() -> str:
@@ -106,6 +121,59 @@ def torch_runner(model: Any, threads: int) -> Callable[[np.ndarray], Any] | None
     return graph
 
 
+# --- taskflow on Dask ----------------------------------------------------------------------
+@contextmanager
+def dask_runner(model: Any, x: np.ndarray, threads: int) -> Iterator[Callable[[], list]]:
+    """A call computing ``model.predict`` of ``x`` on an embedded one-worker cluster and
+    fetching its outputs (a list, in ``Model.run``'s order); the cluster closes on exit.
+
+    One worker process with one task thread running the kernels on ``threads`` kernel
+    threads: the thread count every peer gets. Weights and input are placed on the worker
+    once, so a call times ``predict(...).compute()`` without the input's transfer.
+    """
+    import dask.array as da
+
+    from .cluster import Cluster
+
+    # oversubscribe: ``threads`` is what every runtime gets, cores or not; they take turns.
+    with Cluster(n_workers=1, threads_per_worker=1, kernel_threads=threads, processes=True,
+                 quiet=True, oversubscribe=True) as cluster:
+        client = cluster.client
+        model.to_cluster(client)
+        xd = client.persist(da.from_delayed(client.scatter(x), x.shape, dtype=x.dtype))
+
+        def run() -> list:
+            y = model.predict(xd, client=client)  # one chunk: the whole batch
+            return client.gather(client.compute(list(y) if isinstance(y, tuple) else [y]))
+
+        yield run
+
+
+def check_outputs(expected: Sequence[np.ndarray], got: Sequence[np.ndarray], names: Sequence[str],
+                  runner: str, tolerance: float = DASK_TOLERANCE) -> float:
+    """Largest absolute difference between ``runner``'s outputs and ``expected``; raises
+    :class:`TaskflowError` past ``tolerance`` (scaled by the output's magnitude when above 1),
+    since a benchmark must not time wrong results."""
+    from .errors import TaskflowError
+
+    if len(got) != len(expected):
+        raise TaskflowError(f"{runner} gave {len(got)} output(s); Model.run gives "
+                            f"{len(expected)} ({', '.join(names)})")
+    worst = 0.0
+    for name, want, have in zip(names, expected, got):
+        want, have = np.asarray(want), np.asarray(have)
+        if want.shape != have.shape:
+            raise TaskflowError(f"{runner} output {name!r} has shape {have.shape}; Model.run "
+                                f"gives {want.shape}")
+        diff = float(np.max(np.abs(want - have), initial=0.0))
+        scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+        if not diff <= tolerance * scale:  # (NaN fails too)
+            raise TaskflowError(f"{runner} output {name!r} differs from Model.run's by "
+                                f"{diff!r} (max abs); expected at most {tolerance * scale:.2g}")
+        worst = max(worst, diff)
+    return worst
+
+
 # --- timing --------------------------------------------------------------------------------
 @dataclass
 class BenchResult:
@@ -122,11 +190,19 @@ class BenchResult:
     compile_s: float = 0.0
     gemm_peak_gflops: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    #: Largest absolute difference of the Dask output from ``Model.run``'s (None: no Dask run).
+    dask_max_abs_diff: float | None = None
 
-    def ratio(self, peer: str) -> float | None:
-        if peer not in self.images_per_s or "taskflow" not in self.images_per_s:
+    def ratio(self, peer: str, runner: str = "taskflow") -> float | None:
+        """Throughput of ``runner`` over ``peer``'s (above 1: ``runner`` is faster)."""
+        if peer not in self.images_per_s or runner not in self.images_per_s:
             return None
-        return self.images_per_s["taskflow"] / self.images_per_s[peer]
+        return self.images_per_s[runner] / self.images_per_s[peer]
+
+    @property
+    def dask_overhead(self) -> float | None:
+        """taskflow-dask time over taskflow in-process time (1.0: Dask costs nothing)."""
+        return self.ratio("taskflow-dask")
 
     @property
     def gflops(self) -> float:
@@ -137,12 +213,18 @@ class BenchResult:
                  f"{self.flops_per_image / 1e9:.2f} GFLOP/image"]
         for name, rate in self.images_per_s.items():
             t = self.times[name]
-            lines.append(f"  {name:12s} {rate:8.2f} img/s  (median of {len(t)}: "
+            lines.append(f"  {name:13s} {rate:8.2f} img/s  (median of {len(t)}: "
                          f"{statistics.median(t):.3f} s, best {min(t):.3f} s)")
-        for peer in self.images_per_s:
-            r = self.ratio(peer)
-            if peer != "taskflow" and r is not None:
-                lines.append(f"  taskflow / {peer:12s} {r:6.2f}x")
+        peers = [p for p in self.images_per_s if p not in TASKFLOW_RUNNERS]
+        for runner in TASKFLOW_RUNNERS:
+            for peer in peers:
+                r = self.ratio(peer, runner)
+                if r is not None:
+                    lines.append(f"  {runner + ' / ' + peer:28s} {r:6.2f}x")
+        if self.dask_overhead is not None:
+            lines.append(f"  Dask overhead {self.dask_overhead:.2f}x (taskflow-dask time / "
+                         f"taskflow in-process time; outputs agree to "
+                         f"{self.dask_max_abs_diff:.1e})")
         if self.gemm_peak_gflops:
             lines.append(f"  taskflow {self.gflops:.1f} GFLOP/s = "
                          f"{self.gflops / self.gemm_peak_gflops:.0%} of measured sgemm peak "
@@ -180,10 +262,17 @@ def warmup_model(model: Any, batch: int = 1) -> tuple[float, float]:
 
 
 def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5,
-                peers: Sequence[str] = PEERS, seed: int = 0) -> BenchResult:
-    """Throughput of ``spec`` (path or light-model name) in taskflow and its peers.
+                peers: Sequence[str] = PEERS, dask: bool = True, seed: int = 0) -> BenchResult:
+    """Throughput of ``spec`` (path or light-model name) in taskflow, in-process and (with
+    ``dask``) on an embedded one-worker Dask cluster, and in its peers.
 
-    Kernel threads are applied once for the whole run and restored at the end.
+    Kernel threads are applied once for the whole run and restored at the end; the cluster is
+    closed at the end, whatever happens.
+
+    Raises
+    ------
+    TaskflowError
+        The Dask run's output differs from ``Model.run``'s (see :func:`check_outputs`).
     """
     from . import threads as thread_control
     from .model import load
@@ -192,32 +281,41 @@ def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5
     path = resolve_model(spec)
     thread_control.apply_kernel_threads(threads)
     try:
-        start = time.perf_counter()
-        warmup()
-        compile_s = time.perf_counter() - start
-        model = load(path)
-        first, warm = warmup_model(model)
-        info = model.info()
-        (inp,) = model.graph.inputs
-        shape = tuple(batch if not isinstance(d, int) else d for d in inp.shape)
-        x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-        runners: dict[str, Callable[[], Any]] = {
-            "taskflow": lambda: model.run(None, {inp.name: x})}
-        skipped = []
-        for peer in peers:
-            make = {"onnxruntime": ort_runner, "torch": torch_runner}[peer]
-            run = make(model, threads)
-            if run is None:
-                skipped.append(f"{peer} (not installed, or an op it lacks)")
-                continue
-            runners[peer] = lambda run=run: run(x)
-        for fn in runners.values():  # warm-up: caches, allocators, thread pools
-            fn()
-        times = interleaved(runners, repeat)
-        result = BenchResult(os.path.basename(path).removesuffix(".onnx"), batch, threads,
-                             info.flops_per_sample, times=times, first_run_s=first,
-                             warm_run_s=warm, compile_s=compile_s, skipped=skipped)
-        result.images_per_s = {k: batch / statistics.median(v) for k, v in times.items()}
+        with ExitStack() as stack:  # closes the Dask cluster, whatever happens
+            start = time.perf_counter()
+            warmup()
+            compile_s = time.perf_counter() - start
+            model = load(path)
+            first, warm = warmup_model(model)
+            info = model.info()
+            (inp,) = model.graph.inputs
+            shape = tuple(batch if not isinstance(d, int) else d for d in inp.shape)
+            x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+            runners: dict[str, Callable[[], Any]] = {
+                "taskflow": lambda: model.run(None, {inp.name: x})}
+            if dask:
+                runners["taskflow-dask"] = stack.enter_context(dask_runner(model, x, threads))
+            skipped = []
+            for peer in peers:
+                make = {"onnxruntime": ort_runner, "torch": torch_runner}[peer]
+                run = make(model, threads)
+                if run is None:
+                    skipped.append(f"{peer} (not installed, or an op it lacks)")
+                    continue
+                runners[peer] = lambda run=run: run(x)
+            # warm-up: caches, allocators, thread pools; the Dask worker loads Numba's cache
+            outputs = {name: fn() for name, fn in runners.items()}
+            diff = None
+            if dask:
+                diff = check_outputs(outputs["taskflow"], outputs["taskflow-dask"],
+                                     model.graph.output_names, "taskflow-dask")
+            del outputs
+            times = interleaved(runners, repeat)
+            result = BenchResult(os.path.basename(path).removesuffix(".onnx"), batch, threads,
+                                 info.flops_per_sample, times=times, first_run_s=first,
+                                 warm_run_s=warm, compile_s=compile_s, skipped=skipped,
+                                 dask_max_abs_diff=diff)
+            result.images_per_s = {k: batch / statistics.median(v) for k, v in times.items()}
         result.gemm_peak_gflops = gemm_peak()
         return result
     finally:

@@ -207,14 +207,20 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
                    help="kernel threads for taskflow and every peer (default 2)")
     p.add_argument("--repeat", type=int, default=5,
                    help="timed runs per runtime, interleaved; medians reported (default 5)")
+    p.add_argument("--no-dask", dest="dask", action="store_false",
+                   help="skip taskflow on Dask (an embedded one-worker cluster, started here)")
 
 
 @command("bench", _bench_args)
 def bench(args: argparse.Namespace) -> int:
-    """Images/s of taskflow next to ONNX Runtime and PyTorch (when installed), as ratios."""
+    """Images/s of taskflow, in-process and on Dask, next to ONNX Runtime and PyTorch.
+
+    Printed with ratios from the same run; PyTorch only when installed (``--no-dask``: no Dask).
+    """
     from .bench import bench_model
 
-    print(bench_model(args.model, batch=args.batch, threads=args.threads, repeat=args.repeat))
+    print(bench_model(args.model, batch=args.batch, threads=args.threads, repeat=args.repeat,
+                      dask=args.dask))
     return 0
 
 
