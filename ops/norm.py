@@ -15,6 +15,7 @@ import numpy as np
 
 from taskflow.errors import ShapeError, UnsupportedOpError
 
+from .conv import apply_activation
 from .registry import register
 
 #: ONNX TensorProto element types LayerNormalization's ``stash_type`` may name.
@@ -47,6 +48,24 @@ def batch_normalization(X: np.ndarray, scale: np.ndarray, B: np.ndarray,
     a = _per_channel(scale, X) / np.sqrt(_per_channel(input_var, X) + X.dtype.type(epsilon))
     b = _per_channel(B, X) - _per_channel(input_mean, X) * a
     return X * a + b
+
+
+def fused_batch_norm_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any],
+                           **attrs: Any) -> int:
+    """BatchNormalization's count, + one op per element for the activation."""
+    y = math.prod(out_shapes[0])
+    return 2 * y + (y if attrs.get("activation", "") else 0)
+
+
+@register("FusedBatchNormalization", "norm", flops=fused_batch_norm_flops, domain="taskflow")
+def fused_batch_normalization(X: np.ndarray, scale: np.ndarray, B: np.ndarray,
+                              input_mean: np.ndarray, input_var: np.ndarray, *,
+                              epsilon: float = 1e-5, activation: str = "",
+                              activation_params: Sequence[float] | None = None) -> np.ndarray:
+    """Y = activation(BatchNormalization(X, ...)): DenseNet's pre-activation BN + ReLU as one
+    node (the optimiser's ``fuse_epilogues``), so the kernel makes one pass instead of two."""
+    y = batch_normalization(X, scale, B, input_mean, input_var, epsilon=epsilon)
+    return apply_activation(y, activation, activation_params)
 
 
 def _standardize(x: np.ndarray, axes: tuple[int, ...],

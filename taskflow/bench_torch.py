@@ -104,6 +104,12 @@ def _reshape(n: Node, consts: dict) -> Fn:
     return run
 
 
+def _fused_batch_norm(n: Node, consts: dict) -> Fn:
+    act = _activation(n.attrs.get("activation", ""), n.attrs.get("activation_params", []))
+    eps = n.attrs.get("epsilon", 1e-5)
+    return lambda x, s, b, m, v: act(F.batch_norm(x, m, v, s, b, False, 0.0, eps))
+
+
 BUILDERS: dict[str, Callable[[Node, dict], Fn]] = {
     "Conv": _conv, "FusedConv": _conv, "Gemm": _gemm, "FusedGemm": _gemm,
     "MaxPool": _max_pool, "AveragePool": _avg_pool, "Reshape": _reshape,
@@ -118,6 +124,7 @@ BUILDERS: dict[str, Callable[[Node, dict], Fn]] = {
     "Flatten": lambda n, c: lambda x: torch.flatten(x, n.attrs.get("axis", 1)),
     "BatchNormalization": lambda n, c: lambda x, s, b, m, v: F.batch_norm(
         x, m, v, s, b, False, 0.0, n.attrs.get("epsilon", 1e-5)),
+    "FusedBatchNormalization": _fused_batch_norm,
     "LRN": lambda n, c: lambda x: F.local_response_norm(
         x, n.attrs["size"], n.attrs.get("alpha", 1e-4), n.attrs.get("beta", 0.75),
         n.attrs.get("bias", 1.0)),

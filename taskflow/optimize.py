@@ -321,7 +321,8 @@ FUSABLE_ACTIVATIONS: dict[str, Callable[[Node, Graph], list[float] | None]] = {
     "Clip": lambda n, g: _clip_params(n, g),
 }
 
-_FUSED = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul"}
+_FUSED = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul",
+          "BatchNormalization": "FusedBatchNormalization"}
 
 
 def _clip_params(n: Node, g: Graph) -> list[float] | None:
@@ -339,10 +340,13 @@ def _clip_params(n: Node, g: Graph) -> list[float] | None:
 
 
 def fuse_epilogues(graph: Graph) -> Graph:
-    """Fuse Conv/Gemm/MatMul with a following bias Add, residual Add and activation.
+    """Fuse Conv/Gemm/MatMul with a following bias Add, residual Add and activation, and an
+    inference BatchNormalization with a following activation.
 
     ``act(conv(x) + b + z)`` becomes one FusedConv node (likewise FusedGemm, FusedMatMul), so
     the kernel writes its output once instead of three elementwise passes over it.
+    ``act(BatchNormalization(x))`` (DenseNet's pre-activation, where the BatchNorm cannot fold
+    into a convolution) becomes one FusedBatchNormalization node.
     """
     g = graph.copy()
     removed: set[int] = set()
@@ -362,6 +366,9 @@ def fuse_epilogues(graph: Graph) -> Graph:
 
 
 def _fuse_one(g: Graph, node: Node, consumers: dict[str, list[Node]], removed: set[int]) -> bool:
+    is_bn = node.op == "BatchNormalization"
+    if is_bn and (node.attrs.get("training_mode", 0) or len([o for o in node.outputs if o]) != 1):
+        return False
     inputs = list(node.inputs)
     attrs = dict(node.attrs)
     out = node.outputs[0]
@@ -373,7 +380,8 @@ def _fuse_one(g: Graph, node: Node, consumers: dict[str, list[Node]], removed: s
         nxt = _single_consumer(g, out, consumers)
         if nxt is None or id(nxt) in removed:
             break
-        if nxt.op in ("Add", "Sum") and len(nxt.inputs) == 2 and "activation" not in attrs:
+        if nxt.op in ("Add", "Sum") and len(nxt.inputs) == 2 and "activation" not in attrs \
+                and not is_bn:
             other = nxt.inputs[1] if nxt.inputs[0] == out else nxt.inputs[0]
             if other == out:
                 break
@@ -408,6 +416,9 @@ def _fuse_one(g: Graph, node: Node, consumers: dict[str, list[Node]], removed: s
             inputs.append("")
         inputs = inputs[:3] + [residual]
     attrs.setdefault("activation", "")
+    if is_bn:
+        for name in ("momentum", "training_mode"):  # training attributes: the fused op has none
+            attrs.pop(name, None)
     node.op = _FUSED[node.op]
     node.domain = "taskflow"
     node.inputs = inputs

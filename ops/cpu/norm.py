@@ -1,4 +1,5 @@
-"""Numba kernels for BatchNormalization, LayerNormalization and InstanceNormalization.
+"""Numba kernels for BatchNormalization (and FusedBatchNormalization: BatchNorm + activation),
+LayerNormalization and InstanceNormalization.
 
 BatchNormalization folds to ``x * a + b`` per channel exactly as the reference does (the same
 numpy expressions compute ``a`` and ``b``), then one parallel pass applies it in the input's
@@ -9,10 +10,18 @@ at most a few float32 ulps from the reference's pairwise float32 sums.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numba import njit
 
-from ..norm import STASH_DTYPES, batch_normalization, instance_normalization, layer_normalization
+from ..norm import (
+    STASH_DTYPES,
+    batch_normalization,
+    fused_batch_normalization,
+    instance_normalization,
+    layer_normalization,
+)
 from ..registry import register_kernel
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -24,46 +33,69 @@ from .common import (
     run_ranges,
     vector,
 )
+from .epilogue import activate_row, activation_code
 
 
 @njit(cache=True, nogil=True)
-def _affine(x, a, b, y, per_row, r0):
-    """y[r, j] = x[r, j] * a[k] + b[k], k = j (per_row False) or (r0 + r) % len(a) (True)."""
+def _affine(x, a, b, y, per_row, r0, act, p0, p1, one):
+    """y[r, j] = act(x[r, j] * a[k] + b[k]), k = j (per_row False) or (r0 + r) % len(a)."""
     rows, m = x.shape
     nc = a.shape[0]
     for r in range(rows):
+        yr = y[r]
         if per_row:
             ar = a[(r0 + r) % nc]
             br = b[(r0 + r) % nc]
             for j in range(m):
-                y[r, j] = x[r, j] * ar + br
+                yr[j] = x[r, j] * ar + br
         else:
             for j in range(m):
-                y[r, j] = x[r, j] * a[j] + b[j]
+                yr[j] = x[r, j] * a[j] + b[j]
+        activate_row(yr, act, p0, p1, one)
 
 
 def _affine_rows(x2d: np.ndarray, a: np.ndarray, b: np.ndarray, y2d: np.ndarray,
-                 per_row: bool) -> None:
-    run_ranges(lambda lo, hi: _affine(x2d[lo:hi], a, b, y2d[lo:hi], per_row, lo),
+                 per_row: bool, act: tuple[int, float, float] = (0, 0.0, 0.0)) -> None:
+    t = x2d.dtype.type
+    code, p0, p1 = act
+    run_ranges(lambda lo, hi: _affine(x2d[lo:hi], a, b, y2d[lo:hi], per_row, lo, code, t(p0),
+                                      t(p1), t(1)),
                x2d.shape[0], max(1, MIN_TASK_ELEMENTS // max(1, x2d.shape[1])))
 
 
-def per_channel_affine(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-    """``x * a + b`` with (C,) vectors along axis 1 of x, in x's layout; None if x is neither
-    C-contiguous nor channels-last."""
+def per_channel_affine(x: np.ndarray, a: np.ndarray, b: np.ndarray,
+                       act: tuple[int, float, float] = (0, 0.0, 0.0)) -> np.ndarray | None:
+    """``act(x * a + b)`` with (C,) vectors along axis 1 of x, in x's layout; None if x is
+    neither C-contiguous nor channels-last."""
     a = vector(a, x.dtype)
     b = vector(b, x.dtype)
     if is_channels_last(x):
         xh = x.transpose(0, 2, 3, 1)
         y = new_output(xh.shape, xh.dtype)
-        _affine_rows(xh.reshape(-1, x.shape[1]), a, b, y.reshape(-1, x.shape[1]), False)
+        _affine_rows(xh.reshape(-1, x.shape[1]), a, b, y.reshape(-1, x.shape[1]), False, act)
         return nchw_view(y)
     if not x.flags.c_contiguous:
         return None
     n, c = x.shape[:2]
     y = new_output(x.shape, x.dtype)
     inner = x.size // max(1, n * c)
-    _affine_rows(x.reshape(n * c, inner), a, b, y.reshape(n * c, inner), True)
+    _affine_rows(x.reshape(n * c, inner), a, b, y.reshape(n * c, inner), True, act)
+    return y
+
+
+def _batch_norm(X, scale, B, input_mean, input_var, epsilon, act) -> np.ndarray | None:
+    """Inference BatchNormalization (+ activation) as one per-channel multiply-add pass, or
+    None outside the fast cases."""
+    if X.ndim < 2 or not fast_dtype(X) or X.size == 0 \
+            or any(p.shape != (X.shape[1],) for p in (scale, B, input_mean, input_var)):
+        return None
+    t = X.dtype
+    # The reference's own folding, on (C,) vectors.
+    a = scale.astype(t, copy=False) / np.sqrt(input_var.astype(t, copy=False) + t.type(epsilon))
+    b = B.astype(t, copy=False) - input_mean.astype(t, copy=False) * a
+    y = per_channel_affine(X, a, b, act)
+    if y is None:
+        y = per_channel_affine(np.ascontiguousarray(X), a, b, act)
     return y
 
 
@@ -73,17 +105,27 @@ def batch_normalization_cpu(X: np.ndarray, scale: np.ndarray, B: np.ndarray,
                             epsilon: float = 1e-5, momentum: float = 0.9,
                             training_mode: int = 0) -> np.ndarray:
     """Inference BatchNormalization as one per-channel multiply-add pass."""
-    if training_mode or X.ndim < 2 or not fast_dtype(X) or X.size == 0 \
-            or any(p.shape != (X.shape[1],) for p in (scale, B, input_mean, input_var)):
+    y = None if training_mode else _batch_norm(X, scale, B, input_mean, input_var, epsilon,
+                                               (0, 0.0, 0.0))
+    if y is None:
         return batch_normalization(X, scale, B, input_mean, input_var, epsilon=epsilon,
                                    momentum=momentum, training_mode=training_mode)
-    t = X.dtype
-    # The reference's own folding, on (C,) vectors.
-    a = scale.astype(t, copy=False) / np.sqrt(input_var.astype(t, copy=False) + t.type(epsilon))
-    b = B.astype(t, copy=False) - input_mean.astype(t, copy=False) * a
-    y = per_channel_affine(X, a, b)
+    return y
+
+
+@register_kernel("FusedBatchNormalization", "cpu")
+def fused_batch_normalization_cpu(X: np.ndarray, scale: np.ndarray, B: np.ndarray,
+                                  input_mean: np.ndarray, input_var: np.ndarray, *,
+                                  epsilon: float = 1e-5, activation: str = "",
+                                  activation_params: Sequence[float] | None = None
+                                  ) -> np.ndarray:
+    """BatchNormalization and its activation in the same pass over each row."""
+    act = activation_code(activation, activation_params)
+    y = None if act is None else _batch_norm(X, scale, B, input_mean, input_var, epsilon, act)
     if y is None:
-        y = per_channel_affine(np.ascontiguousarray(X), a, b)
+        return fused_batch_normalization(X, scale, B, input_mean, input_var, epsilon=epsilon,
+                                         activation=activation,
+                                         activation_params=activation_params)
     return y
 
 

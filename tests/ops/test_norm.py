@@ -157,3 +157,42 @@ def test_flops_on_known_shapes():
     ln = ops.get("LayerNormalization").flops([(8, 128, 768), (768,)],
                                              [(8, 128, 768), (8, 128, 1), (8, 128, 1)])
     assert ln == 7 * 8 * 128 * 768
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3), st.integers(1, 4), shapes,
+       st.sampled_from(["Relu", "LeakyRelu", "Clip", "Sigmoid", ""]))
+def test_fused_batch_normalization_is_batch_norm_then_the_activation(seed, n, c, spatial,
+                                                                     activation):
+    """FusedBatchNormalization (taskflow's) against ORT running BatchNormalization and the
+    activation op as two nodes."""
+    from onnx import helper
+
+    from .oracles import ORT_IR_VERSION
+
+    rng = np.random.default_rng(seed)
+    inputs = bn_inputs(rng, randn(rng, n, c, *spatial))
+    params = {"LeakyRelu": [0.2], "Clip": [-0.3, 0.4]}.get(activation, [])
+    got = ops.get("FusedBatchNormalization")(*inputs, epsilon=1e-3, activation=activation,
+                                            activation_params=params)[0]
+    names = ["x", "s", "b", "m", "v"]
+    nodes = [helper.make_node("BatchNormalization", names, ["bn" if activation else "y"],
+                              epsilon=1e-3)]
+    inits = [helper.make_tensor(k, 1, a.shape, a.ravel()) for k, a in zip(names[1:], inputs[1:])]
+    if activation == "Clip":
+        inits += [helper.make_tensor("lo", 1, [], [params[0]]),
+                  helper.make_tensor("hi", 1, [], [params[1]])]
+        nodes.append(helper.make_node("Clip", ["bn", "lo", "hi"], ["y"]))
+    elif activation:
+        extra = {"alpha": params[0]} if params else {}
+        nodes.append(helper.make_node(activation, ["bn"], ["y"], **extra))
+    model = helper.make_model(helper.make_graph(
+        nodes, "bn_act", [helper.make_tensor_value_info("x", 1, inputs[0].shape)],
+        [helper.make_empty_tensor_value_info("y")], initializer=inits),
+        opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = ORT_IR_VERSION
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": inputs[0]})
+    assert_close(got, want[0], rtol=1e-5, atol=1e-6, what=f"FusedBatchNormalization {activation}")

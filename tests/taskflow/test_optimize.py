@@ -105,3 +105,17 @@ def test_a_reshape_transpose_reshape_that_is_no_shuffle_stays():
     graph = tf.load(proto, optimize=False).graph
     out, _ = optimize(graph, ["fuse_channel_shuffle"])
     assert out.op_counts() == graph.op_counts()
+
+
+def test_densenet_batchnorm_relu_pairs_become_fused_batchnorms():
+    """DenseNet's pre-activation BatchNorm + ReLU cannot fold into a convolution (the ReLU
+    sits between): each pair becomes one FusedBatchNormalization with the activation."""
+    graph, x = _graph_and_input("densenet121")
+    out, _ = optimize(graph)
+    counts = out.op_counts()
+    fused = [n for n in out.nodes if n.op == "FusedBatchNormalization"]
+    assert len(fused) >= 58 and counts.get("Relu", 0) == 0
+    assert all(n.attrs["activation"] == "Relu" and "momentum" not in n.attrs for n in fused)
+    expected = _run(graph, x)
+    err = np.abs(_run(out, x) - expected).max() / np.abs(expected).max()
+    assert err <= RTOL
