@@ -84,7 +84,8 @@ def run_unit(program: Program, *args: Any) -> Any:
                 parts.append(a if sel is None else a[sel])
         value = parts[0] if b.axis is None else np.concatenate(parts, axis=b.axis)
         env[b.name] = _aligned(value)
-    for name, op, ins, outs, attrs in program.nodes:
+    release = _releases(program)
+    for k, (name, op, ins, outs, attrs) in enumerate(program.nodes):
         fn = _kernels.get((op, program.device))
         if fn is None:
             fn = _kernels[(op, program.device)] = ops.get(op).kernel(program.device)
@@ -98,8 +99,28 @@ def run_unit(program: Program, *args: Any) -> Any:
             raise TaskflowError(f"node {name!r} ({op}) failed on inputs of shapes {shapes}: "
                                 f"{type(exc).__name__}: {exc}") from exc
         env.update((o, r) for o, r in zip(outs, results) if o)
+        for dead in release[k]:
+            env.pop(dead, None)
     out = tuple(env[o] for o in program.outputs)
     return out[0] if len(out) == 1 else out
+
+
+def _releases(program: Program) -> list[tuple[str, ...]]:
+    """Per node of ``program``, the values no later node reads and no output is: dropped
+    after it, as :class:`~taskflow.executor.ExecutionPlan` does. Without this a task holds
+    every activation of its unit to the end (ResNet-50 at a chunk of 32: over 1 GB), and the
+    cpu kernels' output buffers can never be recycled."""
+    keep = set(program.outputs)
+    last: dict[str, int] = {}
+    for k, (_, _, ins, outs, _) in enumerate(program.nodes):
+        for name in (*ins, *outs):
+            if name:
+                last[name] = k
+    release: list[list[str]] = [[] for _ in program.nodes]
+    for name, k in last.items():
+        if name not in keep:
+            release[k].append(name)
+    return [tuple(r) for r in release]
 
 
 #: Aligned copies of weights that arrived unaligned, by id of the array the worker holds.

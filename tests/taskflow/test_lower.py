@@ -247,3 +247,16 @@ def test_unknown_chunk_sizes_refused():
     x = x[x[:, 0, 0, 0] == 0]
     with pytest.raises(ShapeError, match="compute_chunk_sizes"):
         model.predict(x)
+
+
+def test_a_task_drops_each_value_after_its_last_reader():
+    """run_unit frees intermediates as it goes (peak memory is the live set, and the cpu
+    kernels can recycle output buffers), keeping only the program's outputs."""
+    from taskflow.units import Bind, Program, _releases, run_unit
+
+    nodes = (("a", "Relu", ("x",), ("r",), {}), ("b", "Neg", ("r",), ("n",), {}),
+             ("c", "Add", ("r", "n"), ("s",), {}), ("d", "Abs", ("s",), ("out",), {}))
+    program = Program("p", nodes, (Bind("x", ((0, None),), batched=True),), (), ("out",))
+    assert _releases(program) == [("x",), (), ("r", "n"), ("s",)]
+    x = np.array([-1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(run_unit(program, x), np.zeros(2, np.float32))
