@@ -16,6 +16,7 @@ import numpy as np
 from . import ops
 from .errors import TaskflowError, UnsupportedOpError
 from .graph import Graph, Node
+from .placement import Slot, concat_slots
 
 
 @dataclass
@@ -65,6 +66,10 @@ class ExecutionPlan:
             Step(node, ops.get(node.op).kernel(device, strict=strict), tuple(releases.get(k, ())))
             for k, node in enumerate(order)
         ]
+        #: Convolutions that write into the Concat they feed (see :mod:`taskflow.placement`).
+        self.slots = {} if device != "cpu" else concat_slots(
+            [(n.op, n.inputs, n.outputs, n.attrs) for n in order],
+            lambda v: _channels(graph, v), graph.output_names)
 
     def run(self, feed: Mapping[str, Any], outputs: list[str] | None = None,
             trace: Callable[[Node, list[Any], tuple], None] | None = None) -> dict[str, Any]:
@@ -75,11 +80,17 @@ class ExecutionPlan:
         """
         env: dict[str, Any] = dict(self.graph.initializers)
         env.update(feed)
-        for step in self.steps:
+        buffers: dict[int, Any] = {}  # this run's Concat buffers, by Concat step
+        for k, step in enumerate(self.steps):
             node = step.node
             args = [env[i] if i else None for i in node.inputs]
             try:
-                results = ops.as_outputs(step.fn(*args, **node.attrs))
+                slot = self.slots.get(k)
+                if slot is None:
+                    results = ops.as_outputs(step.fn(*args, **node.attrs))
+                else:
+                    results = ops.as_outputs(placed_call(step.fn, args, node.attrs, slot,
+                                                         buffers))
             except TaskflowError:
                 raise
             except Exception as exc:
@@ -100,8 +111,30 @@ class ExecutionPlan:
                 trace(node, args, results)
             for name in step.release:
                 env.pop(name, None)
+            buffers.pop(k, None)  # a Concat's buffer lives on in its output only
         wanted = outputs if outputs is not None else self.graph.output_names
         return {name: env[name] for name in wanted}
+
+
+def _channels(graph: Graph, name: str) -> int | None:
+    """The static channel count of a 4-D value, else None."""
+    v = graph.values.get(name)
+    if v is None or v.shape is None or len(v.shape) != 4 or not isinstance(v.shape[1], int):
+        return None
+    return v.shape[1]
+
+
+def placed_call(fn: Callable[..., Any], args: list[Any], attrs: dict, slot: Slot,
+                buffers: dict[int, Any]) -> Any:
+    """``fn(*args, **attrs)`` offered its slot of the Concat buffer ``buffers[slot.concat]``
+    (made on first use; one dict per run)."""
+    from .ops.cpu.common import ConcatBuffer, output_slot
+
+    buffer = buffers.get(slot.concat)
+    if buffer is None:
+        buffer = buffers[slot.concat] = ConcatBuffer(slot.total)
+    with output_slot(buffer, slot.offset):
+        return fn(*args, **attrs)
 
 
 def unsupported_nodes(graph: Graph) -> list[tuple[Node, str]]:

@@ -26,6 +26,8 @@ import numpy as np
 
 from . import ops
 from .errors import TaskflowError
+from .executor import placed_call
+from .placement import Slot, concat_slots
 from .trace import BATCH, CONST, META, GraphTrace, NodeInfo
 
 #: Constants up to this size travel inside the task (Reshape shapes, axes, scalars); larger ones
@@ -65,6 +67,9 @@ class Program:
     outputs: tuple[str, ...]
     device: str = "cpu"
     whole: bool = False
+    #: (node position, slot): convolutions that write into their Concat's buffer
+    #: (:mod:`taskflow.placement`).
+    slots: tuple[tuple[int, Slot], ...] = ()
 
 
 _kernels: dict[tuple[str, str], Any] = {}
@@ -85,13 +90,19 @@ def run_unit(program: Program, *args: Any) -> Any:
         value = parts[0] if b.axis is None else np.concatenate(parts, axis=b.axis)
         env[b.name] = _aligned(value)
     release = _releases(program)
+    slots = dict(program.slots)
+    buffers: dict[int, Any] = {}
     for k, (name, op, ins, outs, attrs) in enumerate(program.nodes):
         fn = _kernels.get((op, program.device))
         if fn is None:
             fn = _kernels[(op, program.device)] = ops.get(op).kernel(program.device)
         argv = [env[i] if i else None for i in ins]
         try:
-            results = ops.as_outputs(fn(*argv, **attrs))
+            slot = slots.get(k)
+            if slot is None:
+                results = ops.as_outputs(fn(*argv, **attrs))
+            else:
+                results = ops.as_outputs(placed_call(fn, argv, attrs, slot, buffers))
         except TaskflowError:
             raise
         except Exception as exc:
@@ -101,6 +112,7 @@ def run_unit(program: Program, *args: Any) -> Any:
         env.update((o, r) for o, r in zip(outs, results) if o)
         for dead in release[k]:
             env.pop(dead, None)
+        buffers.pop(k, None)
     out = tuple(env[o] for o in program.outputs)
     return out[0] if len(out) == 1 else out
 
@@ -334,8 +346,11 @@ def build_plans(trace: GraphTrace, units: list[Unit], wanted: Sequence[str], dev
             binds.append(Bind(v, tuple(parts), axis, batched))
         nodes = tuple((n.label, n.node.op, tuple(u.rename.get(i, i) for i in n.node.inputs),
                        tuple(n.node.outputs), dict(n.node.attrs)) for n in bodies[k])
+        slots = () if device != "cpu" else tuple(concat_slots(
+            [(op, ins, outs, attrs) for _, op, ins, outs, attrs in nodes],
+            lambda v: _channels(trace, v), exports[k]).items())
         program = Program(u.label, nodes, tuple(binds), tuple(literals), tuple(exports[k]),
-                          device, u.whole)
+                          device, u.whole, slots)
         plans.append(UnitPlan(u, program, sources, exports[k]))
     where = {}
     for v in wanted:
@@ -343,6 +358,12 @@ def build_plans(trace: GraphTrace, units: list[Unit], wanted: Sequence[str], dev
             where[v] = ([(p, None if len(exports[p]) == 1 else exports[p].index(v))
                          for p in owner[v]], split_axis.get(v))
     return plans, where
+
+
+def _channels(trace: GraphTrace, name: str) -> int | None:
+    """The channel count of a traced 4-D value, else None."""
+    shapes = trace.shapes.get(name)
+    return shapes[0][1] if shapes is not None and len(shapes[0]) == 4 else None
 
 
 def _with_prelude(trace: GraphTrace, nodes: list[NodeInfo]) -> list[NodeInfo]:

@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -178,6 +178,95 @@ def clear_recycled() -> None:
     """Let go of the pool's free buffers (those still in use stay alive with their arrays)."""
     with _RECYCLE_LOCK:
         _RECYCLED.clear()
+
+
+# --- outputs written into a Concat's buffer ---------------------------------------------------
+class ConcatBuffer:
+    """The NHWC output of one Concat (along channels) while its inputs are being computed.
+
+    An interpreter that planned the Concat's producers (:func:`taskflow.placement.concat_slots`)
+    makes one per run and hands each producer its channel offset through
+    :func:`output_slot`; a convolution kernel then writes its output straight into
+    channels ``offset:offset + C`` of ``array`` (:func:`claim_output`), and the Concat kernel finds
+    its inputs already adjacent in one buffer and returns it without copying. Allocated by the
+    first producer that runs, when the batch and spatial size are known.
+    """
+
+    def __init__(self, total: int):
+        self.total = total
+        self.array: np.ndarray | None = None
+
+    def claim(self, offset: int, shape: tuple[int, int, int, int],
+              dtype: Any) -> tuple[np.ndarray, int] | None:
+        n, h, w, c = shape
+        if self.array is None:
+            self.array = new_output((n, h, w, self.total), dtype)
+        a = self.array
+        if a.shape[:3] != (n, h, w) or a.dtype != np.dtype(dtype) or offset + c > self.total:
+            return None  # not what was planned: the producer writes a fresh array instead
+        return a, offset
+
+
+_slot = threading.local()
+
+
+@contextmanager
+def output_slot(buffer: ConcatBuffer, offset: int) -> Iterator[None]:
+    """Offer ``buffer`` at channel ``offset`` to the kernel called inside this block (which may
+    ignore it: the numpy reference, or a shape the kernel does not handle)."""
+    _slot.value = (buffer, offset)
+    try:
+        yield
+    finally:
+        _slot.value = None
+
+
+def claim_output(shape: tuple[int, int, int, int],
+                 dtype: Any) -> tuple[np.ndarray, int] | None:
+    """``(buffer, c0)``: the offered Concat buffer (C-contiguous NHWC) and the channel where an
+    output of ``shape`` (N, H, W, C) goes, or None when none is offered or it does not fit.
+    Kernels write channels ``c0:c0 + C`` through the whole buffer, so their loops keep
+    contiguous rows (a strided slice would stop Numba vectorising them). An offer is taken at
+    most once."""
+    offer = getattr(_slot, "value", None)
+    if offer is None:
+        return None
+    _slot.value = None
+    buffer, offset = offer
+    return buffer.claim(offset, shape, dtype)
+
+
+def adjacent_channels(inputs: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The channel concatenation of ``inputs`` (logical NCHW, channels-last memory) as a view,
+    if they already lie side by side in one NHWC buffer, in order; else None.
+
+    Checked from the arrays alone: equal dtypes, shapes but for channels, and strides of a
+    buffer with exactly their total channel count per pixel, each starting where the previous
+    one's channels end. The view then covers exactly their elements.
+    """
+    first = inputs[0]
+    if first.ndim != 4 or any(x.ndim != 4 or x.dtype != first.dtype for x in inputs):
+        return None
+    n, _, h, w = first.shape
+    total = sum(x.shape[1] for x in inputs)
+    it = first.itemsize
+    strides = (h * w * total * it, it, w * total * it, total * it)
+    start = first.__array_interface__["data"][0]
+    root = _root(first)
+    offset = 0
+    for x in inputs:
+        if x.shape[0] != n or x.shape[2:] != (h, w) or x.strides != strides or \
+                x.__array_interface__["data"][0] != start + offset * it or _root(x) is not root:
+            return None
+        offset += x.shape[1]
+    return np.lib.stride_tricks.as_strided(first, (n, total, h, w), strides)
+
+
+def _root(x: np.ndarray) -> Any:
+    """The object owning ``x``'s memory (the end of its chain of views)."""
+    while isinstance(x.base, np.ndarray):
+        x = x.base
+    return x.base if x.base is not None else x
 
 
 # --- packed weights ---------------------------------------------------------------------------

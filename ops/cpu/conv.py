@@ -35,6 +35,7 @@ from . import winograd
 from .common import (
     MIN_TASK_ELEMENTS,
     as_nhwc,
+    claim_output,
     fast_dtype,
     nchw_view,
     new_output,
@@ -113,11 +114,11 @@ def _im2col(x, cols, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, groups):
 
 
 @njit(cache=True, nogil=True)
-def _depthwise(x, w, bias, z, y, sh, sw, dh, dw, ph, pw, act, p0, p1, one, lo, hi):
-    """y[n, oh, ow, c] = act(sum_{a,b} x[n, ih, iw, c] * w[a, b, c] + bias[c] + z[...]).
+def _depthwise(x, w, bias, z, y, c0, sh, sw, dh, dw, ph, pw, act, p0, p1, one, lo, hi):
+    """y[n, oh, ow, c0 + c] = act(sum_{a,b} x[n, ih, iw, c] * w[a, b, c] + bias[c] + z[...]).
 
-    x (N, H, W, C), w (KH, KW, C), y and z (N, Ho, Wo, C); an empty z means no residual.
-    Output rows (n, oh) in [lo, hi).
+    x (N, H, W, C), w (KH, KW, C), z (N, Ho, Wo, C), y (N, Ho, Wo, >= c0 + C); an empty z
+    means no residual. Output rows (n, oh) in [lo, hi).
     """
     n_, h, wd, c = x.shape
     kh, kw = w.shape[0], w.shape[1]
@@ -146,8 +147,9 @@ def _depthwise(x, w, bias, z, y, sh, sw, dh, dw, ph, pw, act, p0, p1, one, lo, h
                 for k in range(c):
                     acc[k] += z[n, oh, ow, k]
             activate_row(acc, act, p0, p1, one)
+            out = y[n, oh, ow, c0:c0 + c]
             for k in range(c):
-                y[n, oh, ow, k] = acc[k]
+                out[k] = acc[k]
 
 
 def _pack_kxk(w: np.ndarray, group: int) -> np.ndarray:
@@ -193,7 +195,11 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     ho, wo = out
     dtype = x.dtype
     xh = as_nhwc(x)
-    y = new_output((n, ho, wo, m), dtype)
+    # Written into channels c0:c0 + m of ``full``: a Concat's buffer when the interpreter
+    # offered one (taskflow.placement), else a fresh output of m channels.
+    placed = claim_output((n, ho, wo, m), dtype)
+    full, c0 = placed if placed is not None else (new_output((n, ho, wo, m), dtype), 0)
+    y = full[..., c0:c0 + m]
     if bias is not None:
         bias = vector(bias, dtype)
     zh = None if z is None else as_nhwc(z.astype(dtype, copy=False))
@@ -204,16 +210,16 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         z_ = np.zeros((0, 0, 0, 0), dtype) if zh is None else zh
 
         def rows(lo: int, hi: int) -> None:
-            _depthwise(xh, wd, b_, z_, y, s[0], s[1], d[0], d[1], pb[0], pb[1], act[0],
+            _depthwise(xh, wd, b_, z_, full, c0, s[0], s[1], d[0], d[1], pb[0], pb[1], act[0],
                        t(act[1]), t(act[2]), t(1), lo, hi)
 
         run_ranges(rows, n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * kh * kw)))
         return nchw_view(y)
     if winograd.usable(w, group, s, d):
-        winograd.conv3x3(xh, w, bias, zh, (pb[0], pb[1]), y, act)
+        winograd.conv3x3(xh, w, bias, zh, (pb[0], pb[1]), full, act, c0)
         return nchw_view(y)
     rows = n * ho * wo
-    y2d = y.reshape(rows, m)
+    y2d = full.reshape(rows, full.shape[3])  # C-contiguous: our columns are c0:c0 + m
     z2d = None if zh is None else zh.reshape(rows, m)
     mg = m // group
     if kh == kw == 1 and s == (1, 1) and not any(pb):
@@ -244,9 +250,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             src = x2d[r0:r1]
         for g in range(group):
             np.matmul(src[:, g * kdim:(g + 1) * kdim], wt[g],
-                      out=y2d[r0:r1, g * mg:(g + 1) * mg])
+                      out=y2d[r0:r1, c0 + g * mg:c0 + (g + 1) * mg])
         apply_epilogue(y2d[r0:r1], bias, None if z2d is None else z2d[r0:r1], act,
-                       parallel=False)
+                       parallel=False, c0=c0, width=m)
 
     run_tasks(work, -(-rows // step))
     return nchw_view(y)

@@ -99,8 +99,8 @@ def activate_row(row, act, p0, p1, one):
 
 
 @njit(cache=True, inline="always")
-def _epilogue_row(y, r, bias, z, act, p0, p1, one):
-    row = y[r]
+def _epilogue_row(y, r, c0, width, bias, z, act, p0, p1, one):
+    row = y[r, c0:c0 + width]  # a contiguous row (of a Concat's buffer when c0 > 0)
     m = row.shape[0]
     if bias.shape[0] == m and m > 0:
         for j in range(m):
@@ -112,11 +112,11 @@ def _epilogue_row(y, r, bias, z, act, p0, p1, one):
 
 
 @njit(cache=True, nogil=True)
-def epilogue_rows(y, bias, z, act, p0, p1, one):
-    """``y[r] = act(y[r] + bias + z[r])`` for every row of 2-D ``y``; an empty ``bias`` or
-    ``z`` (shape 0) is skipped."""
+def epilogue_rows(y, c0, width, bias, z, act, p0, p1, one):
+    """``y[r, cols] = act(y[r, cols] + bias + z[r])`` for every row of 2-D ``y``, columns
+    ``c0:c0 + width``; an empty ``bias`` or ``z`` (shape 0) is skipped."""
     for r in range(y.shape[0]):
-        _epilogue_row(y, r, bias, z, act, p0, p1, one)
+        _epilogue_row(y, r, c0, width, bias, z, act, p0, p1, one)
 
 
 _EMPTY = {}
@@ -131,21 +131,25 @@ def empty_operand(dtype: np.dtype, ndim: int) -> np.ndarray:
 
 
 def apply_epilogue(y2d: np.ndarray, bias: np.ndarray | None, z2d: np.ndarray | None,
-                   act: tuple[int, float, float], parallel: bool = True) -> None:
-    """The epilogue on ``y2d`` (C-contiguous rows), unless there is nothing to do; over the
-    kernel threads when ``parallel``, else on the calling thread (inside a kernel's task)."""
+                   act: tuple[int, float, float], parallel: bool = True, c0: int = 0,
+                   width: int | None = None) -> None:
+    """The epilogue on columns ``c0:c0 + width`` (default: all) of ``y2d`` (C-contiguous
+    rows), unless there is nothing to do; over the kernel threads when ``parallel``, else on
+    the calling thread (inside a kernel's task)."""
     code, p0, p1 = act
     if bias is None and z2d is None and code == NONE:
         return
+    width = y2d.shape[1] - c0 if width is None else width
     t = y2d.dtype.type
     b = empty_operand(y2d.dtype, 1) if bias is None else bias
     no_z = empty_operand(y2d.dtype, 2)
     if not parallel:
-        epilogue_rows(y2d, b, no_z if z2d is None else z2d, code, t(p0), t(p1), t(1))
+        epilogue_rows(y2d, c0, width, b, no_z if z2d is None else z2d, code, t(p0), t(p1),
+                      t(1))
         return
 
     def rows(lo: int, hi: int) -> None:
-        epilogue_rows(y2d[lo:hi], b, no_z if z2d is None else z2d[lo:hi], code, t(p0), t(p1),
-                      t(1))
+        epilogue_rows(y2d[lo:hi], c0, width, b, no_z if z2d is None else z2d[lo:hi], code,
+                      t(p0), t(p1), t(1))
 
     run_ranges(rows, y2d.shape[0], max(1, MIN_TASK_ELEMENTS // max(1, y2d.shape[1])))

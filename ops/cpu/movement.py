@@ -16,6 +16,7 @@ from ..movement import channel_shuffle, concat
 from ..registry import register_kernel
 from .common import (
     MIN_TASK_ELEMENTS,
+    adjacent_channels,
     as_nhwc,
     fast_dtype,
     is_channels_last,
@@ -44,8 +45,13 @@ def _concat_rows(srcs, dst):
 
 @register_kernel("Concat", "cpu")
 def concat_cpu(*inputs: np.ndarray, axis: int) -> np.ndarray:
-    """Concat; along channels of 4-D float inputs with any channels-last one, NHWC output."""
+    """Concat; along channels of 4-D float inputs with any channels-last one, NHWC output;
+    no copy at all when the inputs already lie side by side in one buffer."""
     first = inputs[0] if inputs else None
+    if first is not None and first.ndim == 4 and int(axis) in (1, -3):
+        joined = adjacent_channels(inputs)
+        if joined is not None:  # the producers wrote into one buffer (taskflow.placement)
+            return joined
     if (first is None or first.ndim != 4 or int(axis) not in (1, -3) or not fast_dtype(*inputs)
             or not any(is_channels_last(x) for x in inputs)
             or sum(x.size for x in inputs) < MIN_TASK_ELEMENTS  # small: numpy's copy wins

@@ -87,10 +87,11 @@ def _input_transform(x, v, t0, tiles_h, tiles_w, pt, pl, zero, rows):
 
 
 @njit(cache=True, nogil=True)
-def _output_transform(m, y, t0, tiles_h, tiles_w, bias, z, act, p0, p1, one):
+def _output_transform(m, y, c0, t0, tiles_h, tiles_w, bias, z, act, p0, p1, one):
     """y's 2x2 block of tile t0 + t = act(A^T m[:, t] A + bias + z) (A^T = [[1,1,1,0],
-    [0,1,-1,-1]]); pixels past the output's edge are dropped."""
-    ho, wo, mm = y.shape[1], y.shape[2], y.shape[3]
+    [0,1,-1,-1]]), in channels ``c0:c0 + M`` of y; pixels past the output's edge are
+    dropped."""
+    ho, wo, mm = y.shape[1], y.shape[2], m.shape[2]
     per_image = tiles_h * tiles_w
     has_bias = bias.shape[0] == mm
     has_z = z.shape[0] == y.shape[0]
@@ -105,7 +106,7 @@ def _output_transform(m, y, t0, tiles_h, tiles_w, bias, z, act, p0, p1, one):
             for b in range(2):
                 if ow + b >= wo:
                     continue
-                out = y[n, oh + a, ow + b]
+                out = y[n, oh + a, ow + b, c0:c0 + mm]
                 for k in range(mm):
                     # rows of A^T m, then the column of A picked by b
                     if a == 0:
@@ -135,8 +136,10 @@ def usable(w: np.ndarray, group: int, strides, dilations) -> bool:
 
 
 def conv3x3(xh: np.ndarray, w: np.ndarray, bias: np.ndarray | None, zh: np.ndarray | None,
-            pads: tuple[int, int], y: np.ndarray, act: tuple[int, float, float]) -> None:
-    """Write act(conv(xh, w) + bias + zh) into ``y`` (all NHWC; 3x3, stride 1)."""
+            pads: tuple[int, int], y: np.ndarray, act: tuple[int, float, float],
+            c0: int = 0) -> None:
+    """Write act(conv(xh, w) + bias + zh) into channels ``c0:c0 + M`` of ``y`` (all NHWC,
+    C-contiguous; 3x3, stride 1)."""
     n, c = xh.shape[0], xh.shape[3]
     m = w.shape[0]
     dtype = xh.dtype
@@ -161,6 +164,6 @@ def conv3x3(xh: np.ndarray, w: np.ndarray, bias: np.ndarray | None, zh: np.ndarr
         _input_transform(xh, v, t0, tiles_h, tiles_w, pads[0], pads[1], zero,
                          scratch("winograd-rows", (16, c), dtype))
         np.matmul(v, u, out=prod)  # 16 GEMMs, one call (BLAS per item, GIL released)
-        _output_transform(prod, y, t0, tiles_h, tiles_w, bias_, z_, act[0], p0, p1, t(1))
+        _output_transform(prod, y, c0, t0, tiles_h, tiles_w, bias_, z_, act[0], p0, p1, t(1))
 
     run_tasks(work, -(-tiles // step))
