@@ -249,3 +249,16 @@ def test_recycled_outputs_are_reused_only_once_unreferenced(monkeypatch):
     del b
     f = common.new_output((3 << 20,), np.float32)  # over the cap: the free buffer is evicted
     assert len(common._RECYCLED) == 3 and f.nbytes == 12 << 20
+
+
+def test_narrow_grouped_1x1_keeps_groups_apart_even_for_non_finite_inputs():
+    """The block-diagonal GEMM of a narrow grouped 1x1 multiplies other groups' inputs by 0;
+    an inf there would make nan, so such inputs take the per-group path."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 8, 5, 5), dtype=np.float32)
+    w = rng.standard_normal((8, 2, 1, 1), dtype=np.float32)
+    (finite,) = check("Conv", [x, w], {"group": 4})
+    x[0, 0, 1, 1] = np.inf  # group 0's input
+    (got,) = check("Conv", [x, w], {"group": 4})
+    assert np.isfinite(got[:, 2:]).all() and not np.isfinite(got[0, :2, 1, 1]).all()
+    np.testing.assert_array_equal(got[:, 2:], finite[:, 2:])
