@@ -216,6 +216,7 @@ def make_plan(workers: int | None = None, threads_per_worker: int | None = None,
 _LIMITER: Any = None  # the threadpoolctl limiter in force (kept so the limits can be restored)
 _KERNEL_THREADS: int | None = None
 _ORIGINAL_ENV: dict[str, str | None] = {}
+_ORIGINAL_BLAS: list[int] = []  # BLAS thread counts before the first apply_kernel_threads
 
 
 def apply_kernel_threads(n: int, *, cap_numba_pool: bool = False) -> dict[str, Any]:
@@ -239,9 +240,16 @@ def apply_kernel_threads(n: int, *, cap_numba_pool: bool = False) -> dict[str, A
 
     sync_numba_env()
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    from .ops.cpu.common import blas_threads, set_blas_threads
+
     if _LIMITER is not None:  # so restoring goes back to the limits before the first call
         _LIMITER.restore_original_limits()
+    else:
+        _ORIGINAL_BLAS[:] = blas_threads()
     _LIMITER = threadpool_limits(limits=n)
+    # threadpoolctl changes OpenBLAS only from the first thread that limited it (a Dask
+    # worker's plugin runs on its event loop, an in-process worker beside the main thread)
+    set_blas_threads(n)
     _KERNEL_THREADS = n
     return kernel_thread_report()
 
@@ -269,6 +277,9 @@ def reset_kernel_threads() -> None:
     global _LIMITER, _KERNEL_THREADS
     if _LIMITER is not None:
         _LIMITER.restore_original_limits()
+        from .ops.cpu.common import set_blas_threads
+
+        set_blas_threads(_ORIGINAL_BLAS)
     for var, value in _ORIGINAL_ENV.items():
         if value is None:
             os.environ.pop(var, None)

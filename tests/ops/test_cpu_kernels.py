@@ -262,3 +262,38 @@ def test_narrow_grouped_1x1_keeps_groups_apart_even_for_non_finite_inputs():
     (got,) = check("Conv", [x, w], {"group": 4})
     assert np.isfinite(got[:, 2:]).all() and not np.isfinite(got[0, :2, 1, 1]).all()
     np.testing.assert_array_equal(got[:, 2:], finite[:, 2:])
+
+
+def test_blas_is_single_threaded_inside_kernels_on_any_thread():
+    """threadpoolctl lets only the first thread that limited OpenBLAS change it again; kernels
+    run on other threads too (a Dask worker's task threads), and must still get 1 BLAS thread
+    inside their parallel tasks, and the count back afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):  # this thread takes control
+        before = common.blas_threads()
+        assert before and max(before) == 2
+
+        def inside() -> tuple[list[int], list[int]]:
+            with common.blas_single_threaded():
+                seen = common.blas_threads()
+            return seen, common.blas_threads()
+
+        with ThreadPoolExecutor(1) as pool:
+            seen, after = pool.submit(inside).result()
+        assert seen == [1] * len(before) and after == before
+
+
+def test_apply_kernel_threads_reaches_blas_from_any_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        with ThreadPoolExecutor(1) as pool:
+            seen = pool.submit(lambda: (threads.apply_kernel_threads(1),
+                                        common.blas_threads())[1]).result()
+            pool.submit(threads.reset_kernel_threads).result()
+        assert seen == [1] * len(seen) and common.blas_threads() == [2] * len(seen)
