@@ -12,7 +12,7 @@ All paths compute in NHWC (see :mod:`.common`) and return the logical NCHW view:
 - **everything else** (KxK, strided 1x1, grouped): im2col into a per-thread scratch buffer,
   one slice of output rows at a time, and one BLAS GEMM per slice (and group) written
   straight into the output; columns are ordered (group, kh, kw, c) so each group's block is
-  contiguous and BLAS reads it in place.
+  contiguous and BLAS reads it in place (:func:`.blas.gemm`: MKL's sgemm, or numpy's).
 
 Slices are the tasks the kernel threads share (:func:`.common.run_tasks`); after each
 slice's GEMM the epilogue (bias, residual, activation) runs on that slice while it is still in
@@ -33,6 +33,7 @@ from ..conv import fused_conv as fused_conv_reference
 from ..conv import resolve_pads, spatial_attrs
 from ..registry import register_kernel
 from . import winograd
+from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
     as_nhwc,
@@ -277,8 +278,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         else:
             src = x2d[r0:r1]
         for g in range(group):
-            np.matmul(src[:, g * kdim:(g + 1) * kdim], wt[g],
-                      out=y2d[r0:r1, c0 + g * mg:c0 + (g + 1) * mg])
+            gemm(src[:, g * kdim:(g + 1) * kdim], wt[g],
+                 y2d[r0:r1, c0 + g * mg:c0 + (g + 1) * mg])
         apply_epilogue(y2d[r0:r1], bias, None if z2d is None else z2d[r0:r1], act,
                        parallel=False, c0=c0, width=m)
 

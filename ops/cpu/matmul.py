@@ -1,7 +1,7 @@
 """Gemm, FusedGemm and FusedMatMul: one BLAS GEMM, then the epilogue in place.
 
-The product is numpy's ``matmul`` (OpenBLAS sgemm/dgemm: faster than any Numba loop at these
-sizes), split into row or column blocks over the kernel threads with BLAS single-threaded
+The product is :func:`.blas.gemm` (MKL's or OpenBLAS's sgemm/dgemm: faster than any Numba loop
+at these sizes), split into row blocks over the kernel threads with BLAS single-threaded
 (see :mod:`.common`); ``alpha``, a row-vector ``C`` or bias, and the activation are then
 applied in one pass over the fresh output instead of a chain of temporaries. Other
 broadcasts of ``C``, half precision and FusedMatMul with a non-vector bias take the
@@ -16,6 +16,7 @@ import numpy as np
 
 from ..matmul import fused_gemm, fused_matmul, gemm
 from ..registry import register_kernel
+from .blas import gemm as blas_gemm
 from .common import TASKS_PER_THREAD, fast_dtype, run_tasks, threads, vector
 from .epilogue import activation_code, apply_epilogue
 
@@ -42,8 +43,8 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     y = np.empty((m, n), np.result_type(a, b))
     parts = max(1, min(m // MIN_BLOCK, TASKS_PER_THREAD * threads()))
     step = max(1, -(-m // parts))
-    run_tasks(lambda i: np.matmul(a[i * step:(i + 1) * step], b,
-                                  out=y[i * step:(i + 1) * step]), max(1, -(-m // step)))
+    run_tasks(lambda i: blas_gemm(a[i * step:(i + 1) * step], b, y[i * step:(i + 1) * step]),
+              max(1, -(-m // step)))
     return y
 
 

@@ -1,0 +1,118 @@
+"""The GEMM of the cpu kernels: oneMKL's sequential sgemm/dgemm when it is installed, else numpy.
+
+Every convolution and matrix product of the cpu kernels ends in :func:`gemm`, one call per
+task of the kernel pool (see :mod:`.common`), each on one thread. numpy's ``matmul`` calls
+OpenBLAS; on the layer shapes of the benchmark CNNs oneMKL's sequential sgemm is 1.15-1.4x
+faster per core than OpenBLAS's (K = 6-34 small-channel layers: up to 2x), and ONNX
+Runtime's MLAS is faster than both, so on x86-64 Linux taskflow depends on the ``mkl`` wheel
+and calls its ``cblas_?gemm`` through ctypes (which releases the GIL), in the sequential
+threading layer: the kernels do their own threading.
+
+``TASKFLOW_BLAS=numpy`` (read at import) keeps every GEMM on numpy; so does a missing or
+unusable MKL. Operands MKL cannot take (other dtypes, non-unit inner strides) go to numpy
+too, so the result is the same product either way, up to summation order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+
+#: cblas enums
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_MKL_THREADING_SEQUENTIAL = 1
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def _find_mkl() -> str | None:
+    """Path of ``libmkl_rt`` from the installed ``mkl`` wheel, or None."""
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        dist = distribution("mkl")
+    except (ImportError, PackageNotFoundError):
+        return None
+    for f in dist.files or ():
+        if os.path.basename(str(f)).startswith("libmkl_rt.so"):
+            path = str(dist.locate_file(f))
+            if os.path.exists(path):
+                return path
+    return None
+
+
+def _load() -> Any:
+    """The ctypes handle of MKL set to its sequential layer, or None (numpy then)."""
+    if os.environ.get("TASKFLOW_BLAS", "auto").lower() in ("numpy", "openblas"):
+        return None
+    path = _find_mkl()
+    if path is None:
+        return None
+    try:
+        mkl = ctypes.CDLL(path)
+        layer = mkl.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
+        if layer != _MKL_THREADING_SEQUENTIAL:  # MKL was already set up by someone else
+            raise OSError(f"MKL threading layer is {layer}, not sequential")
+        args = [ctypes.c_int] * 6
+        for name, real in (("cblas_sgemm", ctypes.c_float), ("cblas_dgemm", ctypes.c_double)):
+            fn = getattr(mkl, name)
+            fn.argtypes = args + [real, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                  ctypes.c_int, real, ctypes.c_void_p, ctypes.c_int]
+            fn.restype = None
+        return mkl
+    except (OSError, AttributeError) as exc:
+        warnings.warn(f"taskflow: MKL at {path} is unusable ({exc}); GEMMs use numpy",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
+def backend() -> str:
+    """``"mkl"`` or ``"numpy"``: what :func:`gemm` calls."""
+    return "numpy" if _mkl() is None else "mkl"
+
+
+def _mkl() -> Any:
+    if "mkl" not in _state:
+        with _lock:
+            if "mkl" not in _state:
+                _state["mkl"] = _load()
+    return _state["mkl"]
+
+
+def _layout(m: np.ndarray) -> tuple[int, int] | None:
+    """(transpose flag, leading dimension) of a 2-D operand in row-major cblas terms."""
+    item = m.itemsize
+    rows, cols = m.shape
+    if m.strides[1] == item and m.strides[0] % item == 0 and m.strides[0] >= max(1, cols) * item:
+        return _NO_TRANS, m.strides[0] // item
+    if m.strides[0] == item and m.strides[1] % item == 0 and m.strides[1] >= max(1, rows) * item:
+        return _TRANS, m.strides[1] // item
+    return None
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[...] = a @ b`` for 2-D arrays; returns ``out``.
+
+    ``out`` may be a strided view (a block of a larger row-major array: a Concat's buffer,
+    a group's columns) as long as its rows are contiguous.
+    """
+    mkl = _mkl()
+    if mkl is not None and a.dtype == b.dtype == out.dtype and a.dtype.char in "fd" \
+            and a.ndim == b.ndim == out.ndim == 2 and out.strides[1] == out.itemsize \
+            and min(a.shape + b.shape) > 0:
+        la, lb = _layout(a), _layout(b)
+        m, k = a.shape
+        n = b.shape[1]
+        ldc = out.strides[0] // out.itemsize
+        if la is not None and lb is not None and out.shape == (m, n) and ldc >= n \
+                and out.strides[0] % out.itemsize == 0 and out.flags.writeable:
+            fn = mkl.cblas_sgemm if a.dtype.char == "f" else mkl.cblas_dgemm
+            fn(_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, a.ctypes.data, la[1], b.ctypes.data,
+               lb[1], 0.0, out.ctypes.data, ldc)
+            return out
+    return np.matmul(a, b, out=out)
