@@ -8,8 +8,9 @@ the packed-weight cache; :mod:`.warmup` compiles them all (``taskflow warmup``).
 
     conv.py      Conv, FusedConv (1x1 GEMM, im2col + GEMM, depthwise)   winograd.py  3x3 F(2,3)
     matmul.py    Gemm, FusedGemm, FusedMatMul                          epilogue.py  bias/act/res
-    pool.py      MaxPool, AveragePool, Global*Pool, LRN                norm.py      BN, LN, IN
-    eltwise.py   activations, Add/Sub/Mul/Div, Softmax, Gelu, Erf      movement.py  Concat
+    pool.py      MaxPool, AveragePool, Global*Pool, LRN                norm.py      BN(+act) LN IN
+    eltwise.py   activations, Add/Sub/Mul/Div, Softmax, Gelu, Erf      movement.py  Concat, shuffle
+    blas.py      the GEMM all of them call (oneMKL's sequential sgemm, else numpy's)
 """
 
 from __future__ import annotations
