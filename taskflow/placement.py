@@ -19,12 +19,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 #: Ops whose cpu kernel can write its output into an offered Concat slice.
-SLOT_WRITERS = frozenset({"Conv", "FusedConv"})
+SLOT_WRITERS = frozenset({"Conv", "FusedConv", "MaxPool", "AveragePool"})
+#: ... of which these only when at least MIN_SLOT_CHANNELS wide (see there).
+GEMM_WRITERS = frozenset({"Conv", "FusedConv"})
 
 
-#: Fewest channels of every input of a placed Concat. Narrower outputs written into a wide
-#: buffer cost their convolutions more than the copy saves (Inception v1's 32-channel branches
-#: into 256-480 channels: 4% slower end to end; SqueezeNet's 64-256: 3-9% faster).
+#: Fewest channels of a convolution writing into a Concat. Narrower GEMM outputs written into
+#: a wide buffer cost the convolution more than the copy saves (Inception v1's 32-channel
+#: branches into 256-480 channels: 4% slower end to end; SqueezeNet's 64-256: 3-9% faster).
+#: Pools write their rows element by element, so any width is fine for them.
 MIN_SLOT_CHANNELS = 64
 
 
@@ -42,8 +45,8 @@ def concat_slots(nodes: Sequence[tuple[str, Sequence[str], Sequence[str], dict]]
                  channels: Callable[[str], int | None],
                  keep: Iterable[str] = ()) -> dict[int, Slot]:
     """The slot of every node (by position in ``nodes``) that writes into its Concat: for
-    Concats along channels whose every input is a convolution's output of at least
-    :data:`MIN_SLOT_CHANNELS` channels that nobody else reads.
+    Concats along channels whose every input is a pool's or a convolution's output (of at
+    least :data:`MIN_SLOT_CHANNELS` channels) that nobody else reads.
 
     ``nodes`` are ``(op, inputs, outputs, attrs)`` in execution order; ``channels(value)``
     gives a value's static channel count when it is a 4-D tensor (else None); values in
@@ -61,12 +64,12 @@ def concat_slots(nodes: Sequence[tuple[str, Sequence[str], Sequence[str], dict]]
                 or len(set(ins)) != len(ins) or not all(ins):
             continue
         sizes = [channels(i) for i in ins]
-        if any(s is None or s < MIN_SLOT_CHANNELS for s in sizes):
-            continue
         writers = [producer.get(value) for value in ins]
-        if not all(p is not None and p < c and nodes[p][0] in SLOT_WRITERS
-                   and readers[value] == 1 and value not in keep
-                   for p, value in zip(writers, ins)):
+        if any(s is None for s in sizes) or not all(
+                p is not None and p < c and nodes[p][0] in SLOT_WRITERS
+                and (nodes[p][0] not in GEMM_WRITERS or size >= MIN_SLOT_CHANNELS)
+                and readers[value] == 1 and value not in keep
+                for p, value, size in zip(writers, ins, sizes)):
             # all or nothing: with one input copied anyway the Concat saves little, and its
             # producers' strided writes cost (DenseNet's concat(previous, new) ran 1.6x slower)
             continue

@@ -20,6 +20,7 @@ from ..registry import register_kernel
 from .common import (
     MIN_TASK_ELEMENTS,
     as_nhwc,
+    claim_output,
     fast_dtype,
     nchw_view,
     new_output,
@@ -29,9 +30,9 @@ from .common import (
 
 
 @njit(cache=True, nogil=True)
-def _max_pool(x, y, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi):
-    """y[n, oh, ow] = max over taps of x (NHWC), output rows (n, oh) in [lo, hi); a tap
-    outside the input counts as ``fill``."""
+def _max_pool(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi):
+    """y[n, oh, ow, c0:c0 + C] = max over taps of x (NHWC), output rows (n, oh) in [lo, hi);
+    a tap outside the input counts as ``fill``."""
     n_, h, w, c = x.shape
     ho, wo = y.shape[1], y.shape[2]
     for t in range(lo, hi):
@@ -57,13 +58,15 @@ def _max_pool(x, y, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi):
                 for k in range(c):
                     if fill > acc[k]:
                         acc[k] = fill
+            out = y[n, oh, ow, c0:c0 + c]
             for k in range(c):
-                y[n, oh, ow, k] = acc[k]
+                out[k] = acc[k]
 
 
 @njit(cache=True, nogil=True)
-def _avg_pool(x, y, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, lo_w, hi_w, lo, hi):
-    """y = sum of in-input taps / (taps inside [lo, hi) per axis, at least 1), NHWC.
+def _avg_pool(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, lo_w, hi_w, lo, hi):
+    """y[..., c0:c0 + C] = sum of in-input taps / (taps inside [lo, hi) per axis, at least 1),
+    NHWC.
 
     [lo_*, hi_*) is the input itself, or the input plus its pads when count_include_pad;
     output rows (n, oh) in [lo, hi).
@@ -99,8 +102,9 @@ def _avg_pool(x, y, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, lo_w, hi_w, lo, 
                         acc[k] += x[n, ih, iw, k]
             # int / float32 divides in float64 and rounds once: the float32 quotient exactly.
             count = max(count_h * count_w, 1)
+            out = y[n, oh, ow, c0:c0 + c]
             for k in range(c):
-                y[n, oh, ow, k] = acc[k] / count
+                out[k] = acc[k] / count
 
 
 @njit(cache=True, nogil=True)
@@ -163,6 +167,14 @@ def _rows_per_task(row_elements: int, kernel_shape: Sequence[int]) -> int:
     return max(1, MIN_TASK_ELEMENTS // max(1, row_elements * kernel_shape[0] * kernel_shape[1]))
 
 
+def _output(X: np.ndarray, out: Sequence[int]) -> tuple[np.ndarray, int]:
+    """(NHWC buffer, first channel) for a pool's output: the offered Concat buffer
+    (:func:`.common.claim_output`), else a fresh array."""
+    shape = (X.shape[0], out[0], out[1], X.shape[1])
+    placed = claim_output(shape, X.dtype)
+    return placed if placed is not None else (new_output(shape, X.dtype), 0)
+
+
 def _pool_case(X: np.ndarray, kernel_shape: Sequence[int]) -> bool:
     return X.ndim == 4 and len(kernel_shape) == 2 and fast_dtype(X)
 
@@ -180,12 +192,12 @@ def max_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
     pb, _, _, out, s, d = pool_geometry(X.shape[2:], kernel_shape, strides, dilations, pads,
                                     auto_pad, ceil_mode)
     xh = as_nhwc(X)
-    y = new_output((X.shape[0], *out, X.shape[1]), X.dtype)
+    y, c0 = _output(X, out)
     fill = np.finfo(X.dtype).min
-    run_ranges(lambda lo, hi: _max_pool(xh, y, kernel_shape[0], kernel_shape[1], s[0], s[1],
-                                        d[0], d[1], pb[0], pb[1], fill, lo, hi),
+    run_ranges(lambda lo, hi: _max_pool(xh, y, c0, kernel_shape[0], kernel_shape[1], s[0],
+                                        s[1], d[0], d[1], pb[0], pb[1], fill, lo, hi),
                X.shape[0] * out[0], _rows_per_task(out[1] * X.shape[1], kernel_shape))
-    return nchw_view(y)
+    return nchw_view(y[..., c0:c0 + X.shape[1]])
 
 
 @register_kernel("AveragePool", "cpu")
@@ -204,12 +216,12 @@ def average_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int 
     lo_h, hi_h = (-pb[0], h + pe[0]) if count_include_pad else (0, h)
     lo_w, hi_w = (-pb[1], w + pe[1]) if count_include_pad else (0, w)
     xh = as_nhwc(X)
-    y = new_output((X.shape[0], *out, X.shape[1]), X.dtype)
-    run_ranges(lambda lo, hi: _avg_pool(xh, y, kernel_shape[0], kernel_shape[1], s[0], s[1],
-                                        d[0], d[1], pb[0], pb[1], lo_h, hi_h, lo_w, hi_w, lo,
-                                        hi),
+    y, c0 = _output(X, out)
+    run_ranges(lambda lo, hi: _avg_pool(xh, y, c0, kernel_shape[0], kernel_shape[1], s[0],
+                                        s[1], d[0], d[1], pb[0], pb[1], lo_h, hi_h, lo_w, hi_w,
+                                        lo, hi),
                X.shape[0] * out[0], _rows_per_task(out[1] * X.shape[1], kernel_shape))
-    return nchw_view(y)
+    return nchw_view(y[..., c0:c0 + X.shape[1]])
 
 
 def _global(X: np.ndarray, take_max: bool) -> np.ndarray | None:

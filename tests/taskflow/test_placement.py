@@ -38,7 +38,7 @@ def test_every_input_of_a_concat_from_a_private_convolution_gets_a_slot():
                                    ("Concat", "a,b", "y"), ("Relu", "a", "z")), None, ()),
     ("an input that is an output", _nodes(("Conv", "x", "a"), ("Conv", "x", "b"),
                                           ("Concat", "a,b", "y")), None, ("a",)),
-    ("an input from another op", _nodes(("Conv", "x", "a"), ("MaxPool", "x", "b"),
+    ("an input from another op", _nodes(("Conv", "x", "a"), ("Relu", "x", "b"),
                                         ("Concat", "a,b", "y")), None, ()),
     ("a narrow input", _nodes(("Conv", "x", "a"), ("Conv", "x", "b"), ("Concat", "a,b", "y")),
      {"a": C, "b": C // 2}, ()),
@@ -48,6 +48,13 @@ def test_every_input_of_a_concat_from_a_private_convolution_gets_a_slot():
 def test_a_concat_is_placed_all_or_nothing(why, nodes, channels, keep):
     channels = channels or {"a": C, "b": C}
     assert concat_slots(nodes, channels.get, keep) == {}, why
+
+
+def test_pools_write_their_slot_at_any_width_convolutions_from_64_channels():
+    nodes = _nodes(("Conv", "x", "a"), ("AveragePool", "x", "b"), ("Concat", "a,b", "y"))
+    assert concat_slots(nodes, {"a": C, "b": 3}.get) == {0: Slot(2, 0, C + 3),
+                                                        1: Slot(2, C, C + 3)}
+    assert concat_slots(nodes, {"a": C - 1, "b": 3}.get) == {}
 
 
 def test_adjacent_channels_accepts_only_exact_neighbours_in_one_buffer():
@@ -100,6 +107,25 @@ def test_each_convolution_path_writes_its_slot_and_concat_copies_nothing(path):
     np.testing.assert_allclose(joined, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("op, attrs", [
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+])
+def test_pools_write_their_slot(op, attrs):
+    rng = np.random.default_rng(5)
+    x = channels_last(rng.standard_normal((2, 24, 9, 9), dtype=np.float32))
+    w = rng.standard_normal((64, 24, 1, 1), dtype=np.float32)
+    pooled = ops.get(op).reference(x, **attrs)
+    buffer = ConcatBuffer(64 + 24)
+    with output_slot(buffer, 0):
+        a = ops.get("Conv").kernels["cpu"](pooled, w)
+    with output_slot(buffer, 64):
+        b = ops.get(op).kernels["cpu"](x, **attrs)
+    joined = ops.get("Concat").kernels["cpu"](a, b, axis=1)
+    assert np.shares_memory(joined, buffer.array)
+    np.testing.assert_array_equal(joined[:, 64:], pooled)
+
+
 def test_an_offer_that_does_not_fit_is_declined():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 8, 5, 5), dtype=np.float32)
@@ -110,6 +136,17 @@ def test_an_offer_that_does_not_fit_is_declined():
         y = ops.get("Conv").kernels["cpu"](x, w)
     assert not np.shares_memory(y, buffer.array) and not buffer.array.any()
     np.testing.assert_allclose(y, ops.get("Conv").reference(x, w), rtol=1e-4, atol=1e-4)
+
+
+def test_shufflenets_pool_and_convolution_concats_are_placed():
+    model = tf.load(resolve_model("shufflenet"))
+    writers = {model._plan.steps[k].node.op for k in model._plan.slots}
+    assert writers == {"AveragePool", "Conv"} and len(model._plan.slots) == 6
+    x = np.random.default_rng(6).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    name = model.get_inputs()[0].name
+    placed = model.run(None, {name: x})[0]
+    model._plan.slots = {}
+    np.testing.assert_array_equal(placed, model.run(None, {name: x})[0])
 
 
 @pytest.fixture(scope="module")
