@@ -236,6 +236,14 @@ def claim_output(shape: tuple[int, int, int, int],
     return buffer.claim(offset, shape, dtype)
 
 
+def output_buffer(shape: tuple[int, int, int, int], dtype: Any) -> tuple[np.ndarray, int]:
+    """``(buffer, c0)`` for a channels-last kernel's output of ``shape`` (N, H, W, C): the
+    offered Concat buffer and the channel where this output starts, else a fresh
+    :func:`new_output` and 0. The kernel writes channels ``c0:c0 + C`` of ``buffer``."""
+    placed = claim_output(shape, dtype)
+    return placed if placed is not None else (new_output(shape, dtype), 0)
+
+
 def adjacent_channels(inputs: Sequence[np.ndarray]) -> np.ndarray | None:
     """The channel concatenation of ``inputs`` (logical NCHW, channels-last memory) as a view,
     if they already lie side by side in one NHWC buffer, in order; else None.

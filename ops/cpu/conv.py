@@ -37,10 +37,9 @@ from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
     as_nhwc,
-    claim_output,
     fast_dtype,
     nchw_view,
-    new_output,
+    output_buffer,
     packed,
     run_ranges,
     run_tasks,
@@ -216,8 +215,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     xh = as_nhwc(x)
     # Written into channels c0:c0 + m of ``full``: a Concat's buffer when the interpreter
     # offered one (taskflow.placement), else a fresh output of m channels.
-    placed = claim_output((n, ho, wo, m), dtype)
-    full, c0 = placed if placed is not None else (new_output((n, ho, wo, m), dtype), 0)
+    full, c0 = output_buffer((n, ho, wo, m), dtype)
     y = full[..., c0:c0 + m]
     if bias is not None:
         bias = vector(bias, dtype)

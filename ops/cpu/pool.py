@@ -20,10 +20,10 @@ from ..registry import register_kernel
 from .common import (
     MIN_TASK_ELEMENTS,
     as_nhwc,
-    claim_output,
     fast_dtype,
     nchw_view,
     new_output,
+    output_buffer,
     run_ranges,
     scratch,
 )
@@ -167,14 +167,6 @@ def _rows_per_task(row_elements: int, kernel_shape: Sequence[int]) -> int:
     return max(1, MIN_TASK_ELEMENTS // max(1, row_elements * kernel_shape[0] * kernel_shape[1]))
 
 
-def _output(X: np.ndarray, out: Sequence[int]) -> tuple[np.ndarray, int]:
-    """(NHWC buffer, first channel) for a pool's output: the offered Concat buffer
-    (:func:`.common.claim_output`), else a fresh array."""
-    shape = (X.shape[0], out[0], out[1], X.shape[1])
-    placed = claim_output(shape, X.dtype)
-    return placed if placed is not None else (new_output(shape, X.dtype), 0)
-
-
 def _pool_case(X: np.ndarray, kernel_shape: Sequence[int]) -> bool:
     return X.ndim == 4 and len(kernel_shape) == 2 and fast_dtype(X)
 
@@ -192,7 +184,7 @@ def max_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
     pb, _, _, out, s, d = pool_geometry(X.shape[2:], kernel_shape, strides, dilations, pads,
                                     auto_pad, ceil_mode)
     xh = as_nhwc(X)
-    y, c0 = _output(X, out)
+    y, c0 = output_buffer((X.shape[0], out[0], out[1], X.shape[1]), X.dtype)
     fill = np.finfo(X.dtype).min
     run_ranges(lambda lo, hi: _max_pool(xh, y, c0, kernel_shape[0], kernel_shape[1], s[0],
                                         s[1], d[0], d[1], pb[0], pb[1], fill, lo, hi),
@@ -216,7 +208,7 @@ def average_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int 
     lo_h, hi_h = (-pb[0], h + pe[0]) if count_include_pad else (0, h)
     lo_w, hi_w = (-pb[1], w + pe[1]) if count_include_pad else (0, w)
     xh = as_nhwc(X)
-    y, c0 = _output(X, out)
+    y, c0 = output_buffer((X.shape[0], out[0], out[1], X.shape[1]), X.dtype)
     run_ranges(lambda lo, hi: _avg_pool(xh, y, c0, kernel_shape[0], kernel_shape[1], s[0],
                                         s[1], d[0], d[1], pb[0], pb[1], lo_h, hi_h, lo_w, hi_w,
                                         lo, hi),
