@@ -21,6 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from taskflow.errors import ShapeError, UnsupportedOpError
 
 from . import registry
+from .movement import channel_shuffle as shuffle_channels
 from .registry import register
 
 #: Largest im2col/col2im buffer built at once; bigger batches go in slices of samples. 16 MiB
@@ -281,10 +282,15 @@ def fused_conv(X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None,
                dilations: Sequence[int] | None = None, group: int = 1,
                kernel_shape: Sequence[int] | None = None, pads: Sequence[int] | None = None,
                strides: Sequence[int] | None = None, activation: str = "",
-               activation_params: Sequence[float] | None = None) -> np.ndarray:
-    """Y = activation(Conv(X, W, B) + Z)."""
+               activation_params: Sequence[float] | None = None,
+               channel_shuffle: int = 0) -> np.ndarray:
+    """Y = activation(Conv(X, W, B) + Z), its channels then shuffled in ``channel_shuffle``
+    groups when that is > 1 (ShuffleNet's shuffle after a grouped convolution, folded in)."""
     y = conv(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
              kernel_shape=kernel_shape, pads=pads, strides=strides)
     if Z is not None:
         y += Z
-    return apply_activation(y, activation, activation_params)
+    y = apply_activation(y, activation, activation_params)
+    if int(channel_shuffle) > 1:
+        y = np.ascontiguousarray(shuffle_channels(y, group=int(channel_shuffle)))
+    return y

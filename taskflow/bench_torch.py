@@ -52,10 +52,12 @@ def _conv(n: Node, consts: dict) -> Fn:
     act = _activation(a.get("activation", ""), a.get("activation_params", []))
     s, d = spatial_attrs(2, a.get("strides"), a.get("dilations"))
 
+    shuffle = int(a.get("channel_shuffle", 0))
+
     def run(x, w, b=None, z=None):
         x, pad = _pad2d(x, tuple(w.shape[2:]), a)
-        y = F.conv2d(x, w, b, s, pad, d, a.get("group", 1))
-        return act(y + z if z is not None else y)
+        y = act(F.conv2d(x, w, b, s, pad, d, a.get("group", 1)) + (0 if z is None else z))
+        return torch.channel_shuffle(y, shuffle) if shuffle > 1 else y
     return run
 
 

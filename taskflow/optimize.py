@@ -490,6 +490,37 @@ def fuse_channel_shuffle(graph: Graph) -> Graph:
     return eliminate_dead(g)
 
 
+def fold_shuffle_into_conv(graph: Graph) -> Graph:
+    """Fold a ChannelShuffle into the convolution before it (``channel_shuffle`` attribute of
+    FusedConv) when nothing else reads the convolution's output.
+
+    In ShuffleNet every shuffle follows a grouped 1x1 convolution; folded, the cpu kernel
+    permutes each output row right after its epilogue, while the row is in cache, instead of
+    a separate pass over the whole tensor.
+    """
+    g = graph.copy()
+    consumers = g.consumers()
+    producers = g.producers()
+    removed: set[int] = set()
+    for node in g.nodes:
+        if node.op != "ChannelShuffle" or len(node.inputs) != 1:
+            continue
+        prod = producers.get(node.inputs[0])
+        if prod is None or prod.op not in ("Conv", "FusedConv") \
+                or _single_consumer(g, node.inputs[0], consumers) is not node \
+                or int(prod.attrs.get("channel_shuffle", 0)) > 1 \
+                or len([o for o in prod.outputs if o]) != 1:
+            continue
+        if prod.op == "Conv":
+            prod.op, prod.domain = "FusedConv", "taskflow"
+            prod.attrs = {**prod.attrs, "activation": ""}
+        prod.attrs = {**prod.attrs, "channel_shuffle": int(node.attrs["group"])}
+        prod.outputs = list(node.outputs)
+        removed.add(id(node))
+    g.nodes = [n for n in g.nodes if id(n) not in removed]
+    return g
+
+
 def _shuffle_group(g: Graph, first: Node, consumers: dict[str, list[Node]]) -> int | None:
     """The group count if ``first`` starts a channel-shuffle Reshape-Transpose-Reshape."""
     if len(first.inputs) != 2 or first.attrs.get("allowzero", 0):
@@ -544,6 +575,7 @@ PASSES: dict[str, Callable[[Graph], Graph]] = {
     "fold_channel_affine": fold_channel_affine,
     "fuse_epilogues": fuse_epilogues,
     "fuse_channel_shuffle": fuse_channel_shuffle,
+    "fold_shuffle_into_conv": fold_shuffle_into_conv,
     "eliminate_dead": eliminate_dead,
 }
 

@@ -48,6 +48,7 @@ from .common import (
     vector,
 )
 from .epilogue import activate_row, activation_code, apply_epilogue
+from .movement import channel_shuffle_cpu
 
 #: im2col slice size: large enough that each slice's GEMM runs near BLAS's full speed (it
 #: re-packs the weight once per call), small enough to stay in this machine's 2 MiB-per-core
@@ -206,8 +207,10 @@ def _geometry(x: np.ndarray, w: np.ndarray, group: int, auto_pad: str,
 
 
 def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarray | None,
-              group: int, s, d, pb, out, act: tuple[int, float, float]) -> np.ndarray:
-    """The NHWC convolution with epilogue; returns the logical NCHW view of the output."""
+              group: int, s, d, pb, out, act: tuple[int, float, float],
+              shuffle: int = 0) -> np.ndarray:
+    """The NHWC convolution with epilogue (and, for ``shuffle`` > 1, its output channels
+    shuffled in that many groups); returns the logical NCHW view of the output."""
     n, c = x.shape[:2]
     m, cg, kh, kw = w.shape
     ho, wo = out
@@ -220,6 +223,10 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     if bias is not None:
         bias = vector(bias, dtype)
     zh = None if z is None else as_nhwc(z.astype(dtype, copy=False))
+    if shuffle > 1 and (group == c == m or winograd.usable(w, group, s, d)):
+        # the shuffle rides along with the GEMM paths' epilogue; here it is its own pass
+        y = conv_nhwc(x, w, bias, z, group, s, d, pb, out, act)
+        return channel_shuffle_cpu(y, group=shuffle)
     if group == c and m == c and group > 1:  # depthwise: direct loops
         wd = packed(w, ("depthwise", dtype.str), lambda a: _pack_depthwise(a.astype(dtype)))
         t = dtype.type
@@ -280,12 +287,30 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
                  y2d[r0:r1, c0 + g * mg:c0 + (g + 1) * mg])
         apply_epilogue(y2d[r0:r1], bias, None if z2d is None else z2d[r0:r1], act,
                        parallel=False, c0=c0, width=m)
+        if shuffle > 1:  # while the rows are in cache: no pass of its own over the output
+            _shuffle_in_place(y2d[r0:r1], c0, m, shuffle, scratch("shuffle", (m,), dtype))
 
     run_tasks(work, -(-rows // step))
     return nchw_view(y)
 
 
-def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act):
+@njit(cache=True, nogil=True)
+def _shuffle_in_place(y, c0, m, group, tmp):
+    """y[r, c0:c0 + m] channel-shuffled in ``group`` groups (see ChannelShuffle), per row
+    through the (m,) scratch row ``tmp``."""
+    per = m // group
+    u = np.uint64  # unsigned offsets: see _im2col
+    for r in range(y.shape[0]):
+        row = y[r, c0:c0 + m]
+        for k in range(m):
+            tmp[k] = row[k]
+        for i in range(group):
+            for k in range(per):
+                row[u(k * group + i)] = tmp[u(i * per + k)]
+
+
+def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act,
+          shuffle=0):
     if act is None or not fast_dtype(X, W) or (B is not None and B.dtype != X.dtype):
         return None
     if Z is not None and (Z.dtype != X.dtype or Z.ndim != 4):
@@ -298,7 +323,9 @@ def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, a
         return None
     if Z is not None and Z.shape != (X.shape[0], W.shape[0], *out):
         return None
-    return conv_nhwc(X, W, B, Z, group, s, d, pb, out, act)
+    if shuffle and (shuffle < 1 or W.shape[0] % shuffle):
+        return None  # the reference says why
+    return conv_nhwc(X, W, B, Z, group, s, d, pb, out, act, shuffle)
 
 
 @register_kernel("Conv", "cpu")
@@ -322,15 +349,20 @@ def fused_conv_cpu(X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None,
                    kernel_shape: Sequence[int] | None = None,
                    pads: Sequence[int] | None = None, strides: Sequence[int] | None = None,
                    activation: str = "",
-                   activation_params: Sequence[float] | None = None) -> np.ndarray:
-    """FusedConv: the convolution's GEMM output gets bias, residual and activation in place."""
+                   activation_params: Sequence[float] | None = None,
+                   channel_shuffle: int = 0) -> np.ndarray:
+    """FusedConv: the convolution's GEMM output gets bias, residual and activation in place
+    (and the channel shuffle, row by row, while the rows are in cache)."""
     act = activation_code(activation, activation_params)
-    y = _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act)
+    shuffle = int(channel_shuffle) if int(channel_shuffle) > 1 else 0
+    y = _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act,
+              shuffle)
     if y is None:
         return fused_conv_reference(X, W, B, Z, auto_pad=auto_pad, dilations=dilations,
                                     group=group, kernel_shape=kernel_shape, pads=pads,
                                     strides=strides, activation=activation,
-                                    activation_params=activation_params)
+                                    activation_params=activation_params,
+                                    channel_shuffle=channel_shuffle)
     return y
 
 

@@ -302,3 +302,16 @@ def test_flops_on_known_shapes():
     fused = ops.get("FusedConv").flops
     shapes = [(1, 64, 56, 56), (64, 64, 3, 3), (64,), (1, 64, 56, 56)]
     assert fused(shapes, [(1, 64, 56, 56)], activation="Relu") == 231_211_008 + 3 * 200_704
+
+
+def test_fused_conv_channel_shuffle_is_the_shuffle_of_its_output():
+    """``channel_shuffle`` (ShuffleNet's shuffle folded into the convolution before it) is
+    ChannelShuffle applied to the unshuffled FusedConv."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((12, 2, 1, 1)).astype(np.float32)
+    attrs = {"group": 4, "activation": "Relu"}
+    plain = ops.get("FusedConv").reference(x, w, **attrs)
+    shuffled = ops.get("FusedConv").reference(x, w, **attrs, channel_shuffle=3)
+    np.testing.assert_array_equal(shuffled, ops.get("ChannelShuffle").reference(plain, group=3))
+    assert not np.array_equal(shuffled, plain)

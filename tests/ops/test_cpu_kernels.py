@@ -169,6 +169,24 @@ def test_fused_conv_epilogues(path, activation, residual):
     assert is_channels_last(out)
 
 
+@pytest.mark.parametrize("path", sorted(CONV_PATHS))
+def test_fused_conv_with_a_folded_channel_shuffle(path, kernel_threads):
+    """Every convolution path with ShuffleNet's shuffle folded in (rows permuted right after
+    the epilogue, or a separate pass where there is no GEMM), with and without a residual."""
+    shape, attrs, c, size = CONV_PATHS[path]
+    rng = np.random.default_rng(13)
+    x = channels_last(rng.standard_normal((3, c, size, size), dtype=np.float32))
+    w = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.3)
+    b = rng.standard_normal(shape[0], dtype=np.float32)
+    y = ops.get("Conv").reference(x, w, **attrs)
+    z = channels_last(rng.standard_normal(y.shape, dtype=np.float32))
+    for groups in (2, 4):
+        fused = {**attrs, "activation": "Relu", "channel_shuffle": groups}
+        (out,) = check("FusedConv", [x, w, b, z], fused, what=f"{path} shuffle {groups}")
+        assert is_channels_last(out)
+        check("FusedConv", [x, w, b], fused, what=f"{path} shuffle {groups}")
+
+
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS), ids=lambda a: a or "none")
 def test_fused_gemm_and_matmul_epilogues(activation):
     rng = np.random.default_rng(8)

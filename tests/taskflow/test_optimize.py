@@ -119,3 +119,16 @@ def test_densenet_batchnorm_relu_pairs_become_fused_batchnorms():
     expected = _run(graph, x)
     err = np.abs(_run(out, x) - expected).max() / np.abs(expected).max()
     assert err <= RTOL
+
+
+def test_shufflenet_shuffles_fold_into_the_convolutions_before_them():
+    graph, x = _graph_and_input("shufflenet")
+    out, report = optimize(graph)
+    assert "ChannelShuffle" not in out.op_counts() and "Transpose" not in out.op_counts()
+    folded = [n for n in out.nodes if n.attrs.get("channel_shuffle")]
+    assert len(folded) == graph.op_counts()["Transpose"] and report.by_pass[
+        "fold_shuffle_into_conv"] == len(folded)
+    assert all(n.op == "FusedConv" and n.attrs["channel_shuffle"] == 4 for n in folded)
+    expected = _run(graph, x)
+    err = np.abs(_run(out, x) - expected).max() / np.abs(expected).max()
+    assert err <= RTOL
