@@ -7,7 +7,7 @@ network, not the sum of all activations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,23 +47,10 @@ class ExecutionPlan:
         unsupported = unsupported_nodes(graph)
         if unsupported:
             raise unsupported_error(unsupported)
-        last_use: dict[str, int] = {}
-        for k, node in enumerate(order):
-            for name in node.inputs:
-                if name:
-                    last_use[name] = k
-        keep = set(graph.output_names) | set(graph.initializers)
-        releases: dict[int, list[str]] = {}
-        for name, k in last_use.items():
-            if name not in keep:
-                releases.setdefault(k, []).append(name)
-        for k, node in enumerate(order):
-            # outputs nobody reads (e.g. Dropout's mask) die right away
-            for o in node.outputs:
-                if o and o not in last_use and o not in keep:
-                    releases.setdefault(k, []).append(o)
+        releases = release_schedule([(n.inputs, n.outputs) for n in order],
+                                    set(graph.output_names) | set(graph.initializers))
         self.steps = [
-            Step(node, ops.get(node.op).kernel(device, strict=strict), tuple(releases.get(k, ())))
+            Step(node, ops.get(node.op).kernel(device, strict=strict), releases[k])
             for k, node in enumerate(order)
         ]
         #: Convolutions that write into the Concat they feed (see :mod:`taskflow.placement`).
@@ -114,6 +101,23 @@ class ExecutionPlan:
             buffers.pop(k, None)  # a Concat's buffer lives on in its output only
         wanted = outputs if outputs is not None else self.graph.output_names
         return {name: env[name] for name in wanted}
+
+
+def release_schedule(nodes: Sequence[tuple[Sequence[str], Sequence[str]]],
+                     keep: set[str]) -> list[tuple[str, ...]]:
+    """Per node (``(inputs, outputs)`` in execution order), the values to drop after it: those
+    no later node reads, so peak memory is the live set; an output nobody reads (Dropout's
+    mask) dies right away. Values in ``keep`` (outputs, weights) are never dropped."""
+    last: dict[str, int] = {}
+    for k, (ins, outs) in enumerate(nodes):
+        for name in (*outs, *ins):
+            if name:
+                last[name] = k
+    release: list[list[str]] = [[] for _ in nodes]
+    for name, k in last.items():
+        if name not in keep:
+            release[k].append(name)
+    return [tuple(r) for r in release]
 
 
 def _channels(graph: Graph, name: str) -> int | None:

@@ -48,7 +48,7 @@ from .common import (
     vector,
 )
 from .epilogue import activate_row, activation_code, apply_epilogue
-from .movement import channel_shuffle_cpu
+from .movement import channel_shuffle_cpu, shuffle_row
 
 #: im2col slice size: large enough that each slice's GEMM runs near BLAS's full speed (it
 #: re-packs the weight once per call), small enough to stay in this machine's 2 MiB-per-core
@@ -298,15 +298,11 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
 def _shuffle_in_place(y, c0, m, group, tmp):
     """y[r, c0:c0 + m] channel-shuffled in ``group`` groups (see ChannelShuffle), per row
     through the (m,) scratch row ``tmp``."""
-    per = m // group
-    u = np.uint64  # unsigned offsets: see _im2col
     for r in range(y.shape[0]):
         row = y[r, c0:c0 + m]
         for k in range(m):
             tmp[k] = row[k]
-        for i in range(group):
-            for k in range(per):
-                row[u(k * group + i)] = tmp[u(i * per + k)]
+        shuffle_row(tmp, row, group)
 
 
 def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act,
