@@ -7,10 +7,10 @@ model zoo inside the onnx package; ConstantOfShape weights, real layer shapes), 
 1. whole-model throughput: taskflow in process (``Model.run``) and on Dask (``Model.predict``
    on a one-worker LocalCluster whose task thread has the same 2 kernel threads), ONNX Runtime
    (ORT_ENABLE_ALL, ``intra_op_num_threads=2``) and PyTorch eager on the same graph when
-   installed, interleaved (:func:`taskflow.bench.bench_model`), as ratios; plus taskflow's
+   installed, interleaved (:func:`taskflow.bench.harness.bench_model`), as ratios; plus taskflow's
    GFLOP/s as a fraction of the machine's measured sgemm peak;
 2. per op type: the cpu kernel's time against the numpy reference's on every node's own inputs
-   (:func:`taskflow.bench.op_speedups`), where >= 1.0x is the target.
+   (:func:`taskflow.bench.harness.op_speedups`), where >= 1.0x is the target.
 
 Compile time (Numba, cold cache) is reported separately: run ``taskflow warmup`` first for a
 warm one. Not a test. About 12 minutes on an idle 2-core machine, more on a busy one.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from taskflow.bench import bench_model, op_speedups
+from taskflow.bench.harness import bench_model, op_speedups
 
 #: Batch per model: 32, or smaller where a run of all runtimes would pass ~60 s (VGG-19:
 #: ~20 GFLOP/image, ~10 s per runtime per batch of 32 here).

@@ -26,8 +26,9 @@ import numpy as np
 import onnx
 
 import taskflow as tf
-from taskflow import nn, threads
-from taskflow.cluster import Cluster
+from taskflow.dask import threads
+from taskflow.dask.cluster import Cluster
+from taskflow.frontend import nn
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 

@@ -134,7 +134,8 @@ def unequal(repeats, slow, n=60, cost=0.1):
 
 def backfill(client, windows, size, cost, tagged, in_flight=2):
     """A streaming bulk job: windows of ``size`` chunks, ``in_flight`` windows at a time (as
-    ``taskflow.stream`` does), so fresh bulk work keeps arriving beside the interactive job."""
+    ``taskflow.stream.infer`` does), so fresh bulk work keeps arriving beside the interactive
+    job."""
     pending = []
     for _ in range(windows):
         with job("backfill", "bulk") if tagged else dask.annotate():

@@ -42,7 +42,7 @@ import zarr
 from onnx import TensorProto, helper
 
 import taskflow as tf
-from taskflow import threads
+from taskflow.dask import threads
 from taskflow.demo import load_digits
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

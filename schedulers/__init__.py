@@ -82,7 +82,7 @@ def dask_setup(scheduler: Any) -> None:
     if isinstance(scheduler, Scheduler):
         scheduler.add_plugin(TaskflowSchedulerPlugin(), name=TaskflowSchedulerPlugin.name,
                              idempotent=True)
-        from taskflow.dashboard import dask_setup as attach_dashboard_page
+        from taskflow.dashboard.extension import dask_setup as attach_dashboard_page
 
         attach_dashboard_page(scheduler)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .policies import Policy
+from .base import Policy
 from .snapshot import Move, Pin, Place, Require, SetPriority, Snapshot, Unpin
 
 logger = logging.getLogger("taskflow.schedulers")

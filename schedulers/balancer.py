@@ -7,8 +7,8 @@ import statistics
 from collections.abc import Iterator
 from typing import Any
 
+from .base import Policy
 from .config import seconds, setting
-from .policies import Policy
 from .snapshot import Move, Place, Snapshot, Suggestion, TaskView, WorkerView
 
 #: Seconds per task assumed for a kind nobody has measured yet (Dask's unknown-task-duration

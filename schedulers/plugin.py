@@ -23,8 +23,9 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from .apply import RESTRICTABLE, SuggestionApplier
+from .base import Policy
 from .config import setting
-from .policies import Policy, policies_from_names
+from .policies import policies_from_names
 from .snapshot import EMPTY, LazyMapping, LazySet, Snapshot, TaskView, WorkerView, task_kind
 
 logger = logging.getLogger("taskflow.schedulers")

@@ -20,10 +20,12 @@ import itertools
 import statistics
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from taskflow.errors import TaskflowError
 
+from .balancer import ThroughputBalancer
+from .base import Policy
 from .config import seconds, setting
 from .snapshot import EMPTY, Pin, Require, SetPriority, Snapshot, Suggestion, TaskView, Unpin
 
@@ -32,34 +34,6 @@ from .snapshot import EMPTY, Pin, Require, SetPriority, Snapshot, Suggestion, Ta
 JOB, CLASS = "taskflow_job", "taskflow_priority"
 DEVICE, FLOPS = "taskflow_device", "taskflow_flops"
 MAX_JOBS_KEPT = 256  # jobs remembered for metrics(); oldest forgotten first
-
-
-class Policy:
-    """Base class: a named source of suggestions. Subclasses override the hooks they need."""
-
-    name: ClassVar[str] = "policy"
-    interval: float | None = None  # seconds between on_tick calls; None: no ticks
-    watch: tuple[str, ...] = ()  # key kinds whose arrival in memory calls on_memory
-    replaces_stealing: bool = False  # the plugin pauses Dask's own stealing while it runs
-
-    def on_graph(self, snap: Snapshot) -> Iterator[Suggestion]:
-        return iter(())
-
-    def on_tick(self, snap: Snapshot) -> Iterator[Suggestion]:
-        return iter(())
-
-    def on_memory(self, snap: Snapshot) -> Iterator[Suggestion]:
-        return iter(())
-
-    def on_worker_lost(self, snap: Snapshot) -> Iterator[Suggestion]:
-        return iter(())
-
-    def metrics(self) -> dict[str, Any]:
-        """JSON-able state for the dashboard."""
-        return {}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 def _kind_match(kind: str, patterns: Any) -> Any:
@@ -300,9 +274,6 @@ class Resources(Policy):
             if gpu:
                 yield Require(key, need, reason=f"needs a {self.resource}")
 
-
-# The balancer is the biggest policy: it lives in its own module.
-from .balancer import ThroughputBalancer  # noqa: E402
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (JobPriority, CriticalPath, Locality, ThroughputBalancer, Resources)

@@ -9,8 +9,9 @@ Examples
 
 from __future__ import annotations
 
-from . import errors
-from .errors import (
+from taskflow import errors
+from taskflow._version import __version__  # noqa: F401  (taskflow.__version__)
+from taskflow.errors import (
     DTypeError,
     GraphError,
     InputError,
@@ -20,20 +21,18 @@ from .errors import (
     ThreadBudgetError,
     UnsupportedOpError,
 )
-from .graph import Graph, Node, Value
-from .model import Model, ModelInfo, NodeArg, load
-
-__version__ = "0.1.0"
+from taskflow.ir.graph import Graph, Node, Value
+from taskflow.model import Model, ModelInfo, NodeArg, load
 
 
 def __getattr__(name: str):
     # Cluster pulls in distributed: import it on first use so `import taskflow` stays light.
     if name == "Cluster":
-        from .cluster import Cluster
+        from taskflow.dask.cluster import Cluster
 
         return Cluster
     if name == "infer_zarr":  # likewise: distributed and zarr load on first use
-        from .stream import infer_zarr
+        from taskflow.stream.infer import infer_zarr
 
         return infer_zarr
     raise AttributeError(f"module 'taskflow' has no attribute {name!r}")

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx.backend.base import Backend, BackendRep
 
-from .model import Model
+from taskflow.model import Model
 
 
 class TaskflowRep(BackendRep):
@@ -44,7 +44,7 @@ class TaskflowBackend(Backend):
 
     @classmethod
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> TaskflowRep:
-        from .onnx_import import load_onnx
+        from taskflow.frontend.onnx_import import load_onnx
 
         # Conformance data feeds the exact shapes the model declares: keep them fixed.
         graph = load_onnx(model, fix_batch=False)
@@ -58,7 +58,7 @@ class TaskflowBackend(Backend):
     @classmethod
     def run_node(cls, node: onnx.NodeProto, inputs: Sequence[Any], device: str = "CPU",
                  outputs_info: Any = None, **kwargs: Any) -> tuple[np.ndarray, ...]:
-        from . import ops
+        from taskflow import ops
 
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         return ops.get(node.op_type)(*inputs, **attrs)

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import TaskflowError
+from taskflow.errors import TaskflowError
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {}
@@ -38,7 +38,7 @@ def _info_args(p: argparse.ArgumentParser) -> None:
 @command("info", _info_args)
 def info(args: argparse.Namespace) -> int:
     """Ops, parameters, FLOPs per sample and import notes of a model."""
-    from .model import load
+    from taskflow.model import load
 
     model = load(args.model)
     summary = model.info()
@@ -57,7 +57,7 @@ def info(args: argparse.Namespace) -> int:
     else:
         print(summary)
         if args.plan:
-            from .threads import default_plan
+            from taskflow.dask.threads import default_plan
 
             plan = default_plan()
             print(f"threads   {plan}\ncores     {plan.source}")
@@ -65,7 +65,7 @@ def info(args: argparse.Namespace) -> int:
 
 
 def _plan_json() -> dict:
-    from .threads import default_plan
+    from taskflow.dask.threads import default_plan
 
     plan = default_plan()
     return {"workers": plan.workers, "threads_per_worker": plan.threads_per_worker,
@@ -82,7 +82,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 @command("demo", _demo_args)
 def demo(args: argparse.Namespace) -> int:
     """Classify the bundled handwritten-digits test split with the bundled CNN."""
-    from .demo import run_demo
+    from taskflow.demo import run_demo
 
     run_demo(batch_size=args.batch_size, mode="in-process" if args.in_process else "zarr")
     return 0
@@ -141,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
     3 some chunks quarantined after their retries (listed; ``--rerun-failed`` redoes them);
     130 interrupted (``--resume`` finishes the job).
     """
-    from .cluster import Cluster
-    from .dashboard import page_link, performance_report_context
-    from .model import load
-    from .preprocess import preprocess_from_text
-    from .schedulers import policies_from_names
-    from .stream import EXIT_QUARANTINED, infer_zarr
+    from taskflow.dashboard.extension import page_link, performance_report_context
+    from taskflow.dask.cluster import Cluster
+    from taskflow.model import load
+    from taskflow.schedulers import policies_from_names
+    from taskflow.stream.infer import EXIT_QUARANTINED, infer_zarr
+    from taskflow.stream.preprocess import preprocess_from_text
 
     preprocess = preprocess_from_text(args.preprocess) if args.preprocess else None
     policies = policies_from_names(args.policy) if args.policy else None
@@ -185,15 +185,15 @@ def warmup(args: argparse.Namespace) -> int:
     """Compile the Numba cpu kernels (or load them from the on-disk cache) and say how long."""
     import time
 
-    from .ops.cpu.warmup import warmup as compile_kernels
+    from taskflow.ops.cpu.warmup import warmup as compile_kernels
 
     start = time.perf_counter()
     compile_kernels()
     print(f"kernels   {time.perf_counter() - start:.2f} s (compile on a cold cache, cache "
           "load after)")
     if args.model:
-        from .bench import resolve_model, warmup_model
-        from .model import load
+        from taskflow.bench.harness import resolve_model, warmup_model
+        from taskflow.model import load
 
         first, warm = warmup_model(load(resolve_model(args.model)))
         print(f"model     first batch-1 run {first:.2f} s, second {warm:.3f} s")
@@ -217,7 +217,7 @@ def bench(args: argparse.Namespace) -> int:
 
     Printed with ratios from the same run; PyTorch only when installed (``--no-dask``: no Dask).
     """
-    from .bench import bench_model
+    from taskflow.bench.harness import bench_model
 
     print(bench_model(args.model, batch=args.batch, threads=args.threads, repeat=args.repeat,
                       dask=args.dask))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .model import Model
+    from taskflow.model import Model
 
 MODEL_FILE = "digits_cnn.onnx"
 DATA_FILE = "digits.npz"
@@ -38,7 +38,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def load_digits_model(**kw: Any) -> Model:
     """The bundled CNN as a :class:`taskflow.Model` (``kw`` goes to :func:`taskflow.load`)."""
-    from .model import load
+    from taskflow.model import load
 
     with resources.as_file(resources.files("taskflow.data").joinpath(MODEL_FILE)) as path:
         return load(path, **kw)
@@ -118,8 +118,8 @@ def _zarr_job(model: Model, images: np.ndarray, labels: np.ndarray, batch_size: 
     from the output Zarr (with the labels, from the input Zarr)."""
     import zarr
 
-    from .cluster import Cluster
-    from .stream import infer_zarr
+    from taskflow.dask.cluster import Cluster
+    from taskflow.stream.infer import infer_zarr
 
     with tempfile.TemporaryDirectory(prefix="taskflow-demo-") as tmp:
         src, dst = os.path.join(tmp, "digits.zarr"), os.path.join(tmp, "predictions.zarr")

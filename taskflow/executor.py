@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
-from .errors import TaskflowError, UnsupportedOpError
-from .graph import Graph, Node
-from .placement import Slot, concat_slots
+from taskflow import ops
+from taskflow.errors import TaskflowError, UnsupportedOpError
+from taskflow.ir.graph import Graph, Node
+from taskflow.ir.placement import Slot, concat_slots
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ExecutionPlan:
             Step(node, ops.get(node.op).kernel(device, strict=strict), releases[k])
             for k, node in enumerate(order)
         ]
-        #: Convolutions that write into the Concat they feed (see :mod:`taskflow.placement`).
+        #: Convolutions that write into the Concat they feed (see :mod:`taskflow.ir.placement`).
         self.slots = {} if device != "cpu" else concat_slots(
             [(n.op, n.inputs, n.outputs, n.attrs) for n in order],
             lambda v: _channels(graph, v), graph.output_names)
@@ -132,7 +132,7 @@ def placed_call(fn: Callable[..., Any], args: list[Any], attrs: dict, slot: Slot
                 buffers: dict[int, Any]) -> Any:
     """``fn(*args, **attrs)`` offered its slot of the Concat buffer ``buffers[slot.concat]``
     (made on first use; one dict per run)."""
-    from .ops.cpu.common import ConcatBuffer, output_slot
+    from taskflow.ops.cpu.common import ConcatBuffer, output_slot
 
     buffer = buffers.get(slot.concat)
     if buffer is None:

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
-from .errors import DTypeError, InputError
-from .executor import ExecutionPlan, dummy_feed
-from .graph import Graph, Node, Value
+from taskflow import ops
+from taskflow.errors import DTypeError, InputError
+from taskflow.executor import ExecutionPlan, dummy_feed
+from taskflow.ir.graph import Graph, Node, Value
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Model:
     Parameters
     ----------
     graph : Graph
-        Canonical-form graph (from :func:`taskflow.load` or :mod:`taskflow.nn`).
+        Canonical-form graph (from :func:`taskflow.load` or :mod:`taskflow.frontend.nn`).
     device : {"cpu", "reference"}
         Kernels to run with. ``"reference"`` runs the numpy definitions.
     strict : bool
@@ -104,7 +104,7 @@ class Model:
         self.source_graph = graph
         self.optimize_report = None
         if optimize:
-            from .optimize import optimize as run_passes
+            from taskflow.ir.optimize import optimize as run_passes
 
             graph, self.optimize_report = run_passes(graph)
         self.graph = graph
@@ -229,7 +229,7 @@ class Model:
         """Write the model as an ONNX file (loadable by taskflow and ONNX Runtime)."""
         import onnx
 
-        from .onnx_export import to_onnx
+        from taskflow.frontend.onnx_export import to_onnx
 
         # The source graph: fused taskflow-domain ops would not load in other runtimes.
         onnx.save(to_onnx(self.source_graph), os.fspath(path))
@@ -241,7 +241,7 @@ class Model:
     # --- Dask ------------------------------------------------------------------------------------
     def predict(self, x: Any, **kwargs: Any) -> Any:
         """Lazy inference over a Dask array chunked along the batch: see
-        :func:`taskflow.lower.predict` for the options (``outputs``, ``mode``, ``plan``,
+        :func:`taskflow.dask.lower.predict` for the options (``outputs``, ``mode``, ``plan``,
         ``client``, ``chunk_size``, ``fuse``).
 
         ``x`` is a Dask array, or a dict of input name to Dask array. Returns the single output
@@ -252,7 +252,7 @@ class Model:
         >>> lazy = model.predict(images)                            # doctest: +SKIP
         >>> lazy[:8].compute()                                      # doctest: +SKIP
         """
-        from .lower import predict
+        from taskflow.dask.lower import predict
 
         return predict(self, x, **kwargs)
 
@@ -262,7 +262,7 @@ class Model:
         Later :meth:`predict` graphs reference these keys instead of carrying the weights.
         Returns the model, so ``model.to_cluster(client).predict(x)`` reads naturally.
         """
-        from .lower import to_cluster
+        from taskflow.dask.lower import to_cluster
 
         to_cluster(self, client)
         return self
@@ -290,7 +290,7 @@ def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
     >>> model.get_inputs()[0].shape                             # doctest: +SKIP
     ['N', 3, 224, 224]
     """
-    from .onnx_import import load_onnx
+    from taskflow.frontend.onnx_import import load_onnx
 
     graph = load_onnx(source, fix_batch=fix_batch)
     return Model(graph, device=device, strict=strict, optimize=optimize)

@@ -184,7 +184,7 @@ def clear_recycled() -> None:
 class ConcatBuffer:
     """The NHWC output of one Concat (along channels) while its inputs are being computed.
 
-    An interpreter that planned the Concat's producers (:func:`taskflow.placement.concat_slots`)
+    An interpreter that planned the Concat's producers (:func:`taskflow.ir.placement.concat_slots`)
     makes one per run and hands each producer its channel offset through
     :func:`output_slot`; a convolution kernel then writes its output straight into
     channels ``offset:offset + C`` of ``array`` (:func:`claim_output`), and the Concat kernel finds
@@ -313,7 +313,7 @@ _blas: dict[str, Any] = {"users": 0, "saved": []}
 
 def threads() -> int:
     """Kernel threads for the calling thread: Numba's setting, which
-    :func:`taskflow.threads.apply_kernel_threads` (and the Dask worker plugin) set."""
+    :func:`taskflow.dask.threads.apply_kernel_threads` (and the Dask worker plugin) set."""
     return numba.get_num_threads()
 
 

@@ -217,7 +217,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     dtype = x.dtype
     xh = as_nhwc(x)
     # Written into channels c0:c0 + m of ``full``: a Concat's buffer when the interpreter
-    # offered one (taskflow.placement), else a fresh output of m channels.
+    # offered one (taskflow.ir.placement), else a fresh output of m channels.
     full, c0 = output_buffer((n, ho, wo, m), dtype)
     y = full[..., c0:c0 + m]
     if bias is not None:

@@ -50,7 +50,7 @@ def concat_cpu(*inputs: np.ndarray, axis: int) -> np.ndarray:
     first = inputs[0] if inputs else None
     if first is not None and first.ndim == 4 and int(axis) in (1, -3):
         joined = adjacent_channels(inputs)
-        if joined is not None:  # the producers wrote into one buffer (taskflow.placement)
+        if joined is not None:  # the producers wrote into one buffer (taskflow.ir.placement)
             return joined
     if (first is None or first.ndim != 4 or int(axis) not in (1, -3) or not fast_dtype(*inputs)
             or not any(is_channels_last(x) for x in inputs)

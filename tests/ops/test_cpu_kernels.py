@@ -30,7 +30,7 @@ from taskflow.ops.cpu import (
 from taskflow.ops.cpu.common import is_channels_last
 from taskflow.ops.cpu.warmup import CASES, channels_last, warmup
 
-from taskflow import threads
+from taskflow.dask import threads
 from taskflow.errors import ShapeError
 
 from .oracles import assert_close

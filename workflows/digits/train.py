@@ -2,9 +2,9 @@
 
 The data is scikit-learn's handwritten digits (1797 images, 8x8, grey levels 0..16, 10 classes),
 split 75/25 (stratified, fixed seed). A small CNN is trained with PyTorch, its weights are copied
-into a :class:`taskflow.nn.Sequential` of the same layers (plus a final Softmax), and the script
-checks that PyTorch and taskflow agree before saving. The runtime needs neither sklearn nor torch:
-the dataset ships as ``digits.npz`` and the model as ONNX.
+into a :class:`taskflow.frontend.nn.Sequential` of the same layers (plus a final Softmax), and
+the script checks that PyTorch and taskflow agree before saving. The runtime needs neither
+sklearn nor torch: the dataset ships as ``digits.npz`` and the model as ONNX.
 
 PyTorch is needed by this script only (``pip install torch==2.13.0``)::
 
@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn as tnn
 
 import taskflow
-from taskflow import nn
+from taskflow.frontend import nn
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "taskflow" / "data"
 #: Grey levels of sklearn's digits run 0..16; the model takes ``images / 16`` as float32.

@@ -1,0 +1,164 @@
+"""Telemetry: what workers and clients tell the taskflow dashboard, over Dask's event log.
+
+Messages travel as Dask events: ``Worker.log_event`` on workers (batched with the worker's other
+messages, no extra round trip) and ``Client.log_event`` on clients. The scheduler keeps the last
+``distributed.admin.low-level-log-length`` events per topic (``scheduler.get_events(topic)``) and
+hands each one to every scheduler plugin's ``log_event(topic, msg)`` hook, which is where
+:class:`taskflow.dashboard.state.TaskflowState` reads them. Every function here is a cheap no-op
+(returns False) where there is nobody to tell: outside a Dask worker, or without a client.
+
+Schema (version ``SCHEMA_VERSION``; every message is a msgpack-able dict with ``"v"``; readers
+ignore keys they do not know, so fields may be added without a version bump):
+
+``taskflow.chunk`` (from the worker, once per finished chunk; :func:`emit_chunk`)
+    ``job`` str, ``chunk`` int or list[int] (block index), ``samples`` int (rows in the chunk),
+    ``seconds`` float (compute time of the chunk), ``layer_seconds`` dict[str, float] (seconds per
+    layer, keys as in Dask keys ``tf-<layer>``; absent when not measured), ``t`` float (worker
+    wall clock, epoch seconds). The scheduler adds ``worker`` (the worker's address).
+``taskflow.job`` (from the client driving a job, whenever its counts change; :func:`emit_job`)
+    ``job`` str, ``total`` int (chunks in the job), ``done``, ``failed``, ``quarantined``,
+    ``in_flight`` int (chunks), ``started`` float (client epoch seconds), ``state`` str
+    (``"running"``, ``"done"``, ``"failed"``, ``"interrupted"``, ...), ``t`` float (client clock
+    when sent; ETA is computed from ``started`` and ``t``, so client-scheduler clock skew cancels).
+``taskflow.dask.threads`` (from each worker when its kernel threads are set; :func:`emit_threads`)
+    The :func:`taskflow.dask.threads.kernel_thread_report` dict (``kernel_threads``, ``numba``,
+    ``numba_pool``, ``threadpools``, ``env``, ``pid``) plus ``nthreads`` (worker threads) and
+    ``t``. The scheduler adds ``worker``.
+
+Examples
+--------
+>>> def run_chunk(job, i, x):                                    # doctest: +SKIP
+...     start = time.perf_counter()
+...     y = model.run(None, {"x": x})[0]
+...     emit_chunk(job, i, len(x), time.perf_counter() - start, {"conv1": 0.01})
+...     return y
+>>> emit_job("job-1", total=100, done=3, failed=0, quarantined=0, in_flight=4,
+...          started=t0, state="running")                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+SCHEMA_VERSION = 1
+CHUNK_TOPIC = "taskflow.chunk"
+JOB_TOPIC = "taskflow.job"
+THREADS_TOPIC = "taskflow.dask.threads"
+TOPICS = (CHUNK_TOPIC, JOB_TOPIC, THREADS_TOPIC)
+
+
+def _current_worker(worker: Any = None) -> Any:
+    if worker is not None:
+        return worker
+    if "distributed" not in sys.modules:  # distributed never imported: surely not on a worker
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
+def _current_client(client: Any = None) -> Any:
+    if client is not None:
+        return client
+    if "distributed" not in sys.modules:
+        return None
+    from distributed.client import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _chunk_id(chunk: Any) -> int | str | list[int]:
+    if isinstance(chunk, Sequence) and not isinstance(chunk, str):
+        return [int(c) for c in chunk]
+    return chunk if isinstance(chunk, str) else int(chunk)
+
+
+def emit_chunk(job: str, chunk: Any, samples: int, seconds: float,
+               layer_seconds: Mapping[str, float] | None = None, worker: Any = None) -> bool:
+    """Report one finished chunk from inside the task that computed it.
+
+    Parameters
+    ----------
+    job : str
+        Job id, the same one the driving client passes to :func:`emit_job`.
+    chunk : int or tuple of int
+        The chunk's (block) index.
+    samples : int
+        Rows in the chunk.
+    seconds : float
+        Time spent computing it.
+    layer_seconds : dict, optional
+        Seconds per layer (``{"conv1": 0.012, ...}``) for the dashboard's time-share panel.
+    worker : distributed.Worker, optional
+        The worker to report through (default: the one running this task).
+
+    Returns
+    -------
+    bool
+        Whether a message was sent (False outside a worker).
+    """
+    w = _current_worker(worker)
+    if w is None:
+        return False
+    msg: dict[str, Any] = {"v": SCHEMA_VERSION, "job": str(job), "chunk": _chunk_id(chunk),
+                           "samples": int(samples), "seconds": float(seconds), "t": time.time()}
+    if layer_seconds:
+        msg["layer_seconds"] = {str(k): float(v) for k, v in layer_seconds.items()}
+    w.log_event(CHUNK_TOPIC, msg)
+    return True
+
+
+def emit_job(job: str, *, total: int, done: int, failed: int, quarantined: int, in_flight: int,
+             started: float, state: str, client: Any = None) -> Any:
+    """Report a job's progress from the client that drives it (one scheduler round trip).
+
+    Counts are in chunks. ``started`` is ``time.time()`` when the job started. Returns False
+    without a client, True once sent, or, for an asynchronous client, an awaitable to await.
+
+    Examples
+    --------
+    >>> t0 = time.time()                                              # doctest: +SKIP
+    >>> emit_job("job-1", total=10, done=10, failed=0, quarantined=0, in_flight=0,
+    ...          started=t0, state="done")                           # doctest: +SKIP
+    True
+    """
+    c = _current_client(client)
+    if c is None:
+        return False
+    msg = {"v": SCHEMA_VERSION, "job": str(job), "total": int(total), "done": int(done),
+           "failed": int(failed), "quarantined": int(quarantined), "in_flight": int(in_flight),
+           "started": float(started), "state": str(state), "t": time.time()}
+    result = c.log_event(JOB_TOPIC, msg)
+    return result if getattr(c, "asynchronous", False) else True
+
+
+def emit_threads(report: Mapping[str, Any] | None, worker: Any = None) -> bool:
+    """Report a worker's kernel-thread settings
+    (:class:`~taskflow.dask.threads.ThreadBudgetPlugin`)."""
+    w = _current_worker(worker)
+    if w is None or report is None:
+        return False
+    msg = {"v": SCHEMA_VERSION, **_plain(dict(report)),
+           "nthreads": getattr(w, "nthreads", None), "t": time.time()}
+    w.log_event(THREADS_TOPIC, msg)
+    return True
+
+
+def _plain(value: Any) -> Any:
+    """Keep what msgpack takes (Worker.log_event refuses the rest); anything else as text."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)

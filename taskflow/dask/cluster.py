@@ -1,0 +1,251 @@
+"""``Cluster``: an embedded Dask ``LocalCluster`` sized by the thread plan, or a connection to one.
+
+The cluster is where taskflow's per-worker setup happens: kernel threads (``ThreadBudgetPlugin``)
+on every worker, present and future, and the taskflow scheduler plugin once it exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from distributed import Client, LocalCluster
+
+from taskflow.dask.threads import (
+    KERNEL_ENV_VARS,
+    ThreadBudgetError,
+    ThreadBudgetPlugin,
+    ThreadPlan,
+    detect_cores,
+    make_plan,
+    measure_plan,
+)
+from taskflow.errors import TaskflowError
+
+
+def _thread_report(dask_worker: Any) -> dict[str, Any] | None:
+    plugin = dask_worker.plugins.get(ThreadBudgetPlugin.name)
+    return None if plugin is None else plugin.report
+
+
+class Cluster:
+    """A Dask cluster ready for taskflow; a context manager.
+
+    Without ``address``, starts a ``distributed.LocalCluster`` sized from the thread plan
+    (:func:`taskflow.dask.threads.make_plan`: cgroup quota and CPU affinity respected) and owns it.
+    With ``address``, connects a ``Client`` to a running scheduler and leaves that cluster
+    running on close. Either way the plan's kernel threads are applied on every worker.
+
+    Parameters
+    ----------
+    address : str, optional
+        ``"tcp://host:port"`` of a running scheduler. The cluster is then not sized here:
+        ``n_workers`` and ``threads_per_worker`` must be left out.
+    n_workers, threads_per_worker, kernel_threads : int, optional
+        Override the plan's counts; the others are filled in so that
+        workers x threads x kernel threads fits the usable cores.
+    processes : bool
+        Workers in separate processes (default) or as threads of this process (whose kernel
+        threads and ``OMP_NUM_THREADS``-style variables they then set, until closed).
+    dashboard_address : str
+        Where the Dask dashboard listens; ``127.0.0.1`` (this machine only) unless told otherwise.
+    memory_limit : str or int
+        Per-worker memory limit, passed to ``LocalCluster`` (``"auto"``: memory / workers).
+    plugins : iterable
+        More Dask plugins (worker, nanny or scheduler) to register.
+    policies : list of str or taskflow.schedulers.Policy, optional
+        Scheduling policies of the taskflow scheduler plugin (names as in
+        :func:`taskflow.schedulers.policies_from_names`; ``[]``: Dask's own scheduling only).
+        Default: Dask config ``taskflow.scheduler.policies``, or, on a running scheduler
+        started with ``--preload taskflow.schedulers``, what it has.
+    quiet : bool
+        Do not print the one-line plan and dashboard link at start.
+    threads : ThreadPlan, "static" or "auto"
+        The plan: :func:`~taskflow.dask.threads.default_plan` (``"static"``), a given plan, or
+        ``"auto"``: measured with :func:`~taskflow.dask.threads.measure_plan` on ``tune``.
+    tune : (Model, sample), optional
+        Model and first chunk to measure with when ``threads="auto"``.
+    oversubscribe : bool
+        Allow more threads than usable cores instead of raising ``ThreadBudgetError``.
+
+    Attributes
+    ----------
+    client : distributed.Client
+    plan : ThreadPlan
+    dashboard_link : str or None
+        URL of the Dask dashboard (None if the scheduler serves none).
+
+    Examples
+    --------
+    >>> import taskflow as tf                                   # doctest: +SKIP
+    >>> with tf.Cluster() as cluster:                           # doctest: +SKIP
+    ...     logits = model.predict(images).compute()
+    taskflow: 2 workers x 1 thread x 1 kernel thread on 2 usable cores; dashboard http://127...
+    >>> with tf.Cluster("tcp://10.0.0.5:8786", quiet=True) as cluster:   # doctest: +SKIP
+    ...     cluster.client.ncores()
+    """
+
+    def __init__(self, address: str | None = None, *, n_workers: int | None = None,
+                 threads_per_worker: int | None = None, kernel_threads: int | None = None,
+                 processes: bool = True, dashboard_address: str = "127.0.0.1:0",
+                 memory_limit: str | int | None = "auto", plugins: Iterable[Any] = (),
+                 quiet: bool = False, threads: ThreadPlan | str = "static",
+                 tune: tuple[Any, Any] | None = None, oversubscribe: bool = False,
+                 policies: Iterable[Any] | None = None):
+        self.address = address
+        self._owned: LocalCluster | None = None
+        self.client: Client | None = None
+        self._closed = False
+        try:
+            if address is None:
+                self.plan = self._local_plan(n_workers, threads_per_worker, kernel_threads,
+                                             threads, tune, oversubscribe)
+                self._start_local(processes, dashboard_address, memory_limit)
+            else:
+                if n_workers is not None or threads_per_worker is not None:
+                    raise TaskflowError(
+                        f"n_workers={n_workers!r}, threads_per_worker={threads_per_worker!r} "
+                        f"given with address={address!r}; a running cluster is sized where it "
+                        "was started (leave them out, or drop address to start one here)"
+                    )
+                self.client = Client(address)
+                self.plan = self._remote_plan(kernel_threads, oversubscribe)
+            self._register(plugins, policies)
+            self.dashboard_link = self._find_dashboard_link()
+        except BaseException:
+            self.close()
+            raise
+        if not quiet:
+            print(f"taskflow: {self.plan.split()} on {self.plan.cores} usable cores; "
+                  f"dashboard {self.dashboard_link}", flush=True)
+
+    # --- start ----------------------------------------------------------------------------------
+    @staticmethod
+    def _local_plan(n_workers, threads_per_worker, kernel_threads, threads, tune,
+                    oversubscribe) -> ThreadPlan:
+        if threads == "auto":
+            if tune is None:
+                raise TaskflowError("threads='auto' needs tune=(model, sample) to measure with; "
+                                    "or use threads='static' or a ThreadPlan")
+            base = measure_plan(*tune)
+        elif threads == "static":
+            base = None
+        elif isinstance(threads, ThreadPlan):
+            base = threads
+        else:
+            raise TaskflowError(f"threads={threads!r}; expected 'static', 'auto' or a ThreadPlan")
+        if base is not None and (n_workers, threads_per_worker, kernel_threads) == (None,) * 3:
+            return base
+        if base is not None:
+            n_workers = n_workers or base.workers
+            threads_per_worker = threads_per_worker or base.threads_per_worker
+            kernel_threads = kernel_threads or base.kernel_threads
+        return make_plan(n_workers, threads_per_worker, kernel_threads,
+                         oversubscribe=oversubscribe)
+
+    def _start_local(self, processes: bool, dashboard_address: str, memory_limit: Any) -> None:
+        plan = self.plan
+        extra: dict[str, Any] = {}
+        if processes:  # (threads-only clusters talk inproc://, no host to bind)
+            extra["host"] = "127.0.0.1"
+            # Set before the worker interpreter imports anything: OpenBLAS/OpenMP read these
+            # once at load, and Numba sizes its pool (the default of every thread) at import.
+            k = str(plan.kernel_threads)
+            extra["env"] = {**dict.fromkeys(KERNEL_ENV_VARS, k), "NUMBA_NUM_THREADS": k}
+        self._owned = LocalCluster(
+            n_workers=plan.workers, threads_per_worker=plan.threads_per_worker,
+            processes=processes, dashboard_address=dashboard_address,
+            memory_limit=memory_limit, **extra,
+        )
+        self.client = Client(self._owned)
+
+    def _remote_plan(self, kernel_threads: int | None, oversubscribe: bool) -> ThreadPlan:
+        """Plan of a running cluster: its workers as they are, kernel threads fitted per host."""
+        info = self.client.scheduler_info(n_workers=-1)["workers"]
+        if not info:
+            raise TaskflowError(f"the scheduler at {self.address!r} has no workers; start some "
+                                f"(dask worker {self.address}) and connect again")
+        counts = self.client.run(detect_cores)
+        hosts: dict[str, list[int]] = {}  # host -> [usable cores, worker threads]
+        for addr, w in info.items():
+            entry = hosts.setdefault(w["host"], [counts[addr].cores, 0])
+            entry[1] += w["nthreads"]
+        k = kernel_threads or min(max(1, cores // threads) for cores, threads in hosts.values())
+        for host, (cores, threads) in hosts.items():
+            if threads * k > cores and not oversubscribe:
+                raise ThreadBudgetError(
+                    f"host {host}: {threads} worker threads x {k} kernel threads = "
+                    f"{threads * k} threads > {cores} usable cores; ask for fewer kernel "
+                    "threads, or pass oversubscribe=True"
+                )
+        tpw = max(w["nthreads"] for w in info.values())
+        cores = sum(c for c, _ in hosts.values())
+        source = (f"{len(info)} workers on {len(hosts)} host(s) at {self.address}: "
+                  + "; ".join(f"{h} {c} usable cores, {t} threads" for h, (c, t) in hosts.items()))
+        return ThreadPlan(len(info), tpw, k, cores=cores, source=source,
+                          oversubscribe=oversubscribe or len(info) * tpw * k > cores)
+
+    def _register(self, plugins: Iterable[Any], policies: Iterable[Any] | None = None) -> None:
+        self.client.register_plugin(ThreadBudgetPlugin(self.plan.kernel_threads),
+                                    name=ThreadBudgetPlugin.name)
+        schedulers = importlib.import_module("taskflow.schedulers")
+        scheduler_plugin = getattr(schedulers, "TaskflowSchedulerPlugin", None)
+        if scheduler_plugin is not None:  # given policies replace a preloaded plugin
+            self._register_on_scheduler(
+                lambda: scheduler_plugin() if policies is None else
+                scheduler_plugin(list(policies), replace=True),
+                "TaskflowSchedulerPlugin", "taskflow.schedulers")
+        from taskflow.dashboard.extension import DashboardPlugin
+
+        self._register_on_scheduler(DashboardPlugin, "the /taskflow dashboard page",
+                                    "taskflow.dashboard.extension")
+        for plugin in plugins:
+            self.client.register_plugin(plugin)
+
+    def _register_on_scheduler(self, make: Any, what: str, preload: str) -> None:
+        """Register a scheduler plugin; on an attached cluster whose scheduler cannot import
+        taskflow, warn how to preload it instead of failing."""
+        try:
+            self.client.register_plugin(make())
+        except Exception as exc:  # a remote scheduler without taskflow installed
+            if self._owned is not None:
+                raise
+            warnings.warn(f"could not add {what} on {self.address}: {exc!r}; start that "
+                          f"scheduler with --preload {preload}", RuntimeWarning, stacklevel=4)
+
+    # --- use ------------------------------------------------------------------------------------
+    def _find_dashboard_link(self) -> str | None:
+        if self._owned is not None:
+            return self._owned.dashboard_link
+        try:
+            return self.client.dashboard_link if self.client is not None else None
+        except (KeyError, AttributeError):
+            return None
+
+    def thread_reports(self) -> dict[str, dict[str, Any] | None]:
+        """Per worker address, what :class:`ThreadBudgetPlugin` set there (see its ``report``)."""
+        return self.client.run(_thread_report)
+
+    def close(self) -> None:
+        """Close the client and, if this object started it, the cluster. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.client is not None:
+                self.client.close()
+        finally:
+            if self._owned is not None:
+                self._owned.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self.address or "local"
+        return f"<taskflow.Cluster {where}: {self.plan if hasattr(self, 'plan') else '?'}>"

@@ -1,0 +1,331 @@
+"""Lowering a model onto Dask: ``predict(model, dask_array)`` returns lazy Dask arrays.
+
+How the graph becomes tasks:
+
+1. The graph is traced at two batch sizes (:mod:`taskflow.dask.trace`) to learn which nodes run per
+   batch chunk, and to fold constant subgraphs once.
+2. The nodes are cut into units (:mod:`taskflow.dask.units`): in data-parallel mode one unit holds
+   every batch-local node between two global nodes, so each chunk is ONE task however the graph
+   branches. Each unit is one ``da.blockwise`` over the batch chunks.
+3. Weights are 0-d Dask arrays whose single key holds the whole weight
+   (``tf-weight-<value>-<token>``): every task reads the same key, so the scheduler ships each
+   weight once per worker, never once per task. ``Model.to_cluster`` scatters them beforehand;
+   the graphs then only reference the keys.
+4. Between units, values travel as 1-d "chunk" arrays: dim 0 is the batch, and each block is
+   the full activation. Every unit's index is then ``(0,)``; no unit contracts an index, which
+   would stop Dask's blockwise fusion (``fuse=False`` relies on it to fuse per-node layers).
+
+Model- and pipeline-parallel plans restrict tasks to workers. Dask's array optimisation drops
+annotations (see shared/notes/dask-scheduler-plugins.md), so with a client those plans are
+submitted per chunk and per unit with ``client.submit(..., workers=...)``
+(:mod:`taskflow.dask.parallel`), and the result is a Dask array backed by futures.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from taskflow.dask.parallel import _state, place_weights, submit_plans, to_cluster, weight_handle
+from taskflow.dask.trace import BATCH, GraphTrace, sanitize, trace_graph
+from taskflow.dask.units import UnitPlan, build_plans, run_unit, select
+from taskflow.errors import InputError, ShapeError
+
+if TYPE_CHECKING:
+    from taskflow.dask.plan import Plan
+    from taskflow.model import Model
+
+#: Largest input chunk taskflow makes when it has to rechunk non-batch axes whole. A worker
+#: thread holds its chunk plus the activations (often several times larger), and the machines
+#: this targets have a few GiB per thread: 512 MiB per input chunk is the most that stays safe.
+MAX_CHUNK_BYTES = 512 << 20
+
+
+def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
+            mode: str | None = None, plan: Plan | None = None, client: Any = None,
+            chunk_size: int | None = None, fuse: bool = True,
+            **plan_options: Any) -> da.Array | tuple[da.Array, ...]:
+    """Run ``model`` lazily over a Dask array chunked along the batch (dim 0).
+
+    Parameters
+    ----------
+    model : Model
+    x : dask.array.Array, numpy.ndarray or dict of name to array
+        The input (a dict for several inputs). A numpy array becomes one chunk, or chunks of
+        ``chunk_size`` rows.
+    outputs : list of str, optional
+        Output names (default: all the model's outputs).
+    mode : {"data", "model", "pipeline", "branch"}, optional
+        Parallel mode (default: :func:`taskflow.dask.plan.make_plan` decides; "data" unless a
+        layer's weights are too large for one worker).
+    plan : Plan, optional
+        A ready plan; overrides ``mode`` and ``plan_options``.
+    client : distributed.Client, optional
+        Needed by the model and pipeline modes to pin tasks to workers (default: the current
+        client, if any).
+    chunk_size : int, optional
+        Rechunk the batch axis to this many rows per chunk.
+    fuse : bool
+        One task per chunk (True), or one Dask layer per node left to Dask's fusion (False).
+
+    Returns
+    -------
+    dask.array.Array, or a tuple of them for several outputs.
+
+    Raises
+    ------
+    InputError, DTypeError
+        As :meth:`Model.run` does, before anything is computed.
+    ShapeError
+        Input chunks along non-batch axes that cannot be made whole within
+        :data:`MAX_CHUNK_BYTES`.
+
+    Examples
+    --------
+    >>> import dask.array as da, taskflow as tf                  # doctest: +SKIP
+    >>> model = tf.load("squeezenet.onnx")                       # doctest: +SKIP
+    >>> x = da.random.random((64, 3, 224, 224), chunks=(16, -1, -1, -1)).astype("float32")
+    >>> probs = model.predict(x)                                 # doctest: +SKIP
+    >>> probs.compute().shape                                    # doctest: +SKIP
+    (64, 1000)
+    """
+    from taskflow.dask import plan as plan_mod
+
+    graph = model.graph
+    feed = _as_feed(model, x, chunk_size)
+    model.check_feed(feed)
+    wanted = list(outputs) if outputs else graph.output_names
+    bad = [n for n in wanted if n not in set(graph.output_names)]
+    if bad:
+        raise InputError(f"unknown output name(s) {bad}; the model's outputs are "
+                         f"{sorted(graph.output_names)}")
+    declared = {v.name: v for v in graph.inputs}
+    batch_names = [n for n in feed
+                   if declared[n].shape is None or not isinstance(declared[n].shape[0], int)]
+    feed = _prepare_inputs(feed, batch_names, chunk_size)
+    if client is None:
+        client = _current_client()
+    if plan is None:
+        plan = plan_mod.make_plan(model, client, mode=mode, chunk_size=chunk_size, fuse=fuse,
+                                  **plan_options)
+    nonbatch = {n: tuple(feed[n].shape[1:]) for n in batch_names}
+    fixed = {n: tuple(feed[n].shape) for n in feed if n not in batch_names}
+    dtypes = {n: np.dtype(a.dtype) for n, a in feed.items()}
+    trace = get_trace(model, nonbatch, fixed, dtypes)
+    for info in trace.global_nodes:
+        warnings.warn(f"node {info.node.name or info.label!r} ({info.node.op}) is not "
+                      f"batch-local: {info.reason}; it runs once on the whole batch",
+                      UserWarning, stacklevel=2)
+    units, consts, split_axis = plan_mod.units_for(plan, trace, model.device)
+    plans, where = build_plans(trace, units, wanted, model.device, consts, split_axis)
+    batch_chunks = feed[batch_names[0]].chunks[0] if batch_names else (1,)
+    if plan.mode in ("model", "pipeline") and client is None:
+        warnings.warn(f"mode={plan.mode!r} without a distributed client: its blocks/stages are "
+                      f"separate tasks, but nothing pins them to workers (pass client=)",
+                      UserWarning, stacklevel=2)
+    if any(p.unit.workers for p in plans) and client is not None:
+        weights = place_weights(model, client, trace, plans, consts)
+        arrays = submit_plans(client, trace, plans, where, wanted, feed, weights, consts,
+                              batch_chunks)
+    else:
+        handles = {name: weight_handle(model, trace, name, consts[name], client)
+                   for p in plans for src in p.sources if src[0] == "weight"
+                   for name in [src[1]]}
+        arrays = emit_lazy(trace, plans, where, wanted, feed, handles, consts, batch_chunks)
+    result = tuple(arrays[n] for n in wanted)
+    return result[0] if len(result) == 1 else result
+
+
+def get_trace(model: Model, nonbatch: Mapping[str, tuple[int, ...]],
+              fixed: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, np.dtype]) -> GraphTrace:
+    """The (cached) trace of ``model`` for these input shapes and dtypes."""
+    key = (tuple(sorted(nonbatch.items())), tuple(sorted(fixed.items())),
+           tuple(sorted((k, v.str) for k, v in dtypes.items())))
+    state = _state(model)
+    if key not in state.traces:
+        state.traces[key] = trace_graph(model._plan, nonbatch, fixed, dtypes)
+    return state.traces[key]
+
+
+# --- inputs -------------------------------------------------------------------------------------
+def _as_feed(model: Model, x: Any, chunk_size: int | None) -> dict[str, Any]:
+    names = model.graph.input_names
+    if not isinstance(x, Mapping):
+        if len(names) != 1:
+            raise InputError(f"the model has {len(names)} inputs {names}; pass a dict "
+                             f"name -> dask array")
+        x = {names[0]: x}
+    feed = {}
+    for name, a in x.items():
+        if not isinstance(a, da.Array):
+            a = np.asarray(a)
+            rows_ = chunk_size or max(a.shape[0] if a.ndim else 1, 1)
+            a = da.from_array(a, chunks=(rows_, *a.shape[1:]) if a.ndim else ())
+        feed[name] = a
+    return feed
+
+
+def _prepare_inputs(feed: dict[str, da.Array], batch_names: list[str],
+                    chunk_size: int | None) -> dict[str, da.Array]:
+    """Whole non-batch axes (warn, or refuse past :data:`MAX_CHUNK_BYTES`); one batch
+    chunking shared by every batch input."""
+    out = {}
+    for name, a in feed.items():
+        if any(math.isnan(s) for s in a.shape):
+            raise ShapeError(f"input {name!r} has unknown chunk sizes {a.chunks}; call "
+                             f"x.compute_chunk_sizes() first")
+        if name not in batch_names:
+            out[name] = a.rechunk(-1) if a.npartitions > 1 else a
+            continue
+        if chunk_size:
+            a = a.rechunk({0: chunk_size})
+        split = [k for k in range(1, a.ndim) if len(a.chunks[k]) > 1]
+        if split:
+            per_row = math.prod(a.shape[1:]) * a.dtype.itemsize
+            biggest = max(a.chunks[0]) * per_row
+            if biggest > MAX_CHUNK_BYTES:
+                fit = max(MAX_CHUNK_BYTES // max(per_row, 1), 1)
+                raise ShapeError(
+                    f"input {name!r} with chunks {a.chunks} is split along non-batch axis "
+                    f"{split}; whole non-batch axes would make chunks of {biggest / 2**20:.0f} "
+                    f"MiB (limit {MAX_CHUNK_BYTES / 2**20:.0f} MiB, "
+                    f"taskflow.dask.lower.MAX_CHUNK_BYTES); rechunk with "
+                    f"x.rechunk({{0: {fit}, {', '.join(f'{k}: -1' for k in split)}}})")
+            warnings.warn(f"input {name!r} is chunked along non-batch axis {split} "
+                          f"(chunks {a.chunks}); taskflow needs whole non-batch axes and "
+                          f"rechunks it (pass chunks=(n, {', '.join(['-1'] * (a.ndim - 1))}) to "
+                          f"avoid this)", UserWarning, stacklevel=3)
+            a = a.rechunk({k: -1 for k in range(1, a.ndim)})
+        out[name] = a
+    if batch_names:
+        chunks = out[batch_names[0]].chunks[0]
+        for name in batch_names[1:]:
+            if out[name].chunks[0] != chunks:
+                out[name] = out[name].rechunk({0: chunks})
+    return out
+
+
+def _current_client() -> Any:
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+# --- lazy emission ------------------------------------------------------------------------------
+def emit_lazy(trace: GraphTrace, plans: list[UnitPlan], where: dict[str, list],
+              wanted: Sequence[str], feed: dict[str, da.Array], handles: dict[str, da.Array],
+              consts: dict[str, np.ndarray], batch_chunks: tuple[int, ...]) -> dict[str, Any]:
+    """One ``da.blockwise`` per unit; returns the wanted outputs as Dask arrays."""
+    n_rows = int(sum(batch_chunks))
+    arrays: dict[int, tuple[da.Array, tuple]] = {}
+    fixed = {n: _to_handle(feed[n], f"tf-input-{sanitize(n)}") for n in trace.fixed_inputs}
+    resplits: dict[tuple, da.Array] = {}
+
+    def resplit(p: int, sel: int | None) -> da.Array:
+        if (p, sel) not in resplits:
+            src = arrays[p][0]
+            one = da.blockwise(partial(select, sel=sel), (0,), src, (), new_axes={0: n_rows},
+                               concatenate=True, meta=np.empty((0,), object),
+                               name=f"tf-rows-{tokenize(src.name, sel)}")
+            resplits[(p, sel)] = one.rechunk({0: batch_chunks})
+        return resplits[(p, sel)]
+
+    for k, up in enumerate(plans):
+        pairs: list[Any] = []
+        for src in up.sources:
+            if src[0] == "input":
+                a = feed[src[1]] if src[1] in trace.batch_inputs else fixed[src[1]]
+                pairs += [a, tuple(range(a.ndim))]
+            elif src[0] == "unit":
+                pairs += list(arrays[src[1]])
+            elif src[0] == "resplit":
+                pairs += [resplit(src[1], src[2]), (0,)]
+            else:
+                pairs += [handles[src[1]], ()]
+        name = f"tf-{up.unit.label}-{tokenize(up.program, [a.name for a in pairs[::2]])}"
+        fn = partial(run_unit, up.program)
+        if up.unit.whole:
+            arr = da.blockwise(fn, (), *pairs, concatenate=False, align_arrays=False,
+                               meta=np.empty((), object), name=name)
+            arrays[k] = (arr, ())
+            continue
+        v = up.exports[0] if len(up.exports) == 1 else None
+        if v is not None and v in wanted and trace.value_class.get(v) == BATCH:
+            shape = trace.nonbatch_shape(v)
+            ind = tuple(range(len(shape) + 1))
+            present = {i for a_ind in pairs[1::2] for i in a_ind}
+            adjust = {i + 1: d for i, d in enumerate(shape) if i + 1 in present}
+            new = {i + 1: d for i, d in enumerate(shape) if i + 1 not in present}
+            arr = da.blockwise(fn, ind, *pairs, concatenate=True, align_arrays=False,
+                               adjust_chunks=adjust, new_axes=new,
+                               meta=np.empty((0,) * len(ind), trace.dtypes[v]), name=name)
+            arrays[k] = (arr, ind)
+        else:
+            arr = da.blockwise(fn, (0,), *pairs, concatenate=True, align_arrays=False,
+                               meta=np.empty((0,), object), name=name)
+            arrays[k] = (arr, (0,))
+    out = {}
+    for v in wanted:
+        if v in feed:
+            out[v] = feed[v]
+        elif v in consts:
+            out[v] = da.from_array(consts[v], chunks=consts[v].shape,
+                                   name=f"tf-const-{sanitize(v)}-{tokenize(consts[v])}")
+        else:
+            out[v] = _assemble(trace, v, where[v], plans, arrays, batch_chunks)
+    return out
+
+
+def _assemble(trace: GraphTrace, v: str, where: tuple[list, int | None],
+              plans: list[UnitPlan], arrays: dict, batch_chunks: tuple[int, ...]) -> da.Array:
+    """The user-facing array of output ``v`` from the unit(s) that produce it."""
+    parts, axis = where
+    shape = trace.full_shape(v, int(sum(batch_chunks)))
+    dtype = trace.dtypes[v]
+    meta = np.empty((0,) * len(shape), dtype)
+    p0, sel0 = parts[0]
+    if len(parts) == 1 and sel0 is None and not plans[p0].unit.whole \
+            and arrays[p0][1] == tuple(range(len(shape))):
+        return arrays[parts[0][0]][0]
+    sels = tuple(sel for _, sel in parts)
+    fn = partial(_gather, sels=sels, axis=axis)
+    srcs = [arrays[p] for p, _ in parts]
+    name = f"tf-out-{sanitize(v)}-{tokenize([a.name for a, _ in srcs], sels)}"
+    ind = tuple(range(len(shape)))
+    if any(plans[p].unit.whole for p, _ in parts):
+        pairs = [x for a, _ in srcs for x in (a, ())]
+        arr = da.blockwise(fn, ind, *pairs, new_axes=dict(enumerate(shape)), meta=meta,
+                           concatenate=True, name=name)
+        return arr.rechunk({0: batch_chunks}) if trace.value_class[v] == BATCH else arr
+    pairs = [x for a, a_ind in srcs for x in (a, a_ind)]
+    new = {i: d for i, d in enumerate(shape) if i > 0}
+    return da.blockwise(fn, ind, *pairs, new_axes=new, meta=meta, concatenate=True,
+                        align_arrays=False, name=name)
+
+
+def _gather(*blocks: Any, sels: tuple, axis: int | None) -> Any:
+    parts = [select(b, s) for b, s in zip(blocks, sels)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis or 0)
+
+
+def _identity(b: Any) -> Any:
+    return b
+
+
+def _to_handle(a: da.Array, prefix: str) -> da.Array:
+    """A non-batch input as a 0-d array holding the whole input."""
+    return da.blockwise(_identity, (), a, tuple(range(a.ndim)), concatenate=True,
+                        meta=np.empty((), a.dtype), name=f"{prefix}-{tokenize(a.name)}")
+
+
+__all__ = ["MAX_CHUNK_BYTES", "get_trace", "predict", "to_cluster", "weight_handle"]

@@ -1,0 +1,243 @@
+"""The graph IR: values, nodes, initializers, in ONNX's vocabulary.
+
+A :class:`Graph` is a list of :class:`Node` (op type, input and output value names, attributes)
+plus the graph's inputs and outputs (:class:`Value`: name, dtype, shape) and its initializers
+(constant numpy arrays by name). Nodes use the *canonical* form of each op: the semantics of the
+newest ONNX opset taskflow knows, with every operand that newer opsets pass as an input (Reduce
+axes, Split sizes, Pad pads, Clip bounds, Slice starts, ...) passed as an input. The ONNX importer
+upgrades older forms, so op kernels implement one form only.
+
+Shapes are tuples whose entries are an ``int`` (static), a ``str`` (a symbolic dimension such as
+the batch ``"N"``) or ``None`` (unknown).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from taskflow.errors import GraphError
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+#: Name given to a batch dimension the importer or builder made symbolic.
+BATCH = "N"
+
+
+@dataclass
+class Value:
+    """A named tensor: graph input, graph output or intermediate."""
+
+    name: str
+    dtype: np.dtype | None = None
+    shape: Shape | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None:
+            self.dtype = np.dtype(self.dtype)
+        if self.shape is not None:
+            self.shape = tuple(self.shape)
+
+    def __repr__(self) -> str:
+        dt = self.dtype.name if self.dtype is not None else "?"
+        shape = "?" if self.shape is None else "(" + ", ".join(map(_dim_str, self.shape)) + ")"
+        return f"Value({self.name!r}, {dt}, {shape})"
+
+
+def _dim_str(d: Dim) -> str:
+    return "?" if d is None else str(d)
+
+
+@dataclass
+class Node:
+    """One op application. ``""`` in ``inputs`` marks an omitted optional input."""
+
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    domain: str = ""
+
+    def __repr__(self) -> str:
+        return f"Node({self.op}, {self.name!r}, {self.inputs} -> {self.outputs})"
+
+
+@dataclass
+class Graph:
+    """A dataflow graph in canonical ONNX form.
+
+    Parameters
+    ----------
+    nodes : list of Node
+        In any order; :meth:`toposort` orders them.
+    inputs, outputs : list of Value
+        The graph's interface. Inputs exclude initializers.
+    initializers : dict of str to numpy.ndarray
+        Constant tensors (weights) by value name.
+    values : dict of str to Value
+        Known dtype/shape of intermediate values (may be partial).
+    """
+
+    nodes: list[Node] = field(default_factory=list)
+    inputs: list[Value] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    initializers: dict[str, np.ndarray] = field(default_factory=dict)
+    values: dict[str, Value] = field(default_factory=dict)
+    name: str = "graph"
+    #: Free-form notes the importer or passes leave for ``info`` (e.g. batch made symbolic).
+    notes: list[str] = field(default_factory=list)
+
+    # --- queries -------------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.outputs]
+
+    def producers(self) -> dict[str, Node]:
+        """Map each value name to the node that produces it."""
+        return {out: n for n in self.nodes for out in n.outputs if out}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        """Map each value name to the nodes that read it (graph outputs are not nodes)."""
+        result: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                if i:
+                    result.setdefault(i, []).append(n)
+        return result
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def parameter_count(self) -> int:
+        return int(sum(a.size for a in self.initializers.values()))
+
+    # --- structure -----------------------------------------------------------------------------
+    def toposort(self) -> list[Node]:
+        """Return the nodes in a dependency order (stable: keeps the given order where free).
+
+        Raises
+        ------
+        GraphError
+            If a node reads a value nothing produces, or the graph has a cycle.
+        """
+        available = set(self.input_names) | set(self.initializers)
+        producers = self.producers()
+        for n in self.nodes:
+            for i in n.inputs:
+                if i and i not in available and i not in producers:
+                    raise GraphError(
+                        f"node {n.name or n.op!r} ({n.op}) reads value {i!r}, which is neither a "
+                        f"graph input, an initializer, nor produced by any node"
+                    )
+        order: list[Node] = []
+        pending = list(self.nodes)
+        while pending:
+            still: list[Node] = []
+            progressed = False
+            for n in pending:
+                if all(not i or i in available for i in n.inputs):
+                    order.append(n)
+                    available.update(o for o in n.outputs if o)
+                    progressed = True
+                else:
+                    still.append(n)
+            if not progressed:
+                names = ", ".join(repr(n.name or n.op) for n in still[:5])
+                raise GraphError(f"graph {self.name!r} has a cycle through nodes {names}")
+            pending = still
+        return order
+
+    def validate(self) -> None:
+        """Check names are unique, outputs are produced and the graph is acyclic.
+
+        Raises
+        ------
+        GraphError
+            Naming the offending value or node.
+        """
+        seen: dict[str, str] = {}
+        for v in self.inputs:
+            if v.name in seen:
+                raise GraphError(f"graph input {v.name!r} is declared twice")
+            seen[v.name] = "graph input"
+        for name in self.initializers:
+            if name in seen:
+                raise GraphError(f"value {name!r} is both a graph input and an initializer")
+            seen[name] = "initializer"
+        for n in self.nodes:
+            for o in n.outputs:
+                if not o:
+                    continue
+                if o in seen:
+                    raise GraphError(
+                        f"value {o!r} is produced by node {n.name or n.op!r} but is already "
+                        f"a {seen[o]}"
+                    )
+                seen[o] = f"output of node {n.name or n.op!r}"
+        for v in self.outputs:
+            if v.name not in seen:
+                raise GraphError(f"graph output {v.name!r} is never produced")
+        self.toposort()
+
+    def copy(self) -> Graph:
+        """A structural copy; initializer arrays are shared (they are never mutated in place)."""
+        return Graph(
+            nodes=[copy.deepcopy(n) for n in self.nodes],
+            inputs=[copy.copy(v) for v in self.inputs],
+            outputs=[copy.copy(v) for v in self.outputs],
+            initializers=dict(self.initializers),
+            values={k: copy.copy(v) for k, v in self.values.items()},
+            name=self.name,
+            notes=list(self.notes),
+        )
+
+    def unique_name(self, base: str) -> str:
+        """A value/node name not used anywhere in the graph yet."""
+        used = self._all_names()
+        if base not in used:
+            return base
+        for k in itertools.count(1):
+            cand = f"{base}_{k}"
+            if cand not in used:
+                return cand
+        raise AssertionError("unreachable")
+
+    def _all_names(self) -> set[str]:
+        names = set(self.input_names) | set(self.initializers) | set(self.values)
+        for n in self.nodes:
+            names.update(n.outputs)
+            names.add(n.name)
+        return names
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __repr__(self) -> str:
+        return (
+            f"Graph({self.name!r}, {len(self.nodes)} nodes, inputs={self.inputs}, "
+            f"outputs={self.outputs}, {len(self.initializers)} initializers)"
+        )
+
+
+def shapes_compatible(expected: Shape | None, found: Iterable[int]) -> bool:
+    """Whether a concrete shape fits a declared one (symbolic and unknown dims match anything)."""
+    found = tuple(found)
+    if expected is None:
+        return True
+    if len(expected) != len(found):
+        return False
+    return all(not isinstance(e, int) or e == f for e, f in zip(expected, found))

@@ -1,0 +1,351 @@
+"""``infer_zarr``: stream a Zarr dataset through a model on a Dask cluster, into a Zarr group.
+
+DESIGN.md decision 7. A task covers whole output chunks; the *worker* reads their input rows,
+applies the declared preprocessing, runs :meth:`Model.run` in-process and writes each output
+region and then its done-marker (:mod:`taskflow.stream.manifest`,
+:mod:`taskflow.stream.worker`), so no
+data passes through the client and no output chunk is written by two tasks at once.
+
+The client keeps at most ``window`` tasks in flight and submits the next as each finishes.
+Tasks start as single chunks; once the first ones report how long a chunk takes, consecutive
+chunks are grouped so a task lasts about ``TARGET_TASK_S`` (Dask's per-task cost, ~1-3 ms of
+client and scheduler time on a small machine, then stops mattering), but never so many that the
+last tasks leave a worker idle. A chunk that fails is retried on its own, then quarantined.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from taskflow.dashboard.telemetry import emit_job
+from taskflow.errors import TaskflowError
+from taskflow.stream import manifest as mf
+from taskflow.stream.report import FailedChunk, JobSummary, Progress
+from taskflow.stream.sources import location, output_specs, validate_feed
+from taskflow.stream.worker import ChunkJob, JobPlugin, run_chunks, ship_model
+
+#: Tasks in flight per worker thread when ``window`` is not given. Queued tasks cost nothing on
+#: workers (they hold no data until they start), and two per thread keeps every thread fed while
+#: the next submission travels client -> scheduler -> worker.
+WINDOW_PER_THREAD = 2
+#: Seconds a task should last once chunks are grouped: long enough that Dask's per-task cost
+#: is a few percent, short enough that progress, retries and the job's tail stay fine-grained.
+TARGET_TASK_S = 0.2
+#: Upper bound on chunks grouped into one task.
+MAX_CHUNKS_PER_TASK = 256
+EXIT_QUARANTINED = 3
+#: Job progress events for the dashboard: each is a scheduler round trip, 2 a second is plenty.
+JOB_EVENT_INTERVAL = 0.5
+
+
+# --- client side ---------------------------------------------------------------------------------
+def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
+               batch_size: int | None = None, window: int | None = None, resume: bool = False,
+               overwrite: bool = False, rerun_failed: bool = False, preprocess: Any = None,
+               outputs: list[str] | None = None, progress: Any = "bar", client: Any = None,
+               retries: int = 2, chunks_per_task: int | None = None) -> JobSummary:
+    """Run ``model`` over every sample of a Zarr ``source``; write its outputs to ``target``.
+
+    Parameters
+    ----------
+    model : Model or path
+        A :class:`taskflow.Model`, or an ONNX file to load.
+    source : path, URL, or dict
+        A Zarr (v2 or v3) array feeding a one-input model, a group with one array per model
+        input (by name), or ``{input name: array location}``. Local paths or fsspec URLs
+        (``file://``, ``s3://``...). ``memory://`` only works with in-process workers.
+    target : path or URL
+        The Zarr group to create: one array per output, chunked along the batch like the tasks,
+        and a ``.taskflow`` manifest. An existing target is refused unless ``resume``,
+        ``rerun_failed`` or ``overwrite``.
+    batch_size : int, optional
+        Rows per model call and per output chunk (default: the source's chunking along axis
+        0); tasks cover whole output chunks, so no output chunk is written by two tasks.
+    window : int, optional
+        Tasks in flight at most (default ``WINDOW_PER_THREAD`` x worker threads). Memory does
+        not grow with the dataset: the client holds ``window`` futures, and a running task at
+        most a few blocks of rows (:data:`taskflow.stream.worker.BLOCK_BYTES`).
+    resume : bool
+        Compute only chunks not yet done (quarantined ones too with ``rerun_failed``); refused
+        when the model, inputs, preprocessing, batch size or outputs differ from the manifest.
+    rerun_failed : bool
+        Recompute the chunks a previous run quarantined (alone: only those).
+    preprocess : dict or callable, optional
+        Declared steps (``{"scale": "uint8", "mean": [...], "std": [...], "layout":
+        "NHWC->NCHW"}``), per input (``{name: steps or fn(array)}``), or ``fn(feed) -> feed``;
+        see :mod:`taskflow.stream.preprocess`.
+    outputs : list of str, optional
+        Model outputs to write (default: all).
+    progress : {"bar", "json", "none"} or callable
+        One updating line on stderr, one JSON object per update on stdout, nothing, or
+        ``fn(update: dict)``.
+    client : distributed.Client, taskflow.Cluster, str, optional
+        Where to run: a client, a cluster, a scheduler address, or None: the current client if
+        there is one, else an embedded :class:`taskflow.Cluster` for the job's duration.
+    retries : int
+        Extra attempts for a failing chunk before it is quarantined and listed in the summary.
+    chunks_per_task : int, optional
+        Output chunks per task (default: grouped adaptively to tasks of ``TARGET_TASK_S``;
+        1: one task per chunk).
+
+    Returns
+    -------
+    JobSummary
+
+    Examples
+    --------
+    >>> import taskflow as tf                                           # doctest: +SKIP
+    >>> with tf.Cluster() as cluster:                                   # doctest: +SKIP
+    ...     s = tf.infer_zarr("cnn.onnx", "images.zarr", "logits.zarr",
+    ...                       preprocess={"scale": "uint8"}, client=cluster)
+    >>> s.ok, s.samples, s.failed                                       # doctest: +SKIP
+    (True, 10000, [])
+    """
+    started = time.perf_counter()
+    if overwrite and (resume or rerun_failed):
+        raise TaskflowError("overwrite=True replaces the target; it cannot be combined with "
+                            "resume or rerun_failed")
+    if not isinstance(retries, int) or retries < 0:
+        raise TaskflowError(f"retries={retries!r}; expected an integer >= 0")
+    for name, value in (("window", window), ("chunks_per_task", chunks_per_task)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise TaskflowError(f"{name}={value!r}; expected an integer >= 1")
+    if not hasattr(model, "run"):
+        from taskflow.model import load
+
+        model = load(model)
+    dst = location(target)
+    sources, pre, rows = validate_feed(model, source, preprocess, dst)
+    out_specs = output_specs(model, sources, pre, outputs)
+    first = next(iter(sources.values()))
+    batch = batch_size or first.chunks[0] or 1
+    if not isinstance(batch, int) or batch < 1:
+        raise TaskflowError(f"batch_size={batch_size!r}; expected an integer >= 1")
+    n_chunks = -(-rows // batch)
+    identity = {
+        "model": {"name": model.graph.name, "sha256": mf.model_hash(model),
+                  "device": model.device},
+        "inputs": {name: s.identity() for name, s in sources.items()},
+        "preprocess": None if pre is None else pre.describe(),
+        "batch_size": batch,
+        "outputs": {n: {"shape": list(s), "dtype": d} for n, (s, d) in out_specs.items()},
+    }
+    todo, failed_before, fresh = _plan_chunks(dst, identity, n_chunks, resume, overwrite,
+                                              rerun_failed)
+    already = n_chunks - len(todo) - len(set(failed_before) - set(todo))
+    report = Progress(progress, n_chunks, already, len(todo))
+    if any(s.location.startswith("memory://") for s in sources.values()) or \
+            dst.startswith("memory://"):
+        _refuse_memory_urls(client)
+
+    if not todo:  # nothing to compute: no cluster needed
+        if fresh:
+            mf.create_target(dst, out_specs, rows, batch, identity, overwrite=overwrite)
+        return JobSummary(dst, n_chunks, 0, already, 0, time.perf_counter() - started,
+                          [FailedChunk(k, k * batch, min(rows, (k + 1) * batch), msg)
+                           for k, msg in sorted(failed_before.items())])
+    cluster, owned = _connect(client)
+    c = cluster.client if hasattr(cluster, "client") else cluster
+    token = uuid.uuid4().hex[:12]
+    plugin_name = f"taskflow-job-{token}"
+    registered = False
+    try:
+        if fresh:
+            mf.create_target(dst, out_specs, rows, batch, identity, overwrite=overwrite)
+        job = ChunkJob(token, identity["model"]["sha256"],
+                       {n: (s.location, s.path) for n, s in sources.items()}, dst,
+                       list(out_specs), rows, batch, pre)
+        nthreads = sum(c.nthreads().values())
+        window = window or max(2, WINDOW_PER_THREAD * nthreads)
+        dashboard = getattr(cluster, "dashboard_link", None) or _dashboard(c)
+        report.start({"target": dst, "chunks": n_chunks, "todo": len(todo), "rows": rows,
+                      "batch_size": batch, "window": window, "workers": len(c.nthreads()),
+                      "threads": nthreads, "dashboard": dashboard})
+        ship_model(c, model, job.model_hash)
+        c.register_plugin(JobPlugin(job), name=plugin_name)
+        registered = True
+        loop = _stream(c, job, todo, window, retries, chunks_per_task, nthreads, report)
+        failed = {k: v for k, v in failed_before.items() if k not in loop["done"]}
+        failed.update(loop["failed"])
+        mf.record(dst, failed=failed)
+    finally:
+        report.close()
+        if registered:
+            try:
+                c.unregister_worker_plugin(plugin_name)
+            except Exception:  # noqa: BLE001 - the cluster may be gone; nothing left to clean
+                pass
+        if owned:
+            cluster.close()
+    seconds = time.perf_counter() - started
+    return JobSummary(
+        target=dst, chunks_total=n_chunks, chunks_done=len(loop["done"]),
+        chunks_skipped=already, samples=loop["samples"], seconds=seconds,
+        failed=[FailedChunk(k, *job.rows_of(k), msg) for k, msg in sorted(failed.items())],
+        dashboard_link=dashboard, window=window, max_in_flight=loop["max_in_flight"],
+        retried=loop["retried"], task_seconds=loop["task_seconds"], tasks=loop["tasks"])
+
+
+def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool,
+                 rerun_failed: bool) -> tuple[list[int], dict[int, str], bool]:
+    """Chunks to compute, chunks quarantined before, and whether the target is new."""
+    exists = mf.target_exists(dst)
+    if not exists:
+        if rerun_failed and not resume:
+            raise mf.ResumeError(f"rerun_failed=True but {dst!r} does not exist: nothing failed "
+                                 "there yet")
+        return list(range(n)), {}, True
+    if overwrite:
+        return list(range(n)), {}, True
+    if not (resume or rerun_failed):
+        raise mf.TargetExistsError(
+            f"target {dst!r} exists; pass resume=True (--resume) to finish it, "
+            "rerun_failed=True (--rerun-failed) to recompute its quarantined chunks, or "
+            "overwrite=True (--overwrite) to replace it")
+    meta = mf.read_manifest(dst)
+    mf.check_identity(meta.get("identity", {}), identity, dst)
+    done = mf.done_chunks(dst, n)
+    failed = {int(k): v for k, v in meta.get("failed", {}).items() if not done[int(k)]}
+    todo = [k for k in np.flatnonzero(~done).tolist()
+            if (resume and k not in failed) or (rerun_failed and k in failed)]
+    return todo, failed, False
+
+
+def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: int,
+            chunks_per_task: int | None, threads: int, report: Progress) -> dict[str, Any]:
+    """Submit ``todo`` with at most ``window`` tasks in flight; retry, then quarantine."""
+    from distributed import as_completed
+
+    queue, attempts, solo = deque(todo), dict.fromkeys(todo, 0), set()
+    in_flight: dict[str, list[int]] = {}
+    done: set[int] = set()
+    failed: dict[int, str] = {}
+    times = dict.fromkeys(("read", "compute", "write"), 0.0)
+    out = {"done": done, "failed": failed, "samples": 0, "max_in_flight": 0, "retried": 0,
+           "task_seconds": times, "tasks": 0}
+    per_chunk_s: float | None = None
+    pending = as_completed(loop=client.loop, with_results=True, raise_errors=False)
+
+    def group() -> list[int]:
+        if queue[0] in solo:
+            return [queue.popleft()]
+        size = chunks_per_task or 1
+        if chunks_per_task is None and per_chunk_s is not None:
+            size = min(math.ceil(TARGET_TASK_S / max(per_chunk_s, 1e-6)), MAX_CHUNKS_PER_TASK,
+                       math.ceil(len(queue) / (2 * threads)))  # a fair tail for every thread
+        ks = []
+        while queue and len(ks) < size and queue[0] not in solo:
+            ks.append(queue.popleft())
+        return ks
+
+    def fill() -> None:
+        while queue and len(in_flight) < window:
+            ks = group()
+            fut = client.submit(run_chunks, job.token, ks, pure=False,
+                                key=f"tf-stream-{job.token}-{ks[0]}-{out['tasks']}")
+            out["tasks"] += 1
+            in_flight[fut.key] = ks
+            pending.add(fut)
+        out["max_in_flight"] = max(out["max_in_flight"], len(in_flight))
+
+    def retry_or_quarantine(k: int, error: str) -> None:
+        attempts[k] += 1
+        if attempts[k] <= retries:
+            out["retried"] += 1
+            solo.add(k)  # alone, so a chunk that kills its task cannot take others with it
+            queue.appendleft(k)
+        else:
+            failed[k] = error
+
+    started, last = time.time(), [0.0]
+
+    def publish(state: str, force: bool = False) -> None:
+        """Job progress for the /taskflow dashboard, at most every JOB_EVENT_INTERVAL."""
+        if not force and time.time() - last[0] < JOB_EVENT_INTERVAL:
+            return
+        last[0] = time.time()
+        # chunks that failed are retried; only those past their retries count (quarantined)
+        emit_job(job.token, total=len(todo), done=len(done), failed=0,
+                 quarantined=len(failed), in_flight=len(in_flight), started=started,
+                 state=state, client=client)
+
+    fill()
+    try:
+        for fut, result in pending:
+            ks = in_flight.pop(fut.key)
+            if fut.status == "finished":
+                done.update(result["done"])
+                out["samples"] += result["rows"]
+                for phase in times:
+                    times[phase] += result[f"{phase}_s"]
+                for k, error in result["failed"].items():
+                    retry_or_quarantine(k, error)
+                rate = result["seconds"] / len(ks)
+                per_chunk_s = rate if per_chunk_s is None else 0.5 * (per_chunk_s + rate)
+            elif fut.status == "cancelled":
+                raise TaskflowError(f"chunks {ks} were cancelled: the cluster lost them "
+                                    "(scheduler gone or restarted?); rerun with resume=True "
+                                    "(--resume)")
+            else:
+                exc = result[1]
+                for k in ks:
+                    retry_or_quarantine(k, f"{type(exc).__name__}: {exc}")
+            fut.release()
+            fill()
+            report.update(len(done), len(failed), out["samples"])
+            publish("running")
+        report.update(len(done), len(failed), out["samples"], force=True)
+        publish("failed" if failed else "done", force=True)
+    except BaseException:
+        client.cancel(list(pending.futures), force=True)
+        raise
+    return out
+
+
+def _connect(client: Any) -> tuple[Any, bool]:
+    """``(Cluster or Client, owned)`` from the ``client`` argument of :func:`infer_zarr`."""
+    from taskflow.dask.cluster import Cluster
+
+    if isinstance(client, str):
+        return Cluster(client, quiet=True), True
+    if client is not None:
+        return client, False
+    from distributed import default_client
+
+    try:
+        return default_client(), False
+    except ValueError:
+        return Cluster(quiet=True), True
+
+
+def _dashboard(client: Any) -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - a scheduler without a dashboard
+        return None
+
+
+def _refuse_memory_urls(client: Any) -> None:
+    pids = None
+    if client is None:
+        from distributed import default_client
+
+        try:
+            client = default_client()
+        except ValueError:  # an embedded cluster would be started: worker processes
+            pass
+    if client is not None and not isinstance(client, str):
+        c = client.client if hasattr(client, "client") else client
+        pids = set(c.run(os.getpid).values())
+    if pids != {os.getpid()}:
+        raise TaskflowError("memory:// stores live inside one process and the workers run in "
+                            "other processes, which cannot see them; use a local path or a "
+                            "shared filesystem URL (file://, s3://, ...), or in-process workers "
+                            "(taskflow.Cluster(processes=False))")

@@ -1,0 +1,290 @@
+"""The worker side of :func:`taskflow.infer_zarr`: the job each worker holds and the task.
+
+The model reaches each worker once, inside a ``WorkerPlugin`` named by its content hash
+(:class:`ModelPlugin`): the scheduler keeps the pickled bytes and replays them to workers that
+join later (a nanny restarting a killed worker included), and registering the same model again
+is a no-op, so later jobs with that model (a resume, a rerun) send nothing. At most
+``MODEL_CACHE`` models stay registered: the oldest is removed when another arrives. A smaller
+per-job plugin (:class:`JobPlugin`) says where to read and write, so a task carries only
+``(job token, chunk indices)``.
+
+A task covers one or more whole output chunks. It reads and writes them in blocks of
+consecutive chunks (``BLOCK_BYTES``), runs the model chunk by chunk (``batch_size`` is the
+model's batch), and overlaps the next block's read and the previous block's write with compute
+on two I/O threads. At most ``PREFETCH`` blocks read ahead and ``WRITES_BEHIND`` waiting to be
+written are held, so a task's memory does not grow with the chunks it covers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from distributed import WorkerPlugin
+
+from taskflow.dashboard.telemetry import emit_chunk
+from taskflow.dask.threads import sync_numba_env
+from taskflow.errors import ShapeError, TaskflowError
+from taskflow.stream import manifest as mf
+
+#: Models kept registered on a cluster (and built in each worker) across jobs: the one in use
+#: and the one before it, so alternating jobs do not resend weights; more would pin memory.
+MODEL_CACHE = 2
+MODEL_PLUGIN_PREFIX = "taskflow-model-"
+#: I/O goes in blocks of consecutive chunks: one Zarr call reads (or writes, or marks) a whole
+#: block, because Zarr's cost per call (~1 ms: event-loop and file-thread hand-offs, GIL-bound)
+#: dwarfs a small model's compute. A block holds at most ``BLOCK_BYTES`` of inputs and outputs
+#: (memory stays bounded) and ``MAX_BLOCK_CHUNKS`` chunks (the markers of a block are written
+#: together, so a crash loses at most that much finished work).
+BLOCK_BYTES = 8 << 20
+MAX_BLOCK_CHUNKS = 64
+#: Blocks read ahead of the one being computed, and runs waiting to be written behind it.
+PREFETCH = 1
+WRITES_BEHIND = 2
+#: I/O threads per task thread of a worker: they mostly wait on Zarr's own threads, not on the CPU.
+IO_THREADS = 2
+
+
+class ChunkJob:
+    """What a worker needs to run any chunk of one job: shipped once, in :class:`JobPlugin`."""
+
+    def __init__(self, token: str, model_hash: str, inputs: dict[str, tuple[str, str]],
+                 target: str, outputs: list[str], rows: int, batch: int, preprocess: Any):
+        self.token, self.model_hash, self.target = token, model_hash, target
+        self.inputs = inputs  # model input name -> (store location, array path)
+        self.outputs, self.rows, self.batch, self.preprocess = outputs, rows, batch, preprocess
+
+    def rows_of(self, k: int) -> tuple[int, int]:
+        return k * self.batch, min(self.rows, (k + 1) * self.batch)
+
+
+_JOBS: dict[str, ChunkJob] = {}
+_ARRAYS: dict[str, tuple] = {}
+_PAYLOADS: dict[str, bytes] = {}  # model hash -> pickled (graph, device, strict)
+_MODELS: OrderedDict[str, Any] = OrderedDict()  # model hash -> built Model
+_LOCK = threading.Lock()
+_POOL: list[ThreadPoolExecutor] = []
+_SHIPPED: Any = None  # client side: model -> payload, pickled once per model object
+
+
+class ModelPlugin(WorkerPlugin):
+    """One model on every worker, present and future; kept as bytes until a task needs it."""
+
+    idempotent = True  # registering the same model twice changes nothing
+
+    def __init__(self, model_hash: str, payload: bytes):
+        self.model_hash, self.payload = model_hash, payload
+
+    def setup(self, worker: Any = None, **kwargs: Any) -> None:
+        _PAYLOADS[self.model_hash] = self.payload
+
+    def teardown(self, worker: Any = None, **kwargs: Any) -> None:
+        if not any(job.model_hash == self.model_hash for job in _JOBS.values()):
+            _PAYLOADS.pop(self.model_hash, None)
+            _MODELS.pop(self.model_hash, None)
+
+
+def ship_model(client: Any, model: Any, model_hash: str) -> None:
+    """Register ``model`` on ``client``'s cluster unless it already is; evict the oldest
+    taskflow models beyond ``MODEL_CACHE``."""
+    import weakref
+
+    global _SHIPPED
+    name = MODEL_PLUGIN_PREFIX + model_hash[:24]
+    # (a lambda travels by value: the scheduler need not import taskflow)
+    names = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+    registered = [n for n in names if n.startswith(MODEL_PLUGIN_PREFIX)]
+    if name in registered:
+        return
+    if _SHIPPED is None:
+        _SHIPPED = weakref.WeakKeyDictionary()
+    payload = _SHIPPED.get(model)
+    if payload is None:
+        payload = _SHIPPED[model] = pickle.dumps((model.graph, model.device, model.strict),
+                                                 protocol=pickle.HIGHEST_PROTOCOL)
+    client.register_plugin(ModelPlugin(model_hash, payload), name=name)
+    for old in registered[:max(0, len(registered) + 1 - MODEL_CACHE)]:
+        client.unregister_worker_plugin(old)
+
+
+class JobPlugin(WorkerPlugin):
+    """Carries a :class:`ChunkJob` (model graph included) to every worker, present and future."""
+
+    def __init__(self, job: ChunkJob):
+        self.job = job
+
+    def setup(self, worker: Any = None, **kwargs: Any) -> None:
+        _JOBS[self.job.token] = self.job
+
+    def teardown(self, worker: Any = None, **kwargs: Any) -> None:
+        _JOBS.pop(self.job.token, None)
+        _ARRAYS.pop(self.job.token, None)
+
+
+def _state(token: str) -> tuple[ChunkJob, Any, tuple, ThreadPoolExecutor]:
+    sync_numba_env()  # cheap; see its docstring
+    job = _JOBS.get(token)
+    if job is None:
+        raise TaskflowError(f"job {token} is not registered on this worker (its plugin was "
+                            "removed: the job ended or was cancelled)")
+    with _LOCK:  # one build per process even with several task threads
+        model = _MODELS.get(job.model_hash)
+        if model is None:
+            from taskflow.model import Model
+
+            if job.model_hash not in _PAYLOADS:
+                raise TaskflowError(f"model {job.model_hash[:12]} is not on this worker (its "
+                                    "plugin was removed by a job with another model)")
+            graph, device, strict = pickle.loads(_PAYLOADS[job.model_hash])
+            model = Model(graph, device=device, strict=strict, optimize=False)
+            _MODELS[job.model_hash] = model
+            while len(_MODELS) > MODEL_CACHE:
+                _MODELS.popitem(last=False)
+        _MODELS.move_to_end(job.model_hash)
+        arrays = _ARRAYS.get(token)
+        if arrays is None:
+            import zarr
+
+            ins = {n: zarr.open_array(store=loc, path=path, mode="r")
+                   for n, (loc, path) in job.inputs.items()}
+            outs = [zarr.open_array(store=job.target, path=n, mode="r+") for n in job.outputs]
+            done = zarr.open_array(store=job.target, path=mf.DONE, mode="r+")
+            arrays = _ARRAYS[token] = (ins, outs, done)
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(IO_THREADS * _task_threads(),
+                                            thread_name_prefix="taskflow-io"))
+    return job, model, arrays, _POOL[0]
+
+
+def _task_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        return max(1, get_worker().state.nthreads)
+    except ValueError:  # not on a worker (a test calling the task directly)
+        return 1
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    return fn(*args), time.perf_counter() - t
+
+
+def blocks_of(chunks: list[int], max_chunks: int) -> list[list[int]]:
+    """Runs of consecutive chunk indices, each at most ``max_chunks`` long."""
+    out: list[list[int]] = []
+    for k in chunks:
+        if out and out[-1][-1] == k - 1 and len(out[-1]) < max_chunks:
+            out[-1].append(k)
+        else:
+            out.append([k])
+    return out
+
+
+def _block_chunks(job: ChunkJob, ins: dict, outs: list) -> int:
+    """Chunks per I/O block: as many as fit ``BLOCK_BYTES`` (inputs and outputs), at least 1."""
+    per_row = sum(np.dtype(a.dtype).itemsize * math.prod(a.shape[1:])
+                  for a in (*ins.values(), *outs))
+    return max(1, min(MAX_BLOCK_CHUNKS, BLOCK_BYTES // max(1, per_row * job.batch)))
+
+
+def run_chunks(token: str, chunks: list[int]) -> dict[str, Any]:
+    """The task: for each block of consecutive chunks, read the rows, then per chunk preprocess
+    and run the model, then write each run of good chunks' outputs, then their markers. A chunk
+    that fails is reported (not raised), so the others still count."""
+    from taskflow.dask.threads import ensure_kernel_threads
+
+    t0 = time.perf_counter()
+    job, model, (ins, outs, done), pool = _state(token)
+    ensure_kernel_threads()
+    rows_of = job.rows_of
+
+    def read(block: list[int]) -> dict[str, Any]:
+        lo, hi = rows_of(block[0])[0], rows_of(block[-1])[1]
+        return {name: a[lo:hi] for name, a in ins.items()}
+
+    def write(run: list[int], bufs: list[np.ndarray], base: int) -> None:
+        lo, hi = rows_of(run[0])[0], rows_of(run[-1])[1]
+        for arr, buf in zip(outs, bufs):
+            arr[lo:hi] = buf[lo - base:hi - base]
+        done[run[0]:run[-1] + 1] = 1  # only now do these chunks count as done
+
+    report: dict[str, Any] = {"done": [], "failed": {}, "rows": 0, "read_s": 0.0,
+                              "compute_s": 0.0, "write_s": 0.0, "pid": os.getpid()}
+    blocks = blocks_of(chunks, _block_chunks(job, ins, outs))
+    reads: deque[Future] = deque(pool.submit(_timed, read, b) for b in blocks[:PREFETCH + 1])
+    writes: deque[tuple[list[int], Future]] = deque()
+
+    def fail(ks: list[int], exc: BaseException) -> None:
+        report["failed"].update(dict.fromkeys(ks, f"{type(exc).__name__}: {exc}"))
+
+    def settle(run: list[int], fut: Future) -> None:
+        try:
+            report["write_s"] += fut.result()[1]
+        except Exception as exc:  # noqa: BLE001 - reported per chunk; the client retries them
+            fail(run, exc)
+            return
+        report["done"] += run
+        report["rows"] += rows_of(run[-1])[1] - rows_of(run[0])[0]
+
+    try:
+        for i, block in enumerate(blocks):
+            fut = reads.popleft()
+            if i + PREFETCH + 1 < len(blocks):
+                reads.append(pool.submit(_timed, read, blocks[i + PREFETCH + 1]))
+            try:
+                data, seconds = fut.result()
+            except Exception as exc:  # noqa: BLE001 - retried chunk by chunk: finds the bad one
+                fail(block, exc)
+                continue
+            report["read_s"] += seconds
+            t = time.perf_counter()
+            base = rows_of(block[0])[0]
+            bufs = [np.empty((rows_of(block[-1])[1] - base, *a.shape[1:]), a.dtype)
+                    for a in outs]
+            good = []
+            for k in block:
+                lo, hi = rows_of(k)
+                try:
+                    for buf, y in zip(bufs, _compute(job, model, outs, data, k, lo - base,
+                                                     hi - base)):
+                        buf[lo - base:hi - base] = y
+                    good.append(k)
+                except Exception as exc:  # noqa: BLE001 - as in settle()
+                    fail([k], exc)
+            report["compute_s"] += time.perf_counter() - t
+            for run in blocks_of(good, len(good) or 1):
+                writes.append((run, pool.submit(_timed, write, run, bufs, base)))
+            del data, bufs
+            while len(writes) > WRITES_BEHIND:
+                settle(*writes.popleft())
+    finally:
+        while writes:  # also on the way out of an error: never leave writes running unowned
+            settle(*writes.popleft())
+    report["seconds"] = time.perf_counter() - t0
+    if report["done"]:  # for the /taskflow dashboard; a no-op off a worker
+        emit_chunk(token, report["done"], report["rows"], report["seconds"],
+                   {"read": report["read_s"], "model": report["compute_s"],
+                    "write": report["write_s"]})
+    return report
+
+
+def _compute(job: ChunkJob, model: Any, outs: list, data: dict[str, Any], k: int, a: int,
+             b: int) -> list[Any]:
+    feed = {name: x[a:b] for name, x in data.items()}
+    if job.preprocess is not None:
+        feed = job.preprocess.apply(feed)
+    results = model.run(job.outputs, feed)
+    for name, arr, y in zip(job.outputs, outs, results):
+        want = (b - a, *arr.shape[1:])
+        if tuple(y.shape) != want or y.dtype != arr.dtype:
+            raise ShapeError(f"output {name!r} of chunk {k} has shape {tuple(y.shape)} and "
+                             f"dtype {y.dtype}; the target array expects {want} {arr.dtype}")
+    return results

@@ -1,0 +1,74 @@
+"""``bench_model`` and ``taskflow bench`` end to end on the bundled digits CNN: taskflow in-process
+and on a real embedded Dask cluster next to ONNX Runtime, with the Dask output checked against
+``Model.run``. A few seconds each (most of it the cluster's start)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pytest
+
+from taskflow import cli
+from taskflow.bench.harness import DASK_TOLERANCE, bench_model, check_outputs
+from taskflow.errors import TaskflowError
+from tests.taskflow.test_cli import taskflow
+
+pytestmark = pytest.mark.timeout(120)
+
+DIGITS = str(resources.files("taskflow.data").joinpath("digits_cnn.onnx"))
+
+
+@pytest.fixture(scope="module")
+def ort():
+    return pytest.importorskip("onnxruntime", reason="the bench compares with ONNX Runtime")
+
+
+def test_bench_model_times_taskflow_on_dask_next_to_ort(ort):
+    result = bench_model(DIGITS, batch=4, threads=1, repeat=1, peers=("onnxruntime",))
+    for name in ("taskflow", "taskflow-dask", "onnxruntime"):
+        assert result.images_per_s[name] > 0, name
+        assert len(result.times[name]) == 1
+    # the Dask run computed what Model.run computes (bench_model raises otherwise)
+    assert result.dask_max_abs_diff is not None and result.dask_max_abs_diff <= DASK_TOLERANCE
+    assert result.dask_overhead == pytest.approx(
+        result.images_per_s["taskflow"] / result.images_per_s["taskflow-dask"])
+    report = str(result)
+    assert "taskflow / onnxruntime" in report
+    assert "taskflow-dask / onnxruntime" in report
+    assert "Dask overhead" in report
+    assert "taskflow / taskflow-dask" not in report  # that is the overhead line's, inverted
+
+
+def test_check_outputs_refuses_a_wrong_result():
+    want = [np.linspace(-3, 3, 40, dtype=np.float32).reshape(4, 10)]
+    assert check_outputs(want, [want[0].copy()], ["logits"], "taskflow-dask") == 0.0
+    off = want[0].copy()
+    off[2, 3] += 1e-3
+    with pytest.raises(TaskflowError, match=r"taskflow-dask output 'logits' differs"):
+        check_outputs(want, [off], ["logits"], "taskflow-dask")
+    with pytest.raises(TaskflowError, match=r"shape \(4, 5\)"):
+        check_outputs(want, [want[0][:, :5]], ["logits"], "taskflow-dask")
+    with pytest.raises(TaskflowError, match=r"gave 0 output\(s\)"):
+        check_outputs(want, [], ["logits"], "taskflow-dask")
+    nan = want[0].copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(TaskflowError, match="differs"):
+        check_outputs(want, [nan], ["logits"], "taskflow-dask")
+
+
+def test_cli_bench_reports_dask_next_to_ort(ort):
+    result = taskflow("bench", DIGITS, "--batch", "4", "--threads", "1", "--repeat", "1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("digits_cnn: batch 4, 1 thread(s)"), out
+    for line in ("taskflow / onnxruntime", "taskflow-dask / onnxruntime", "Dask overhead"):
+        assert line in out, out
+
+
+def test_cli_bench_no_dask_starts_no_cluster(ort, capsys):
+    assert cli.main(["bench", DIGITS, "--batch", "4", "--threads", "1", "--repeat", "1",
+                     "--no-dask"]) == 0
+    out = capsys.readouterr().out
+    assert "taskflow / onnxruntime" in out
+    assert "taskflow-dask" not in out and "Dask overhead" not in out
