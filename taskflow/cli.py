@@ -202,7 +202,7 @@ def warmup(args: argparse.Namespace) -> int:
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="path to an ONNX model, or a light-zoo name (light_resnet50)")
-    p.add_argument("--batch", type=int, default=32, help="images per run (default 32)")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per run (default 32)")
     p.add_argument("--threads", type=int, default=2,
                    help="kernel threads for taskflow and every peer (default 2)")
     p.add_argument("--repeat", type=int, default=5,
@@ -219,30 +219,49 @@ def bench(args: argparse.Namespace) -> int:
     """
     from taskflow.bench.harness import bench_model
 
-    print(bench_model(args.model, batch=args.batch, threads=args.threads, repeat=args.repeat,
+    print(bench_model(args.model, batch=args.batch_size, threads=args.threads, repeat=args.repeat,
                       dask=args.dask))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from taskflow._version import __version__
+
     parser = argparse.ArgumentParser(
         prog="taskflow", description="Batch neural-network inference on Dask."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"taskflow {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (setup, fn) in COMMANDS.items():
         p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0])
         setup(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
         p.set_defaults(func=fn)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # plain `taskflow`: say what it can do
+        parser.print_help()
+        return 0
     try:
         return args.func(args)
     except (TaskflowError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
         print(f"taskflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug or an environment problem: one line unless --debug
+        if args.debug:
+            raise
+        print(f"taskflow {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster
 
+from taskflow.dask.spawn import spawn_problem
 from taskflow.dask.threads import (
     KERNEL_ENV_VARS,
     ThreadBudgetError,
@@ -149,6 +150,11 @@ class Cluster:
         plan = self.plan
         extra: dict[str, Any] = {}
         if processes:  # (threads-only clusters talk inproc://, no host to bind)
+            problem = spawn_problem()
+            if problem is not None:
+                raise TaskflowError(f"taskflow.Cluster() cannot start worker processes: "
+                                    f"{problem}; or pass processes=False for workers as "
+                                    "threads of this process")
             extra["host"] = "127.0.0.1"
             # Set before the worker interpreter imports anything: OpenBLAS/OpenMP read these
             # once at load, and Numba sizes its pool (the default of every thread) at import.

@@ -46,3 +46,35 @@ def test_info_on_a_corrupt_file_says_so(tmp_path):
 def test_info_on_a_missing_file():
     result = taskflow("info", "/nonexistent/model.onnx")
     assert result.returncode == 2 and "/nonexistent/model.onnx" in result.stderr
+
+
+def test_no_command_prints_the_help():
+    result = taskflow()
+    assert result.returncode == 0, result.stderr
+    for name in ("info", "demo", "run", "bench", "warmup", "--version"):
+        assert name in result.stdout
+
+
+def test_version_is_the_package_version():
+    import taskflow as tf
+
+    result = taskflow("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"taskflow {tf.__version__}"
+
+
+def test_batch_size_is_spelled_the_same_by_every_command():
+    for command in ("run", "bench", "demo"):
+        result = taskflow(command, "--help")
+        assert "--batch-size" in result.stdout, command
+        assert "--batch " not in result.stdout and "--batch\n" not in result.stdout, command
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(tmp_path):
+    # a directory where a model file is expected fails inside onnx, not in our own checks
+    folder = tmp_path / "model.onnx"
+    folder.mkdir()
+    quiet = taskflow("info", str(folder))
+    assert quiet.returncode in (1, 2) and "Traceback" not in quiet.stderr
+    assert len(quiet.stderr.strip().splitlines()) == 1 and "model.onnx" in quiet.stderr
+    loud = taskflow("info", str(folder), "--debug")
+    assert loud.returncode != 0 and "Traceback" in loud.stderr

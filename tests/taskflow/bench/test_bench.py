@@ -58,7 +58,7 @@ def test_check_outputs_refuses_a_wrong_result():
 
 
 def test_cli_bench_reports_dask_next_to_ort(ort):
-    result = taskflow("bench", DIGITS, "--batch", "4", "--threads", "1", "--repeat", "1")
+    result = taskflow("bench", DIGITS, "--batch-size", "4", "--threads", "1", "--repeat", "1")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("digits_cnn: batch 4, 1 thread(s)"), out
@@ -67,7 +67,7 @@ def test_cli_bench_reports_dask_next_to_ort(ort):
 
 
 def test_cli_bench_no_dask_starts_no_cluster(ort, capsys):
-    assert cli.main(["bench", DIGITS, "--batch", "4", "--threads", "1", "--repeat", "1",
+    assert cli.main(["bench", DIGITS, "--batch-size", "4", "--threads", "1", "--repeat", "1",
                      "--no-dask"]) == 0
     out = capsys.readouterr().out
     assert "taskflow / onnxruntime" in out
