@@ -5,9 +5,9 @@ policy reads a read-only :class:`Snapshot` and yields suggestions; the plugin ap
 rejects them with a logged reason, and counts both (``metrics()``, also served to clients as
 ``client.scheduler.taskflow_metrics()``, see :func:`metrics`).
 
-========================  =============================================================  =====
-policy                    what it does                                                   on
-========================  =============================================================  =====
+========================  ==============================================================  =====
+policy                    what it does                                                    on
+========================  ==============================================================  =====
 ``job-priority``          a job's class (interactive/normal/bulk) reaches all its tasks,  yes
                           with aging so bulk work is never starved
 ``resources``             GPU tasks run only on workers declaring resource ``GPU``        yes
@@ -15,7 +15,7 @@ policy                    what it does                                          
 ``throughput-balancer``   per-worker rates; places big groups of ready chunks by rate     yes
                           and moves queued tasks off the worker that will finish last
 ``critical-path``         upward-rank order from measured costs or FLOPs annotations      no
-========================  =============================================================  =====
+========================  ==============================================================  =====
 
 The default set (Dask config ``taskflow.scheduler.policies``, file ``taskflow.yaml``) is what
 ``benchmarks/bench_scheduler.py`` showed (2-core shared machine, sleeping tasks, medians of 5):
@@ -74,6 +74,29 @@ def dask_setup(scheduler: Any) -> None:
     ``/taskflow`` dashboard page that shows what it decides.
 
     Preloaded into anything but a scheduler (``dask worker --preload ...``) it does nothing.
+
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+        The scheduler being started (Dask passes it).
+
+    Examples
+    --------
+    Dask calls it when the module is preloaded; the policies come from the Dask config:
+
+    .. code-block:: bash
+
+       DASK_TASKFLOW__SCHEDULER__POLICIES='["job-priority", "locality"]' \\
+           dask scheduler --preload taskflow.schedulers
+
+    or, for a ``LocalCluster`` of your own:
+
+    >>> from distributed import Client, LocalCluster                  # doctest: +SKIP
+    >>> cluster = LocalCluster(scheduler_kwargs={"preload": ["taskflow.schedulers"]})
+    ... # doctest: +SKIP
+    >>> Client(cluster).run_on_scheduler(
+    ...     lambda dask_scheduler: dask_scheduler.plugins["taskflow"].policies)  # doctest: +SKIP
+    [JobPriority(), Resources(), Locality(), ThroughputBalancer()]
     """
     from distributed import Scheduler
 
@@ -126,7 +149,26 @@ def job(name: str | None = None, priority: str | int = "interactive", *,
 
 
 def metrics(client: Any) -> dict[str, Any]:
-    """The plugin's :meth:`~TaskflowSchedulerPlugin.metrics` from a ``distributed.Client``."""
+    """The plugin's :meth:`~TaskflowSchedulerPlugin.metrics` from a ``distributed.Client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A client of a cluster whose scheduler runs :class:`TaskflowSchedulerPlugin`.
+
+    Returns
+    -------
+    dict
+        Per policy counts, per worker rates and queues, jobs, moves (empty without the plugin).
+
+    Examples
+    --------
+    >>> import taskflow as tf                                         # doctest: +SKIP
+    >>> from taskflow.schedulers import metrics
+    >>> with tf.Cluster(policies=["job-priority"]) as cluster:        # doctest: +SKIP
+    ...     cluster.client.compute(model.predict(x)).result()
+    ...     print(metrics(cluster.client)["policies"]["job-priority"]["applied"])
+    """
     return client.sync(client.scheduler.taskflow_metrics)
 
 

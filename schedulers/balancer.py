@@ -29,6 +29,31 @@ class ThroughputBalancer(Policy):
     with no measurement of a kind is scaled by its speed on the kinds it has run. Moves go
     through Dask's stealing handshake: a task that has already started is not moved. Tasks
     with worker or resource restrictions move only within them.
+
+    Parameters
+    ----------
+    interval : float or str, optional
+        Seconds between two balancing rounds.
+    min_gain : float or str, optional
+        Seconds a move must bring the later worker's finish forward.
+    max_moves : int, optional
+        Moves per round at most.
+    candidates : int, optional
+        Queued tasks per worker considered for a move.
+    pause_stealing : bool, optional
+        Pause Dask's own work stealing while the policy runs.
+    place : bool, optional
+        Also place big groups of ready chunks across workers by rate when a graph arrives.
+
+    Unset arguments come from Dask config ``taskflow.scheduler.throughput-balancer.*``.
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import ThroughputBalancer
+    >>> balancer = ThroughputBalancer(interval="200ms")
+    >>> balancer.interval, balancer.replaces_stealing
+    (0.2, True)
+    >>> tf.Cluster(policies=[balancer, "locality"])              # doctest: +SKIP
     """
 
     name = "throughput-balancer"

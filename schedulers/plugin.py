@@ -367,7 +367,19 @@ class TaskflowSchedulerPlugin(SuggestionApplier, SchedulerPlugin):
         return self.metrics()
 
     def metrics(self) -> dict[str, Any]:
-        """JSON-able state: per policy counts, per worker measured rates and queues, jobs."""
+        """JSON-able state: per policy counts, per worker measured rates and queues, jobs.
+
+        What the ``/taskflow`` dashboard page and :func:`taskflow.schedulers.metrics` show.
+
+        Examples
+        --------
+        >>> from taskflow.schedulers import TaskflowSchedulerPlugin
+        >>> plugin = TaskflowSchedulerPlugin(["job-priority", "locality"])
+        >>> plugin.metrics()["policies"]["locality"]                 # not on a scheduler yet
+        {'suggestions': 0, 'applied': 0, 'rejected': 0, 'errors': 0, 'reasons': {}}
+        >>> sorted(plugin.metrics())[:4]
+        ['jobs', 'moves', 'no_worker', 'pinned_tasks']
+        """
         s = self.scheduler
         workers = {}
         for addr, ws in (s.workers.items() if s else ()):

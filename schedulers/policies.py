@@ -57,9 +57,26 @@ class JobPriority(Policy):
     comparing these numbers: a bulk job that has waited ``max_wait`` goes before any newly
     submitted interactive one, and is never starved.
 
+    Parameters
+    ----------
+    classes : dict of str to float, optional
+        Base priority per class (default config: interactive 100, normal 0, bulk -100).
+    default_class : str, optional
+        Class of work without annotation or matching prefix.
+    max_wait : float or str, optional
+        Seconds (or ``"10 minutes"``) after which a job of the lowest class overtakes a new one
+        of the highest.
+    prefixes : dict of str to str, optional
+        Key-kind glob to class, for work submitted without :func:`job`.
+
+    Unset arguments come from Dask config ``taskflow.scheduler.job-priority.*``.
+
     Examples
     --------
-    >>> from taskflow.schedulers import job                         # doctest: +SKIP
+    >>> from taskflow.schedulers import JobPriority, job
+    >>> policy = JobPriority(max_wait="10 minutes")
+    >>> policy.classes, policy.max_wait
+    ({'interactive': 100.0, 'normal': 0.0, 'bulk': -100.0}, 600.0)
     >>> with job("ask-1", priority="interactive"):                  # doctest: +SKIP
     ...     answer = client.compute(model.predict(x))
     """
@@ -142,6 +159,26 @@ class CriticalPath(Policy):
     ``flops_per_second``, else Dask's estimate for its prefix. Graphs whose costs are even
     (spread below ``min_spread``) keep ``dask.order``, which already runs the longest chain
     first and also minimises memory; graphs above ``max_tasks`` keep it too (time box).
+
+    Off by default: on branch-parallel graphs it did not beat ``dask.order`` consistently
+    (see :mod:`taskflow.schedulers`).
+
+    Parameters
+    ----------
+    flops_per_second : float, optional
+        Converts ``taskflow_flops`` annotations into seconds.
+    min_spread : float, optional
+        Largest over smallest cost below which the graph keeps ``dask.order``.
+    max_tasks : int, optional
+        Graphs with more tasks keep ``dask.order``.
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import CriticalPath, job
+    >>> CriticalPath(flops_per_second=5e10).flops_per_second
+    50000000000.0
+    >>> with job("branches", flops={"tf-conv1": 2.3e8}):          # doctest: +SKIP
+    ...     client.compute(model.predict(x, mode="model"))
     """
 
     name = "critical-path"
@@ -201,6 +238,19 @@ class Locality(Policy):
     stages stay next to their weights, and neither Dask's stealing nor the balancer moves them.
     Weights computed in the same graph pin their dependents when they land in memory. Pins are
     lifted (or moved to another holder) only when the pinned workers are lost.
+
+    Parameters
+    ----------
+    weight_prefixes : sequence of str, optional
+        Key kinds that are weights (default config: ``tf-weight``, what
+        :meth:`taskflow.Model.to_cluster` and the lowering name them).
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import Locality
+    >>> Locality().weight_prefixes
+    ('tf-weight',)
+    >>> tf.Cluster(policies=["locality", "throughput-balancer"])  # doctest: +SKIP
     """
 
     name = "locality"
@@ -251,6 +301,24 @@ class Resources(Policy):
     A task needs one if it carries annotation ``taskflow_device="gpu"`` (:func:`job` with
     ``device="gpu"``) or its kind matches ``gpu_prefixes``. If no such worker is connected the
     task waits for one, as with Dask's own ``resources=``, and the plugin logs a warning.
+
+    Parameters
+    ----------
+    gpu_prefixes : sequence of str, optional
+        Key-kind globs that always need a GPU.
+    resource, amount : str and float, optional
+        The worker resource required and how much (default ``GPU``, 1).
+
+    Examples
+    --------
+    Start GPU workers with ``dask worker ... --resources GPU=1``; then
+
+    >>> from taskflow.schedulers import Resources, job
+    >>> policy = Resources()
+    >>> policy.resource, policy.amount
+    ('GPU', 1.0)
+    >>> with job("gpu-batch", device="gpu"):                      # doctest: +SKIP
+    ...     client.compute(model.predict(x))
     """
 
     name = "resources"

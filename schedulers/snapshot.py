@@ -24,6 +24,16 @@ class TaskView(NamedTuple):
     addresses the task is restricted to (None: any), ``loose`` whether it may run elsewhere
     when none of them is there. ``nbytes`` is its result's size, ``input_nbytes`` that of its
     dependencies.
+
+    Examples
+    --------
+    Tests build views by hand:
+
+    >>> from taskflow.schedulers import TaskView
+    >>> view = TaskView(("tf-conv1-3f9a2c71", 0), "tf-conv1", state="processing",
+    ...                 processing_on="tcp://10.0.0.7:4001")
+    >>> view.prefix, view.restrictions is None
+    ('tf-conv1', True)
     """
 
     key: Key
@@ -48,6 +58,13 @@ class WorkerView(NamedTuple):
     ``prefix_counts`` counts its processing tasks per key prefix (all of them);
     ``candidates`` holds its lowest-priority processing tasks, lowest first: the ones a
     balancer may move (it is not told which have started: the handshake sorts that out).
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import WorkerView
+    >>> gpu = WorkerView("tcp://10.0.0.8:4001", nthreads=1, resources={"GPU": 1})
+    >>> gpu.resources.get("GPU", 0) >= 1
+    True
     """
 
     address: str
@@ -71,6 +88,16 @@ class Snapshot(NamedTuple):
     Two aggregates of ``fresh`` save policies a view per task on big graphs: ``input_kinds``,
     the kinds of the tasks they read that existed before, and ``ready``, per kind the fresh
     keys without restrictions whose inputs are all in memory, by priority.
+
+    Examples
+    --------
+    A policy is tested on a snapshot built by hand, without a cluster:
+
+    >>> from taskflow.schedulers import Resources, Snapshot, TaskView
+    >>> snap = Snapshot(tasks={"a": TaskView("a", "tf-conv1"), "b": TaskView("b", "tf-fc")},
+    ...                 fresh=("a", "b"), annotations={"taskflow_device": {"a": "gpu"}})
+    >>> list(Resources().on_graph(snap))
+    [Require(key='a', resources={'GPU': 1.0}, reason='needs a GPU')]
     """
 
     now: float = 0.0
@@ -129,6 +156,12 @@ class SetPriority(NamedTuple):
     ``shift``, when given, is added to the task's own user priority (Dask's ``priority=``:
     higher runs first), and ``orders``, when given, replaces each task's ``dask.order`` index
     (parallel to ``keys``).
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import SetPriority
+    >>> SetPriority(("x-1", "x-2"), shift=100, reason="interactive job")
+    SetPriority(keys=('x-1', 'x-2'), shift=100, orders=None, reason='interactive job')
     """
 
     keys: tuple
@@ -138,7 +171,16 @@ class SetPriority(NamedTuple):
 
 
 class Pin(NamedTuple):
-    """Run ``key`` only on ``workers`` (hard restriction) until the job ends or they are lost."""
+    """Run ``key`` only on ``workers`` (hard restriction) until the job ends or they are lost.
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import Pin
+    >>> pin = Pin("tf-fc1.s0-3f9a2c71", frozenset({"tcp://10.0.0.7:4001"}),
+    ...           reason="holds its weights")
+    >>> sorted(pin.workers)
+    ['tcp://10.0.0.7:4001']
+    """
 
     key: Key
     workers: frozenset
@@ -146,7 +188,14 @@ class Pin(NamedTuple):
 
 
 class Unpin(NamedTuple):
-    """Lift a restriction this plugin set (its workers are gone)."""
+    """Lift a restriction this plugin set (its workers are gone).
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import Unpin
+    >>> Unpin("tf-fc1.s0-3f9a2c71", reason="pinned workers lost")
+    Unpin(key='tf-fc1.s0-3f9a2c71', reason='pinned workers lost')
+    """
 
     key: Key
     reason: str = ""
@@ -154,7 +203,14 @@ class Unpin(NamedTuple):
 
 class Place(NamedTuple):
     """Send fresh tasks ``keys`` to ``worker`` (a loose restriction: anywhere if that worker
-    is gone; they may still be moved)."""
+    is gone; they may still be moved).
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import Place
+    >>> Place(("chunk-0", "chunk-1"), "tcp://10.0.0.7:4001", reason="fastest worker").worker
+    'tcp://10.0.0.7:4001'
+    """
 
     keys: tuple
     worker: str
@@ -162,7 +218,14 @@ class Place(NamedTuple):
 
 
 class Require(NamedTuple):
-    """Run ``key`` only on workers declaring ``resources`` (e.g. ``{"GPU": 1}``)."""
+    """Run ``key`` only on workers declaring ``resources`` (e.g. ``{"GPU": 1}``).
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import Require
+    >>> Require("tf-conv1-3f9a2c71", {"GPU": 1}, reason="cupy kernel").resources
+    {'GPU': 1}
+    """
 
     key: Key
     resources: Mapping[str, float]
@@ -171,7 +234,15 @@ class Require(NamedTuple):
 
 class Move(NamedTuple):
     """Move a queued task from ``victim`` to ``thief`` through Dask's stealing handshake;
-    ``gain`` is the estimated makespan saving in seconds."""
+    ``gain`` is the estimated makespan saving in seconds.
+
+    Examples
+    --------
+    >>> from taskflow.schedulers import Move
+    >>> m = Move("chunk-41", victim="tcp://10.0.0.7:4001", thief="tcp://10.0.0.8:4001", gain=1.8)
+    >>> m.gain > 0
+    True
+    """
 
     key: Key
     victim: str

@@ -21,6 +21,7 @@ from taskflow.errors import (
     ThreadBudgetError,
     UnsupportedOpError,
 )
+from taskflow.frontend import nn  # noqa: F401  (tf.nn.Sequential, the layer builder)
 from taskflow.ir.graph import Graph, Node, Value
 from taskflow.model import Model, ModelInfo, NodeArg, load
 

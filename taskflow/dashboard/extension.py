@@ -289,7 +289,15 @@ class DashboardPlugin(SchedulerPlugin):
 
     Examples
     --------
+    >>> from distributed import Client
+    >>> from taskflow.dashboard import DashboardPlugin, page_link
+    >>> client = Client("tcp://scheduler-host:8786")              # doctest: +SKIP
     >>> client.register_plugin(DashboardPlugin())                 # doctest: +SKIP
+    >>> page_link(client.dashboard_link)                          # doctest: +SKIP
+    'http://scheduler-host:8787/taskflow'
+
+    :class:`taskflow.Cluster` and ``dask scheduler --preload taskflow.dashboard`` register it
+    themselves.
     """
 
     name = "taskflow-dashboard"
@@ -332,10 +340,22 @@ def page_link(dashboard_link: str | None) -> str | None:
 def performance_report_context(path: str | None) -> Any:
     """``distributed.performance_report(filename=path)``, or a do-nothing context for None.
 
+    What ``taskflow run --report report.html`` uses: the report is Dask's standalone HTML page
+    (task stream, worker profiles, bandwidth) of everything computed inside the block.
+
+    Parameters
+    ----------
+    path : str or None
+        The HTML file to write when the block ends; None: no report.
+
     Examples
     --------
+    >>> import taskflow as tf
+    >>> from taskflow.dashboard import performance_report_context
     >>> with performance_report_context("report.html"):          # doctest: +SKIP
-    ...     infer_zarr(model, "in.zarr", "out.zarr")
+    ...     tf.infer_zarr(model, "in.zarr", "out.zarr")
+    >>> with performance_report_context(None):                   # nothing recorded
+    ...     pass
     """
     if path is None:
         return contextlib.nullcontext()

@@ -7,7 +7,7 @@ Initialisation is seeded: He-uniform for layers feeding ReLU-style activations, 
 Examples
 --------
 >>> import numpy as np
->>> from taskflow import nn
+>>> from taskflow.frontend import nn
 >>> net = nn.Sequential([nn.Dense(4, 8), nn.ReLU(), nn.Dense(8, 3), nn.Softmax()],
 ...                     input_shape=(4,), name="mlp")
 >>> model = net.to_model()
@@ -46,7 +46,28 @@ def _fmt(shape: Shape) -> str:
 
 
 class Layer:
-    """Base class: parameters, state copying, output shape and the ONNX node it emits."""
+    """Base class: parameters, state copying, output shape and the ONNX node it emits.
+
+    A subclass sets ``op`` (the ONNX op type it emits), fills ``params`` in ``__init__``, and
+    overrides :meth:`output_shape` and, if the op takes attributes, ``attrs()``.
+
+    Attributes
+    ----------
+    op : str
+        The ONNX op type of the node the layer emits.
+    params : dict of str to numpy.ndarray
+        Learned float32 tensors by name, in the order the node takes them after the data input.
+
+    Examples
+    --------
+    A layer of its own: an ONNX op with no parameters that keeps the shape.
+
+    >>> class HardSwish(Layer):
+    ...     op = "HardSwish"
+    >>> net = Sequential([Dense(4, 8), HardSwish(), Dense(8, 2)], input_shape=(4,))
+    >>> [n.op for n in net.to_graph().nodes]
+    ['Gemm', 'HardSwish', 'Gemm']
+    """
 
     op: str = ""
 
@@ -55,7 +76,13 @@ class Layer:
         self.params: dict[str, np.ndarray] = {}
 
     def state(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters, by name."""
+        """Copies of the parameters, by name.
+
+        Examples
+        --------
+        >>> {name: a.shape for name, a in Dense(3, 2).state().items()}
+        {'weight': (2, 3), 'bias': (2,)}
+        """
         return {k: v.copy() for k, v in self.params.items()}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -67,6 +94,18 @@ class Layer:
             A name is missing or unexpected.
         ShapeError
             An array's shape differs from the parameter's.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> layer = Dense(3, 2)
+        >>> layer.load_state({"weight": np.ones((2, 3)), "bias": np.zeros(2)})
+        >>> layer.params["weight"].dtype
+        dtype('float32')
+        >>> layer.load_state({"weight": np.ones((3, 2)), "bias": np.zeros(2)})
+        Traceback (most recent call last):
+        ...
+        taskflow.errors.ShapeError: Dense(3, 2): state 'weight' has shape (3, 2); expected (2, 3)
         """
         missing = sorted(set(self.params) - set(state))
         extra = sorted(set(state) - set(self.params))
@@ -83,7 +122,13 @@ class Layer:
         self.params = new
 
     def output_shape(self, shape: Shape) -> Shape:
-        """Shape of the output for an input of ``shape`` (raises ShapeError if it does not fit)."""
+        """Shape of the output for an input of ``shape`` (raises ShapeError if it does not fit).
+
+        Examples
+        --------
+        >>> Conv2d(3, 16, 3, stride=2, padding=1).output_shape(("N", 3, 32, 32))
+        ('N', 16, 16, 16)
+        """
         return shape
 
     def attrs(self) -> dict[str, Any]:
@@ -467,7 +512,7 @@ class Sequential:
 
     Examples
     --------
-    >>> from taskflow import nn
+    >>> from taskflow.frontend import nn
     >>> net = nn.Sequential([nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
     ...                      nn.Flatten(), nn.Dense(64, 10)], input_shape=(1, 8, 8))
     >>> net.output_shape
@@ -504,7 +549,14 @@ class Sequential:
         return self.shapes[-1]
 
     def state(self) -> dict[str, np.ndarray]:
-        """All parameters as ``{"<layer index>.<name>": array}`` (PyTorch's naming)."""
+        """All parameters as ``{"<layer index>.<name>": array}`` (PyTorch's naming).
+
+        Examples
+        --------
+        >>> net = Sequential([Dense(4, 8), ReLU(), Dense(8, 3)], input_shape=(4,))
+        >>> list(net.state())
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+        """
         return {f"{k}.{n}": a for k, layer in enumerate(self.layers)
                 for n, a in layer.state().items()}
 
@@ -515,6 +567,24 @@ class Sequential:
         ------
         InputError
             A key names no parameter, or a parameter is missing.
+
+        Examples
+        --------
+        Weights trained in PyTorch, for the same architecture:
+
+        >>> net = Sequential([Dense(4, 8), ReLU(), Dense(8, 3)], input_shape=(4,))
+        >>> torch_net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+        ...                                 torch.nn.Linear(8, 3))      # doctest: +SKIP
+        >>> net.load_state({k: v.detach().numpy()
+        ...                 for k, v in torch_net.state_dict().items()})  # doctest: +SKIP
+
+        Or a copy of another network's state:
+
+        >>> twin = Sequential([Dense(4, 8, seed=1), ReLU(), Dense(8, 3, seed=1)],
+        ...                   input_shape=(4,))
+        >>> twin.load_state(net.state())
+        >>> bool((twin[0].params["weight"] == net[0].params["weight"]).all())
+        True
         """
         per_layer: list[dict[str, Any]] = [{} for _ in self.layers]
         for key, value in state.items():
@@ -532,7 +602,16 @@ class Sequential:
 
     def to_graph(self) -> Graph:
         """The network as a :class:`~taskflow.ir.graph.Graph` (input ``"input"``, output
-        ``"output"``, float32)."""
+        ``"output"``, float32).
+
+        Examples
+        --------
+        >>> g = Sequential([Dense(4, 3), Softmax()], input_shape=(4,)).to_graph()
+        >>> for node in g.nodes:
+        ...     print(node)
+        Node(Gemm, '0_Gemm', ['input', '0.weight', '0.bias'] -> ['0_gemm'])
+        Node(Softmax, '1_Softmax', ['0_gemm'] -> ['output'])
+        """
         f32 = np.dtype(np.float32)
         g = Graph(name=self.name, inputs=[Value("input", f32, self.input_shape)])
         x = "input"
@@ -550,7 +629,15 @@ class Sequential:
         return g
 
     def to_model(self, **kw: Any) -> Model:
-        """A :class:`taskflow.Model` of this network; ``kw`` goes to ``Model`` (``device``...)."""
+        """A :class:`taskflow.Model` of this network; ``kw`` goes to ``Model`` (``device``...).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> model = Sequential([Dense(4, 3)], input_shape=(4,)).to_model(device="reference")
+        >>> model.run(None, {"input": np.zeros((5, 4), np.float32)})[0].shape
+        (5, 3)
+        """
         from taskflow.model import Model
 
         return Model(self.to_graph(), **kw)

@@ -32,7 +32,24 @@ BATCH = "N"
 
 @dataclass
 class Value:
-    """A named tensor: graph input, graph output or intermediate."""
+    """A named tensor: graph input, graph output or intermediate.
+
+    Parameters
+    ----------
+    name : str
+        Unique within the graph.
+    dtype : numpy.dtype, optional
+        Converted with ``numpy.dtype``; None where unknown.
+    shape : tuple, optional
+        Entries are ``int`` (static), ``str`` (symbolic, e.g. the batch ``"N"``) or None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from taskflow import Value
+    >>> Value("images", np.float32, ("N", 3, 224, 224))
+    Value('images', float32, (N, 3, 224, 224))
+    """
 
     name: str
     dtype: np.dtype | None = None
@@ -56,7 +73,27 @@ def _dim_str(d: Dim) -> str:
 
 @dataclass
 class Node:
-    """One op application. ``""`` in ``inputs`` marks an omitted optional input."""
+    """One op application. ``""`` in ``inputs`` marks an omitted optional input.
+
+    Parameters
+    ----------
+    op : str
+        The op type, a name in the op registry (:func:`taskflow.ops.names`).
+    inputs, outputs : list of str
+        Value names read and written.
+    attrs : dict
+        The op's attributes, as keyword arguments of its reference function.
+    name : str
+        The node's name (ONNX's ``node.name``).
+    domain : str
+        ONNX domain; ``""`` for the standard one.
+
+    Examples
+    --------
+    >>> from taskflow import Node
+    >>> Node("Conv", ["x", "w", ""], ["y"], {"pads": [1, 1, 1, 1]}, name="conv1")
+    Node(Conv, 'conv1', ['x', 'w', ''] -> ['y'])
+    """
 
     op: str
     inputs: list[str]
@@ -83,6 +120,28 @@ class Graph:
         Constant tensors (weights) by value name.
     values : dict of str to Value
         Known dtype/shape of intermediate values (may be partial).
+    name : str
+        The graph's (and model's) name.
+    notes : list of str
+        Notes the importer or passes leave for ``info`` (e.g. batch made symbolic).
+
+    Attributes
+    ----------
+    input_names, output_names : list of str
+        Names of ``inputs`` and ``outputs``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from taskflow import Graph, Model, Node, Value
+    >>> g = Graph(
+    ...     nodes=[Node("MatMul", ["x", "w"], ["xw"]), Node("Relu", ["xw"], ["y"])],
+    ...     inputs=[Value("x", np.float32, ("N", 2))],
+    ...     outputs=[Value("y", np.float32, ("N", 2))],
+    ...     initializers={"w": np.eye(2, dtype=np.float32)}, name="tiny")
+    >>> g.validate()
+    >>> Model(g).run(None, {"x": np.array([[1, -1]], np.float32)})
+    [array([[1., 0.]], dtype=float32)]
     """
 
     nodes: list[Node] = field(default_factory=list)
@@ -104,11 +163,27 @@ class Graph:
         return [v.name for v in self.outputs]
 
     def producers(self) -> dict[str, Node]:
-        """Map each value name to the node that produces it."""
+        """Map each value name to the node that produces it.
+
+        Examples
+        --------
+        >>> from taskflow import Graph, Node
+        >>> g = Graph(nodes=[Node("Relu", ["x"], ["y"], name="relu")])
+        >>> g.producers()
+        {'y': Node(Relu, 'relu', ['x'] -> ['y'])}
+        """
         return {out: n for n in self.nodes for out in n.outputs if out}
 
     def consumers(self) -> dict[str, list[Node]]:
-        """Map each value name to the nodes that read it (graph outputs are not nodes)."""
+        """Map each value name to the nodes that read it (graph outputs are not nodes).
+
+        Examples
+        --------
+        >>> from taskflow import Graph, Node
+        >>> g = Graph(nodes=[Node("Relu", ["x"], ["y"]), Node("Add", ["x", "y"], ["z"])])
+        >>> {name: [n.op for n in nodes] for name, nodes in g.consumers().items()}
+        {'x': ['Relu', 'Add'], 'y': ['Add']}
+        """
         result: dict[str, list[Node]] = {}
         for n in self.nodes:
             for i in n.inputs:
@@ -117,12 +192,30 @@ class Graph:
         return result
 
     def op_counts(self) -> dict[str, int]:
+        """Nodes per op type, sorted by op type.
+
+        Examples
+        --------
+        >>> from taskflow import Graph, Node
+        >>> g = Graph(nodes=[Node("Relu", ["x"], ["y"]), Node("Relu", ["y"], ["z"])])
+        >>> g.op_counts()
+        {'Relu': 2}
+        """
         counts: dict[str, int] = {}
         for n in self.nodes:
             counts[n.op] = counts.get(n.op, 0) + 1
         return dict(sorted(counts.items()))
 
     def parameter_count(self) -> int:
+        """Elements in all initializers (the model's weights and constants).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from taskflow import Graph
+        >>> Graph(initializers={"w": np.zeros((3, 4)), "b": np.zeros(3)}).parameter_count()
+        15
+        """
         return int(sum(a.size for a in self.initializers.values()))
 
     # --- structure -----------------------------------------------------------------------------
@@ -133,6 +226,14 @@ class Graph:
         ------
         GraphError
             If a node reads a value nothing produces, or the graph has a cycle.
+
+        Examples
+        --------
+        >>> from taskflow import Graph, Node, Value
+        >>> g = Graph(nodes=[Node("Relu", ["h"], ["y"]), Node("Neg", ["x"], ["h"])],
+        ...           inputs=[Value("x")])
+        >>> [n.op for n in g.toposort()]
+        ['Neg', 'Relu']
         """
         available = set(self.input_names) | set(self.initializers)
         producers = self.producers()
@@ -168,6 +269,16 @@ class Graph:
         ------
         GraphError
             Naming the offending value or node.
+
+        Examples
+        --------
+        >>> from taskflow import Graph, Node, Value
+        >>> g = Graph(nodes=[Node("Relu", ["x"], ["y"]), Node("Neg", ["x"], ["y"])],
+        ...           inputs=[Value("x")], outputs=[Value("y")])
+        >>> g.validate()                                             # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        taskflow.errors.GraphError: value 'y' is produced by node 'Neg' but is already a ...
         """
         seen: dict[str, str] = {}
         for v in self.inputs:
@@ -194,7 +305,17 @@ class Graph:
         self.toposort()
 
     def copy(self) -> Graph:
-        """A structural copy; initializer arrays are shared (they are never mutated in place)."""
+        """A structural copy; initializer arrays are shared (they are never mutated in place).
+
+        Examples
+        --------
+        >>> from taskflow import Graph, Node
+        >>> g = Graph(nodes=[Node("Relu", ["x"], ["y"])])
+        >>> h = g.copy()
+        >>> h.nodes[0].op = "Sigmoid"
+        >>> g.nodes[0].op
+        'Relu'
+        """
         return Graph(
             nodes=[copy.deepcopy(n) for n in self.nodes],
             inputs=[copy.copy(v) for v in self.inputs],
@@ -206,7 +327,17 @@ class Graph:
         )
 
     def unique_name(self, base: str) -> str:
-        """A value/node name not used anywhere in the graph yet."""
+        """A value/node name not used anywhere in the graph yet.
+
+        ``base`` itself if free, else ``base_1``, ``base_2``, ...: what passes use to add nodes.
+
+        Examples
+        --------
+        >>> from taskflow import Graph, Node, Value
+        >>> g = Graph(nodes=[Node("Relu", ["x"], ["y"], name="relu")], inputs=[Value("x")])
+        >>> g.unique_name("y"), g.unique_name("z")
+        ('y_1', 'z')
+        """
         used = self._all_names()
         if base not in used:
             return base

@@ -20,7 +20,14 @@ PROGRESS_INTERVAL = 0.5
 
 @dataclass(frozen=True)
 class FailedChunk:
-    """A quarantined chunk: index, rows ``[start, stop)`` and the last error."""
+    """A quarantined chunk: index, rows ``[start, stop)`` and the last error.
+
+    Examples
+    --------
+    >>> from taskflow.stream.report import FailedChunk
+    >>> print(FailedChunk(7, 448, 512, "ValueError: NaN in input"))
+    chunk 7 (rows 448..511): ValueError: NaN in input
+    """
 
     chunk: int
     start: int
@@ -37,6 +44,49 @@ class JobSummary:
 
     ``chunks_done`` and ``samples`` count this run; ``chunks_skipped`` were done before (resume);
     ``failed`` lists every chunk quarantined in the target now (rerun with ``rerun_failed``).
+    ``str(summary)`` is what ``taskflow run`` prints at the end.
+
+    Attributes
+    ----------
+    target : str
+        The output Zarr group.
+    chunks_total, chunks_done, chunks_skipped : int
+        Output chunks in all, computed by this run, and done before it.
+    samples : int
+        Rows computed by this run.
+    seconds : float
+        Wall time of the run.
+    failed : list of FailedChunk
+        Chunks quarantined in the target.
+    dashboard_link : str or None
+        The ``/taskflow`` dashboard page of the cluster that ran the job.
+    window, max_in_flight : int
+        Tasks allowed in flight, and the most that were.
+    retried : int
+        Chunk attempts that were retries.
+    task_seconds : dict of str to float
+        Seconds the tasks spent reading, computing and writing, summed over this run's chunks.
+    tasks : int
+        Tasks submitted (consecutive chunks are grouped into one task).
+    ok : bool
+        Every chunk of the target is done (property).
+    samples_per_s : float
+        ``samples / seconds`` (property).
+
+    Examples
+    --------
+    >>> import taskflow as tf                                           # doctest: +SKIP
+    >>> summary = tf.infer_zarr(model, "images.zarr", "logits.zarr")    # doctest: +SKIP
+    >>> if not summary.ok:                                              # doctest: +SKIP
+    ...     for chunk in summary.failed:
+    ...         print(chunk)
+    ...     tf.infer_zarr(model, "images.zarr", "logits.zarr", rerun_failed=True)
+
+    >>> from taskflow.stream import JobSummary
+    >>> s = JobSummary("logits.zarr", chunks_total=10, chunks_done=6, chunks_skipped=4,
+    ...                samples=384, seconds=1.5)
+    >>> s.ok, s.samples_per_s
+    (True, 256.0)
     """
 
     target: str
@@ -65,6 +115,17 @@ class JobSummary:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-able data, ``ok`` and ``samples_per_s`` included.
+
+        ``taskflow run --progress json`` prints this as its last line.
+
+        Examples
+        --------
+        >>> from taskflow.stream import JobSummary
+        >>> d = JobSummary("logits.zarr", 10, 10, 0, samples=640, seconds=2.0).to_dict()
+        >>> d["event"], d["ok"], d["samples_per_s"]
+        ('summary', True, 320.0)
+        """
         d = asdict(self)
         d.update(event="summary", ok=self.ok, samples_per_s=round(self.samples_per_s, 1),
                  seconds=round(self.seconds, 3))
