@@ -10,10 +10,12 @@ from . import (  # noqa: F401  (imported to register their ops)
     activation,
     conv,
     elementwise,
+    indexing,
     matmul,
     norm,
     pool,
     reduce,
+    rotary,
     shape,
 )
 from .registry import (

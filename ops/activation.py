@@ -14,13 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from .elementwise import HALF_DTYPES, erf_float64, per_element, quiet
+from .elementwise import HALF_DTYPES, erf_float64, erfc_float32, per_element, quiet
 from .registry import register
 
 #: exp, sum and divide per element, plus the max-subtraction that keeps exp from overflowing.
 SOFTMAX_FLOPS_PER_ELEMENT = 5
 #: Gelu: erf (see elementwise.ERF_FLOPS_PER_ELEMENT) plus 4 multiply/adds.
 GELU_FLOPS_PER_ELEMENT = 34
+#: |x| beyond which erfc(|x| / sqrt 2) underflows to 0 in float32 (erfc(10.1) < 2**-150):
+#: clamping there keeps inf finite inside erfc_float32, so Gelu(inf) = inf and Gelu(-inf) = nan
+#: as in ONNX.
+GELU_ERFC_XMAX = np.float32(16)
 #: exp/log/tanh-based activations (Sigmoid, Softplus, Mish, Elu...): a handful of ops each.
 TRANSCENDENTAL_FLOPS_PER_ELEMENT = 4
 
@@ -141,12 +145,46 @@ def hard_sigmoid(x: np.ndarray, *, alpha: float = f32(0.2), beta: float = 0.5) -
 def gelu(x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
     """x/2 * (1 + erf(x/sqrt(2))); "tanh": x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))"""
     mode = _text(approximate)
-    wide = x.astype(np.float64)  # 1 + erf (or tanh) cancels for x << 0: keep the digits
-    if mode == "none":
-        return 0.5 * wide * (1 + erf_float64(wide / math.sqrt(2)))
-    if mode == "tanh":
-        return 0.5 * wide * (1 + np.tanh(math.sqrt(2 / math.pi) * (wide + 0.044715 * wide**3)))
-    raise ValueError(f"Gelu: approximate={approximate!r}; expected 'none' or 'tanh'")
+    if mode not in ("none", "tanh"):
+        raise ValueError(f"Gelu: approximate={approximate!r}; expected 'none' or 'tanh'")
+    if x.dtype != np.float32:  # float64 keeps the formula's own float64 steps
+        if mode == "none":
+            return 0.5 * x * (1 + erf_float64(x / math.sqrt(2)))
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    x1 = np.atleast_1d(x)  # the in-place steps need arrays, not 0-d numpy scalars
+    return (_gelu_float32(x1) if mode == "none" else _gelu_tanh_float32(x1)).reshape(x.shape)
+
+
+def _gelu_float32(x: np.ndarray) -> np.ndarray:
+    """x * Phi(x) in float32 through erfc, so Phi(x) = erfc(-x/sqrt 2)/2 never cancels for x < 0
+    (1 + erf(x/sqrt 2) would lose every digit below -4): < 6e-7 relative error, no float64."""
+    z = np.abs(x)
+    np.minimum(z, GELU_ERFC_XMAX, out=z)
+    h = erfc_float32(z, square_scale=0.5)  # erfc(|x| / sqrt 2) = 2 * Phi(-|x|)
+    h *= np.float32(0.5)
+    np.subtract(np.float32(1), h, out=h, where=x >= 0)  # Phi(x) = 1 - Phi(-x)
+    h *= x
+    return h
+
+
+def _gelu_tanh_float32(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3), the same as x/2 (1 + tanh u)
+    without its cancellation for x << 0."""
+    u = x * x
+    u *= np.float32(0.044715)
+    u += np.float32(1)
+    u *= x
+    u *= np.float32(-2 * math.sqrt(2 / math.pi))
+    np.exp(u, out=u)  # inf for x << 0: x / inf = -0, the limit
+    u += np.float32(1)
+    return np.divide(x, u, out=u)
+
+
+@register("Swish", "elementwise", flops=per_element(TRANSCENDENTAL_FLOPS_PER_ELEMENT + 1))
+@half_in_float32
+def swish(x: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
+    """x * sigmoid(alpha * x) (opset 24; alpha = 1 is SiLU)"""
+    return x * _sigmoid(np.asarray(alpha, x.dtype) * x)
 
 
 @register("Elu", "elementwise", flops=per_element(TRANSCENDENTAL_FLOPS_PER_ELEMENT))

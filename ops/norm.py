@@ -1,8 +1,10 @@
-"""Normalisations: BatchNormalization (inference), LayerNormalization, InstanceNormalization.
+"""Normalisations: BatchNormalization (inference), LayerNormalization, InstanceNormalization,
+GroupNormalization (opset 21) and RMSNormalization (opset 23).
 
 Statistics are two-pass (mean, then the mean of squared deviations) in the input dtype, or in
-LayerNormalization's ``stash_type``; the affine parameters are cast to the input dtype so a
-float32 model stays float32 whatever dtype its initializers were stored in.
+the ``stash_type`` of Layer/Group/RMSNormalization (never below the input's precision); the
+affine parameters are cast to the input dtype so a float32 model stays float32 whatever dtype
+its initializers were stored in.
 """
 
 from __future__ import annotations
@@ -116,3 +118,58 @@ def instance_normalization(X: np.ndarray, scale: np.ndarray, B: np.ndarray, *,
                          "(N, C, D1, ...)")
     z, _, _ = _standardize(X, tuple(range(2, X.ndim)), epsilon)
     return z * _per_channel(scale, X) + _per_channel(B, X)
+
+
+def _stash(op: str, X: np.ndarray, stash_type: int) -> np.dtype:
+    """The dtype statistics are computed in: ``stash_type``, never below X's own precision."""
+    if stash_type not in STASH_DTYPES:
+        raise UnsupportedOpError(f"{op} stash_type={stash_type!r} is not supported (known: "
+                                 f"{sorted(STASH_DTYPES)})", [(op, "")])
+    return np.promote_types(X.dtype, STASH_DTYPES[stash_type])
+
+
+@register("GroupNormalization", "norm", flops=standardize_flops)
+def group_normalization(X: np.ndarray, scale: np.ndarray, bias: np.ndarray, *,
+                        num_groups: int, epsilon: float = 1e-5,
+                        stash_type: int = 1) -> np.ndarray:
+    """Y = (X - mean) / sqrt(var + epsilon) * scale[c] + bias[c], statistics per (n, group)
+    over the group's C / num_groups channels and all spatial positions (opset 21)."""
+    g = int(num_groups)
+    if X.ndim < 2 or g < 1 or X.shape[1] % g:
+        raise ShapeError(f"GroupNormalization input has shape {X.shape}; expected (N, C, ...) "
+                         f"with C divisible by num_groups={g}")
+    c = X.shape[1]
+    for name, p in (("scale", scale), ("bias", bias)):
+        if p.size != c:
+            old = " (opset 18's per-group form: re-export with opset >= 21)" \
+                if p.size == g else ""
+            raise ShapeError(f"GroupNormalization {name} has shape {p.shape}; expected ({c},), "
+                             f"one per channel of input {X.shape}{old}")
+    x = X.astype(_stash("GroupNormalization", X, stash_type), copy=False)
+    grouped = x.reshape(X.shape[0], g, c // g * math.prod(X.shape[2:]))
+    z, _, _ = _standardize(grouped, (2,), epsilon)
+    z = z.reshape(X.shape).astype(X.dtype, copy=False)
+    return z * _per_channel(scale, X) + _per_channel(bias, X)
+
+
+def rms_norm_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any], **attrs: Any) -> int:
+    """Per element: square, add (mean), multiply (by 1/rms), multiply (scale)."""
+    return 4 * math.prod(in_shapes[0])
+
+
+@register("RMSNormalization", "norm", flops=rms_norm_flops)
+def rms_normalization(X: np.ndarray, scale: np.ndarray, *, axis: int = -1,
+                      epsilon: float = 1e-5, stash_type: int = 1) -> np.ndarray:
+    """Y = X / sqrt(mean(X^2) + epsilon) * scale, the mean over axes [axis, rank) (opset 23)."""
+    if not -X.ndim <= axis < X.ndim:
+        raise ShapeError(f"RMSNormalization axis={axis!r} is out of range for input shape "
+                         f"{X.shape}; expected {-X.ndim} <= axis < {X.ndim}")
+    axes = tuple(range(axis % X.ndim, X.ndim))
+    x = X.astype(_stash("RMSNormalization", X, stash_type), copy=False)
+    mean_sq = np.mean(x * x, axis=axes, keepdims=True)
+    z = x * (1 / np.sqrt(mean_sq + x.dtype.type(epsilon)))
+    try:
+        return z.astype(X.dtype, copy=False) * scale.astype(X.dtype, copy=False)
+    except ValueError as exc:
+        raise ShapeError(f"RMSNormalization scale of shape {scale.shape} does not broadcast "
+                         f"to input shape {X.shape}") from exc

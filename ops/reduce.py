@@ -183,3 +183,66 @@ def argmin(data: np.ndarray, *, axis: int = 0, keepdims: int = 1,
            select_last_index: int = 0) -> np.ndarray:
     """index of min(x) along axis (first one, or last if select_last_index), int64"""
     return _arg_reduce(np.argmin, data, axis, keepdims, select_last_index)
+
+
+# --- along one axis: CumSum, TopK ---------------------------------------------------------
+def _one_axis(op: str, data: np.ndarray, axis: Any) -> int:
+    """A scalar (or one-element) axis operand, checked against data's rank, made non-negative."""
+    values = np.asarray(axis).ravel()
+    if values.size != 1:
+        raise _shape_error(f"{op} axis {values.tolist()!r} must be one integer")
+    a = int(values[0])
+    if not -data.ndim <= a < data.ndim:
+        raise _shape_error(f"{op} axis {a!r} out of range for an input of shape {data.shape}; "
+                           f"expected a value in [{-data.ndim}, {data.ndim - 1}]")
+    return a % data.ndim
+
+
+@register("CumSum", "reduce", flops=_reduce_flops(1))
+def cumsum(x: np.ndarray, axis: np.ndarray, *, exclusive: int = 0,
+           reverse: int = 0) -> np.ndarray:
+    """y[..., i, ...] = sum(x[..., j, ...] for j <= i) along axis (j < i if exclusive; j >= i
+    (j > i) if reverse)"""
+    a = _one_axis("CumSum", x, axis)
+    work = _work_dtype(x.dtype, False)
+    src = np.flip(x, a) if reverse else x
+    out = np.cumsum(src, axis=a, dtype=work)
+    if exclusive:  # shift by one along the axis, 0 first (not cumsum - x: that rounds)
+        shifted = np.zeros_like(out)
+        dst, src_rows = [slice(None)] * out.ndim, [slice(None)] * out.ndim
+        dst[a], src_rows[a] = slice(1, None), slice(None, -1)
+        shifted[tuple(dst)] = out[tuple(src_rows)]
+        out = shifted
+    if reverse:
+        out = np.flip(out, a)
+    return np.ascontiguousarray(out).astype(x.dtype, copy=False)
+
+
+def _topk_flops(in_shapes: Any, out_shapes: Any, *, axis: int = -1, **attrs: Any) -> int:
+    """A comparison sort: n log2 n comparisons per slice along axis."""
+    shape = in_shapes[0]
+    n = shape[axis] if shape else 1
+    return int(math.prod(shape) * max(math.log2(n), 1)) if n else 0
+
+
+@register("TopK", "reduce", flops=_topk_flops)
+def topk(X: np.ndarray, K: np.ndarray, *, axis: int = -1, largest: int = 1,
+         sorted: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(values, int64 indices) of the k largest (smallest) along axis, best first; equal
+    values in index order (sorted=0 allows any order: they come sorted)"""
+    a = _one_axis("TopK", X, axis)
+    ks = np.asarray(K).ravel()
+    n = X.shape[a]
+    if ks.size != 1 or not 0 <= int(ks[0]) <= n:
+        raise _shape_error(f"TopK k={ks.tolist()!r} must be one integer in [0, {n}] (axis {a} "
+                           f"of input shape {X.shape})")
+    k = int(ks[0])
+    if largest:
+        # Stable ascending order of the flipped axis, read backwards: descending values with
+        # equal ones in increasing index order (and nan first, as the largest).
+        order = np.flip(np.argsort(np.flip(X, a), axis=a, kind="stable"), a)
+        order = n - 1 - order
+    else:
+        order = np.argsort(X, axis=a, kind="stable")
+    idx = np.take(order, np.arange(k), axis=a).astype(np.int64, copy=False)
+    return np.take_along_axis(X, idx, axis=a), idx

@@ -38,6 +38,9 @@ KNOWN_GAPS: dict[str, str] = {
         "MaxPool's second output (Indices) is not implemented; inference graphs do not use it",
     r"^test_resize_.*_antialias_":
         "Resize with antialias=1 is not implemented (nearest/linear/cubic without it are)",
+    r"^test_if_":
+        "If whose condition is a graph input: taskflow inlines an If at import only when its "
+        "condition constant-folds (test_if_seq/_opt also return sequences/optionals)",
     r"^test_attention_4d_causal_fp16_expanded_":
         "float16 rounded after every op of the expanded graph differs by 2 ulp (4.9e-4) from "
         "the expected output, computed in float32 end to end; rtol=1e-3 is below 2 fp16 ulp",

@@ -193,7 +193,7 @@ def test_gelu_rejects_unknown_approximation() -> None:
 
 MODULE_OPS = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid",
               "HardSwish", "Gelu", "Elu", "Selu", "Celu", "Softplus", "Softsign",
-              "ThresholdedRelu", "Mish", "Softmax", "LogSoftmax", "Hardmax"}
+              "ThresholdedRelu", "Mish", "Softmax", "LogSoftmax", "Hardmax", "Swish"}
 
 
 def test_registers_exactly_this_family_with_onnx_signatures() -> None:

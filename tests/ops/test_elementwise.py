@@ -115,7 +115,8 @@ class Case:
 
 UNARY_FLOAT = {"Sqrt": "pos", "Exp": "real", "Log": "pos", "Neg": "real", "Abs": "real",
                "Reciprocal": "nonzero", "Erf": "real", "Floor": "real", "Ceil": "real",
-               "Sign": "grid", "IsNaN": "special", "IsInf": "special", "Identity": "real"}
+               "Sign": "grid", "IsNaN": "special", "IsInf": "special", "Identity": "real",
+               "Sin": "wide", "Cos": "wide", "Round": "real"}
 BINARY = {"Add": ("real", "real"), "Sub": ("real", "real"), "Mul": ("real", "real"),
           "Div": ("real", "nonzero"), "Pow": ("pos", "real"), "Equal": ("grid", "grid"),
           "Less": ("grid", "grid"), "Greater": ("grid", "grid"),
@@ -256,7 +257,8 @@ def test_output_dtype_matches_ort(case: Case, dtype: str) -> None:
 MODULE_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs",
               "Reciprocal", "Erf", "Floor", "Ceil", "Sign", "Min", "Max", "Sum", "Mean",
               "Equal", "Less", "Greater", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or",
-              "Xor", "Where", "Cast", "CastLike", "IsNaN", "IsInf", "Mod", "Identity", "Dropout"}
+              "Xor", "Where", "Cast", "CastLike", "IsNaN", "IsInf", "Mod", "Identity", "Dropout",
+              "Sin", "Cos", "Round"}
 
 
 def test_registers_exactly_this_family_with_onnx_signatures() -> None:
