@@ -1,0 +1,1 @@
+"""Benchmark scripts; ``benchmarks.models`` builds and exports the real-model ONNX files."""
