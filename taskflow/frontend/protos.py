@@ -1,0 +1,62 @@
+"""ONNX protobuf values as Python values: node attributes and Constant nodes.
+
+Shared by the importer (:mod:`taskflow.frontend.onnx_import`) and the ``If`` inliner
+(:mod:`taskflow.frontend.control_flow`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+class BadAttribute(Exception):
+    """An attribute taskflow cannot represent (its message says which and why)."""
+
+
+_SIMPLE = {
+    onnx.AttributeProto.INT: lambda a: int(a.i),
+    onnx.AttributeProto.FLOAT: lambda a: float(a.f),
+    onnx.AttributeProto.STRING: lambda a: a.s.decode("utf-8"),
+    onnx.AttributeProto.INTS: lambda a: [int(x) for x in a.ints],
+    onnx.AttributeProto.FLOATS: lambda a: [float(x) for x in a.floats],
+    onnx.AttributeProto.STRINGS: lambda a: [s.decode("utf-8") for s in a.strings],
+    onnx.AttributeProto.TENSOR: lambda a: numpy_helper.to_array(a.t),
+    onnx.AttributeProto.TENSORS: lambda a: [numpy_helper.to_array(t) for t in a.tensors],
+}
+
+
+def attrs_of(proto: onnx.NodeProto, domain: str) -> dict:
+    """A node's attributes as Python values; an ``If``'s branches stay ``GraphProto``s (for
+    :func:`~taskflow.frontend.control_flow.inline_ifs`); any other subgraph attribute raises
+    :class:`BadAttribute`."""
+    if proto.op_type == "If" and not domain:
+        return {a.name: _graph_copy(a.g) if a.type == onnx.AttributeProto.GRAPH
+                else attr_value(a) for a in proto.attribute}
+    return {a.name: attr_value(a) for a in proto.attribute}
+
+
+def _graph_copy(g: onnx.GraphProto) -> onnx.GraphProto:
+    """A branch of our own: inlining renames inside nested branches (the model is not ours)."""
+    out = onnx.GraphProto()
+    out.CopyFrom(g)
+    return out
+
+
+def attr_value(a: onnx.AttributeProto):
+    fn = _SIMPLE.get(a.type)
+    if fn is None:
+        kind = onnx.AttributeProto.AttributeType.Name(a.type)
+        raise BadAttribute(f"attribute {a.name!r} of type {kind} (subgraphs, sparse tensors and "
+                       "types are not supported)")
+    return fn(a)
+
+
+def constant(attrs: dict) -> np.ndarray:
+    (key, v), = attrs.items()
+    if key == "value":
+        return np.asarray(v)
+    dtype = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+             "value_ints": np.int64, "value_string": object, "value_strings": object}[key]
+    return np.asarray(v, dtype=dtype)
