@@ -231,11 +231,39 @@ class Cluster:
             return None
 
     def thread_reports(self) -> dict[str, dict[str, Any] | None]:
-        """Per worker address, what :class:`ThreadBudgetPlugin` set there (see its ``report``)."""
+        """Per worker address, what :class:`ThreadBudgetPlugin` set there (see its ``report``).
+
+        Returns
+        -------
+        dict of str to dict or None
+            Per worker: ``kernel_threads``, Numba's threads, each BLAS/OpenMP pool's
+            ``num_threads`` (threadpoolctl), the ``OMP_NUM_THREADS``-style variables and the
+            process id; None where the plugin did not run.
+
+        Examples
+        --------
+        >>> import taskflow as tf                                   # doctest: +SKIP
+        >>> with tf.Cluster(quiet=True) as cluster:                 # doctest: +SKIP
+        ...     for addr, report in cluster.thread_reports().items():
+        ...         print(addr, report["kernel_threads"], report["numba"])
+        tcp://127.0.0.1:40117 1 1
+        tcp://127.0.0.1:43291 1 1
+        """
         return self.client.run(_thread_report)
 
     def close(self) -> None:
-        """Close the client and, if this object started it, the cluster. Safe to call twice."""
+        """Close the client and, if this object started it, the cluster. Safe to call twice.
+
+        A cluster given by ``address`` keeps running; ``with tf.Cluster() as cluster:`` calls
+        this on leaving the block.
+
+        Examples
+        --------
+        >>> import taskflow as tf                                   # doctest: +SKIP
+        >>> cluster = tf.Cluster(n_workers=1, quiet=True)           # doctest: +SKIP
+        >>> logits = model.predict(images).compute()                # doctest: +SKIP
+        >>> cluster.close()                                         # doctest: +SKIP
+        """
         if self._closed:
             return
         self._closed = True
