@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -97,17 +98,17 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="Zarr group to write, one array per model output")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="run on this Dask scheduler (default: an embedded local cluster)")
-    p.add_argument("--batch-size", type=int, help="rows per model call and output chunk "
-                                                  "(default: the input's chunking)")
-    p.add_argument("--window", type=int, help="tasks in flight at most (default: 2 per worker "
-                                              "thread)")
+    p.add_argument("--batch-size", type=_positive, help="rows per model call and output "
+                                                       "chunk (default: the input's chunking)")
+    p.add_argument("--window", type=_positive, help="tasks in flight at most (default: 2 per "
+                                                    "worker thread)")
     p.add_argument("--resume", action="store_true", help="compute only chunks not yet done")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--rerun-failed", action="store_true",
                    help="recompute only the chunks a previous run quarantined")
-    p.add_argument("--retries", type=int, default=2,
+    p.add_argument("--retries", type=_non_negative, default=2,
                    help="extra attempts per failing chunk before quarantine (default 2)")
-    p.add_argument("--chunks-per-task", type=int,
+    p.add_argument("--chunks-per-task", type=_positive,
                    help="output chunks per task (default: grouped adaptively; 1: one each)")
     p.add_argument("--outputs", help="comma-separated model outputs to write (default: all)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
@@ -120,6 +121,63 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help='declared steps, e.g. \'{"scale": "uint8", "mean": [0.485, 0.456, '
                         '0.406], "std": [0.229, 0.224, 0.225], "layout": "NHWC->NCHW"}\', '
                         "or an importable function fn(feed) -> feed")
+    _cluster_args(p)
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for --scheduler before giving up (default 10)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help="allow more worker x kernel threads than the cluster's usable cores")
+    tls = p.add_argument_group("TLS (a tls:// --scheduler; Dask's Security)")
+    tls.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate to trust")
+    tls.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
+    tls.add_argument("--tls-key", metavar="PEM", help="this client's private key (default: "
+                                                       "in --tls-cert)")
+
+
+def _cluster_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :class:`taskflow.Cluster` from :func:`_cluster_args`'s options."""
+    from taskflow.dask.connect import CONNECT_TIMEOUT
+
+    options: dict = {"oversubscribe": args.oversubscribe,
+                     "connect_timeout": args.connect_timeout or CONNECT_TIMEOUT}
+    given = {k: v for k, v in (("--tls-ca-file", args.tls_ca_file), ("--tls-cert", args.tls_cert),
+                               ("--tls-key", args.tls_key)) if v}
+    if given:
+        if not args.scheduler:
+            raise TaskflowError(f"{', '.join(given)} given without --scheduler: the TLS options "
+                                "are for connecting to a running tls:// scheduler")
+        if not (args.tls_ca_file and args.tls_cert):
+            raise TaskflowError("TLS needs --tls-ca-file and --tls-cert (and --tls-key unless "
+                                "the key is in the certificate file)")
+        for flag, path in given.items():
+            if not os.path.isfile(path):
+                raise TaskflowError(f"{flag} {path!r}: no such file")
+        from distributed.security import Security
+
+        options["security"] = Security(tls_ca_file=args.tls_ca_file,
+                                       tls_client_cert=args.tls_cert,
+                                       tls_client_key=args.tls_key, require_encryption=True)
+    return options
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _integer(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {low}")
+    return value
 
 
 def _sources(values: list[str]) -> str | dict[str, str]:
@@ -152,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     policies = policies_from_names(args.policy) if args.policy else None
     model, sources = load(args.model), _sources(args.input)
     try:
-        with Cluster(args.scheduler, policies=policies, quiet=True) as cluster:
+        with Cluster(args.scheduler, policies=policies, quiet=True,
+                     **_cluster_options(args)) as cluster:
             link = page_link(cluster.dashboard_link)
             if link and args.progress == "bar":  # stderr holds the one progress line
                 print(f"taskflow: dashboard {link}", flush=True)
@@ -207,6 +266,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
                    help="kernel threads for taskflow and every peer (default 2)")
     p.add_argument("--repeat", type=int, default=5,
                    help="timed runs per runtime, interleaved; medians reported (default 5)")
+    p.add_argument("--seq-len", type=int, default=128,
+                   help="length of a transformer's sequence dimension (default 128)")
     p.add_argument("--no-dask", dest="dask", action="store_false",
                    help="skip taskflow on Dask (an embedded one-worker cluster, started here)")
 
@@ -220,7 +281,7 @@ def bench(args: argparse.Namespace) -> int:
     from taskflow.bench.harness import bench_model
 
     print(bench_model(args.model, batch=args.batch_size, threads=args.threads, repeat=args.repeat,
-                      dask=args.dask))
+                      dask=args.dask, seq=args.seq_len))
     return 0
 
 

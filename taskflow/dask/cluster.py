@@ -13,6 +13,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster
 
+from taskflow.dask.connect import CONNECT_TIMEOUT, client_security, connect, local_security
 from taskflow.dask.spawn import spawn_problem
 from taskflow.dask.threads import (
     KERNEL_ENV_VARS,
@@ -70,6 +71,15 @@ class Cluster:
         Model and first chunk to measure with when ``threads="auto"``.
     oversubscribe : bool
         Allow more threads than usable cores instead of raising ``ThreadBudgetError``.
+    security : distributed.security.Security or bool, optional
+        TLS between this client, the scheduler and the workers (Dask's ``Security``). With
+        ``address``, the certificates to connect with (the scheduler must be ``tls://``).
+        Without it, the embedded cluster listens on ``tls://`` with these certificates, or,
+        given ``True``, with a fresh self-signed set (``Security.temporary()``) that only
+        this process holds.
+    connect_timeout : float
+        Seconds to wait for the scheduler at ``address`` before a ``TaskflowError`` that
+        says it could not be reached.
 
     Attributes
     ----------
@@ -94,7 +104,8 @@ class Cluster:
                  memory_limit: str | int | None = "auto", plugins: Iterable[Any] = (),
                  quiet: bool = False, threads: ThreadPlan | str = "static",
                  tune: tuple[Any, Any] | None = None, oversubscribe: bool = False,
-                 policies: Iterable[Any] | None = None):
+                 policies: Iterable[Any] | None = None, security: Any = None,
+                 connect_timeout: float = CONNECT_TIMEOUT):
         self.address = address
         self._owned: LocalCluster | None = None
         self.client: Client | None = None
@@ -103,7 +114,8 @@ class Cluster:
             if address is None:
                 self.plan = self._local_plan(n_workers, threads_per_worker, kernel_threads,
                                              threads, tune, oversubscribe)
-                self._start_local(processes, dashboard_address, memory_limit)
+                self._start_local(processes, dashboard_address, memory_limit,
+                                  local_security(security, processes))
             else:
                 if n_workers is not None or threads_per_worker is not None:
                     raise TaskflowError(
@@ -111,7 +123,7 @@ class Cluster:
                         f"given with address={address!r}; a running cluster is sized where it "
                         "was started (leave them out, or drop address to start one here)"
                     )
-                self.client = Client(address)
+                self.client = connect(address, client_security(security), connect_timeout)
                 self.plan = self._remote_plan(kernel_threads, oversubscribe)
             self._register(plugins, policies)
             self.dashboard_link = self._find_dashboard_link()
@@ -146,9 +158,12 @@ class Cluster:
         return make_plan(n_workers, threads_per_worker, kernel_threads,
                          oversubscribe=oversubscribe)
 
-    def _start_local(self, processes: bool, dashboard_address: str, memory_limit: Any) -> None:
+    def _start_local(self, processes: bool, dashboard_address: str, memory_limit: Any,
+                     security: Any) -> None:
         plan = self.plan
         extra: dict[str, Any] = {}
+        if security is not None:  # every listener on tls://, this machine only
+            extra.update(protocol="tls://", security=security)
         if processes:  # (threads-only clusters talk inproc://, no host to bind)
             problem = spawn_problem()
             if problem is not None:
@@ -165,7 +180,7 @@ class Cluster:
             processes=processes, dashboard_address=dashboard_address,
             memory_limit=memory_limit, **extra,
         )
-        self.client = Client(self._owned)
+        self.client = Client(self._owned, security=security)
 
     def _remote_plan(self, kernel_threads: int | None, oversubscribe: bool) -> ThreadPlan:
         """Plan of a running cluster: its workers as they are, kernel threads fitted per host."""
