@@ -7,6 +7,7 @@ network, not the sum of all activations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +15,13 @@ from typing import Any
 import numpy as np
 
 from taskflow import ops
-from taskflow.errors import TaskflowError, UnsupportedOpError
+from taskflow.errors import ShapeError, TaskflowError, UnsupportedOpError
 from taskflow.ir.graph import Graph, Node
 from taskflow.ir.placement import Slot, concat_slots
+
+#: Largest input a sample run (FLOP count, trace, warm-up) builds: a declared shape past this
+#: is a broken model, not a workload.
+MAX_SAMPLE_BYTES = 2**31
 
 
 @dataclass
@@ -176,6 +181,22 @@ def dummy_feed(graph: Graph, batch: int = 1) -> dict[str, np.ndarray]:
     for v in graph.inputs:
         if v.shape is None:
             raise TaskflowError(f"input {v.name!r} has no known rank; cannot build a sample")
-        shape = tuple(d if isinstance(d, int) else batch for d in v.shape)
-        feed[v.name] = np.zeros(shape, dtype=v.dtype or np.float32)
+        feed[v.name] = sample_array(v.name, [d if isinstance(d, int) else batch
+                                             for d in v.shape], v.dtype)
     return feed
+
+
+def sample_array(name: str, shape: Sequence[int], dtype: Any = None) -> np.ndarray:
+    """Zeros of ``shape`` for a sample run, or a :class:`ShapeError` naming input ``name``
+    when the declared shape is impossible (a negative dim) or absurd (past
+    :data:`MAX_SAMPLE_BYTES`)."""
+    dtype = np.dtype(dtype or np.float32)
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"input {name!r} declares shape {list(shape)}; dimensions must be "
+                         ">= 0 (or symbolic)")
+    size = math.prod(shape) * dtype.itemsize
+    if size > MAX_SAMPLE_BYTES:
+        raise ShapeError(f"input {name!r} declares shape {list(shape)}: one sample input would "
+                         f"take {size / 2**30:.3g} GiB (limit {MAX_SAMPLE_BYTES / 2**30:g} GiB); "
+                         "is the model's declared shape right?")
+    return np.zeros(shape, dtype=dtype)

@@ -12,10 +12,9 @@ import copy
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from taskflow.frontend.opsets import canonicalize
-from taskflow.frontend.protos import BadAttribute, attrs_of, constant
+from taskflow.frontend.protos import BadAttribute, attrs_of, constant, tensor_array
 from taskflow.ir.fold import fold_constants
 from taskflow.ir.graph import Graph, Node, Value
 
@@ -108,7 +107,7 @@ def _inline_branch(graph: Graph, node: Node, branch: onnx.GraphProto,
         return new
 
     for t in branch.initializer:
-        graph.initializers[local(t.name)] = numpy_helper.to_array(t)
+        graph.initializers[local(t.name)] = tensor_array(t, f"If {node.name!r}")
     for proto in branch.node:
         for o in proto.output:
             if o:

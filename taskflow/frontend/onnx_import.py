@@ -19,11 +19,17 @@ import onnx.version_converter
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from taskflow.errors import GraphError, ModelLoadError, ShapeError, UnsupportedOpError
+from taskflow.errors import (
+    GraphError,
+    ModelLoadError,
+    ShapeError,
+    TaskflowError,
+    UnsupportedOpError,
+)
 from taskflow.frontend.batch import make_batch_symbolic
 from taskflow.frontend.control_flow import inline_ifs
 from taskflow.frontend.opsets import canonicalize
-from taskflow.frontend.protos import BadAttribute, attrs_of, constant
+from taskflow.frontend.protos import BadAttribute, attrs_of, constant, tensor_array
 from taskflow.ir.graph import Graph, Node, Shape, Value
 from taskflow.ir.optimize import fold_constants
 
@@ -70,6 +76,19 @@ def load_onnx(source: Source, *, fix_batch: bool | None = None,
     ([Value('data', float32, (N, 3, 224, 224))], ['batch dimension made symbolic ...'])
     """
     model, label = _read(source, base_dir)
+    try:
+        return _load(model, label, fix_batch)
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeError, OverflowError,
+            RecursionError, onnx.checker.ValidationError) as exc:
+        if isinstance(exc, TaskflowError):
+            raise
+        # a malformed protobuf that passed parsing: say which file, never a raw traceback
+        raise ModelLoadError(f"{label} is not a valid ONNX model ({type(exc).__name__}: "
+                             f"{exc}); the file is corrupt or was written by a broken "
+                             "exporter") from exc
+
+
+def _load(model: onnx.ModelProto, label: str, fix_batch: bool | None) -> Graph:
     model, opset = _default_opset(model, label)
     graph, unsupported = _convert(model, label)
     inline_ifs(graph, opset, unsupported, max_fold_elements=FOLD_MAX_INPUT_ELEMENTS)
@@ -264,7 +283,7 @@ def _convert(model: onnx.ModelProto, label: str) -> tuple[Graph, list[tuple[str,
     """Build the (not yet canonical) Graph; return it and the nodes already found unsupported."""
     g = model.graph
     unsupported: list[tuple[str, str, str]] = []
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inits = {t.name: tensor_array(t, label) for t in g.initializer}
     for t in g.sparse_initializer:
         unsupported.append(("sparse_initializer", t.values.name, "sparse tensors unsupported"))
     graph = Graph(name=g.name or "graph", initializers=inits)

@@ -15,6 +15,26 @@ class BadAttribute(Exception):
     """An attribute taskflow cannot represent (its message says which and why)."""
 
 
+#: What onnx's numpy_helper raises on a tensor whose fields disagree (data shorter than its
+#: dims, an undefined or unknown element type, undecodable strings).
+_TENSOR_ERRORS = (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError,
+                  OverflowError)
+
+
+def tensor_array(t: onnx.TensorProto, where: str) -> np.ndarray:
+    """``t`` as a numpy array, or a :class:`~taskflow.errors.ModelLoadError` naming the tensor
+    and ``where`` it is (the file)."""
+    try:
+        return numpy_helper.to_array(t)
+    except _TENSOR_ERRORS as exc:
+        from taskflow.errors import ModelLoadError
+
+        dims = list(t.dims)
+        raise ModelLoadError(f"{where}: tensor {t.name!r} (dims {dims}, element type "
+                             f"{t.data_type}) cannot be read: {exc}; the file is corrupt or was "
+                             "written by a broken exporter") from exc
+
+
 _SIMPLE = {
     onnx.AttributeProto.INT: lambda a: int(a.i),
     onnx.AttributeProto.FLOAT: lambda a: float(a.f),
@@ -22,8 +42,9 @@ _SIMPLE = {
     onnx.AttributeProto.INTS: lambda a: [int(x) for x in a.ints],
     onnx.AttributeProto.FLOATS: lambda a: [float(x) for x in a.floats],
     onnx.AttributeProto.STRINGS: lambda a: [s.decode("utf-8") for s in a.strings],
-    onnx.AttributeProto.TENSOR: lambda a: numpy_helper.to_array(a.t),
-    onnx.AttributeProto.TENSORS: lambda a: [numpy_helper.to_array(t) for t in a.tensors],
+    onnx.AttributeProto.TENSOR: lambda a: tensor_array(a.t, f"attribute {a.name!r}"),
+    onnx.AttributeProto.TENSORS: lambda a: [tensor_array(t, f"attribute {a.name!r}")
+                                            for t in a.tensors],
 }
 
 
