@@ -1,7 +1,7 @@
 """Scheduling policies against Dask's default and its best configuration.
 
 Dask's best configuration here is ``worker-saturation: 1.0`` with a 100 ms stealing interval
-(shared/notes/dask-scheduler-plugins.md: it gets most of what a balancer gets); taskflow's
+(docs/notes/dask-scheduler-plugins.md: it gets most of what a balancer gets); taskflow's
 plugin (its default policy set unless named) runs on top of that same configuration, so the
 difference is the plugin's. Tasks sleep
 (the 2-core machine is shared: sleeping tasks measure scheduling, not CPU contention); a

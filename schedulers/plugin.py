@@ -1,7 +1,7 @@
 """``TaskflowSchedulerPlugin``: runs the policies on the scheduler and applies what they suggest.
 
 The only module here that touches ``distributed`` internals. Hooks it uses (distributed 2026.8,
-see shared/notes/dask-scheduler-plugins.md): ``update_graph`` runs while new tasks are still
+see docs/notes/dask-scheduler-plugins.md): ``update_graph`` runs while new tasks are still
 ``released``, so priorities and restrictions set there count; ``transition`` measures compute
 times (processing -> memory) and lets Locality pin dependents of weights as they land; a
 ``PeriodicCallback`` runs the policies with an ``interval``; moves go through the stealing
