@@ -15,7 +15,8 @@ once, so a timed call is graph building, scheduling, the whole batch as one chun
 the result. Its output is checked against ``Model.run`` once, after warm-up. "Dask overhead" is
 its time over the in-process time.
 
-Peers are optional: ONNX Runtime and PyTorch are imported only here, inside functions, and
+Peers are optional: ONNX Runtime, OpenVINO (fp32, and its own default precision for this CPU;
+:mod:`taskflow.bench.openvino_peer`) and PyTorch are imported only here, inside functions, and
 skipped quietly when missing. They never appear on taskflow's runtime path.
 
 Examples
@@ -33,14 +34,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from taskflow.bench.openvino_peer import openvino_runner
+
 #: Square sgemm size for the machine's GEMM peak: big enough for BLAS's full rate (~1 s).
 PEAK_GEMM_SIZE = 2048
 #: Peers compared by default, in report order.
-PEERS = ("onnxruntime", "torch")
+PEERS = ("onnxruntime", "openvino", "openvino-default", "torch")
 #: taskflow's own runners; every other runner in a result is a peer.
 TASKFLOW_RUNNERS = ("taskflow", "taskflow-dask")
 #: How far the Dask output may stray from ``Model.run``'s: the same kernels on the same input
@@ -213,7 +217,7 @@ class BenchResult:
                  f"{self.flops_per_image / 1e9:.2f} GFLOP/image"]
         for name, rate in self.images_per_s.items():
             t = self.times[name]
-            lines.append(f"  {name:13s} {rate:8.2f} img/s  (median of {len(t)}: "
+            lines.append(f"  {name:16s} {rate:8.2f} img/s  (median of {len(t)}: "
                          f"{statistics.median(t):.3f} s, best {min(t):.3f} s)")
         peers = [p for p in self.images_per_s if p not in TASKFLOW_RUNNERS]
         for runner in TASKFLOW_RUNNERS:
@@ -297,7 +301,9 @@ def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5
                 runners["taskflow-dask"] = stack.enter_context(dask_runner(model, x, threads))
             skipped = []
             for peer in peers:
-                make = {"onnxruntime": ort_runner, "torch": torch_runner}[peer]
+                make = {"onnxruntime": ort_runner, "torch": torch_runner,
+                        "openvino": openvino_runner,
+                        "openvino-default": partial(openvino_runner, precision=None)}[peer]
                 run = make(model, threads)
                 if run is None:
                     skipped.append(f"{peer} (not installed, or an op it lacks)")
