@@ -197,13 +197,14 @@ def run(args: argparse.Namespace) -> int:
 
     Exit codes: 0 every chunk done; 2 refused (bad input, existing output, resume mismatch);
     3 some chunks quarantined after their retries (listed; ``--rerun-failed`` redoes them);
+    4 some chunks neither done nor quarantined (an earlier run was killed; ``--resume``);
     130 interrupted (``--resume`` finishes the job).
     """
     from taskflow.dashboard.extension import page_link, performance_report_context
     from taskflow.dask.cluster import Cluster
     from taskflow.model import load
     from taskflow.schedulers import policies_from_names
-    from taskflow.stream.infer import EXIT_QUARANTINED, infer_zarr
+    from taskflow.stream.infer import EXIT_INCOMPLETE, EXIT_QUARANTINED, infer_zarr
     from taskflow.stream.preprocess import preprocess_from_text
 
     preprocess = preprocess_from_text(args.preprocess) if args.preprocess else None
@@ -231,7 +232,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict()))
     else:
         print(summary)
-    return 0 if not summary.failed else EXIT_QUARANTINED
+    if summary.ok:
+        return 0
+    return EXIT_QUARANTINED if summary.failed else EXIT_INCOMPLETE
 
 
 def _warmup_args(p: argparse.ArgumentParser) -> None:

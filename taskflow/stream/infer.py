@@ -41,6 +41,9 @@ TARGET_TASK_S = 0.2
 #: Upper bound on chunks grouped into one task.
 MAX_CHUNKS_PER_TASK = 256
 EXIT_QUARANTINED = 3
+#: ``taskflow run``'s exit code when chunks are neither done nor quarantined (a job was killed
+#: and the rerun did not include --resume).
+EXIT_INCOMPLETE = 4
 #: Job progress events for the dashboard: each is a scheduler round trip, 2 a second is plenty.
 JOB_EVENT_INTERVAL = 0.5
 
@@ -137,9 +140,8 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
         "batch_size": batch,
         "outputs": {n: {"shape": list(s), "dtype": d} for n, (s, d) in out_specs.items()},
     }
-    todo, failed_before, fresh = _plan_chunks(dst, identity, n_chunks, resume, overwrite,
-                                              rerun_failed)
-    already = n_chunks - len(todo) - len(set(failed_before) - set(todo))
+    todo, failed_before, fresh, already = _plan_chunks(dst, identity, n_chunks, resume,
+                                                       overwrite, rerun_failed)
     report = Progress(progress, n_chunks, already, len(todo))
     if any(s.location.startswith("memory://") for s in sources.values()) or \
             dst.startswith("memory://"):
@@ -194,16 +196,22 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
 
 
 def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool,
-                 rerun_failed: bool) -> tuple[list[int], dict[int, str], bool]:
-    """Chunks to compute, chunks quarantined before, and whether the target is new."""
+                 rerun_failed: bool) -> tuple[list[int], dict[int, str], bool, int]:
+    """Chunks to compute, chunks quarantined before, whether the target is new, and how many
+    chunks are done already (their markers, the only proof of a finished write, are set).
+
+    A chunk is done (marker set), quarantined (listed in the manifest) or missing (neither: a
+    killed job never finished it); ``rerun_failed`` alone recomputes the quarantined ones and
+    leaves missing ones missing, which the summary then reports as not ok.
+    """
     exists = mf.target_exists(dst)
     if not exists:
         if rerun_failed and not resume:
             raise mf.ResumeError(f"rerun_failed=True but {dst!r} does not exist: nothing failed "
                                  "there yet")
-        return list(range(n)), {}, True
+        return list(range(n)), {}, True, 0
     if overwrite:
-        return list(range(n)), {}, True
+        return list(range(n)), {}, True, 0
     if not (resume or rerun_failed):
         raise mf.TargetExistsError(
             f"target {dst!r} exists; pass resume=True (--resume) to finish it, "
@@ -215,7 +223,7 @@ def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool
     failed = {int(k): v for k, v in meta.get("failed", {}).items() if not done[int(k)]}
     todo = [k for k in np.flatnonzero(~done).tolist()
             if (resume and k not in failed) or (rerun_failed and k in failed)]
-    return todo, failed, False
+    return todo, failed, False, int(done.sum())
 
 
 def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: int,

@@ -111,6 +111,13 @@ class JobSummary:
         return not self.failed and self.chunks_done + self.chunks_skipped == self.chunks_total
 
     @property
+    def chunks_missing(self) -> int:
+        """Chunks neither done nor quarantined: a killed job never finished them, and this
+        run did not compute them (``resume=True`` does)."""
+        return max(self.chunks_total - self.chunks_done - self.chunks_skipped
+                   - len(self.failed), 0)
+
+    @property
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
@@ -127,7 +134,8 @@ class JobSummary:
         ('summary', True, 320.0)
         """
         d = asdict(self)
-        d.update(event="summary", ok=self.ok, samples_per_s=round(self.samples_per_s, 1),
+        d.update(event="summary", ok=self.ok, chunks_missing=self.chunks_missing,
+                 samples_per_s=round(self.samples_per_s, 1),
                  seconds=round(self.seconds, 3))
         return d
 
@@ -144,6 +152,9 @@ class JobSummary:
             lines.append(f"{len(self.failed)} chunk(s) quarantined; fix the cause, then rerun "
                          "with --rerun-failed (rerun_failed=True):")
             lines += [f"  {f}" for f in self.failed]
+        if self.chunks_missing:
+            lines.append(f"{self.chunks_missing} chunk(s) are neither done nor quarantined (an "
+                         "earlier run was interrupted): rerun with --resume (resume=True)")
         return "\n".join(lines)
 
 
