@@ -211,6 +211,7 @@ def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool
                                  "there yet")
         return list(range(n)), {}, True, 0
     if overwrite:
+        mf.check_replaceable(dst)
         return list(range(n)), {}, True, 0
     if not (resume or rerun_failed):
         raise mf.TargetExistsError(

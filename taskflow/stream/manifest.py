@@ -90,6 +90,23 @@ def target_exists(location: str) -> bool:
     return fs.exists(path)
 
 
+def check_replaceable(location: str) -> None:
+    """Refuse to replace ``location`` unless it is a taskflow output (it carries the
+    manifest): ``overwrite`` must never delete a user's folder, a foreign Zarr group or a file.
+    """
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(location)
+    if fs.isfile(path):
+        raise TargetExistsError(f"target {location!r} is a file, not a Zarr group: overwrite "
+                                "only replaces a taskflow output; choose another output path")
+    if not fs.exists(f"{path.rstrip('/')}/{MANIFEST}/zarr.json"):
+        raise TargetExistsError(
+            f"target {location!r} exists but was not written by taskflow (it has no "
+            f"{MANIFEST}/ manifest): overwrite only replaces taskflow's own outputs, so nothing "
+            "was deleted; choose another output path, or remove it yourself")
+
+
 def create_target(location: str, outputs: dict[str, tuple[tuple[int, ...], str]], rows: int,
                   batch: int, identity: dict[str, Any], *, overwrite: bool) -> None:
     """Create the group, one array per output (``name -> (per-sample shape, dtype)``) and the
