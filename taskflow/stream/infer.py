@@ -19,6 +19,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from collections import deque
 from typing import Any
 
@@ -219,12 +220,25 @@ def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool
             "rerun_failed=True (--rerun-failed) to recompute its quarantined chunks, or "
             "overwrite=True (--overwrite) to replace it")
     meta = mf.read_manifest(dst)
-    mf.check_identity(meta.get("identity", {}), identity, dst)
+    old = meta.get("identity", {})
+    if rerun_failed and not resume and _contents(old) != _contents(identity):
+        # The quarantine workflow: fix the inputs of the failed chunks, then rerun them. Only
+        # those are recomputed; say so, since the done ones keep results of the earlier data.
+        warnings.warn(f"the inputs of {dst!r} changed since it was written; rerun_failed "
+                      "recomputes only the quarantined chunks, the others keep results of the "
+                      "earlier data (overwrite=True recomputes everything)", stacklevel=3)
+        old = {**old, "inputs": {k: {**v, "content": identity["inputs"].get(k, {})
+                                     .get("content")} for k, v in old.get("inputs", {}).items()}}
+    mf.check_identity(old, identity, dst)
     done = mf.done_chunks(dst, n)
     failed = {int(k): v for k, v in meta.get("failed", {}).items() if not done[int(k)]}
     todo = [k for k in np.flatnonzero(~done).tolist()
             if (resume and k not in failed) or (rerun_failed and k in failed)]
     return todo, failed, False, int(done.sum())
+
+
+def _contents(identity: dict) -> dict:
+    return {k: v.get("content") for k, v in identity.get("inputs", {}).items()}
 
 
 def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: int,
