@@ -34,6 +34,23 @@ def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", action="store_true",
                    help="also print the thread plan for this machine (workers x threads x "
                         "kernel threads, usable cores and where that number came from)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of a symbolic input dim for the FLOP count, e.g. --dim seq=128 "
+                        "(repeatable; dims not given count as 1 and are listed as assumed)")
+
+
+def _dims(pairs: Sequence[str]) -> dict[str, int]:
+    """``["seq=128"]`` -> ``{"seq": 128}``; a malformed pair is a :class:`InputError`."""
+    from taskflow.errors import InputError
+
+    dims = {}
+    for pair in pairs:
+        name, _, size = pair.partition("=")
+        if not name or not size.strip().isdigit() or int(size) < 1:
+            raise InputError(f"--dim {pair!r} is not NAME=SIZE with a positive integer SIZE "
+                             f"(e.g. --dim seq=128)")
+        dims[name.strip()] = int(size)
+    return dims
 
 
 @command("info", _info_args)
@@ -42,7 +59,8 @@ def info(args: argparse.Namespace) -> int:
     from taskflow.model import load
 
     model = load(args.model)
-    summary = model.info()
+    dims = _dims(args.dim)
+    summary = model.info(dims=dims) if dims else model.info()
     if args.json:
         print(json.dumps({
             "name": summary.name,
@@ -52,6 +70,8 @@ def info(args: argparse.Namespace) -> int:
             "op_counts": summary.op_counts,
             "parameters": summary.parameters,
             "flops_per_sample": summary.flops_per_sample,
+            "dims": summary.dims,
+            "assumed_dims": summary.assumed,
             "notes": summary.notes,
             **({"thread_plan": _plan_json()} if args.plan else {}),
         }, indent=2))

@@ -15,13 +15,30 @@ import numpy as np
 
 from taskflow import ops
 from taskflow.errors import DTypeError, InputError
-from taskflow.executor import ExecutionPlan, dummy_feed
+from taskflow.executor import ExecutionPlan, dummy_feed, sample_array
 from taskflow.ir.graph import Graph, Node, Value
 
 
 @dataclass(frozen=True)
 class NodeArg:
-    """A model input or output, as ONNX Runtime describes it."""
+    """A model input or output, as ONNX Runtime describes it.
+
+    Attributes
+    ----------
+    name : str
+        The value's name, the key of ``input_feed`` in :meth:`Model.run`.
+    shape : list of int, str or None
+        Static sizes, symbolic names (the batch ``"N"``) or None where unknown.
+    type : str
+        ONNX Runtime's type string, e.g. ``"tensor(float)"``.
+
+    Examples
+    --------
+    >>> from taskflow.frontend import nn
+    >>> model = nn.Sequential([nn.Dense(4, 3)], input_shape=(4,)).to_model()
+    >>> model.get_inputs()[0]
+    NodeArg(name='input', shape=['N', 4], type='tensor(float)')
+    """
 
     name: str
     shape: list[int | str | None]
@@ -40,7 +57,47 @@ def _type_string(dtype: np.dtype | None) -> str:
 
 @dataclass
 class ModelInfo:
-    """What ``taskflow info`` prints: op counts, parameters, FLOPs, notes."""
+    """What ``taskflow info`` prints: op counts, parameters, FLOPs, notes.
+
+    Returned by :meth:`Model.info`; ``str(info)`` is the ``taskflow info`` text.
+
+    Attributes
+    ----------
+    name : str
+        The graph's name.
+    inputs, outputs : list of Value
+        The model's interface, with dtypes and (symbolic) shapes.
+    op_counts : dict of str to int
+        Nodes per op type, after optimisation.
+    parameters : int
+        Elements in all initializers (weights).
+    flops_per_sample : int
+        FLOPs of one sample (batch 1), summed over the ops' FLOP counts.
+    notes : list of str
+        What the importer changed, e.g. a batch dimension made symbolic.
+    flops_by_op : dict of str to int
+        ``flops_per_sample`` by op type, largest first.
+    optimized : str
+        ``"<before> -> <after> nodes (...)"`` when the graph was optimised, else ``""``.
+    dims : dict of str to int
+        The size each symbolic input dim was traced at (the batch dim: 1).
+    assumed : list of str
+        The symbolic dims nobody gave a size, traced at 1: FLOPs that grow with them (a
+        sequence length) are then those of length 1.
+
+    Examples
+    --------
+    >>> from taskflow.frontend import nn
+    >>> net = nn.Sequential([nn.Dense(4, 8), nn.ReLU(), nn.Dense(8, 3)], input_shape=(4,))
+    >>> info = net.to_model().info()
+    >>> info.parameters, info.flops_per_sample
+    (67, 131)
+    >>> print(info)                                             # doctest: +ELLIPSIS
+    model     sequential
+    input     Value('input', float32, (N, 4))
+    output    Value('output', float32, (N, 3))
+    ...
+    """
 
     name: str
     inputs: list[Value]
@@ -52,6 +109,8 @@ class ModelInfo:
     flops_by_op: dict[str, int] = field(default_factory=dict)
     #: "<before> -> <after> nodes (...)" when the graph was optimised, else "".
     optimized: str = ""
+    dims: dict[str, int] = field(default_factory=dict)
+    assumed: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"model     {self.name}"]
@@ -61,10 +120,22 @@ class ModelInfo:
                      + (f" (optimised: {self.optimized})" if self.optimized else ""))
         lines.append(f"params    {self.parameters:,}")
         lines.append(f"FLOPs     {_si(self.flops_per_sample)}FLOP per sample")
+        if self.dims:
+            lines.append("dims      " + ", ".join(f"{k}={v}" for k, v in self.dims.items()))
+        if self.assumed:
+            lines.append(f"assumed   {', '.join(f'{d}=1' for d in self.assumed)} for the FLOPs "
+                         f"(give sizes with --dim {self.assumed[0]}=128, or "
+                         f"Model.info(dims={{{self.assumed[0]!r}: 128}}))")
         lines.append("ops       " + ", ".join(f"{k} x{v}" for k, v in self.op_counts.items()))
         lines.append("supported all ops")
         lines += [f"note      {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _dim_name(v: Value, axis: int) -> str:
+    """The name of symbolic dim ``axis`` of input ``v`` (an unnamed one: ``<input>[axis]``)."""
+    d = v.shape[axis]
+    return d if isinstance(d, str) and d else f"{v.name}[{axis}]"
 
 
 def _si(n: float) -> str:
@@ -91,11 +162,26 @@ class Model:
         op+bias+activation fusion, dead-node elimination) first, like ONNX Runtime's default
         level. ``graph`` keeps the optimised graph, ``source_graph`` the one given.
 
+    Attributes
+    ----------
+    graph : Graph
+        The graph that runs (optimised unless ``optimize=False``).
+    source_graph : Graph
+        The graph as given; :meth:`save` writes this one.
+
     Examples
     --------
     >>> import taskflow as tf                                   # doctest: +SKIP
     >>> model = tf.load("resnet50.onnx")                        # doctest: +SKIP
     >>> probs = model.run(None, {"data": x})[0]                 # doctest: +SKIP
+
+    A model built in Python, run on the numpy reference kernels:
+
+    >>> from taskflow import Model
+    >>> from taskflow.frontend import nn
+    >>> graph = nn.Sequential([nn.Dense(4, 3), nn.Softmax()], input_shape=(4,)).to_graph()
+    >>> Model(graph, device="reference")
+    Model('sequential', inputs=['input'], outputs=['output'], nodes=2)
     """
 
     def __init__(self, graph: Graph, *, device: str = "cpu", strict: bool = False,
@@ -114,10 +200,28 @@ class Model:
 
     # --- ONNX Runtime compatible surface ---------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
+        """The model's inputs (name, shape, type), like ``InferenceSession.get_inputs()``.
+
+        Examples
+        --------
+        >>> from taskflow.frontend import nn
+        >>> model = nn.Sequential([nn.Dense(4, 3)], input_shape=(4,)).to_model()
+        >>> [(i.name, i.shape, i.type) for i in model.get_inputs()]
+        [('input', ['N', 4], 'tensor(float)')]
+        """
         return [NodeArg(v.name, list(v.shape or []), _type_string(v.dtype))
                 for v in self.graph.inputs]
 
     def get_outputs(self) -> list[NodeArg]:
+        """The model's outputs (name, shape, type), like ``InferenceSession.get_outputs()``.
+
+        Examples
+        --------
+        >>> from taskflow.frontend import nn
+        >>> model = nn.Sequential([nn.Dense(4, 3)], input_shape=(4,)).to_model()
+        >>> model.get_outputs()[0].shape
+        ['N', 3]
+        """
         return [NodeArg(v.name, list(v.shape or []), _type_string(v.dtype))
                 for v in self.graph.outputs]
 
@@ -125,12 +229,42 @@ class Model:
             run_options: Any = None) -> list[np.ndarray]:
         """Compute ``output_names`` (all outputs if None) from ``input_feed``.
 
+        The signature of ``onnxruntime.InferenceSession.run``, so code written for ONNX Runtime
+        runs unchanged.
+
+        Parameters
+        ----------
+        output_names : list of str or None
+            Outputs to compute, in the order returned; None: all, in the model's order.
+        input_feed : dict of str to array
+            One array per model input, by name; dtypes must match exactly (no silent casts).
+        run_options : optional
+            Accepted for compatibility with ONNX Runtime and ignored.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One array per requested output (C-ordered).
+
         Raises
         ------
         InputError
             A missing, unexpected or wrongly shaped input, or an unknown output name.
         DTypeError
             An input of the wrong dtype (no silent casts, like ONNX Runtime).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from taskflow.frontend import nn
+        >>> model = nn.Sequential([nn.Dense(4, 3), nn.Softmax()], input_shape=(4,)).to_model()
+        >>> probs = model.run(None, {"input": np.ones((2, 4), np.float32)})[0]
+        >>> probs.shape, bool(np.allclose(probs.sum(axis=1), 1))
+        ((2, 3), True)
+        >>> model.run(["output"], {"input": np.ones((2, 4))})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        taskflow.errors.DTypeError: input 'input' has dtype float64; the model expects float32 ...
         """
         feed = self.check_feed(input_feed)
         wanted = list(output_names) if output_names else self.graph.output_names
@@ -146,7 +280,34 @@ class Model:
                 for n in wanted]
 
     def check_feed(self, input_feed: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate names, dtypes and shapes of a feed (symbolic dims must agree across inputs)."""
+        """Validate names, dtypes and shapes of a feed (symbolic dims must agree across inputs).
+
+        :meth:`run` calls it first; call it yourself to check a feed without running.
+
+        Returns
+        -------
+        dict
+            The feed, non-array values converted with ``numpy.asarray``.
+
+        Raises
+        ------
+        InputError
+            A missing or unexpected input, or a shape the model cannot take.
+        DTypeError
+            An input of the wrong dtype.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from taskflow.frontend import nn
+        >>> model = nn.Sequential([nn.Dense(4, 3)], input_shape=(4,)).to_model()
+        >>> list(model.check_feed({"input": np.ones((8, 4), np.float32)}))
+        ['input']
+        >>> model.check_feed({"input": np.ones((8, 5), np.float32)})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        taskflow.errors.InputError: input 'input' has shape (8, 5); the model expects (N, 4) ...
+        """
         expected = {v.name: v for v in self.graph.inputs}
         missing = [n for n in expected if n not in input_feed]
         extra = [n for n in input_feed if n not in expected]
@@ -200,8 +361,36 @@ class Model:
                 bound.setdefault(d, (f, name))
 
     # --- description -----------------------------------------------------------------------------
-    def info(self) -> ModelInfo:
-        """Op counts, parameter count and FLOPs per sample (traced on one zero sample)."""
+    def info(self, dims: Mapping[str, int] | None = None) -> ModelInfo:
+        """Op counts, parameter count and FLOPs per sample (traced on one zero sample).
+
+        Parameters
+        ----------
+        dims : dict of str to int, optional
+            Sizes of symbolic input dims other than the batch (``{"seq": 128}``). Dims not
+            given are traced at 1 and listed in ``ModelInfo.assumed``.
+
+        Raises
+        ------
+        InputError
+            ``dims`` names a dim no input has.
+
+        Returns
+        -------
+        ModelInfo
+            Printed as ``taskflow info MODEL`` prints it.
+
+        Examples
+        --------
+        >>> from taskflow.frontend import nn
+        >>> model = nn.Sequential([nn.Dense(4, 8), nn.ReLU(), nn.Dense(8, 3)],
+        ...                       input_shape=(4,)).to_model()
+        >>> info = model.info()
+        >>> info.op_counts, info.parameters
+        ({'FusedGemm': 1, 'Gemm': 1}, 67)
+        >>> info.optimized
+        '3 -> 2 nodes (fuse_epilogues -1)'
+        """
         flops_by_op: dict[str, int] = {}
 
         def trace(node: Node, args: list[Any], results: tuple) -> None:
@@ -212,7 +401,16 @@ class Model:
                 spec.flops(in_shapes, out_shapes, **node.attrs)
             )
 
-        self._plan.run(dummy_feed(self.graph, batch=1), trace=trace)
+        sizes, assumed = self._trace_dims(dims or {})
+        feed = {v.name: sample_array(v.name, [d if isinstance(d, int) else sizes[_dim_name(v, k)]
+                                              for k, d in enumerate(v.shape)], v.dtype)
+                for v in self.graph.inputs if v.shape is not None}
+        if len(feed) < len(self.graph.inputs):
+            feed = dummy_feed(self.graph, batch=1)  # raises, naming the input of no rank
+        self._plan.run(feed, trace=trace)
+        batch = max((sizes[_dim_name(v, 0)] for v in self.graph.inputs
+                     if v.shape and not isinstance(v.shape[0], int)), default=1)
+        flops_by_op = {k: f // batch for k, f in flops_by_op.items()}
         return ModelInfo(
             name=self.graph.name,
             inputs=list(self.graph.inputs),
@@ -223,10 +421,48 @@ class Model:
             notes=list(self.graph.notes),
             flops_by_op=dict(sorted(flops_by_op.items(), key=lambda kv: -kv[1])),
             optimized=str(self.optimize_report) if self.optimize_report else "",
+            dims=sizes,
+            assumed=assumed,
         )
 
+    def _trace_dims(self, given: Mapping[str, int]) -> tuple[dict[str, int], list[str]]:
+        """Sizes of the symbolic input dims for :meth:`info`: ``given``, 1 for a batch dim
+        (dim 0), else 1 and listed as assumed."""
+        names: dict[str, bool] = {}  # name -> is a batch dim
+        for v in self.graph.inputs:
+            for k, d in enumerate(v.shape or ()):
+                if not isinstance(d, int):
+                    name = _dim_name(v, k)
+                    names[name] = names.get(name, False) or k == 0
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise InputError(f"dim(s) {unknown} given, but the model's symbolic input dims are "
+                             f"{sorted(names) or 'none'}; name one of those (e.g. --dim "
+                             f"{next(iter(names), 'seq')}=128)")
+        sizes = {n: int(given.get(n, 1)) for n in names}
+        assumed = [n for n, batch in names.items() if not batch and n not in given]
+        return sizes, assumed
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model as an ONNX file (loadable by taskflow and ONNX Runtime)."""
+        """Write the model as an ONNX file (loadable by taskflow and ONNX Runtime).
+
+        The graph written is the one given (:attr:`source_graph`), before optimisation: fused
+        taskflow-only ops would not load elsewhere.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.onnx`` file to write.
+
+        Examples
+        --------
+        >>> from taskflow.frontend import nn
+        >>> model = nn.Sequential([nn.Dense(4, 3)], input_shape=(4,)).to_model()
+        >>> model.save("dense.onnx")                                # doctest: +SKIP
+        >>> import onnxruntime as ort                               # doctest: +SKIP
+        >>> ort.InferenceSession("dense.onnx").get_inputs()[0].shape  # doctest: +SKIP
+        ['N', 4]
+        """
         import onnx
 
         from taskflow.frontend.onnx_export import to_onnx
@@ -261,6 +497,22 @@ class Model:
 
         Later :meth:`predict` graphs reference these keys instead of carrying the weights.
         Returns the model, so ``model.to_cluster(client).predict(x)`` reads naturally.
+
+        Parameters
+        ----------
+        client : distributed.Client
+            The cluster's client (``taskflow.Cluster().client``).
+
+        Returns
+        -------
+        Model
+            ``self``.
+
+        Examples
+        --------
+        >>> import taskflow as tf                                   # doctest: +SKIP
+        >>> with tf.Cluster() as cluster:                           # doctest: +SKIP
+        ...     logits = model.to_cluster(cluster.client).predict(images).compute()
         """
         from taskflow.dask.lower import to_cluster
 

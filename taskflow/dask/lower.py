@@ -16,7 +16,7 @@ How the graph becomes tasks:
    would stop Dask's blockwise fusion (``fuse=False`` relies on it to fuse per-node layers).
 
 Model- and pipeline-parallel plans restrict tasks to workers. Dask's array optimisation drops
-annotations (see shared/notes/dask-scheduler-plugins.md), so with a client those plans are
+annotations (see docs/notes/dask-scheduler-plugins.md), so with a client those plans are
 submitted per chunk and per unit with ``client.submit(..., workers=...)``
 (:mod:`taskflow.dask.parallel`), and the result is a Dask array backed by futures.
 """
@@ -32,10 +32,12 @@ from typing import TYPE_CHECKING, Any
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
+from taskflow.dask.layout import join_rows
 from taskflow.dask.parallel import _state, place_weights, submit_plans, to_cluster, weight_handle
 from taskflow.dask.trace import BATCH, GraphTrace, sanitize, trace_graph
-from taskflow.dask.units import UnitPlan, build_plans, run_unit, select
+from taskflow.dask.units import UnitPlan, build_plans, rows, run_unit, select
 from taskflow.errors import InputError, ShapeError
 
 if TYPE_CHECKING:
@@ -46,6 +48,10 @@ if TYPE_CHECKING:
 #: thread holds its chunk plus the activations (often several times larger), and the machines
 #: this targets have a few GiB per thread: 512 MiB per input chunk is the most that stays safe.
 MAX_CHUNK_BYTES = 512 << 20
+#: Inputs without a batch dim up to this size are computed when the graph is built, and the
+#: trace runs on their actual values: small ones are often shapes, axes or repeats, which set
+#: the shapes of everything after them (random stand-ins would trace another graph).
+TRACE_VALUE_BYTES = 64 << 10
 
 
 def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
@@ -69,7 +75,9 @@ def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
         A ready plan; overrides ``mode`` and ``plan_options``.
     client : distributed.Client, optional
         Needed by the model and pipeline modes to pin tasks to workers (default: the current
-        client, if any).
+        client, if any). With a client, the weights are scattered to its cluster on first use,
+        once per cluster (keys named by content hash, shared by models with equal weights),
+        and the graphs only reference their keys: a second ``predict`` ships no weights.
     chunk_size : int, optional
         Rechunk the batch axis to this many rows per chunk.
     fuse : bool
@@ -86,6 +94,16 @@ def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
     ShapeError
         Input chunks along non-batch axes that cannot be made whole within
         :data:`MAX_CHUNK_BYTES`.
+        Dim 0 of the batch inputs is not a batch: the graph does not run with 2 and 3 rows
+        (:data:`taskflow.dask.trace.TRACE_BATCHES`). At compute time, a task whose result
+        has another shape than the graph declared (never silently: see
+        :func:`taskflow.dask.units.check_shape`).
+
+    Warns
+    -----
+    UserWarning
+        One per call, naming every node that mixes the batch's rows and why: those nodes run
+        once on the whole batch, the rest per chunk, with the same numbers as ``Model.run``.
 
     Examples
     --------
@@ -118,11 +136,12 @@ def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
     nonbatch = {n: tuple(feed[n].shape[1:]) for n in batch_names}
     fixed = {n: tuple(feed[n].shape) for n in feed if n not in batch_names}
     dtypes = {n: np.dtype(a.dtype) for n, a in feed.items()}
-    trace = get_trace(model, nonbatch, fixed, dtypes)
-    for info in trace.global_nodes:
-        warnings.warn(f"node {info.node.name or info.label!r} ({info.node.op}) is not "
-                      f"batch-local: {info.reason}; it runs once on the whole batch",
-                      UserWarning, stacklevel=2)
+    values = {n: np.asarray(feed[n].compute()) for n in fixed
+              if feed[n].nbytes <= TRACE_VALUE_BYTES}
+    trace = get_trace(model, nonbatch, fixed, dtypes, values)
+    message = trace.whole_batch_message() if batch_names else ""
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=3)
     units, consts, split_axis = plan_mod.units_for(plan, trace, model.device)
     plans, where = build_plans(trace, units, wanted, model.device, consts, split_axis)
     batch_chunks = feed[batch_names[0]].chunks[0] if batch_names else (1,)
@@ -135,6 +154,8 @@ def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
         arrays = submit_plans(client, trace, plans, where, wanted, feed, weights, consts,
                               batch_chunks)
     else:
+        if client is not None:  # weights go to the cluster once; graphs reference their keys
+            place_weights(model, client, trace, plans, consts)
         handles = {name: weight_handle(model, trace, name, consts[name], client)
                    for p in plans for src in p.sources if src[0] == "weight"
                    for name in [src[1]]}
@@ -144,13 +165,15 @@ def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
 
 
 def get_trace(model: Model, nonbatch: Mapping[str, tuple[int, ...]],
-              fixed: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, np.dtype]) -> GraphTrace:
-    """The (cached) trace of ``model`` for these input shapes and dtypes."""
+              fixed: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, np.dtype],
+              values: Mapping[str, np.ndarray] | None = None) -> GraphTrace:
+    """The (cached) trace of ``model`` for these input shapes, dtypes and fixed-input values."""
     key = (tuple(sorted(nonbatch.items())), tuple(sorted(fixed.items())),
-           tuple(sorted((k, v.str) for k, v in dtypes.items())))
+           tuple(sorted((k, v.str) for k, v in dtypes.items())),
+           tokenize(sorted((values or {}).items())))
     state = _state(model)
     if key not in state.traces:
-        state.traces[key] = trace_graph(model._plan, nonbatch, fixed, dtypes)
+        state.traces[key] = trace_graph(model._plan, nonbatch, fixed, dtypes, values)
     return state.traces[key]
 
 
@@ -226,18 +249,21 @@ def emit_lazy(trace: GraphTrace, plans: list[UnitPlan], where: dict[str, list],
               wanted: Sequence[str], feed: dict[str, da.Array], handles: dict[str, da.Array],
               consts: dict[str, np.ndarray], batch_chunks: tuple[int, ...]) -> dict[str, Any]:
     """One ``da.blockwise`` per unit; returns the wanted outputs as Dask arrays."""
-    n_rows = int(sum(batch_chunks))
     arrays: dict[int, tuple[da.Array, tuple]] = {}
     fixed = {n: _to_handle(feed[n], f"tf-input-{sanitize(n)}") for n in trace.fixed_inputs}
     resplits: dict[tuple, da.Array] = {}
+    starts = np.concatenate([[0], np.cumsum(batch_chunks)]).astype(int).tolist()
 
-    def resplit(p: int, sel: int | None) -> da.Array:
+    def resplit(p: int, sel: int | None, layout: tuple[int, int]) -> da.Array:
+        """Per-chunk rows of a whole unit's batch value, sliced along its batch layout."""
         if (p, sel) not in resplits:
             src = arrays[p][0]
-            one = da.blockwise(partial(select, sel=sel), (0,), src, (), new_axes={0: n_rows},
-                               concatenate=True, meta=np.empty((0,), object),
-                               name=f"tf-rows-{tokenize(src.name, sel)}")
-            resplits[(p, sel)] = one.rechunk({0: batch_chunks})
+            name = f"tf-rows-{tokenize(src.name, sel, layout, batch_chunks)}"
+            layer = {(name, j): (rows, (src.name,), sel, starts[j], starts[j + 1], layout)
+                     for j in range(len(batch_chunks))}
+            graph = HighLevelGraph.from_collections(name, layer, dependencies=[src])
+            resplits[(p, sel)] = da.Array(graph, name, chunks=(batch_chunks,),
+                                          meta=np.empty((0,), object))
         return resplits[(p, sel)]
 
     for k, up in enumerate(plans):
@@ -249,7 +275,7 @@ def emit_lazy(trace: GraphTrace, plans: list[UnitPlan], where: dict[str, list],
             elif src[0] == "unit":
                 pairs += list(arrays[src[1]])
             elif src[0] == "resplit":
-                pairs += [resplit(src[1], src[2]), (0,)]
+                pairs += [resplit(src[1], src[2], src[3]), (0,)]
             else:
                 pairs += [handles[src[1]], ()]
         name = f"tf-{up.unit.label}-{tokenize(up.program, [a.name for a in pairs[::2]])}"
@@ -260,14 +286,18 @@ def emit_lazy(trace: GraphTrace, plans: list[UnitPlan], where: dict[str, list],
             arrays[k] = (arr, ())
             continue
         v = up.exports[0] if len(up.exports) == 1 else None
-        if v is not None and v in wanted and trace.value_class.get(v) == BATCH:
-            shape = trace.nonbatch_shape(v)
-            ind = tuple(range(len(shape) + 1))
-            present = {i for a_ind in pairs[1::2] for i in a_ind}
-            adjust = {i + 1: d for i, d in enumerate(shape) if i + 1 in present}
-            new = {i + 1: d for i, d in enumerate(shape) if i + 1 not in present}
+        if v is not None and v in wanted and trace.value_class.get(v) == BATCH \
+                and len(where[v][0]) == 1 and trace.layout(v)[2] == 1:
+            # the unit's blocks are the output's chunks: label 0 (the chunk index) sits on the
+            # output's batch axis, labels of this unit's own on the others
+            axis, factor, _ = trace.layout(v)
+            shape = trace.full_shape(v, 0)
+            base = _FRESH * (k + 2)
+            ind = tuple(0 if i == axis else base + i for i in range(len(shape)))
+            new = {base + i: int(d) for i, d in enumerate(shape) if i != axis}
+            adjust = {0: partial(_times, factor=factor)} if factor != 1 else None
             arr = da.blockwise(fn, ind, *pairs, concatenate=True, align_arrays=False,
-                               adjust_chunks=adjust, new_axes=new,
+                               new_axes=new, adjust_chunks=adjust,
                                meta=np.empty((0,) * len(ind), trace.dtypes[v]), name=name)
             arrays[k] = (arr, ind)
         else:
@@ -288,29 +318,67 @@ def emit_lazy(trace: GraphTrace, plans: list[UnitPlan], where: dict[str, list],
 
 def _assemble(trace: GraphTrace, v: str, where: tuple[list, int | None],
               plans: list[UnitPlan], arrays: dict, batch_chunks: tuple[int, ...]) -> da.Array:
-    """The user-facing array of output ``v`` from the unit(s) that produce it."""
+    """The user-facing array of output ``v`` from the unit(s) that produce it: chunked along
+    its batch axis like the input's batch; one chunk if it does not carry the batch."""
     parts, axis = where
     shape = trace.full_shape(v, int(sum(batch_chunks)))
     dtype = trace.dtypes[v]
     meta = np.empty((0,) * len(shape), dtype)
     p0, sel0 = parts[0]
     if len(parts) == 1 and sel0 is None and not plans[p0].unit.whole \
-            and arrays[p0][1] == tuple(range(len(shape))):
-        return arrays[parts[0][0]][0]
+            and arrays[p0][0].dtype != object:  # the unit's blocks are already this output's
+        return arrays[p0][0]
     sels = tuple(sel for _, sel in parts)
     fn = partial(_gather, sels=sels, axis=axis)
     srcs = [arrays[p] for p, _ in parts]
     name = f"tf-out-{sanitize(v)}-{tokenize([a.name for a, _ in srcs], sels)}"
-    ind = tuple(range(len(shape)))
+    layout = trace.layout(v)
     if any(plans[p].unit.whole for p, _ in parts):
-        pairs = [x for a, _ in srcs for x in (a, ())]
-        arr = da.blockwise(fn, ind, *pairs, new_axes=dict(enumerate(shape)), meta=meta,
-                           concatenate=True, name=name)
-        return arr.rechunk({0: batch_chunks}) if trace.value_class[v] == BATCH else arr
+        # one task gathers the whole value; unknown dims (nan) stay unknown to Dask
+        deps = [a for a, _ in srcs]
+        assert all(a.ndim == 0 for a in deps), f"output {v!r} mixes whole and chunked parts"
+        key = (name, *(0,) * len(shape))
+        graph = HighLevelGraph.from_collections(
+            name, {key: (fn, *[(a.name,) for a in deps])}, dependencies=deps)
+        arr = da.Array(graph, name, chunks=tuple((d,) for d in shape), meta=meta)
+        if layout is None or layout[2] != 1:
+            return arr
+        batch_axis, factor, _ = layout
+        return arr.rechunk({batch_axis: tuple(c * factor for c in batch_chunks)})
+    assert layout is not None, f"per-chunk output {v!r} without a batch layout"
+    batch_axis, factor, outer = layout
+    if outer != 1:
+        # the batch is not outermost on its axis (``(S*B, E)``): no chunk is a contiguous
+        # block of the output, so one task joins them and the output is one chunk
+        key = (name, *(0,) * len(shape))
+        fn = partial(_gather_rows, sels=sels, axis=axis, layout=layout)
+        graph = HighLevelGraph.from_collections(
+            name, {key: (fn, *[[(a.name, j) for j in range(len(batch_chunks))]
+                                for a, _ in srcs])}, dependencies=[a for a, _ in srcs])
+        return da.Array(graph, name, chunks=tuple((int(d),) for d in shape), meta=meta)
+    ind = tuple(0 if i == batch_axis else _FRESH + i for i in range(len(shape)))
     pairs = [x for a, a_ind in srcs for x in (a, a_ind)]
-    new = {i: d for i, d in enumerate(shape) if i > 0}
-    return da.blockwise(fn, ind, *pairs, new_axes=new, meta=meta, concatenate=True,
-                        align_arrays=False, name=name)
+    new = {_FRESH + i: int(d) for i, d in enumerate(shape) if i != batch_axis}
+    adjust = {0: partial(_times, factor=factor)} if factor != 1 else None
+    return da.blockwise(fn, ind, *pairs, new_axes=new, adjust_chunks=adjust, meta=meta,
+                        concatenate=True, align_arrays=False, name=name)
+
+
+#: Blockwise index labels for an output's non-batch axes start here (the batch chunk index is
+#: label 0, an input's own axes are 0..ndim-1; unit k uses labels from ``_FRESH * (k + 2)``):
+#: far from each other, so no two arrays share a label by accident.
+_FRESH = 1000
+
+
+def _times(chunk: int, factor: int) -> int:
+    return chunk * factor
+
+
+def _gather_rows(*chunk_lists: list, sels: tuple, axis: int | None,
+                 layout: tuple[int, int, int]) -> Any:
+    """Every chunk of an output (one list per part), joined along its batch layout."""
+    return join_rows([_gather(*blocks, sels=sels, axis=axis) for blocks in zip(*chunk_lists)],
+                     layout)
 
 
 def _gather(*blocks: Any, sels: tuple, axis: int | None) -> Any:

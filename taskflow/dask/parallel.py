@@ -1,7 +1,7 @@
 """Placing work and weights on a cluster: restricted submission, weight keys, ``to_cluster``.
 
 Dask's array optimisation drops ``dask.annotate(workers=...)`` and fuses across the annotated
-layers (shared/notes/dask-scheduler-plugins.md; checked again here: a two-stage blockwise chain
+layers (docs/notes/dask-scheduler-plugins.md; checked again here: a two-stage blockwise chain
 with different ``workers`` annotations came out as one fused layer with no annotations). So a
 plan that pins units to workers is submitted directly: one ``client.submit`` per unit and chunk
 with ``workers=`` and ``allow_other_workers=False``, keys ``(tf-<unit>-<token>, chunk)``. The
@@ -21,6 +21,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from taskflow.dask.layout import join_rows
 from taskflow.dask.trace import BATCH, GraphTrace, sanitize
 from taskflow.dask.units import INLINE_CONST_BYTES, UnitPlan, rows, run_unit, select
 
@@ -56,8 +57,9 @@ def submit_plans(client: Any, trace: GraphTrace, plans: list[UnitPlan], where: d
             if (p, src[2]) not in resplit:
                 tok = tokenize(results[p].key, src[2])
                 resplit[(p, src[2])] = [
-                    client.submit(rows, results[p], src[2], starts[c], starts[c + 1],
-                                  key=(f"tf-rows-{tok}", c)) for c in range(n)]
+                    client.submit(rows, results[p], src[2], int(starts[c]),
+                                  int(starts[c + 1]), src[3], key=(f"tf-rows-{tok}", c))
+                    for c in range(n)]
             return resplit[(p, src[2])] if j is None else resplit[(p, src[2])][j]
         if plans[p].unit.whole:
             return results[p]
@@ -76,13 +78,15 @@ def submit_plans(client: Any, trace: GraphTrace, plans: list[UnitPlan], where: d
             continue
         # a unit whose one export is a wanted output gets the output array's own keys
         v = up.exports[0] if len(up.exports) == 1 else None
-        zeros: tuple[int, ...] = ()
-        if v in wanted and len(where[v][0]) == 1 and trace.value_class[v] == BATCH:
-            zeros = (0,) * len(trace.nonbatch_shape(v))
-            direct[v] = (name, zeros)
+        rank, axis = 1, 0
+        if v in wanted and len(where[v][0]) == 1 and trace.value_class[v] == BATCH \
+                and trace.layout(v)[2] == 1:
+            rank, axis = len(trace.full_shape(v, 0)), trace.layout(v)[0]
+            direct[v] = name
         results[k] = [client.submit(run_unit, up.program, *[arg(s, j, False)
                                                              for s in up.sources],
-                                    key=(name, j, *zeros), **restrict) for j in range(n)]
+                                    key=(name, *_block_index(j, axis, rank)), **restrict)
+                      for j in range(n)]
     out = {}
     for v in wanted:
         if v in feed:
@@ -90,16 +94,30 @@ def submit_plans(client: Any, trace: GraphTrace, plans: list[UnitPlan], where: d
         elif v in consts:
             out[v] = da.from_array(consts[v], chunks=consts[v].shape)
         elif v in direct:
-            name, zeros = direct[v]
+            name = direct[v]
             futures = results[where[v][0][0][0]]
-            layer = {(name, j, *zeros): f for j, f in enumerate(futures)}
-            chunks = (tuple(batch_chunks),) + tuple((d,) for d in trace.nonbatch_shape(v))
+            layer = {f.key: f for f in futures}
             out[v] = da.Array(HighLevelGraph.from_collections(name, layer, dependencies=()),
-                              name, chunks=chunks,
-                              meta=np.empty((0,) * len(chunks), trace.dtypes[v]))
+                              name, chunks=_chunks(trace, v, batch_chunks),
+                              meta=np.empty((0,) * len(trace.shapes[v][0]), trace.dtypes[v]))
         else:
             out[v] = _assemble(client, trace, v, where[v], plans, results, starts)
     return out
+
+
+def _block_index(j: int, axis: int, rank: int) -> tuple[int, ...]:
+    """The block index of chunk ``j`` of a value whose batch lies on ``axis``."""
+    return tuple(j if i == axis else 0 for i in range(rank))
+
+
+def _chunks(trace: GraphTrace, v: str, batch_chunks: tuple[int, ...]) -> tuple:
+    """Dask chunks of output ``v``: its batch axis split like the input's batch."""
+    shape = trace.full_shape(v, int(sum(batch_chunks)))
+    lay = trace.layout(v)
+    if lay and lay[2] != 1:  # the batch is not outermost on its axis: one chunk
+        lay = None
+    return tuple(tuple(c * lay[1] for c in batch_chunks) if lay and i == lay[0] else (d,)
+                 for i, d in enumerate(shape))
 
 
 def _keys(x: Any) -> Any:
@@ -112,36 +130,44 @@ def _assemble(client: Any, trace: GraphTrace, v: str, where: tuple[list, int | N
               plans: list[UnitPlan], results: dict[int, Any], starts: np.ndarray) -> da.Array:
     """A Dask array over futures holding output ``v`` (one small gather task per chunk)."""
     parts, axis = where
-    n_rows = int(starts[-1])
-    shape = trace.full_shape(v, n_rows)
-    batched = trace.value_class[v] == BATCH
-    n = len(starts) - 1 if batched else 1
+    shape = trace.full_shape(v, int(starts[-1]))
+    lay = trace.layout(v)
+    n = len(starts) - 1 if lay and lay[2] == 1 else 1
     name = f"tf-out-{sanitize(v)}-{tokenize(v, [_keys(results[p]) for p, _ in parts])}"
-    zeros = (0,) * (len(shape) - 1)
     layer = {}
+    whole = any(plans[p].unit.whole for p, _ in parts)
+    if lay and lay[2] != 1 and not whole:
+        # the batch is not outermost on its axis: one task joins every chunk
+        key = (name, *(0,) * len(shape))
+        layer[key] = client.submit(_gather_rows, *[list(results[p]) for p, _ in parts],
+                                   sels=tuple(s for _, s in parts), axis=axis, layout=lay,
+                                   key=key)
+        n = 0
     for j in range(n):
         blocks, sels = [], []
         for p, sel in parts:
             r = results[p]
             blocks.append(r if plans[p].unit.whole else r[j])
             sels.append(sel)
-        whole = any(plans[p].unit.whole for p, _ in parts)
-        lo, hi = (int(starts[j]), int(starts[j + 1])) if batched and whole else (None, None)
-        key = (name, j, *zeros) if shape else (name,)
-        layer[key] = client.submit(_gather, *blocks, sels=tuple(sels), axis=axis, lo=lo, hi=hi,
+        cut = (int(starts[j]), int(starts[j + 1]), lay) if lay and whole else None
+        key = (name, *_block_index(j, lay[0] if lay else 0, len(shape)))
+        layer[key] = client.submit(_gather, *blocks, sels=tuple(sels), axis=axis, cut=cut,
                                    key=key)
-    chunks = ((tuple(np.diff(starts).tolist()),) if batched else ((shape[0],),) if shape
-              else ()) + tuple((d,) for d in shape[1:])
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    chunks = _chunks(trace, v, tuple(np.diff(starts).tolist()))
     return da.Array(graph, name, chunks=chunks, meta=np.empty((0,) * len(shape),
                                                                 trace.dtypes[v]))
 
 
-def _gather(*blocks: Any, sels: tuple, axis: int | None, lo: int | None,
-            hi: int | None) -> Any:
+def _gather_rows(*chunk_lists: list, sels: tuple, axis: int | None, layout: tuple) -> Any:
+    return join_rows([_gather(*blocks, sels=sels, axis=axis, cut=None)
+                      for blocks in zip(*chunk_lists)], layout)
+
+
+def _gather(*blocks: Any, sels: tuple, axis: int | None, cut: tuple | None) -> Any:
     parts = [select(b, s) for b, s in zip(blocks, sels)]
     out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis or 0)
-    return out if lo is None else out[lo:hi]
+    return out if cut is None else rows(out, None, *cut)
 
 
 @dataclass
@@ -203,16 +229,36 @@ def place_weights(model: Model, client: Any, trace: GraphTrace, plans: list[Unit
             cur = readers.get(src[1], set())
             readers[src[1]] = None if cur is None or not p.unit.workers \
                 else cur | set(p.unit.workers)
-    futures = {}
+    futures, todo = {}, {}
     for name, workers in readers.items():
         key = weight_key(model, trace, name, consts[name])
-        fut = state.placed.get(key)
-        if not _live(fut, client):
-            kw = {"broadcast": True} if workers is None else {"workers": sorted(workers)}
-            fut = client.scatter({(key,): consts[name]}, hash=False, **kw)[(key,)]
-            state.placed[key] = fut
-        futures[name] = fut
-    return futures
+        fut = _reuse(state, key, client)
+        if fut is None:
+            todo.setdefault(tuple(sorted(workers)) if workers is not None else None,
+                            {})[(key,)] = consts[name]
+        futures[name] = key
+    for workers, data in todo.items():
+        kw = {"broadcast": True} if workers is None else {"workers": list(workers)}
+        for k, fut in client.scatter(data, hash=False, **kw).items():
+            state.placed[k[0]] = _shared[(client.id, k[0])] = fut
+    return {name: state.placed[key] for name, key in futures.items()}
+
+
+#: Weights placed on a cluster by any model, by (client id, content-hashed key), held weakly:
+#: a second model with equal weights reuses them; they go when no model holds them any more.
+_shared: weakref.WeakValueDictionary[tuple[str, str], Any] = weakref.WeakValueDictionary()
+
+
+def _reuse(state: _State, key: str, client: Any) -> Any:
+    """The live future of weight ``key`` on ``client``'s cluster, if any model placed it."""
+    fut = state.placed.get(key)
+    if _live(fut, client):
+        return fut
+    fut = _shared.get((getattr(client, "id", None), key))
+    if _live(fut, client):
+        state.placed[key] = fut
+        return fut
+    return None
 
 
 def to_cluster(model: Model, client: Any) -> dict[str, Any]:
@@ -236,9 +282,10 @@ def to_cluster(model: Model, client: Any) -> dict[str, Any]:
     for name, value in consts.items():
         if value.nbytes > INLINE_CONST_BYTES:
             key = weight_key(model, trace, name, value)
-            if not _live(state.placed.get(key), client):
+            if _reuse(state, key, client) is None:
                 todo[(key,)] = value
     if todo:
         futures = client.scatter(todo, broadcast=True, hash=False)
-        state.placed.update({k[0]: f for k, f in futures.items()})
+        for k, f in futures.items():
+            state.placed[k[0]] = _shared[(client.id, k[0])] = f
     return dict(state.placed)

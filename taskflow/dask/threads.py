@@ -1,9 +1,9 @@
 """How many threads run where: worker processes x worker threads x kernel threads.
 
-The invariant (DESIGN.md, "Threads"): ``workers * threads_per_worker * kernel_threads`` never
-exceeds the cores this process may use, i.e. the CPU affinity mask capped by the cgroup CPU quota.
-Oversubscription does not fail, it just makes every kernel slower (threads wait for each other at
-barriers while the OS time-slices them), so it is refused unless asked for.
+The invariant (docs/architecture.md, decision 5 "Threads"): ``workers * threads_per_worker *
+kernel_threads`` never exceeds the cores this process may use, i.e. the CPU affinity mask capped by
+the cgroup CPU quota. Oversubscription does not fail, it just makes every kernel slower (threads
+wait for each other at barriers while the OS time-slices them), so it is refused unless asked for.
 
 Kernel threads are set three ways, because no single knob reaches every library:
 Numba (``numba.set_num_threads``, thread-local; new threads start at the pool size, so workers cap

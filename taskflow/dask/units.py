@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from taskflow import ops
+from taskflow.dask.layout import ROWS, Layout, join_rows, take_rows
 from taskflow.dask.trace import BATCH, CONST, META, GraphTrace, NodeInfo
-from taskflow.errors import TaskflowError
+from taskflow.errors import ShapeError, TaskflowError
 from taskflow.executor import placed_call, release_schedule
 from taskflow.ir.placement import Slot, concat_slots
 
@@ -48,12 +49,25 @@ class Unit:
 @dataclass(frozen=True)
 class Bind:
     """Where a program finds value ``name``: argument ``pos`` (element ``sel`` of a tuple),
-    or the concatenation along ``axis`` of several such parts (model-parallel blocks)."""
+    or the concatenation along ``axis`` of several such parts (model-parallel blocks).
+    A batched value carries the batch with ``layout`` (see :mod:`taskflow.dask.trace`)."""
 
     name: str
     parts: tuple[tuple[int, int | None], ...]
     axis: int | None = None
     batched: bool = False
+    layout: Layout = ROWS
+
+
+@dataclass(frozen=True)
+class Check:
+    """The shape a program's output ``value`` (made by node ``node``) must have: ``shape``
+    with the batch axis of ``layout`` set to rows x factor; ``None`` dims are not checked."""
+
+    value: str
+    node: str
+    shape: tuple[int | None, ...]
+    layout: Layout | None
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,7 @@ class Program:
     #: (node position, slot): convolutions that write into their Concat's buffer
     #: (:mod:`taskflow.ir.placement`).
     slots: tuple[tuple[int, Slot], ...] = ()
+    checks: tuple[Check, ...] = ()
 
 
 _kernels: dict[tuple[str, str], Any] = {}
@@ -78,17 +93,20 @@ _kernels: dict[tuple[str, str], Any] = {}
 def run_unit(program: Program, *args: Any) -> Any:
     """Run ``program`` on one chunk (or, for whole units, on lists of all chunks)."""
     env: dict[str, Any] = dict(program.literals)
+    n_rows: tuple[int, str] | None = None
     for b in program.binds:
         parts = []
         for pos, sel in b.parts:
             a = args[pos] if b.batched else aligned_weight(args[pos])
             if program.whole and b.batched:
                 blocks = [blk if sel is None else blk[sel] for blk in _flatten(a)]
-                parts.append(blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0))
+                parts.append(join_rows(blocks, b.layout))
             else:
                 parts.append(a if sel is None else a[sel])
         value = parts[0] if b.axis is None else np.concatenate(parts, axis=b.axis)
         env[b.name] = _aligned(value)
+        if b.batched:
+            n_rows = _rows_of(program, b, value, n_rows)
     release = _releases(program)
     slots = dict(program.slots)
     buffers: dict[int, Any] = {}
@@ -113,8 +131,41 @@ def run_unit(program: Program, *args: Any) -> Any:
         for dead in release[k]:
             env.pop(dead, None)
         buffers.pop(k, None)
+    if n_rows is not None:
+        for c in program.checks:
+            check_shape(c, env[c.value], n_rows[0], program.label)
     out = tuple(env[o] for o in program.outputs)
     return out[0] if len(out) == 1 else out
+
+
+def _rows_of(program: Program, b: Bind, value: Any, rows: tuple[int, str] | None
+             ) -> tuple[int, str]:
+    """The batch rows bound value ``b`` holds; every batched value of a task must agree."""
+    axis, k, _ = b.layout
+    shape = getattr(value, "shape", ())
+    n = shape[axis] // k if len(shape) > axis else -1
+    if n < 0 or (rows is not None and n != rows[0]):
+        raise ShapeError(
+            f"task {program.label!r}: value {b.name!r} has shape {tuple(shape)!r}, i.e. {n} "
+            f"batch rows on axis {axis} (factor {k}), but value {rows[1] if rows else '?'!r} "
+            f"holds {rows[0] if rows else '?'} rows; the Dask graph sliced the batch "
+            f"inconsistently (a taskflow bug: please report it with the model)")
+    return (n, b.name) if rows is None else rows
+
+
+def check_shape(c: Check, value: Any, rows: int, label: str) -> None:
+    """Raise :class:`ShapeError` unless ``value`` has the shape ``c`` declares for ``rows``."""
+    want = list(c.shape)
+    if c.layout is not None:
+        want[c.layout[0]] = rows * c.layout[1]
+    got = tuple(getattr(value, "shape", np.shape(value)))
+    if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+        shown = tuple("?" if w is None else w for w in want)
+        raise ShapeError(
+            f"node {c.node!r} computed value {c.value!r} with shape {got!r} in task "
+            f"{label!r} for {rows} batch rows, but the Dask graph declared {shown!r}; the "
+            f"batch analysis was wrong for this model (a taskflow bug: please report it); "
+            f"Model.run gives the right result meanwhile")
 
 
 def _releases(program: Program) -> list[tuple[str, ...]]:
@@ -160,8 +211,9 @@ def select(block: Any, sel: int | None) -> Any:
     return block if sel is None else block[sel]
 
 
-def rows(block: Any, sel: int | None, start: int, stop: int) -> Any:
-    return select(block, sel)[start:stop]
+def rows(block: Any, sel: int | None, start: int, stop: int, layout: Layout = ROWS) -> Any:
+    """Batch rows ``start:stop`` of ``block`` (element ``sel``), along its batch layout."""
+    return take_rows(select(block, sel), layout, start, stop)
 
 
 def _flatten(a: Any) -> list[Any]:
@@ -258,8 +310,8 @@ def _unit(nodes: list[NodeInfo], whole: bool, last: NodeInfo) -> Unit:
 class UnitPlan:
     """A unit with its program and where each program argument comes from.
 
-    Sources: ``("input", name)``, ``("unit", k)``, ``("resplit", k, sel)`` (per-chunk rows
-    of a whole unit's batch value) and ``("weight", name)``.
+    Sources: ``("input", name)``, ``("unit", k)``, ``("resplit", k, sel, layout)`` (per-chunk
+    rows of a whole unit's batch value) and ``("weight", name)``.
     """
 
     unit: Unit
@@ -323,25 +375,28 @@ def build_plans(trace: GraphTrace, units: list[Unit], wanted: Sequence[str], dev
                     binds.append(Bind(v, ((arg(("weight", v)), None),)))
                 continue
             batched = cls == BATCH
+            layout = trace.layout(v) or ROWS
             if v in trace.batch_inputs or v in trace.fixed_inputs:
-                binds.append(Bind(v, ((arg(("input", v)), None),), batched=batched))
+                binds.append(Bind(v, ((arg(("input", v)), None),), batched=batched,
+                                  layout=layout))
                 continue
             parts = []
             for p in owner[v]:
                 sel = None if len(exports[p]) == 1 else exports[p].index(v)
                 if units[p].whole and batched and not u.whole:
-                    parts.append((arg(("resplit", p, sel)), None))
+                    parts.append((arg(("resplit", p, sel, layout)), None))
                 else:
                     parts.append((arg(("unit", p)), sel))
             axis = split_axis.get(v) if len(parts) > 1 else None
-            binds.append(Bind(v, tuple(parts), axis, batched))
+            binds.append(Bind(v, tuple(parts), axis, batched, layout))
         nodes = tuple((n.label, n.node.op, tuple(u.rename.get(i, i) for i in n.node.inputs),
                        tuple(n.node.outputs), dict(n.node.attrs)) for n in bodies[k])
         slots = () if device != "cpu" else tuple(concat_slots(
             [(op, ins, outs, attrs) for _, op, ins, outs, attrs in nodes],
             lambda v: _channels(trace, v), exports[k]).items())
+        checks = tuple(declared(trace, v) for v in exports[k] if v not in split_axis)
         program = Program(u.label, nodes, tuple(binds), tuple(literals), tuple(exports[k]),
-                          device, u.whole, slots)
+                          device, u.whole, slots, checks)
         plans.append(UnitPlan(u, program, sources, exports[k]))
     where = {}
     for v in wanted:
@@ -349,6 +404,14 @@ def build_plans(trace: GraphTrace, units: list[Unit], wanted: Sequence[str], dev
             where[v] = ([(p, None if len(exports[p]) == 1 else exports[p].index(v))
                          for p in owner[v]], split_axis.get(v))
     return plans, where
+
+
+def declared(trace: GraphTrace, v: str) -> Check:
+    """The shape check of value ``v``: the same rule that declares its Dask shape
+    (:meth:`GraphTrace.full_shape`), so a task never returns what the graph did not declare."""
+    shape = tuple(None if d != d else int(d) for d in trace.full_shape(v, 0))
+    p = trace.producer.get(v)
+    return Check(v, p.name if p else v, shape, trace.layout(v))
 
 
 def _channels(trace: GraphTrace, name: str) -> int | None:

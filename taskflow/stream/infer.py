@@ -1,10 +1,10 @@
 """``infer_zarr``: stream a Zarr dataset through a model on a Dask cluster, into a Zarr group.
 
-DESIGN.md decision 7. A task covers whole output chunks; the *worker* reads their input rows,
-applies the declared preprocessing, runs :meth:`Model.run` in-process and writes each output
-region and then its done-marker (:mod:`taskflow.stream.manifest`,
-:mod:`taskflow.stream.worker`), so no
-data passes through the client and no output chunk is written by two tasks at once.
+docs/architecture.md, decision 8 (Streaming). A task covers whole output chunks; the *worker* reads
+their input rows, applies the declared preprocessing, runs :meth:`Model.run` in-process and writes
+each output region and then its done-marker (:mod:`taskflow.stream.manifest`,
+:mod:`taskflow.stream.worker`), so no data passes through the client and no output chunk is written
+by two tasks at once.
 
 The client keeps at most ``window`` tasks in flight and submits the next as each finishes.
 Tasks start as single chunks; once the first ones report how long a chunk takes, consecutive
@@ -29,7 +29,12 @@ from taskflow.dashboard.telemetry import emit_job
 from taskflow.errors import TaskflowError
 from taskflow.stream import manifest as mf
 from taskflow.stream.report import FailedChunk, JobSummary, Progress
-from taskflow.stream.sources import location, output_specs, validate_feed
+from taskflow.stream.sources import (
+    check_rows_independent,
+    location,
+    output_specs,
+    validate_feed,
+)
 from taskflow.stream.worker import ChunkJob, JobPlugin, run_chunks, ship_model
 
 #: Tasks in flight per worker thread when ``window`` is not given. Queued tasks cost nothing on
@@ -132,6 +137,7 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
     batch = batch_size or first.chunks[0] or 1
     if not isinstance(batch, int) or batch < 1:
         raise TaskflowError(f"batch_size={batch_size!r}; expected an integer >= 1")
+    check_rows_independent(model, sources, pre, batch)
     n_chunks = -(-rows // batch)
     identity = {
         "model": {"name": model.graph.name, "sha256": mf.model_hash(model),

@@ -195,6 +195,23 @@ def _where(sources: Mapping[str, SourceArray]) -> str:
                      for n, s in sources.items())
 
 
+def check_rows_independent(model: Any, sources: Mapping[str, SourceArray],
+                           pre: Preprocess | None, batch: int) -> None:
+    """Refuse a model whose nodes mix the rows of a batch: streaming runs each chunk alone, so
+    its results would silently depend on the chunking. The batch analysis of the Dask lowering
+    (:mod:`taskflow.dask.trace`) decides, on the preprocessed inputs' shapes and dtypes."""
+    from taskflow.dask.lower import get_trace
+
+    probe = _zeros(sources, pre)
+    trace = get_trace(model, {n: tuple(x.shape[1:]) for n, x in probe.items()}, {},
+                      {n: np.dtype(x.dtype) for n, x in probe.items()})
+    why = trace.whole_batch_message()
+    if why:
+        raise ShapeError(f"{why}. infer_zarr runs each chunk of {batch} rows alone, which "
+                         f"would change those results: use Model.predict (it runs such nodes "
+                         f"once on the whole batch) or Model.run")
+
+
 def output_specs(model: Any, sources: Mapping[str, SourceArray], pre: Preprocess | None,
                  outputs: list[str] | None) -> dict[str, tuple[tuple[int, ...], str]]:
     """Output name -> (per-sample shape, dtype): from the graph where fully declared with the
