@@ -226,10 +226,13 @@ def run(args: argparse.Namespace) -> int:
     from taskflow.schedulers import policies_from_names
     from taskflow.stream.infer import EXIT_INCOMPLETE, EXIT_QUARANTINED, infer_zarr
     from taskflow.stream.preprocess import preprocess_from_text
+    from taskflow.stream.sources import location, validate_feed
 
     preprocess = preprocess_from_text(args.preprocess) if args.preprocess else None
     policies = policies_from_names(args.policy) if args.policy else None
     model, sources = load(args.model), _sources(args.input)
+    # bad input is refused before a cluster starts (infer_zarr checks again, on its own)
+    validate_feed(model, sources, preprocess, location(args.output))
     try:
         with Cluster(args.scheduler, policies=policies, quiet=True,
                      **_cluster_options(args)) as cluster:

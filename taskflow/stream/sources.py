@@ -87,6 +87,9 @@ def _open(loc: str) -> Any:
     try:
         return zarr.open(store=loc, mode="r")
     except FileNotFoundError as exc:
+        if "://" not in loc and os.path.isfile(loc):
+            raise InputError(f"source {loc!r} is a file; expected a Zarr store (a folder with "
+                             "zarr.json or .zarray/.zgroup, or an fsspec URL to one)") from exc
         raise FileNotFoundError(f"source {loc!r} does not exist") from exc
     except zarr.errors.NodeNotFoundError as exc:
         raise InputError(f"source {loc!r} is neither a Zarr array nor a Zarr group") from exc
