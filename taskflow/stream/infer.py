@@ -178,8 +178,8 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
                       "batch_size": batch, "window": window, "workers": len(c.nthreads()),
                       "threads": nthreads, "dashboard": dashboard})
         ship_model(c, model, job.model_hash)
+        registered = True  # before: a registration failing on some workers still leaves it
         c.register_plugin(JobPlugin(job), name=plugin_name)
-        registered = True
         loop = _stream(c, job, todo, window, retries, chunks_per_task, nthreads, report)
         failed = {k: v for k, v in failed_before.items() if k not in loop["done"]}
         failed.update(loop["failed"])

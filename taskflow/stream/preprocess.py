@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -216,10 +218,13 @@ def preprocess_from_text(text: str) -> Any:
     if not sep or not module or not attr:
         raise InputError(f"--preprocess {text!r}; expected a JSON object such as "
                          "'{\"scale\": \"uint8\"}' or an import path 'package.module:function'")
+    if os.getcwd() not in sys.path:  # like `python -m`: modules in the working folder import
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise InputError(f"--preprocess {text!r}: cannot import it ({exc})") from exc
+        raise InputError(f"--preprocess {text!r}: cannot import it ({exc}); run from the "
+                         "folder that holds it, or put its folder on PYTHONPATH") from exc
     return obj

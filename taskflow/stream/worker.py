@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -59,10 +60,62 @@ class ChunkJob:
                  target: str, outputs: list[str], rows: int, batch: int, preprocess: Any):
         self.token, self.model_hash, self.target = token, model_hash, target
         self.inputs = inputs  # model input name -> (store location, array path)
-        self.outputs, self.rows, self.batch, self.preprocess = outputs, rows, batch, preprocess
+        self.outputs, self.rows, self.batch = outputs, rows, batch
+        # Preprocessing travels as bytes, its user code by value: unpacking this job (in the
+        # worker plugin's setup) never imports a module the workers may lack, so a bad one
+        # fails the job's tasks, with a message, instead of every worker joining later.
+        self._pre = None if preprocess is None else pack_by_value(preprocess)
+        self._pre_obj: Any = None
+
+    @property
+    def preprocess(self) -> Any:
+        if self._pre is not None and self._pre_obj is None:
+            try:
+                self._pre_obj = pickle.loads(self._pre)
+            except Exception as exc:  # noqa: BLE001 - whatever the user's code raises
+                raise TaskflowError(f"job {self.token}: its preprocessing cannot be loaded on "
+                                    f"this worker ({type(exc).__name__}: {exc}); install the "
+                                    "packages it imports on the workers") from exc
+        return self._pre_obj
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pre_obj": None}
 
     def rows_of(self, k: int) -> tuple[int, int]:
         return k * self.batch, min(self.rows, (k + 1) * self.batch)
+
+
+def pack_by_value(obj: Any) -> bytes:
+    """``obj`` pickled with cloudpickle, the functions of user modules (not installed
+    packages) by value, so workers need not import them: ``--preprocess my_steps:fn`` works on
+    a cluster whose workers never saw ``my_steps.py``."""
+    import cloudpickle
+
+    modules = {m for m in map(sys.modules.get, _function_modules(obj))
+               if m is not None and _is_user_module(m)}
+    for m in modules:
+        cloudpickle.register_pickle_by_value(m)
+    try:
+        return cloudpickle.dumps(obj)
+    finally:
+        for m in modules:
+            cloudpickle.unregister_pickle_by_value(m)
+
+
+def _function_modules(obj: Any) -> set[str]:
+    found = set()
+    for value in [obj, *getattr(obj, "__dict__", {}).values()]:
+        items = value.values() if isinstance(value, dict) else [value]
+        found.update(getattr(f, "__module__", None) for f in items if callable(f))
+    return {m for m in found if m}
+
+
+def _is_user_module(module: Any) -> bool:
+    path = getattr(module, "__file__", None) or ""
+    if not path or module.__name__.split(".")[0] in ("taskflow", "numpy"):
+        return False
+    return not any(part in ("site-packages", "dist-packages") for part in path.split(os.sep)) \
+        and not path.startswith(sys.base_prefix)
 
 
 _JOBS: dict[str, ChunkJob] = {}
