@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401  (imported to register their ops)
     activation,
+    attention,
     conv,
     elementwise,
     indexing,
@@ -17,6 +18,8 @@ from . import (  # noqa: F401  (imported to register their ops)
     reduce,
     rotary,
     shape,
+    skip_norm,
+    squeeze_excite,
 )
 from .registry import (
     KINDS,

@@ -47,6 +47,7 @@ ACTIVATIONS: dict[str, tuple[str, ...]] = {
     "Clip": ("min", "max"),
     "HardSigmoid": ("alpha", "beta"),
     "Gelu": (),
+    "HardSwish": (),
 }
 
 

@@ -11,8 +11,21 @@ the packed-weight cache; :mod:`.warmup` compiles them all (``taskflow warmup``).
     pool.py      MaxPool, AveragePool, Global*Pool, LRN                norm.py      BN(+act) LN IN
     eltwise.py   activations, Add/Sub/Mul/Div, Softmax, Gelu, Erf      movement.py  Concat, shuffle
     blas.py      the GEMM all of them call (oneMKL's sequential sgemm, else numpy's)
+    attention.py batched MatMul, FusedAttention (strided batch GEMMs per group of heads)
+    skip_norm.py FusedAddLayerNorm (residual add + LayerNormalization, one pass per row)
+    squeeze_excite.py  FusedSqueezeExcite (pool, two GEMVs, scale: one sweep per sample)
 """
 
 from __future__ import annotations
 
-from . import conv, eltwise, matmul, movement, norm, pool  # noqa: F401  (register kernels)
+from . import (  # noqa: F401  (register kernels)
+    attention,
+    conv,
+    eltwise,
+    matmul,
+    movement,
+    norm,
+    pool,
+    skip_norm,
+    squeeze_excite,
+)

@@ -64,6 +64,15 @@ def _load() -> Any:
             fn.argtypes = args + [real, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                   ctypes.c_int, real, ctypes.c_void_p, ctypes.c_int]
             fn.restype = None
+        # batched products of attention (one call per group of heads); optional: an MKL
+        # without it (before 2020.2) makes gemm_batch loop over numpy's matmul instead
+        batch = getattr(mkl, "cblas_sgemm_batch_strided", None)
+        if batch is not None:
+            batch.argtypes = [ctypes.c_int] * 6 + [
+                ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
+                ctypes.c_int, ctypes.c_int]
+            batch.restype = None
         return mkl
     except (OSError, AttributeError) as exc:
         warnings.warn(f"taskflow: MKL at {path} is unusable ({exc}); GEMMs use numpy",
@@ -116,3 +125,49 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
                lb[1], 0.0, out.ctypes.data, ldc)
             return out
     return np.matmul(a, b, out=out)
+
+
+def _batch_layout(m: np.ndarray) -> tuple[int, int, int] | None:
+    """(transpose flag, leading dimension, batch stride) of a 3-D operand, in elements."""
+    item = m.itemsize
+    if m.strides[0] % item or m.strides[0] < 0:
+        return None
+    lay = _layout(m[0]) if m.shape[0] else None
+    return None if lay is None else (lay[0], lay[1], m.strides[0] // item)
+
+
+def gemm_batch(a: np.ndarray, b: np.ndarray, out: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """``out[i] = alpha * (a[i] @ b[i])`` for 3-D float32 arrays; returns ``out``.
+
+    One ``cblas_sgemm_batch_strided`` call when every operand has one batch stride and
+    matrices MKL can read (rows or columns contiguous: a transposed view costs nothing);
+    else numpy's matmul. ``out`` must have contiguous rows.
+    """
+    mkl = _mkl()
+    fn = getattr(mkl, "cblas_sgemm_batch_strided", None) if mkl is not None else None
+    if fn is not None and a.dtype == b.dtype == out.dtype == np.float32 \
+            and a.ndim == b.ndim == out.ndim == 3 and min(a.shape + b.shape) > 0 \
+            and out.flags.writeable and out.strides[2] == out.itemsize:
+        la, lb, lc = _batch_layout(a), _batch_layout(b), _batch_layout(out)
+        g, m, k = a.shape
+        n = b.shape[2]
+        if la is not None and lb is not None and lc is not None and lc[0] == _NO_TRANS \
+                and out.shape == (g, m, n) and b.shape[:2] == (g, k) and lc[1] >= n:
+            pa, pb, pc = a.ctypes.data, b.ctypes.data, out.ctypes.data
+            if lc[2] >= lc[1] * m:
+                fn(_ROW_MAJOR, la[0], lb[0], m, n, k, alpha, pa, la[1], la[2], pb, lb[1],
+                   lb[2], 0.0, pc, lc[1], lc[2], g)
+                return out
+            # interleaved outputs (heads written into (B, S, H, D) memory): MKL's batch call
+            # refuses C matrices closer than ldc * m, so one sgemm per matrix
+            it = out.itemsize
+            for i in range(g):
+                mkl.cblas_sgemm(_ROW_MAJOR, la[0], lb[0], m, n, k, alpha, pa + i * la[2] * it,
+                                la[1], pb + i * lb[2] * it, lb[1], 0.0, pc + i * lc[2] * it,
+                                lc[1])
+            return out
+    np.matmul(a, b, out=out)
+    if alpha != 1:
+        out *= out.dtype.type(alpha)
+    return out
+

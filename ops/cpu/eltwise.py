@@ -28,7 +28,7 @@ from .common import (
     run_ranges,
     vector,
 )
-from .epilogue import activate_into, activation_code
+from .epilogue import activate_into, activation_code, erf_fast, tanh_fast
 
 #: Below this many elements numpy's own SIMD loop (one thread) is as fast as ours: entering a
 #: Numba kernel and the thread pool costs a few microseconds.
@@ -104,7 +104,7 @@ def _unary_kernel(op: str, names: Sequence[str]):
 
 # Activations shared with the fused epilogues: one compiled loop serves all of them.
 for _op, _names in {"Relu": (), "LeakyRelu": ("alpha",), "Sigmoid": (), "Tanh": (),
-                    "Clip": (), "HardSigmoid": ("alpha", "beta")}.items():
+                    "Clip": (), "HardSigmoid": ("alpha", "beta"), "HardSwish": ()}.items():
     register_kernel(_op, "cpu")(_unary_kernel(_op, _names))
 
 
@@ -311,14 +311,21 @@ def _small_softmax(x: np.ndarray, axis: int) -> np.ndarray:
 GELU_ERF, GELU_TANH, ERF = range(3)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")  # no division check: loops vectorise
 def _erf_family(x, y, mode):
-    """Gelu (erf or tanh form) or Erf, evaluated in float64 as the references do."""
+    """Gelu (erf or tanh form) or Erf in float64; a float32 Gelu through the branch-free
+    erf_fast and tanh_fast (1e-7 and 3e-7 absolute, vectorised: 2-10x libm's speed), the rest
+    through libm."""
     k = math.sqrt(2.0 / math.pi)
+    fast = y.itemsize == 4  # float32 output: the approximations' 1e-7 is below its ulp
     for i in range(x.shape[0]):
         w = np.float64(x[i])
-        if mode == GELU_ERF:
+        if mode == GELU_ERF and fast:
+            y[i] = 0.5 * w * (1.0 + erf_fast(w * 0.7071067811865476))
+        elif mode == GELU_ERF:
             y[i] = 0.5 * w * (1.0 + math.erf(w * 0.7071067811865476))
+        elif mode == GELU_TANH and fast:
+            y[i] = 0.5 * w * (1.0 + tanh_fast(k * (w + 0.044715 * w * w * w)))
         elif mode == GELU_TANH:
             y[i] = 0.5 * w * (1.0 + math.tanh(k * (w + 0.044715 * w * w * w)))
         else:

@@ -15,13 +15,14 @@ import numpy as np
 from numba import njit
 
 from .. import registry
+from ..activation import HARD_SWISH_ALPHA
 from ..conv import ACTIVATIONS
 from .common import MIN_TASK_ELEMENTS, run_ranges
 
 # Activation codes, fixed: they are compiled into cached kernels.
-NONE, RELU, LEAKY_RELU, SIGMOID, TANH, CLIP, HARD_SIGMOID, GELU = range(8)
+NONE, RELU, LEAKY_RELU, SIGMOID, TANH, CLIP, HARD_SIGMOID, GELU, HARD_SWISH = range(9)
 _CODES = {"": NONE, "Relu": RELU, "LeakyRelu": LEAKY_RELU, "Sigmoid": SIGMOID, "Tanh": TANH,
-          "Clip": CLIP, "HardSigmoid": HARD_SIGMOID, "Gelu": GELU}
+          "Clip": CLIP, "HardSigmoid": HARD_SIGMOID, "Gelu": GELU, "HardSwish": HARD_SWISH}
 
 
 def _defaults(op: str, names: Sequence[str]) -> list[float]:
@@ -41,12 +42,60 @@ def activation_code(activation: str | bytes,
         return None
     if activation == "Clip":
         full = params + [-math.inf, math.inf][len(params):]
+    elif activation == "HardSwish":  # x * HardSigmoid(x) with the reference's fixed alpha
+        full = [float(HARD_SWISH_ALPHA), 0.5]
     elif names:
         full = params + _defaults(activation, names)[len(params):]
     else:
         full = []
     full += [0.0] * (2 - len(full))
     return _CODES[activation], float(full[0]), float(full[1])
+
+
+@njit(cache=True, inline="always")
+def erf_fast(v):
+    """erf of a float64 ``v`` to 1e-7 absolute: Eigen's rational minimax approximation on
+    [-4, 4], exactly +-1 beyond (erf(4) = 1 - 1.5e-8). Branch-free, so a loop over it
+    vectorises where libm's erf does not (in a kernel compiled with ``error_model="numpy"``:
+    Python's division check is a branch). NaN stays NaN."""
+    x = -4.0 if v < -4.0 else v
+    x = 4.0 if x > 4.0 else x
+    x2 = x * x
+    p = x2 * -2.72614225801306e-10 + 2.77068142495902e-08
+    p = x2 * p - 2.10102402082508e-06
+    p = x2 * p - 5.69250639462346e-05
+    p = x2 * p - 7.34990630326855e-04
+    p = x2 * p - 2.95459980854025e-03
+    p = x2 * p - 1.60960333262415e-02
+    q = x2 * -1.45660718464996e-05 - 2.13374055278905e-04
+    q = x2 * q - 1.68282697438203e-03
+    q = x2 * q - 7.37332916720468e-03
+    q = x2 * q - 1.42647390514189e-02
+    r = x * p / q
+    r = 1.0 if v > 4.0 else r
+    return -1.0 if v < -4.0 else r
+
+
+@njit(cache=True, inline="always")
+def tanh_fast(v):
+    """tanh of a float64 ``v`` to 3e-7 absolute: Eigen's rational approximation on
+    [-7.9, 7.9], exactly +-1 beyond (|tanh| > 1 - 3e-7 there); branch-free like
+    :func:`erf_fast`."""
+    x = -7.90531110763549805 if v < -7.90531110763549805 else v
+    x = 7.90531110763549805 if x > 7.90531110763549805 else x
+    x2 = x * x
+    p = x2 * -2.76076847742355e-16 + 2.00018790482477e-13
+    p = x2 * p - 8.60467152213735e-11
+    p = x2 * p + 5.12229709037114e-08
+    p = x2 * p + 1.48572235717979e-05
+    p = x2 * p + 6.37261928875436e-04
+    p = x2 * p + 4.89352455891786e-03
+    q = x2 * 1.19825839466702e-06 + 1.18534705686654e-04
+    q = x2 * q + 2.26843463243900e-03
+    q = x2 * q + 4.89352518554385e-03
+    r = x * p / q
+    r = 1.0 if v > 7.9 else r
+    return -1.0 if v < -7.9 else r
 
 
 @njit(cache=True, inline="always")
@@ -85,9 +134,19 @@ def activate_into(src, row, act, p0, p1, one):
             v = p0 * src[j] + p1
             v = zero if v < zero else v
             row[j] = one if v > one else v
+    elif act == HARD_SWISH:  # p0 = 1/6, p1 = 1/2: x * HardSigmoid(x), in the reference's order
+        for j in range(n):
+            x = src[j]
+            v = p0 * x + p1
+            v = zero if v < zero else v
+            row[j] = x * (one if v > one else v)
+    elif act == GELU and row.itemsize == 4:  # float32: erf_fast's 1e-7 is below its ulp
+        for j in range(n):
+            v = np.float64(src[j])  # float64: 1 + erf cancels for v << 0
+            row[j] = 0.5 * v * (1.0 + erf_fast(v * 0.7071067811865476))
     elif act == GELU:
         for j in range(n):
-            v = np.float64(src[j])  # as the reference: 1 + erf cancels for v << 0
+            v = np.float64(src[j])
             row[j] = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
 
 
@@ -111,7 +170,7 @@ def _epilogue_row(y, r, c0, width, bias, z, act, p0, p1, one):
     activate_row(row, act, p0, p1, one)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")  # numpy: divisions vectorise (erf_fast)
 def epilogue_rows(y, c0, width, bias, z, act, p0, p1, one):
     """``y[r, cols] = act(y[r, cols] + bias + z[r])`` for every row of 2-D ``y``, columns
     ``c0:c0 + width``; an empty ``bias`` or ``z`` (shape 0) is skipped."""

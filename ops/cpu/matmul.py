@@ -29,6 +29,9 @@ COLUMN_BLOCK = 128
 #: Multiply-adds below which a GEMM (a classifier head at small batch) is left to BLAS as is:
 #: splitting and thread switching would cost more than it saves.
 SMALL_GEMM = 1 << 24
+#: With MKL, multiply-adds from which a GEMM below SMALL_GEMM is still split into row blocks
+#: over the kernel threads (~0.2 ms of one core); smaller ones are one sequential MKL call.
+SPLIT_GEMM = 1 << 21
 
 
 def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,10 +55,16 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         run_tasks(lambda i: blas_gemm(a, b[:, i * step:(i + 1) * step],
                                       y[:, i * step:(i + 1) * step]), -(-n // step))
         return y
-    if m * n * a.shape[1] < SMALL_GEMM or m < 2 * MIN_BLOCK:
+    macs = m * n * a.shape[1]
+    sequential = backend() == "mkl" and a.dtype == b.dtype and macs < SMALL_GEMM
+    if not sequential and (macs < SMALL_GEMM or m < 2 * MIN_BLOCK):
         # small, or few rows (VGG's 25088x4096 weight): one call, with BLAS's own threads,
         # which split the weight's columns among themselves
         return np.matmul(a, b)
+    if sequential and (macs < SPLIT_GEMM or m < 2 * MIN_BLOCK or threads() == 1):
+        # small (a transformer's projections at small batch): one sequential MKL call on this
+        # thread; OpenBLAS's two threads took 17 ms for GPT's 512x128x128 under load
+        return blas_gemm(a, b, np.empty((m, n), a.dtype))
     y = np.empty((m, n), np.result_type(a, b))
     parts = max(1, min(m // MIN_BLOCK, TASKS_PER_THREAD * threads()))
     step = max(1, -(-m // parts))
@@ -132,7 +141,10 @@ def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = Non
             y = parallel_matmul(A.reshape(-1, A.shape[-1]), B)
             y = y.reshape(*A.shape[:-1], B.shape[1])
         else:
-            y = np.matmul(A, B)
+            from .attention import batched_matmul  # here: attention imports this module
+
+            y = batched_matmul(A, B)
+            y = np.matmul(A, B) if y is None else y
         n = y.shape[-1]
         vec = None if bias is None else _row_vector(bias.reshape(-1) if bias.ndim > 2 and
                                                     bias.size == n else bias, n, y.dtype)

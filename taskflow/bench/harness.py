@@ -47,6 +47,9 @@ PEAK_GEMM_SIZE = 2048
 PEERS = ("onnxruntime", "openvino", "openvino-default", "torch")
 #: taskflow's own runners; every other runner in a result is a peer.
 TASKFLOW_RUNNERS = ("taskflow", "taskflow-dask")
+#: Length given to a model's symbolic dimensions other than the batch (a transformer's
+#: sequence): what the issues measure MiniLM at.
+SEQUENCE = 128
 #: How far the Dask output may stray from ``Model.run``'s: the same kernels on the same input
 #: and thread count, so anything past float32 noise is a bug, not a rounding difference.
 DASK_TOLERANCE = 1e-5
@@ -86,6 +89,33 @@ def gemm_peak(repeat: int = 5, size: int = PEAK_GEMM_SIZE) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def sample_feed(graph: Any, batch: int, seq: int = SEQUENCE,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Valid random inputs for every graph input: the first symbolic dimension is ``batch``,
+    the others ``seq``. Floats are standard normal; integer inputs named like a mask are ones;
+    other integer inputs are token ids below the row count of the embedding tables they
+    index (Gather of an initializer), else below 2.
+    """
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for v in graph.inputs:
+        dims, first = [], True
+        for d in v.shape or ():
+            dims.append(d if isinstance(d, int) else batch if first else seq)
+            first = first and isinstance(d, int)
+        dtype = np.dtype(v.dtype or np.float32)
+        if dtype.kind == "f":
+            feed[v.name] = rng.standard_normal(dims).astype(dtype)
+        elif "mask" in v.name.lower() or dtype.kind == "b":
+            feed[v.name] = np.ones(dims, dtype)
+        else:
+            rows = [graph.initializers[n.inputs[0]].shape[0] for n in graph.nodes
+                    if n.op == "Gather" and n.inputs[1:2] == [v.name]
+                    and n.inputs[0] in graph.initializers]
+            feed[v.name] = rng.integers(0, min(rows, default=2), dims).astype(dtype)
+    return feed
+
+
 # --- peers --------------------------------------------------------------------------------
 def ort_runner(model: Any, threads: int) -> Callable[[np.ndarray], Any] | None:
     """ONNX Runtime (CPU provider, ORT_ENABLE_ALL, ``threads`` intra-op threads) on the
@@ -105,7 +135,7 @@ def ort_runner(model: Any, threads: int) -> Callable[[np.ndarray], Any] | None:
     session = ort.InferenceSession(to_onnx(model.source_graph).SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
+    return lambda x: session.run(None, x if isinstance(x, dict) else {name: x})
 
 
 def torch_runner(model: Any, threads: int) -> Callable[[np.ndarray], Any] | None:
@@ -266,9 +296,14 @@ def warmup_model(model: Any, batch: int = 1) -> tuple[float, float]:
 
 
 def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5,
-                peers: Sequence[str] = PEERS, dask: bool = True, seed: int = 0) -> BenchResult:
+                peers: Sequence[str] = PEERS, dask: bool = True, seed: int = 0,
+                seq: int = SEQUENCE) -> BenchResult:
     """Throughput of ``spec`` (path or light-model name) in taskflow, in-process and (with
     ``dask``) on an embedded one-worker Dask cluster, and in its peers.
+
+    Inputs come from :func:`sample_feed` (``seq``: the sequence length of a transformer). A
+    model with several inputs (token ids and a mask) runs in-process and in ONNX Runtime
+    only: the Dask runner and the PyTorch peer take one input.
 
     Kernel threads are applied once for the whole run and restored at the end; the cluster is
     closed at the end, whatever happens.
@@ -292,15 +327,20 @@ def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5
             model = load(path)
             first, warm = warmup_model(model)
             info = model.info()
-            (inp,) = model.graph.inputs
-            shape = tuple(batch if not isinstance(d, int) else d for d in inp.shape)
-            x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-            runners: dict[str, Callable[[], Any]] = {
-                "taskflow": lambda: model.run(None, {inp.name: x})}
+            feed = sample_feed(model.graph, batch, seq, seed)
+            single = len(feed) == 1
+            x = next(iter(feed.values())) if single else feed
+            runners: dict[str, Callable[[], Any]] = {"taskflow": lambda: model.run(None, feed)}
+            skipped = []
+            if dask and not single:
+                dask = False
+                skipped.append("taskflow-dask (one input only)")
             if dask:
                 runners["taskflow-dask"] = stack.enter_context(dask_runner(model, x, threads))
-            skipped = []
             for peer in peers:
+                if peer == "torch" and not single:
+                    skipped.append(f"{peer} (one input only)")
+                    continue
                 make = {"onnxruntime": ort_runner, "torch": torch_runner,
                         "openvino": openvino_runner,
                         "openvino-default": partial(openvino_runner, precision=None)}[peer]
@@ -382,11 +422,9 @@ def op_speedups(spec: str, *, batch: int = 8, threads: int = 2,
     thread_control.apply_kernel_threads(threads)
     try:
         model = load(resolve_model(spec))
-        (inp,) = model.graph.inputs
-        shape = tuple(batch if not isinstance(d, int) else d for d in inp.shape)
-        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        model.run(None, {inp.name: x})
-        model._plan.run({inp.name: x}, trace=trace)
+        feed = sample_feed(model.graph, batch)
+        model.run(None, feed)
+        model._plan.run(feed, trace=trace)
     finally:
         thread_control.reset_kernel_threads()
     return timings

@@ -13,6 +13,10 @@ import numpy as np
 
 from taskflow import ops
 from taskflow.ir.fold import fold_constants
+from taskflow.ir.fuse_attention import fuse_attention
+from taskflow.ir.fuse_gelu import fuse_gelu
+from taskflow.ir.fuse_layernorm import fuse_add_layernorm
+from taskflow.ir.fuse_squeeze_excite import fuse_squeeze_excite
 from taskflow.ir.graph import Graph, Node
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -228,6 +232,10 @@ FUSABLE_ACTIVATIONS: dict[str, Callable[[Node, Graph], list[float] | None]] = {
     "HardSigmoid": lambda n, g: [float(n.attrs.get("alpha", 0.2)),
                                  float(n.attrs.get("beta", 0.5))],
     "Clip": lambda n, g: _clip_params(n, g),
+    "HardSwish": lambda n, g: [],
+    # erf Gelu only: the epilogue has no tanh form (that one stays a Gelu node)
+    "Gelu": lambda n, g: [] if n.attrs.get("approximate", "none") in ("none", b"none")
+    else None,
 }
 
 _FUSED = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul",
@@ -482,7 +490,11 @@ PASSES: dict[str, Callable[[Graph], Graph]] = {
     "remove_identities": remove_identities,
     "fold_batchnorm": fold_batchnorm,
     "fold_channel_affine": fold_channel_affine,
+    "fuse_gelu": fuse_gelu,
+    "fuse_attention": fuse_attention,
+    "fuse_add_layernorm": fuse_add_layernorm,
     "fuse_epilogues": fuse_epilogues,
+    "fuse_squeeze_excite": fuse_squeeze_excite,  # after fuse_epilogues: matches FusedConv
     "fuse_channel_shuffle": fuse_channel_shuffle,
     "fold_shuffle_into_conv": fold_shuffle_into_conv,
     "eliminate_dead": eliminate_dead,

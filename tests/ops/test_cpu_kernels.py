@@ -17,6 +17,7 @@ import taskflow.ops as ops
 from numba.core.registry import CPUDispatcher as Dispatcher
 from taskflow.ops.conv import ACTIVATIONS
 from taskflow.ops.cpu import (
+    attention,
     common,
     conv,
     eltwise,
@@ -25,6 +26,8 @@ from taskflow.ops.cpu import (
     movement,
     norm,
     pool,
+    skip_norm,
+    squeeze_excite,
     winograd,
 )
 from taskflow.ops.cpu.common import is_channels_last
@@ -43,10 +46,18 @@ TOL: dict[str, tuple[float, float]] = {
     "Conv": (1e-4, 1e-4),
     "FusedConv": (1e-4, 1e-4),
     # MKL's sgemm (or OpenBLAS's) against numpy's OpenBLAS call: another summation order over
-    # K: ~1e-5 absolute on outputs of O(sqrt(K)); the sigmoid/gelu epilogue uses libm (1 ulp).
+    # K: ~1e-5 absolute on outputs of O(sqrt(K)); the sigmoid epilogue uses libm (1 ulp), the
+    # float32 gelu one erf_fast (1e-7 absolute).
     "Gemm": (1e-4, 1e-4),
     "FusedGemm": (1e-4, 1e-4),
     "FusedMatMul": (1e-4, 1e-4),
+    "MatMul": (1e-4, 1e-4),
+    # two GEMMs in MKL's order, float64 softmax sums against numpy's float32 ones
+    "FusedAttention": (1e-5, 1e-5),
+    # float64 statistics against the reference's float32 two-pass ones (as LayerNormalization)
+    "FusedAddLayerNorm": (1e-5, 1e-6),
+    # float64 channel sums and GEMVs against the reference's float32 mean and 1x1 convs
+    "FusedSqueezeExcite": (1e-5, 1e-6),
     # Same taps in the same order: bit-identical.
     "MaxPool": (0, 0),
     "AveragePool": (0, 0),
@@ -68,6 +79,7 @@ TOL: dict[str, tuple[float, float]] = {
     "Relu": (0, 0),
     "LeakyRelu": (0, 0),
     "HardSigmoid": (0, 0),
+    "HardSwish": (0, 0),
     "Clip": (0, 0),
     "Add": (0, 0),
     "Sub": (0, 0),
@@ -78,13 +90,15 @@ TOL: dict[str, tuple[float, float]] = {
     "Tanh": (1e-6, 1e-7),
     # float64 row sums against numpy's float32 ones.
     "Softmax": (1e-6, 1e-8),
-    # libm erf against the reference's rational erf (both ~1e-16 in float64).
+    # float32: erf_fast/tanh_fast (1e-7, 3e-7 absolute); float64 and Erf: libm's, against the
+    # reference's rational erf (both ~1e-16 in float64).
     "Gelu": (1e-6, 1e-7),
     "Erf": (1e-6, 1e-7),
 }
 #: float64: the same orderings, 2^29 times finer.
 FLOAT64_TOL = (1e-11, 1e-11)
-CPU_MODULES = (common, conv, eltwise, epilogue, matmul, movement, norm, pool, winograd)
+CPU_MODULES = (attention, common, conv, eltwise, epilogue, matmul, movement, norm, pool,
+               skip_norm, squeeze_excite, winograd)
 #: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
 EDGE_BATCHES = (None, 0, 1, 3)
 

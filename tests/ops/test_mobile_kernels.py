@@ -1,0 +1,115 @@
+"""Mobile-CNN kernels against their references: depthwise convolutions with fused HardSwish /
+HardSigmoid / ReLU epilogues, the HardSwish kernel, and FusedSqueezeExcite.
+
+Edge shapes on purpose: odd spatial sizes, stride 2 over an odd input, one sample, channel
+counts that are no multiple of a vector width, channels-last and NCHW inputs, one and two
+kernel threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import taskflow.ops as ops
+from taskflow.ops.cpu.common import is_channels_last
+from taskflow.ops.cpu.warmup import channels_last
+
+from taskflow.dask import threads
+
+from .oracles import assert_close
+
+#: GEMM-free depthwise sums in another order than the reference's: a few float32 ulps of
+#: sums of 9-25 terms; squeeze-excite sums in float64 against numpy's float32 mean.
+TOL = {"FusedConv": (1e-5, 1e-5), "FusedSqueezeExcite": (1e-5, 1e-6), "HardSwish": (0, 0)}
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def kernel_threads(request):
+    threads.apply_kernel_threads(request.param)
+    yield request.param
+    threads.reset_kernel_threads()
+
+
+def _check(op: str, args: list, attrs: dict) -> np.ndarray:
+    spec = ops.get(op)
+    want = spec.reference(*[None if a is None else np.ascontiguousarray(a) for a in args],
+                          **attrs)
+    got = spec.kernels["cpu"](*args, **attrs)
+    rtol, atol = TOL[op] if args[0].dtype == np.float32 else (1e-11, 1e-11)
+    assert_close(got, want, rtol=rtol, atol=atol, what=f"{op} {attrs}")
+    return got
+
+
+ACTS = {"HardSwish": [], "HardSigmoid": [1 / 6, 0.5], "Relu": [], "": []}
+
+
+@pytest.mark.parametrize("activation", list(ACTS), ids=lambda a: a or "none")
+@pytest.mark.parametrize("k,stride,size", [(3, 1, 9), (3, 2, 9), (5, 1, 7), (5, 2, 11),
+                                           (3, 2, 8), (5, 2, 5)])
+@pytest.mark.parametrize("batch,channels", [(1, 13), (3, 20)])
+def test_depthwise_with_fused_epilogue(activation, k, stride, size, batch, channels,
+                                       kernel_threads):
+    rng = np.random.default_rng(k * 100 + stride * 10 + batch)
+    x = rng.standard_normal((batch, channels, size, size + 2)).astype(np.float32)
+    w = rng.standard_normal((channels, 1, k, k)).astype(np.float32)
+    b = rng.standard_normal(channels).astype(np.float32)
+    attrs = {"group": channels, "pads": [k // 2] * 4, "strides": [stride, stride],
+             "kernel_shape": [k, k], "activation": activation,
+             "activation_params": ACTS[activation]}
+    for inp in (x, channels_last(x)):
+        _check("FusedConv", [inp, w, b], attrs)
+
+
+def test_depthwise_hardswish_float64_and_residual():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 7, 9, 9))
+    w = rng.standard_normal((7, 1, 3, 3))
+    z = rng.standard_normal((2, 7, 5, 5))
+    _check("FusedConv", [x, w, None, z], {"group": 7, "pads": [1, 1, 1, 1], "strides": [2, 2],
+                                          "activation": "HardSwish"})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_hardswish_kernel_is_bit_identical(dtype, layout, kernel_threads):
+    x = (np.random.default_rng(2).standard_normal((3, 13, 31, 33)) * 4).astype(dtype)
+    x.reshape(-1)[:4] = [np.nan, np.inf, -np.inf, -3.0]
+    if layout == "channels_last":
+        x = channels_last(x)
+    y = _check("HardSwish", [x], {})
+    assert is_channels_last(y) == is_channels_last(x)  # the layout is kept
+    assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == np.inf and y[0, 0, 0, 3] == 0
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "ReduceMean"])
+@pytest.mark.parametrize("batch,c,cr,h,w", [(1, 13, 3, 7, 5), (3, 16, 8, 1, 1),
+                                            (5, 72, 24, 14, 15)])
+def test_squeeze_excite_kernel(layout, pool, batch, c, cr, h, w, kernel_threads):
+    rng = np.random.default_rng(c + h)
+    x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
+    if layout == "channels_last":
+        x = channels_last(x)
+    w1 = rng.standard_normal((cr, c, 1, 1)).astype(np.float32)
+    b1 = rng.standard_normal(cr).astype(np.float32)
+    w2 = rng.standard_normal((c, cr, 1, 1)).astype(np.float32)
+    b2 = rng.standard_normal(c).astype(np.float32)
+    attrs = {"pool": pool, "activation": "Relu", "gate": "HardSigmoid",
+             "gate_params": [1 / 6, 0.5]}
+    y = _check("FusedSqueezeExcite", [x, w1, b1, w2, b2], attrs)
+    assert y.strides == x.strides or h * w == 1  # channels-last in, channels-last out
+    _check("FusedSqueezeExcite", [x, w1, None, w2, None],
+           {"pool": pool, "activation": "HardSwish", "gate": "Sigmoid"})
+
+
+def test_squeeze_excite_falls_back_to_the_reference_outside_its_fast_path():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 8, 5, 5)).astype(np.float16)
+    w1 = rng.standard_normal((4, 8, 1, 1)).astype(np.float16)
+    w2 = rng.standard_normal((8, 4, 1, 1)).astype(np.float16)
+    spec = ops.get("FusedSqueezeExcite")
+    np.testing.assert_array_equal(spec.kernels["cpu"](x, w1, None, w2),
+                                  spec.reference(x, w1, None, w2))
+    with pytest.raises(ValueError, match="pool"):
+        spec.kernels["cpu"](x.astype(np.float32), w1.astype(np.float32), None,
+                            w2.astype(np.float32), pool="Max")
