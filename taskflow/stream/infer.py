@@ -183,7 +183,7 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
         loop = _stream(c, job, todo, window, retries, chunks_per_task, nthreads, report)
         failed = {k: v for k, v in failed_before.items() if k not in loop["done"]}
         failed.update(loop["failed"])
-        mf.record(dst, failed=failed)
+        unrecorded = _record(dst, failed, token)
     finally:
         report.close()
         if registered:
@@ -199,7 +199,8 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
         chunks_skipped=already, samples=loop["samples"], seconds=seconds,
         failed=[FailedChunk(k, *job.rows_of(k), msg) for k, msg in sorted(failed.items())],
         dashboard_link=dashboard, window=window, max_in_flight=loop["max_in_flight"],
-        retried=loop["retried"], task_seconds=loop["task_seconds"], tasks=loop["tasks"])
+        retried=loop["retried"], task_seconds=loop["task_seconds"], tasks=loop["tasks"],
+        fatal=loop.get("fatal"), unrecorded=unrecorded)
 
 
 def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool,
@@ -241,6 +242,23 @@ def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool
     todo = [k for k in np.flatnonzero(~done).tolist()
             if (resume and k not in failed) or (rerun_failed and k in failed)]
     return todo, failed, False, int(done.sum())
+
+
+def _record(dst: str, failed: dict[int, str], token: str) -> str | None:
+    """Write the quarantine list into the manifest; where the target cannot take it (full,
+    read-only), into a file beside this process instead. Returns that file's path, if used."""
+    try:
+        mf.record(dst, failed=failed)
+        return None
+    except OSError as exc:
+        import json
+        import tempfile
+
+        path = os.path.join(tempfile.gettempdir(), f"taskflow-quarantine-{token}.json")
+        with open(path, "w") as f:
+            json.dump({"target": dst, "error": f"{type(exc).__name__}: {exc}",
+                       "failed": {str(k): v for k, v in sorted(failed.items())}}, f, indent=1)
+        return path
 
 
 def _contents(identity: dict) -> dict:
@@ -309,7 +327,17 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
     try:
         for fut, result in pending:
             ks = in_flight.pop(fut.key)
-            if fut.status == "finished":
+            if fut.status == "finished" and (result.get("fatal") or out.get("fatal")):
+                # the target cannot be written (full, read-only): submit nothing more and let
+                # the tasks in flight finish, so every chunk they did write is counted; what
+                # is not done stays missing for --resume, none quarantined for the disk's fault
+                done.update(result["done"])
+                out["samples"] += result["rows"]
+                out.setdefault("fatal", result.get("fatal"))
+                queue.clear()
+            elif out.get("fatal"):
+                pass  # a task lost after the stop: its chunks stay missing
+            elif fut.status == "finished":
                 done.update(result["done"])
                 out["samples"] += result["rows"]
                 for phase in times:
@@ -331,7 +359,7 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
             report.update(len(done), len(failed), out["samples"])
             publish("running")
         report.update(len(done), len(failed), out["samples"], force=True)
-        publish("failed" if failed else "done", force=True)
+        publish("failed" if failed or out.get("fatal") else "done", force=True)
     except BaseException:
         client.cancel(list(pending.futures), force=True)
         raise

@@ -111,6 +111,15 @@ def create_target(location: str, outputs: dict[str, tuple[tuple[int, ...], str]]
                   batch: int, identity: dict[str, Any], *, overwrite: bool) -> None:
     """Create the group, one array per output (``name -> (per-sample shape, dtype)``) and the
     manifest. Float outputs are filled with NaN, so rows of chunks not (yet) written read NaN."""
+    try:
+        _create(location, outputs, rows, batch, identity, overwrite)
+    except OSError as exc:
+        raise TaskflowError(f"cannot create the output {location!r}: {type(exc).__name__}: "
+                            f"{exc}") from exc
+
+
+def _create(location: str, outputs: dict[str, tuple[tuple[int, ...], str]], rows: int,
+            batch: int, identity: dict[str, Any], overwrite: bool) -> None:
     import zarr
 
     from taskflow._version import __version__

@@ -104,11 +104,16 @@ class JobSummary:
     #: writing (outputs + marker), summed over this run's chunks.
     task_seconds: dict[str, float] = field(default_factory=dict)
     tasks: int = 0
+    #: Why the job stopped early, when the target could not be written (full, read-only).
+    fatal: str | None = None
+    #: Where the quarantine list went when the target's manifest could not take it.
+    unrecorded: str | None = None
 
     @property
     def ok(self) -> bool:
         """Every chunk of the target is done."""
-        return not self.failed and self.chunks_done + self.chunks_skipped == self.chunks_total
+        return (not self.failed and not self.fatal
+                and self.chunks_done + self.chunks_skipped == self.chunks_total)
 
     @property
     def chunks_missing(self) -> int:
@@ -152,6 +157,12 @@ class JobSummary:
             lines.append(f"{len(self.failed)} chunk(s) quarantined; fix the cause, then rerun "
                          "with --rerun-failed (rerun_failed=True):")
             lines += [f"  {f}" for f in self.failed]
+        if self.fatal:
+            lines.append(f"stopped early: the output cannot be written ({self.fatal}); free "
+                         "space or fix its permissions, then rerun with --resume")
+        if self.unrecorded:
+            lines.append(f"the quarantine list could not be written into the output; it is in "
+                         f"{self.unrecorded}")
         if self.chunks_missing:
             lines.append(f"{self.chunks_missing} chunk(s) are neither done nor quarantined (an "
                          "earlier run was interrupted): rerun with --resume (resume=True)")

@@ -17,6 +17,7 @@ written are held, so a task's memory does not grow with the chunks it covers.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import pickle
@@ -83,6 +84,21 @@ class ChunkJob:
 
     def rows_of(self, k: int) -> tuple[int, int]:
         return k * self.batch, min(self.rows, (k + 1) * self.batch)
+
+
+#: Write errors no retry can fix: the target is full, read-only or not ours to write. They end
+#: the job (the chunks stay missing, for --resume) instead of quarantining chunk after chunk.
+FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES,
+                                errno.EPERM, errno.EFBIG})
+
+
+def is_fatal_write(exc: BaseException) -> bool:
+    """Whether a failed output write means the whole target cannot be written."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in FATAL_WRITE_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def pack_by_value(obj: Any) -> bytes:
@@ -283,6 +299,8 @@ def run_chunks(token: str, chunks: list[int]) -> dict[str, Any]:
             report["write_s"] += fut.result()[1]
         except Exception as exc:  # noqa: BLE001 - reported per chunk; the client retries them
             fail(run, exc)
+            if is_fatal_write(exc):  # no chunk of this job can be written: stop the job
+                report["fatal"] = f"{type(exc).__name__}: {exc}"
             return
         report["done"] += run
         report["rows"] += rows_of(run[-1])[1] - rows_of(run[0])[0]
