@@ -154,11 +154,5 @@ def fuse_attention(graph: Graph) -> Graph:
         fused, chain, extra = found
         gone.update(id(n) for n in chain)
         replaced[id(chain[-1])] = ([extra] if extra is not None else []) + [fused]
-    nodes: list[Node] = []
-    for n in g.nodes:
-        if id(n) in replaced:
-            nodes.extend(replaced[id(n)])
-        elif id(n) not in gone:
-            nodes.append(n)
-    g.nodes = nodes
+    g.rewrite(replaced, drop=gone)
     return g

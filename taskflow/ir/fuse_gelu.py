@@ -169,5 +169,5 @@ def fuse_gelu(graph: Graph) -> Graph:
         attrs = {"approximate": "tanh"} if node.op == "Tanh" else {}
         new[id(last)] = Node("Gelu", [x], list(last.outputs), attrs, name=last.name)
         gone.update(id(n) for n in chain)
-    g.nodes = [new.get(id(n), n) for n in g.nodes if id(n) not in gone or id(n) in new]
+    g.rewrite(new, drop=gone)
     return g

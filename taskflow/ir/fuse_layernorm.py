@@ -45,5 +45,5 @@ def fuse_add_layernorm(graph: Graph) -> Graph:
                            [ln.outputs[0], total if keep else ""], dict(ln.attrs),
                            name=ln.name, domain="taskflow")
         gone.add(id(add))
-    g.nodes = [new.get(id(n), n) for n in g.nodes if id(n) not in gone]
+    g.rewrite(new, drop=gone)
     return g

@@ -61,7 +61,7 @@ def fuse_squeeze_excite(graph: Graph) -> Graph:
                                 name=mul.name, domain="taskflow")
             gone.update(id(n) for n in chain)
             break
-    g.nodes = [new.get(id(n), n) for n in g.nodes if id(n) not in gone]
+    g.rewrite(new, drop=gone)
     return g
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,6 +190,29 @@ class Graph:
                 if i:
                     result.setdefault(i, []).append(n)
         return result
+
+    def rewrite(self, replace: Mapping[int, Node | list[Node]], drop: set[int]) -> None:
+        """Splice a fusion into the node list, in place: the node with ``id`` ``k`` in
+        ``replace`` becomes ``replace[k]`` (one node or several, at its position); nodes whose
+        ``id`` is in ``drop`` go. A node in both is replaced. Order is otherwise kept.
+
+        Examples
+        --------
+        >>> from taskflow import Graph, Node
+        >>> a, b = Node("Relu", ["x"], ["y"]), Node("Neg", ["y"], ["z"])
+        >>> g = Graph(nodes=[a, b])
+        >>> g.rewrite({id(b): Node("Abs", ["x"], ["z"])}, drop={id(a)})
+        >>> [n.op for n in g.nodes]
+        ['Abs']
+        """
+        nodes: list[Node] = []
+        for n in self.nodes:
+            new = replace.get(id(n))
+            if new is not None:
+                nodes.extend(new if isinstance(new, list) else [new])
+            elif id(n) not in drop:
+                nodes.append(n)
+        self.nodes = nodes
 
     def op_counts(self) -> dict[str, int]:
         """Nodes per op type, sorted by op type.
