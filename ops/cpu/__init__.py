@@ -14,11 +14,16 @@ the packed-weight cache; :mod:`.warmup` compiles them all (``taskflow warmup``).
     attention.py batched MatMul, FusedAttention (strided batch GEMMs per group of heads)
     skip_norm.py FusedAddLayerNorm (residual add + LayerNormalization, one pass per row)
     squeeze_excite.py  FusedSqueezeExcite (pool, two GEMVs, scale: one sweep per sample)
+    cache.py     drops cached kernels compiled from older sources (Numba cannot tell)
 """
 
 from __future__ import annotations
 
-from . import (  # noqa: F401  (register kernels)
+from .cache import invalidate_stale
+
+invalidate_stale()  # before any kernel module loads its cached machine code
+
+from . import (  # noqa: E402, F401  (register kernels)
     attention,
     conv,
     eltwise,
