@@ -61,7 +61,7 @@ def scatter_flops(in_shapes: Sequence[tuple[int, ...]], out_shapes: Sequence[tup
     return 0 if _text(reduction) == "none" else math.prod(in_shapes[2])
 
 
-@register("ScatterElements", "movement", flops=scatter_flops)
+@register("ScatterElements", "indexing", flops=scatter_flops)
 def scatter_elements(data: np.ndarray, indices: np.ndarray, updates: np.ndarray, *,
                      axis: int = 0, reduction: str = "none") -> np.ndarray:
     """out = data; out[i][indices[i][j][k]][k] = f(out[...], updates[i][j][k]) for axis 1"""
@@ -80,7 +80,7 @@ def scatter_elements(data: np.ndarray, indices: np.ndarray, updates: np.ndarray,
     return _scatter("ScatterElements", data.copy(), tuple(where), updates, reduction)
 
 
-@register("ScatterND", "movement", flops=scatter_flops)
+@register("ScatterND", "indexing", flops=scatter_flops)
 def scatter_nd(data: np.ndarray, indices: np.ndarray, updates: np.ndarray, *,
                reduction: str = "none") -> np.ndarray:
     """out = data; out[*indices[i..., :]] = f(out[...], updates[i...]) (slices of data's last
@@ -118,7 +118,7 @@ def one_hot(indices: np.ndarray, depth: np.ndarray, values: np.ndarray, *,
     return np.where(hot, values[1], values[0])
 
 
-@register("NonZero", "movement")
+@register("NonZero", "indexing")
 def non_zero(X: np.ndarray) -> np.ndarray:
     """int64 (rank, count) indices of the non-zero elements, in row-major order"""
     if X.ndim == 0:  # no coordinates to list (ONNX's reference; numpy refuses 0-d)

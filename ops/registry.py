@@ -28,6 +28,8 @@ import numpy as np
 #:   elementwise  out[i] depends on in[i] only (with ONNX broadcasting): math, activations, Cast
 #:   reduce       reduces or normalises along attribute-given axes (ReduceMean, Softmax, ArgMax)
 #:   movement     rearranges elements without arithmetic (Reshape, Transpose, Slice, Concat...)
+#:   indexing     moves values to or from positions given by another input's values
+#:                (ScatterND, ScatterElements, NonZero): chunks would renumber the positions
 #:   contraction  multiply-accumulate over weights (Conv, ConvTranspose, Gemm, MatMul, Einsum)
 #:   window       sliding-window reductions (MaxPool, AveragePool, LRN, global pools)
 #:   norm         normalisation with learned parameters (BatchNorm, LayerNorm, InstanceNorm)
@@ -37,6 +39,7 @@ KINDS = (
     "elementwise",
     "reduce",
     "movement",
+    "indexing",
     "contraction",
     "window",
     "norm",
@@ -108,7 +111,8 @@ class OpSpec:
         if self.kind not in KINDS:
             raise ValueError(f"op {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
         if self.flops is None:
-            self.flops = zero_flops if self.kind in ("movement", "shape", "identity") \
+            self.flops = zero_flops if self.kind in ("movement", "indexing", "shape",
+                                                     "identity") \
                 else elementwise_flops
         sig = inspect.signature(self.reference)
         params = list(sig.parameters.values())
@@ -441,6 +445,20 @@ def _traced(view: BatchView) -> str:
     return ""
 
 
+def _positions_not_batched(view: BatchView) -> str:
+    """Indexing ops (scatter, NonZero) address positions of their data input by *value*: a
+    chunk's row 0 is not the batch's row 0, and whether the trace's random values happen to
+    hide that is luck, so the data must not carry the batch along an indexed axis."""
+    data = view.inputs[0] if view.inputs else None
+    if data is None:
+        return _traced(view)
+    axis = data[0]
+    if view.axes is None or axis in view.axes:
+        return (f"it addresses positions of its input along axis {axis}, which carries the "
+                "batch, by value: chunks would renumber them")
+    return ""
+
+
 #: Per kind, a first rule for whether a node keeps batch rows independent: returns why not, or
 #: "". The Dask lowering applies it, then confirms every candidate by running the node on a
 #: slice of rows (:mod:`taskflow.dask.trace`), so a rule may be permissive, never wrong.
@@ -451,6 +469,7 @@ ROW_RULES: dict[str, Callable[[BatchView], str]] = {
     "norm": _norm_rows,
     "window": _window_rows,
     "movement": _traced,
+    "indexing": _positions_not_batched,
     "contraction": _traced,
     "shape": _traced,
 }

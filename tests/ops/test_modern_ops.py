@@ -38,9 +38,9 @@ FLOAT_TOL = (1e-5, 1e-6)
 
 #: op -> (kind, module): the family each op was put in and the kind the Dask lowering reads.
 FAMILY = {
-    "Trilu": ("movement", "indexing"), "ScatterElements": ("movement", "indexing"),
-    "ScatterND": ("movement", "indexing"), "OneHot": ("movement", "indexing"),
-    "NonZero": ("movement", "indexing"), "CumSum": ("reduce", "reduce"),
+    "Trilu": ("movement", "indexing"), "ScatterElements": ("indexing", "indexing"),
+    "ScatterND": ("indexing", "indexing"), "OneHot": ("movement", "indexing"),
+    "NonZero": ("indexing", "indexing"), "CumSum": ("reduce", "reduce"),
     "TopK": ("reduce", "reduce"), "GroupNormalization": ("norm", "norm"),
     "RMSNormalization": ("norm", "norm"), "RotaryEmbedding": ("contraction", "rotary"),
     "Swish": ("elementwise", "activation"), "Sin": ("elementwise", "elementwise"),

@@ -123,3 +123,28 @@ def test_a_task_refuses_to_return_a_shape_the_graph_did_not_declare():
     with pytest.raises(ShapeError, match=r"node 'relu' computed value 'out' with shape "
                                          r"\(2, 3\).*declared \(2, 4\)"):
         run_unit(program, np.ones((2, 3), np.float32))
+
+
+def test_scatter_into_batch_rows_runs_whole_batch_never_per_chunk():
+    """ScatterND addresses rows of its batch-carrying data by value: per chunk, 'row 0' would
+    be every chunk's first row. With updates that happen to leave random trace data unchanged
+    (reduction min, large updates), a row-slice check alone was fooled; the indexing kind's
+    rule is not."""
+    import dask.array as da
+    from onnx import TensorProto, helper, numpy_helper
+
+    import taskflow as tf
+
+    idx = numpy_helper.from_array(np.array([[0]], np.int64), "idx")
+    upd = numpy_helper.from_array(np.full((1, 4), 5.0, np.float32), "upd")
+    graph = helper.make_graph(
+        [helper.make_node("ScatterND", ["x", "idx", "upd"], ["y"], reduction="min")], "s",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [idx, upd])
+    model = tf.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    x = np.arange(24, dtype=np.float32).reshape(6, 4) * 3      # rows past 0 exceed 5
+    want = model.run(None, {"x": x})[0]
+    assert (want[0] == [0, 3, 5, 5]).all() and (want[1:] == x[1:]).all()
+    with pytest.warns(UserWarning, match="addresses positions"):
+        got = model.predict(da.from_array(x, chunks=(2, 4))).compute(scheduler="threads")
+    np.testing.assert_array_equal(got, want)
