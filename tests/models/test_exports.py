@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import taskflow as tf
-from benchmarks.models import EXPORTS, build, export, sample_inputs  # numpy only until used
+from benchmarks.models import EXPORTS, build, sample_inputs  # numpy only until used
 from benchmarks.models.check import batch_spread, rel_error
 
 torch = pytest.importorskip("torch")
@@ -45,16 +45,14 @@ def _needs(name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    """``get(name)`` -> path of the ONNX file, exported on first use."""
-    folder = tmp_path_factory.mktemp("models")
-    paths: dict[str, object] = {}
+def exported():
+    """``get(name)`` -> path of the ONNX file, exported on first use; the cache is the one
+    the Dask and streaming tests use, so each model is exported once per test run."""
+    from tests.taskflow.dask.real_models import exported as shared
 
     def get(name: str):
         _needs(name)
-        if name not in paths:
-            paths[name] = export(name, folder / f"{name}.onnx", **EXPORTS[name].test_size)
-        return paths[name]
+        return shared(name)
 
     return get
 

@@ -117,12 +117,10 @@ def test_near_misses_stay_unfused(why):
 
 
 @pytest.mark.parametrize("name", ["mobilenetv3-small-torchscript", "mobilenetv3-small-dynamo"])
-def test_mobilenetv3_exports_fuse_every_se_block(name, tmp_path):
-    pytest.importorskip("torch")
-    if name.endswith("dynamo"):
-        pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs it")
-    from benchmarks.models import EXPORTS, export
-    path = export(name, tmp_path / "m.onnx", **EXPORTS[name].test_size)
+def test_mobilenetv3_exports_fuse_every_se_block(name):
+    from tests.taskflow.dask.real_models import exported
+
+    path = exported(name)  # one export per test run, shared with tests/models
     plain = tf.load(path, optimize=False)
     model = tf.load(path)
     counts = model.graph.op_counts()
