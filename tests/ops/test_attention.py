@@ -11,18 +11,14 @@ from taskflow.ops.cpu.blas import gemm_batch
 from taskflow.ops.cpu.epilogue import erf_fast, tanh_fast
 
 from taskflow import ops
-from taskflow.dask import threads as thread_control
 
 #: Largest error allowed, relative to the output's largest magnitude: float32 GEMMs summed in
 #: another order, and the softmax's float64 sums.
 RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True, params=[1, 2], ids=["1thread", "2threads"])
-def kernel_threads(request):
-    thread_control.apply_kernel_threads(request.param)
-    yield
-    thread_control.reset_kernel_threads()
+#: every test here runs with 1, then 2 kernel threads (tests/ops/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_threads")
 
 
 def _close(got, want, rtol=RTOL):

@@ -120,13 +120,6 @@ def check(op: str, args: list, attrs: dict, dtype=np.float32, what: str = "") ->
     return got
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def kernel_threads(request):
-    threads.apply_kernel_threads(request.param)
-    yield request.param
-    threads.reset_kernel_threads()
-
-
 def test_every_kernel_has_a_case_and_a_tolerance():
     assert {op for op, _, _ in CASES} == set(kernel_ops())
     assert set(TOL) == set(kernel_ops())

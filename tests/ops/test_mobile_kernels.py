@@ -14,20 +14,11 @@ import taskflow.ops as ops
 from taskflow.ops.cpu.common import is_channels_last
 from taskflow.ops.cpu.warmup import channels_last
 
-from taskflow.dask import threads
-
 from .oracles import assert_close
 
 #: GEMM-free depthwise sums in another order than the reference's: a few float32 ulps of
 #: sums of 9-25 terms; squeeze-excite sums in float64 against numpy's float32 mean.
 TOL = {"FusedConv": (1e-5, 1e-5), "FusedSqueezeExcite": (1e-5, 1e-6), "HardSwish": (0, 0)}
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def kernel_threads(request):
-    threads.apply_kernel_threads(request.param)
-    yield request.param
-    threads.reset_kernel_threads()
 
 
 def _check(op: str, args: list, attrs: dict) -> np.ndarray:

@@ -6,17 +6,13 @@ import numpy as np
 import pytest
 
 from taskflow import ops
-from taskflow.dask import threads as thread_control
 
 #: float64 statistics against the reference's float32 ones: a few float32 ulps.
 RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True, params=[1, 2], ids=["1thread", "2threads"])
-def kernel_threads(request):
-    thread_control.apply_kernel_threads(request.param)
-    yield
-    thread_control.reset_kernel_threads()
+#: every test here runs with 1, then 2 kernel threads (tests/ops/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_threads")
 
 
 @pytest.mark.parametrize("shape,axis", [((2, 7, 33), -1), ((1, 1, 5), -1), ((64, 384), 1),
