@@ -30,7 +30,7 @@ MAX_JOBS = 50
 SCHEDULER_PLUGIN = "taskflow"
 #: Workers that left and are still listed (adaptive clusters come and go all day).
 MAX_GONE_WORKERS = 32
-_FINISHED = {"done", "failed", "interrupted", "cancelled", "error"}
+_FINISHED = {"done", "failed", "interrupted", "cancelled", "error", "abandoned"}
 _JOB_COUNTS = ("total", "done", "failed", "quarantined", "in_flight")
 
 
@@ -146,6 +146,8 @@ class TaskflowState:
         clean.update(total=int(msg["total"]), done=int(msg["done"]),  # required
                      state=str(msg.get("state", "running")),
                      started=float(msg.get("started", t)), t=float(msg.get("t", t)))
+        if msg.get("reason"):
+            clean["reason"] = str(msg["reason"])
         job = str(msg["job"])
         self._job_counts(job)
         self.job_msgs[job] = (t, clean)
@@ -209,9 +211,10 @@ class TaskflowState:
         ``samples_per_busy_s``; ``threads``: the worker's thread report); ``layers``
         (``source``: ``"events"``, ``"dask-tasks"`` or None; ``seconds`` and ``share`` per layer);
         ``jobs`` (per job: ``total``, ``done``, ``in_flight``, ``failed``, ``quarantined``,
-        ``remaining``, ``state``, ``eta_s``, ``samples``, ``chunks_reported``,
-        ``samples_per_s``); ``policies`` (``plugin``: whether the taskflow scheduler plugin is
-        there, ``by_policy``: applied / rejected / suggestions / errors per policy);
+        ``remaining``, ``state`` (``"abandoned"``: its client went away), ``reason``,
+        ``eta_s``, ``samples``, ``chunks_reported``, ``samples_per_s``); ``policies``
+        (``plugin``: whether the taskflow scheduler plugin is there, ``by_policy``: applied /
+        rejected / suggestions / errors per policy);
         ``scheduler_plugin`` (its whole ``metrics()``, or None); ``events`` (counts by topic).
         """
         now = time.time() if now is None else now
@@ -285,7 +288,8 @@ class TaskflowState:
                     eta = max(0.0, remaining * elapsed / done - (now - arrival))
             out[job] = {"total": total, "done": done, "in_flight": msg.get("in_flight", 0),
                         "failed": failed, "quarantined": quarantined, "remaining": remaining,
-                        "state": msg.get("state", "unknown"), "started": msg.get("started"),
+                        "state": msg.get("state", "unknown"), "reason": msg.get("reason"),
+                        "started": msg.get("started"),
                         "eta_s": eta, "samples": c.samples, "chunks_reported": c.chunks,
                         "samples_per_s": c.rate(now, self.window)}
         return out

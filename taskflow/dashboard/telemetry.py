@@ -18,8 +18,11 @@ ignore keys they do not know, so fields may be added without a version bump):
 ``taskflow.job`` (from the client driving a job, whenever its counts change; :func:`emit_job`)
     ``job`` str, ``total`` int (chunks in the job), ``done``, ``failed``, ``quarantined``,
     ``in_flight`` int (chunks), ``started`` float (client epoch seconds), ``state`` str
-    (``"running"``, ``"done"``, ``"failed"``, ``"interrupted"``, ...), ``t`` float (client clock
-    when sent; ETA is computed from ``started`` and ``t``, so client-scheduler clock skew cancels).
+    (``"running"``, ``"done"``, ``"failed"``, ``"interrupted"``, ``"abandoned"``...), ``t`` float
+    (client clock when sent; ETA is computed from ``started`` and ``t``, so client-scheduler clock
+    skew cancels), ``client`` str (the sending client's id), ``plugin`` str (the job's worker
+    plugin, when it has one: the job lease of :mod:`taskflow.stream.lease` removes it if the
+    client goes away; that plugin then sends ``state="abandoned"`` with a ``reason``).
 ``taskflow.dask.threads`` (from each worker when its kernel threads are set; :func:`emit_threads`)
     The :func:`taskflow.dask.threads.kernel_thread_report` dict (``kernel_threads``, ``numba``,
     ``numba_pool``, ``threadpools``, ``env``, ``pid``) plus ``nthreads`` (worker threads) and
@@ -118,11 +121,12 @@ def emit_chunk(job: str, chunk: Any, samples: int, seconds: float,
 
 
 def emit_job(job: str, *, total: int, done: int, failed: int, quarantined: int, in_flight: int,
-             started: float, state: str, client: Any = None) -> Any:
+             started: float, state: str, client: Any = None, plugin: str | None = None) -> Any:
     """Report a job's progress from the client that drives it (one scheduler round trip).
 
-    Counts are in chunks. ``started`` is ``time.time()`` when the job started. Returns False
-    without a client, True once sent, or, for an asynchronous client, an awaitable to await.
+    Counts are in chunks. ``started`` is ``time.time()`` when the job started. ``plugin`` names
+    the job's worker plugin, for the scheduler's job lease. Returns False without a client,
+    True once sent, or, for an asynchronous client, an awaitable to await.
 
     Examples
     --------
@@ -136,7 +140,10 @@ def emit_job(job: str, *, total: int, done: int, failed: int, quarantined: int, 
         return False
     msg = {"v": SCHEMA_VERSION, "job": str(job), "total": int(total), "done": int(done),
            "failed": int(failed), "quarantined": int(quarantined), "in_flight": int(in_flight),
-           "started": float(started), "state": str(state), "t": time.time()}
+           "started": float(started), "state": str(state), "t": time.time(),
+           "client": str(getattr(c, "id", ""))}
+    if plugin:
+        msg["plugin"] = str(plugin)
     result = c.log_event(JOB_TOPIC, msg)
     return result if getattr(c, "asynchronous", False) else True
 

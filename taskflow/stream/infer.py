@@ -27,6 +27,7 @@ import numpy as np
 
 from taskflow.dashboard.telemetry import emit_job
 from taskflow.errors import TaskflowError
+from taskflow.stream import lease
 from taskflow.stream import manifest as mf
 from taskflow.stream.report import FailedChunk, JobSummary, Progress
 from taskflow.stream.sources import (
@@ -35,7 +36,13 @@ from taskflow.stream.sources import (
     output_specs,
     validate_feed,
 )
-from taskflow.stream.worker import ChunkJob, JobPlugin, run_chunks, ship_model
+from taskflow.stream.worker import (
+    JOB_PLUGIN_PREFIX,
+    ChunkJob,
+    JobPlugin,
+    run_chunks,
+    ship_model,
+)
 
 #: Tasks in flight per worker thread when ``window`` is not given. Queued tasks cost nothing on
 #: workers (they hold no data until they start), and two per thread keeps every thread fed while
@@ -163,8 +170,8 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
     cluster, owned = _connect(client)
     c = cluster.client if hasattr(cluster, "client") else cluster
     token = uuid.uuid4().hex[:12]
-    plugin_name = f"taskflow-job-{token}"
-    registered = False
+    plugin_name = JOB_PLUGIN_PREFIX + token
+    registered, ended = False, False
     try:
         if fresh:
             mf.create_target(dst, out_specs, rows, batch, identity, overwrite=overwrite)
@@ -178,8 +185,12 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
                       "batch_size": batch, "window": window, "workers": len(c.nthreads()),
                       "threads": nthreads, "dashboard": dashboard})
         ship_model(c, model, job.model_hash)
+        if lease.install(c):  # the lease first: a client killed from here on leaves nothing
+            emit_job(token, total=len(todo), done=0, failed=0, quarantined=0, in_flight=0,
+                     started=time.time(), state="starting", client=c, plugin=plugin_name)
         registered = True  # before: a registration failing on some workers still leaves it
         c.register_plugin(JobPlugin(job), name=plugin_name)
+        ended = True  # from here _stream reports how the job ended, with its counts
         loop = _stream(c, job, todo, window, retries, chunks_per_task, nthreads, report)
         failed = {k: v for k, v in failed_before.items() if k not in loop["done"]}
         failed.update(loop["failed"])
@@ -189,6 +200,10 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
         if registered:
             try:
                 c.unregister_worker_plugin(plugin_name)
+                if not ended:  # an error before the job ran: its lease and dashboard row end
+                    emit_job(token, total=len(todo), done=0, failed=0, quarantined=0,
+                             in_flight=0, started=time.time(), state="interrupted", client=c,
+                             plugin=plugin_name)
             except Exception:  # noqa: BLE001 - the cluster may be gone; nothing left to clean
                 pass
         if owned:
@@ -321,7 +336,7 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
         # chunks that failed are retried; only those past their retries count (quarantined)
         emit_job(job.token, total=len(todo), done=len(done), failed=0,
                  quarantined=len(failed), in_flight=len(in_flight), started=started,
-                 state=state, client=client)
+                 state=state, client=client, plugin=JOB_PLUGIN_PREFIX + job.token)
 
     fill()
     try:
@@ -362,6 +377,10 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
         publish("failed" if failed or out.get("fatal") else "done", force=True)
     except BaseException:
         client.cancel(list(pending.futures), force=True)
+        try:  # an error or ^C: the job's lease and dashboard row end too
+            publish("interrupted", force=True)
+        except Exception:  # noqa: BLE001 - the scheduler may be what failed
+            pass
         raise
     return out
 

@@ -40,6 +40,8 @@ from taskflow.stream import manifest as mf
 #: and the one before it, so alternating jobs do not resend weights; more would pin memory.
 MODEL_CACHE = 2
 MODEL_PLUGIN_PREFIX = "taskflow-model-"
+#: Prefix of a streamed job's worker plugin (:class:`JobPlugin`), followed by the job's token.
+JOB_PLUGIN_PREFIX = "taskflow-job-"
 #: I/O goes in blocks of consecutive chunks: one Zarr call reads (or writes, or marks) a whole
 #: block, because Zarr's cost per call (~1 ms: event-loop and file-thread hand-offs, GIL-bound)
 #: dwarfs a small model's compute. A block holds at most ``BLOCK_BYTES`` of inputs and outputs
