@@ -24,6 +24,10 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 MIB = 2**20
+#: Layers the time-share panel names; the rest are summed into one "other" bar. A ResNet-50
+#: has ~70 layers, which would not fit in the panel's height, and the tail of small layers is
+#: not what a reader looks for there.
+TOP_LAYERS = 12
 JOB_COUNTS = ("done", "in_flight", "failed", "quarantined", "remaining")
 # Bars add up to the job's total: "remaining" (not finished) is split into in flight + waiting.
 JOB_STACK = ("done", "failed", "quarantined", "in_flight", "waiting")
@@ -147,13 +151,24 @@ class TaskflowPage:
                           "samples": [tp["samples"]]}
 
     def _update_layers(self, layers: dict[str, Any]) -> None:
-        names = sorted(layers["share"], key=layers["share"].get)
-        self.layers.data = {"layer": names, "share": [100 * layers["share"][n] for n in names],
-                            "seconds": [layers["seconds"][n] for n in names]}
+        share, seconds = layers["share"], layers["seconds"]
+        names = sorted(share, key=share.get, reverse=True)
+        if len(names) > TOP_LAYERS + 1:  # one "other" bar must stand for two layers at least
+            names, rest = names[:TOP_LAYERS], names[TOP_LAYERS:]
+            other = f"other ({len(rest)} layers)"  # no layer has this name: keys have no spaces
+            share = {**share, other: sum(share[n] for n in rest)}
+            seconds = {**seconds, other: sum(seconds[n] for n in rest)}
+            names.append(other)
+        names.reverse()  # the first factor is drawn at the bottom: the largest bar on top
+        self.layers.data = {"layer": names, "share": [100 * share[n] for n in names],
+                            "seconds": [seconds[n] for n in names]}
         self.layer_fig.y_range.factors = names
         source = {"events": "chunk telemetry", "dask-tasks": "Dask task durations"}
-        self.layer_fig.title.text = ("Time share per layer (%)"
-                                     f" from {source.get(layers['source'], 'no data yet')}")
+        sampled = layers.get("sampled") or 0
+        self.layer_fig.title.text = (
+            "Time share per layer (%)"
+            f" from {source.get(layers['source'], 'no data yet')}"
+            + (f", {sampled:,} chunks timed per layer" if sampled else ""))
 
     def _update_jobs(self, jobs: dict[str, Any]) -> None:
         names = list(jobs)

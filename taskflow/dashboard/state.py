@@ -99,6 +99,7 @@ class TaskflowState:
         self.job_msgs: dict[str, tuple[float, dict]] = {}  # job -> (arrival, last message)
         self.threads: dict[str, dict] = {}
         self.layer_seconds: dict[str, float] = {}
+        self.layer_sampled = 0  # chunks timed node by node (telemetry.LayerSampler)
         self.events = dict.fromkeys(TOPICS, 0)
         self.ignored = 0  # malformed messages (counted, never raised: hooks must not fail)
         self.history: deque[tuple[float, float, dict[str, float]]] = deque(maxlen=HISTORY_POINTS)
@@ -140,6 +141,7 @@ class TaskflowState:
         self._job_counts(job).add(t, samples, seconds)
         for layer, spent in layers.items():
             self.layer_seconds[layer] = self.layer_seconds.get(layer, 0.0) + spent
+        self.layer_sampled += int(msg.get("sampled") or 0)
 
     def _job(self, msg: dict, t: float) -> None:
         clean: dict[str, Any] = {k: int(msg.get(k) or 0) for k in _JOB_COUNTS}
@@ -209,7 +211,8 @@ class TaskflowState:
         state ``present``, ``name``, ``device``, ``nthreads``, ``memory``, ``memory_limit``,
         ``processing``, ``status``; telemetry ``samples``, ``chunks``, ``samples_per_s``,
         ``samples_per_busy_s``; ``threads``: the worker's thread report); ``layers``
-        (``source``: ``"events"``, ``"dask-tasks"`` or None; ``seconds`` and ``share`` per layer);
+        (``source``: ``"events"``, ``"dask-tasks"`` or None; ``seconds`` and ``share`` per layer;
+        ``sampled``: chunks timed node by node, see ``telemetry.LayerSampler``);
         ``jobs`` (per job: ``total``, ``done``, ``in_flight``, ``failed``, ``quarantined``,
         ``remaining``, ``state`` (``"abandoned"``: its client went away), ``reason``,
         ``eta_s``, ``samples``, ``chunks_reported``, ``samples_per_s``); ``policies``
@@ -268,7 +271,7 @@ class TaskflowState:
                     seconds[layer] = seconds.get(layer, 0.0) + spent
             source = "dask-tasks" if seconds else None
         total = sum(seconds.values())
-        return {"source": source, "seconds": seconds,
+        return {"source": source, "seconds": seconds, "sampled": self.layer_sampled,
                 "share": {k: v / total for k, v in seconds.items()} if total > 0 else {}}
 
     def _jobs(self, now: float) -> dict[str, dict[str, Any]]:

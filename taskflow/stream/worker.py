@@ -24,6 +24,7 @@ import pickle
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -31,8 +32,9 @@ from typing import Any
 import numpy as np
 from distributed import WorkerPlugin
 
-from taskflow.dashboard.telemetry import emit_chunk
+from taskflow.dashboard.telemetry import LayerSampler, emit_chunk
 from taskflow.dask.threads import sync_numba_env
+from taskflow.dask.trace import sanitize
 from taskflow.errors import ShapeError, TaskflowError
 from taskflow.stream import manifest as mf
 
@@ -276,6 +278,7 @@ def run_chunks(token: str, chunks: list[int]) -> dict[str, Any]:
     job, model, (ins, outs, done), pool = _state(token)
     ensure_kernel_threads()
     rows_of = job.rows_of
+    sampler, sampled, n_sampled = _sampler(job, model), {}, 0  # per-layer time (the dashboard)
 
     def read(block: list[int]) -> dict[str, Any]:
         lo, hi = rows_of(block[0])[0], rows_of(block[-1])[1]
@@ -325,9 +328,12 @@ def run_chunks(token: str, chunks: list[int]) -> dict[str, Any]:
             good = []
             for k in block:
                 lo, hi = rows_of(k)
+                timed = sampler.due(sampled)
+                n_sampled += timed
                 try:
                     for buf, y in zip(bufs, _compute(job, model, outs, data, k, lo - base,
-                                                     hi - base)):
+                                                     hi - base, (sampler, sampled) if timed
+                                                     else None)):
                         buf[lo - base:hi - base] = y
                     good.append(k)
                 except Exception as exc:  # noqa: BLE001 - as in settle()
@@ -344,17 +350,52 @@ def run_chunks(token: str, chunks: list[int]) -> dict[str, Any]:
     report["seconds"] = time.perf_counter() - t0
     if report["done"]:  # for the /taskflow dashboard; a no-op off a worker
         emit_chunk(token, report["done"], report["rows"], report["seconds"],
-                   {"read": report["read_s"], "model": report["compute_s"],
-                    "write": report["write_s"]})
+                   {"read": report["read_s"], **sampler.split(report["compute_s"], sampled),
+                    "write": report["write_s"]}, sampled=n_sampled)
     return report
 
 
+_SAMPLERS: weakref.WeakKeyDictionary[ChunkJob, LayerSampler] = weakref.WeakKeyDictionary()
+
+
+def _sampler(job: ChunkJob, model: Any) -> LayerSampler:
+    """This process's :class:`LayerSampler` for ``job`` (dropped with the job)."""
+    sampler = _SAMPLERS.get(job)
+    if sampler is None:
+        sampler = _SAMPLERS.setdefault(job, LayerSampler(layer_labels(model)))
+    return sampler
+
+
+def layer_labels(model: Any) -> dict[int, str]:
+    """``id(node)`` to the name the node's Dask keys carry (``tf-<label>-…``), named as
+    :func:`taskflow.dask.trace.trace_graph` names them, so the dashboard shows a streamed job's
+    layers under the names ``Model.predict``'s tasks have."""
+    labels: dict[int, str] = {}
+    taken: set[str] = set()
+    for k, node in enumerate(model.graph.toposort()):  # the plan's order, as in the trace
+        label = sanitize(node.name or f"{node.op}_{k}")
+        while label in taken:
+            label += f"_{k}"
+        taken.add(label)
+        labels[id(node)] = label
+    return labels
+
+
 def _compute(job: ChunkJob, model: Any, outs: list, data: dict[str, Any], k: int, a: int,
-             b: int) -> list[Any]:
+             b: int, timed: tuple[LayerSampler, dict[str, float]] | None = None) -> list[Any]:
     feed = {name: x[a:b] for name, x in data.items()}
-    if job.preprocess is not None:
-        feed = job.preprocess.apply(feed)
-    results = model.run(job.outputs, feed)
+    if timed is None:
+        if job.preprocess is not None:
+            feed = job.preprocess.apply(feed)
+        results = model.run(job.outputs, feed)
+    else:  # a sampled chunk: its preprocessing and each node timed, by layer, into timed[1]
+        sampler, into = timed
+        if job.preprocess is not None:
+            t = time.perf_counter()
+            feed = job.preprocess.apply(feed)
+            into["preprocess"] = into.get("preprocess", 0.0) + time.perf_counter() - t
+        with sampler.timing(into):
+            results = model.run(job.outputs, feed)
     for name, arr, y in zip(job.outputs, outs, results):
         want = (b - a, *arr.shape[1:])
         if tuple(y.shape) != want or y.dtype != arr.dtype:
