@@ -286,28 +286,60 @@ def warmup(args: argparse.Namespace) -> int:
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="path to an ONNX model, or a light-zoo name (light_resnet50)")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per run (default 32)")
+    p.add_argument("model", nargs="*",
+                   help="ONNX model path, light-zoo name (light_resnet50) or real-model export "
+                        "(gpt-dynamo; python -m benchmarks.models --list); several: one table")
+    p.add_argument("--all", action="store_true",
+                   help="the whole suite in one table: the light zoo and the exports "
+                        "(--suite all)")
+    p.add_argument("--suite", choices=("light", "modern", "all"),
+                   help="one table over the light zoo, the real-model exports, or both")
+    p.add_argument("--json", metavar="PATH", help="also write the table's rows to PATH")
+    p.add_argument("--cache", metavar="DIR",
+                   help="folder of the real-model exports, made once (default "
+                        "~/.cache/taskflow/exports)")
+    p.add_argument("--batch-size", type=int,
+                   help="rows per run (default: 32; VGG-19, ZFNet and the GPT decoder 8)")
     p.add_argument("--threads", type=int, default=2,
                    help="kernel threads for taskflow and every peer (default 2)")
     p.add_argument("--repeat", type=int, default=5,
                    help="timed runs per runtime, interleaved; medians reported (default 5)")
-    p.add_argument("--seq-len", type=int, default=128,
-                   help="length of a transformer's sequence dimension (default 128)")
+    p.add_argument("--seq-len", type=int,
+                   help="length of a transformer's sequence dimension (default 128; GPT 64)")
     p.add_argument("--no-dask", dest="dask", action="store_false",
-                   help="skip taskflow on Dask (an embedded one-worker cluster, started here)")
+                   help="skip taskflow on Dask (an embedded one-worker cluster, started here; "
+                        "one model only: a table never runs Dask)")
 
 
 @command("bench", _bench_args)
 def bench(args: argparse.Namespace) -> int:
-    """Images/s of taskflow, in-process and on Dask, next to ONNX Runtime and PyTorch.
+    """Time taskflow next to ONNX Runtime, OpenVINO and PyTorch: one model, or a table.
 
-    Printed with ratios from the same run; PyTorch only when installed (``--no-dask``: no Dask).
+    One model: its report, in-process and on Dask (``--no-dask``: no Dask). Several models,
+    ``--suite``/``--all`` or ``--json``: one table of ratios from one run, GFLOP/s and share
+    of the measured sgemm peak, the geometric mean of taskflow/ORT and issue 13's targets.
     """
-    from taskflow.bench.harness import bench_model
+    from taskflow.bench import suite
+    from taskflow.bench.harness import PEERS
+    from taskflow.errors import InputError
 
-    print(bench_model(args.model, batch=args.batch_size, threads=args.threads, repeat=args.repeat,
-                      dask=args.dask, seq=args.seq_len))
+    if not (args.model or args.all or args.suite):
+        raise InputError("give a MODEL, several, --suite light|modern|all or --all")
+    cases = [suite.case_for(m, args.batch_size, args.seq_len) for m in args.model]
+    if len(cases) == 1 and not (args.all or args.suite or args.json):
+        print(suite.run_case(cases[0], threads=args.threads, repeat=args.repeat,
+                             dask=args.dask, peers=PEERS, cache_dir=args.cache,
+                             measure_peak=True))
+        return 0
+    if args.all or args.suite:
+        cases += suite.suite_cases("all" if args.all else args.suite)
+    result = suite.run_suite(cases, threads=args.threads, repeat=args.repeat,
+                             cache_dir=args.cache,
+                             progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(result.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.as_dict(), f, indent=1)
     return 0
 
 

@@ -31,7 +31,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,9 +40,8 @@ from typing import Any
 import numpy as np
 
 from taskflow.bench.openvino_peer import openvino_runner
+from taskflow.bench.peak import PEAK_GEMM_SIZE, sgemm_peak
 
-#: Square sgemm size for the machine's GEMM peak: big enough for BLAS's full rate (~1 s).
-PEAK_GEMM_SIZE = 2048
 #: Peers compared by default, in report order.
 PEERS = ("onnxruntime", "openvino", "openvino-default", "torch")
 #: taskflow's own runners; every other runner in a result is a peer.
@@ -76,17 +75,25 @@ def resolve_model(spec: str) -> str:
                             f"(known: {', '.join(known)})")
 
 
-def gemm_peak(repeat: int = 5, size: int = PEAK_GEMM_SIZE) -> float:
-    """Best sgemm rate (GFLOP/s) of numpy's BLAS with the current thread limits."""
-    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    c = np.empty_like(a)
-    np.matmul(a, a, out=c)
-    best = math.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        np.matmul(a, a, out=c)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+def gemm_peak(repeat: int = 3, size: int = PEAK_GEMM_SIZE, threads: int = 1) -> float:
+    """Measured fp32 peak (GFLOP/s) on ``threads`` threads: :func:`~.peak.sgemm_peak`."""
+    return sgemm_peak(threads, repeat, size).gflops
+
+
+def feed_dims(graph: Any, feed: dict[str, np.ndarray]) -> dict[str, int]:
+    """Sizes ``feed`` gives the graph's symbolic input dims other than the batch
+    (``{"sequence": 128}``): what :meth:`Model.info` needs to count a transformer's FLOPs."""
+    dims, batch = {}, set()
+    for v in graph.inputs:
+        for k, d in enumerate(v.shape or ()):
+            if isinstance(d, int) or v.name not in feed:
+                continue
+            name = d if isinstance(d, str) and d else f"{v.name}[{k}]"  # as Model.info names it
+            if k == 0:
+                batch.add(name)
+            else:
+                dims[name] = int(feed[v.name].shape[k])
+    return {n: size for n, size in dims.items() if n not in batch}
 
 
 def sample_feed(graph: Any, batch: int, seq: int = SEQUENCE,
@@ -223,6 +230,10 @@ class BenchResult:
     warm_run_s: float = 0.0
     compile_s: float = 0.0
     gemm_peak_gflops: float = 0.0
+    #: Which sgemm gave the peak (:class:`~.peak.SgemmPeak`'s ``how``).
+    gemm_peak_how: str = ""
+    #: Sizes of the symbolic non-batch input dims in the timed feed (a transformer's sequence).
+    dims: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     #: Largest absolute difference of the Dask output from ``Model.run``'s (None: no Dask run).
     dask_max_abs_diff: float | None = None
@@ -243,7 +254,8 @@ class BenchResult:
         return self.images_per_s.get("taskflow", 0.0) * self.flops_per_image / 1e9
 
     def __str__(self) -> str:
-        lines = [f"{self.model}: batch {self.batch}, {self.threads} thread(s), "
+        sizes = "".join(f", {k} {v}" for k, v in self.dims.items())
+        lines = [f"{self.model}: batch {self.batch}{sizes}, {self.threads} thread(s), "
                  f"{self.flops_per_image / 1e9:.2f} GFLOP/image"]
         for name, rate in self.images_per_s.items():
             t = self.times[name]
@@ -262,8 +274,7 @@ class BenchResult:
         if self.gemm_peak_gflops:
             lines.append(f"  taskflow {self.gflops:.1f} GFLOP/s = "
                          f"{self.gflops / self.gemm_peak_gflops:.0%} of measured sgemm peak "
-                         f"({self.gemm_peak_gflops:.1f} GFLOP/s, numpy BLAS, "
-                         f"{self.threads} thread(s))")
+                         f"({self.gemm_peak_gflops:.1f} GFLOP/s, {self.gemm_peak_how})")
         lines.append(f"  kernel compile/cache load: {self.compile_s:.2f} s (warm-up), first "
                      f"batch-1 run {self.first_run_s:.2f} s vs warm {self.warm_run_s:.3f} s")
         lines += [f"  skipped {s}" for s in self.skipped]
@@ -297,13 +308,20 @@ def warmup_model(model: Any, batch: int = 1) -> tuple[float, float]:
 
 def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5,
                 peers: Sequence[str] = PEERS, dask: bool = True, seed: int = 0,
-                seq: int = SEQUENCE) -> BenchResult:
+                seq: int = SEQUENCE, feed: Mapping[str, np.ndarray] | None = None,
+                extra_peers: Mapping[str, Callable[[Any], Any]] | None = None,
+                measure_peak: bool = True) -> BenchResult:
     """Throughput of ``spec`` (path or light-model name) in taskflow, in-process and (with
     ``dask``) on an embedded one-worker Dask cluster, and in its peers.
 
-    Inputs come from :func:`sample_feed` (``seq``: the sequence length of a transformer). A
-    model with several inputs (token ids and a mask) runs in-process and in ONNX Runtime
-    only: the Dask runner and the PyTorch peer take one input.
+    Inputs are ``feed`` (of ``batch`` rows), else :func:`sample_feed` (``seq``: the sequence
+    length of a transformer). A model with several inputs (token ids and a mask) runs
+    in-process, in ONNX Runtime and OpenVINO: the Dask runner and the PyTorch peer built from
+    the graph take one input. ``extra_peers`` are further runners by name, each called with
+    what the built-in peers get (the one input array, or the feed); they are timed
+    interleaved with the rest, after the built-in ones (a model's own PyTorch module, for one).
+    FLOPs per image are counted at the feed's sizes (:func:`feed_dims`). ``measure_peak``
+    measures the sgemm peak for :attr:`BenchResult.gflops`' share (a suite measures it once).
 
     Kernel threads are applied once for the whole run and restored at the end; the cluster is
     closed at the end, whatever happens.
@@ -326,8 +344,11 @@ def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5
             compile_s = time.perf_counter() - start
             model = load(path)
             first, warm = warmup_model(model)
-            info = model.info()
-            feed = sample_feed(model.graph, batch, seq, seed)
+            if feed is None:
+                feed = sample_feed(model.graph, batch, seq, seed)
+            feed = dict(feed)
+            dims = feed_dims(model.graph, feed)
+            info = model.info(dims)
             single = len(feed) == 1
             x = next(iter(feed.values())) if single else feed
             runners: dict[str, Callable[[], Any]] = {"taskflow": lambda: model.run(None, feed)}
@@ -349,6 +370,8 @@ def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5
                     skipped.append(f"{peer} (not installed, or an op it lacks)")
                     continue
                 runners[peer] = lambda run=run: run(x)
+            for name, run in (extra_peers or {}).items():
+                runners[name] = lambda run=run: run(x)
             # warm-up: caches, allocators, thread pools; the Dask worker loads Numba's cache
             outputs = {name: fn() for name, fn in runners.items()}
             diff = None
@@ -360,9 +383,11 @@ def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5
             result = BenchResult(os.path.basename(path).removesuffix(".onnx"), batch, threads,
                                  info.flops_per_sample, times=times, first_run_s=first,
                                  warm_run_s=warm, compile_s=compile_s, skipped=skipped,
-                                 dask_max_abs_diff=diff)
+                                 dask_max_abs_diff=diff, dims=dims)
             result.images_per_s = {k: batch / statistics.median(v) for k, v in times.items()}
-        result.gemm_peak_gflops = gemm_peak()
+        if measure_peak:
+            peak = sgemm_peak(threads)
+            result.gemm_peak_gflops, result.gemm_peak_how = peak.gflops, peak.how
         return result
     finally:
         thread_control.reset_kernel_threads()
