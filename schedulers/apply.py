@@ -100,9 +100,11 @@ class SuggestionApplier:
                 rejected[state] = rejected.get(state, 0) + 1
                 continue
             p0, p1, p2 = ts.priority
-            if shift is not None:  # relative to the user's own priority: idempotent
-                user = ts.annotations.get("priority", 0) if ts.annotations else 0
-                p0 = -((user if isinstance(user, (int, float)) else 0) + shift)
+            if shift is not None:
+                # Dask's user priority (p0, from submit/compute(priority=...)) stays first, as
+                # in Dask: a policy never undoes it. The shift takes the place of Dask's
+                # submission generation, ordering tasks of equal user priority: idempotent.
+                p1 = -shift
             ts.priority = (p0, p1, p2 if orders is None else orders[i])
             if state == "queued":
                 queued = True

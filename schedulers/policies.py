@@ -52,10 +52,12 @@ class JobPriority(Policy):
     annotations gets a class from ``prefixes`` (key-kind glob -> class) or ``default_class``.
 
     Aging is static, so it also holds for tasks already sent to workers: a submission at time
-    ``t`` gets user priority ``base(class) - t * rate`` with ``rate = (top - bottom) /
+    ``t`` gets the shift ``base(class) - t * rate`` with ``rate = (top - bottom) /
     max_wait``. Every queued task gains priority at the same rate, so comparing two tasks is
     comparing these numbers: a bulk job that has waited ``max_wait`` goes before any newly
-    submitted interactive one, and is never starved.
+    submitted interactive one, and is never starved. The shift orders tasks of equal Dask
+    user priority (``submit/compute(priority=...)``, ``taskflow run --priority``), in place of
+    Dask's submission order; a higher user priority still runs first, as in Dask.
 
     Parameters
     ----------

@@ -20,9 +20,10 @@ class TaskView(NamedTuple):
     """One task as a policy sees it.
 
     ``priority`` is Dask's tuple ``(-user priority, generation, dask.order index)``: smaller runs
-    first. ``prefix`` is its kind (:func:`task_kind`). ``restrictions`` is the set of worker
-    addresses the task is restricted to (None: any), ``loose`` whether it may run elsewhere
-    when none of them is there. ``nbytes`` is its result's size, ``input_nbytes`` that of its
+    first (``JobPriority`` puts its negated shift in place of the generation). ``prefix`` is
+    its kind (:func:`task_kind`). ``restrictions`` is the set of worker addresses the task is
+    restricted to (None: any), ``loose`` whether it may run elsewhere when none of them is
+    there. ``nbytes`` is its result's size, ``input_nbytes`` that of its
     dependencies.
 
     Examples
@@ -153,9 +154,10 @@ class LazyMapping(_Lazy, Mapping):
 class SetPriority(NamedTuple):
     """Change the priority of fresh tasks ``keys`` (one suggestion for a whole job).
 
-    ``shift``, when given, is added to the task's own user priority (Dask's ``priority=``:
-    higher runs first), and ``orders``, when given, replaces each task's ``dask.order`` index
-    (parallel to ``keys``).
+    ``shift``, when given, ranks the tasks among those of equal Dask user priority (higher
+    runs first): it replaces Dask's submission generation, the second element of the
+    priority, so the user's own ``priority=`` keeps going first. ``orders``, when given,
+    replaces each task's ``dask.order`` index (parallel to ``keys``).
 
     Examples
     --------

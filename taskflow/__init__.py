@@ -20,6 +20,7 @@ from taskflow.errors import (
     TaskflowError,
     ThreadBudgetError,
     UnsupportedOpError,
+    WorkerDiedError,
 )
 from taskflow.frontend import nn  # noqa: F401  (tf.nn.Sequential, the layer builder)
 from taskflow.ir.graph import Graph, Node, Value
@@ -55,6 +56,7 @@ __all__ = [
     "TaskflowError",
     "UnsupportedOpError",
     "Value",
+    "WorkerDiedError",
     "errors",
     "infer_zarr",
     "load",

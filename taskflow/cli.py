@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from taskflow.errors import TaskflowError
 
@@ -130,6 +133,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="extra attempts per failing chunk before quarantine (default 2)")
     p.add_argument("--chunks-per-task", type=_positive,
                    help="output chunks per task (default: grouped adaptively; 1: one each)")
+    p.add_argument("--priority", type=int, default=0, metavar="N",
+                   help="Dask priority of the job's tasks: higher runs first when jobs share "
+                        "a cluster (default 0; negative for background work)")
     p.add_argument("--outputs", help="comma-separated model outputs to write (default: all)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="one updating line on stderr (bar), JSON lines on stdout, or none")
@@ -149,6 +155,10 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
                    help="how long to wait for --scheduler before giving up (default 10)")
     p.add_argument("--oversubscribe", action="store_true",
                    help="allow more worker x kernel threads than the cluster's usable cores")
+    p.add_argument("--memory-limit", type=_memory, metavar="SIZE",
+                   help="memory limit of each worker of the embedded cluster, e.g. 2GB "
+                        "(default: this machine's memory / workers; a --scheduler's workers "
+                        "set theirs where they start: dask worker --memory-limit)")
     tls = p.add_argument_group("TLS (a tls:// --scheduler; Dask's Security)")
     tls.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate to trust")
     tls.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
@@ -162,6 +172,13 @@ def _cluster_options(args: argparse.Namespace) -> dict:
 
     options: dict = {"oversubscribe": args.oversubscribe,
                      "connect_timeout": args.connect_timeout or CONNECT_TIMEOUT}
+    if args.memory_limit is not None:
+        if args.scheduler:
+            raise TaskflowError(f"--memory-limit {args.memory_limit} given with --scheduler: "
+                                "a running cluster's workers have their memory limit already; "
+                                "start them with dask worker --memory-limit, or drop "
+                                "--scheduler for an embedded cluster")
+        options["memory_limit"] = args.memory_limit
     given = {k: v for k, v in (("--tls-ca-file", args.tls_ca_file), ("--tls-cert", args.tls_cert),
                                ("--tls-key", args.tls_key)) if v}
     if given:
@@ -180,6 +197,17 @@ def _cluster_options(args: argparse.Namespace) -> dict:
                                        tls_client_cert=args.tls_cert,
                                        tls_client_key=args.tls_key, require_encryption=True)
     return options
+
+
+def _memory(text: str) -> str:
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512MB or 4GiB") \
+            from None
+    return text
 
 
 def _positive(text: str) -> int:
@@ -211,20 +239,56 @@ def _sources(values: list[str]) -> str | dict[str, str]:
     return {name: src for name, _, src in named}
 
 
+class _ConnectionNoise(logging.Filter):
+    """A logging filter for the tracebacks Dask's client logs when its scheduler is lost.
+
+    The futures in flight are cancelled, a result being fetched fails in a background callback
+    (``CommClosedError``, logged by tornado), and closing the client ends its reconnect loop,
+    which logs either the ``CancelledError`` with a traceback or "Failed to reconnect to
+    scheduler after 10.00 seconds" however soon it was closed (distributed 2026.8).
+    ``taskflow run`` reports the loss in one line instead; ``--debug`` keeps them.
+    """
+
+    LOGGERS = ("distributed.client", "tornado.application")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import asyncio
+
+        from distributed.comm import CommClosedError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (asyncio.CancelledError, CommClosedError)):
+            return False
+        return not str(record.msg).startswith("Failed to reconnect to scheduler")
+
+    @classmethod
+    def install(cls) -> None:
+        for name in cls.LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, cls) for f in logger.filters):
+                logger.addFilter(cls())
+
+
 @command("run", _run_args)
 def run(args: argparse.Namespace) -> int:
     """Stream a Zarr dataset through a model on a Dask cluster into a Zarr group.
 
     Exit codes: 0 every chunk done; 2 refused (bad input, existing output, resume mismatch);
     3 some chunks quarantined after their retries (listed; ``--rerun-failed`` redoes them);
-    4 some chunks neither done nor quarantined (an earlier run was killed; ``--resume``);
+    4 some chunks neither done nor quarantined (an earlier run was killed, or this one lost its
+    scheduler; ``--resume``);
     130 interrupted (``--resume`` finishes the job).
     """
     from taskflow.dashboard.extension import page_link, performance_report_context
     from taskflow.dask.cluster import Cluster
     from taskflow.model import load
     from taskflow.schedulers import policies_from_names
-    from taskflow.stream.infer import EXIT_INCOMPLETE, EXIT_QUARANTINED, infer_zarr
+    from taskflow.stream.infer import (
+        EXIT_INCOMPLETE,
+        EXIT_QUARANTINED,
+        SchedulerLostError,
+        infer_zarr,
+    )
     from taskflow.stream.preprocess import preprocess_from_text
     from taskflow.stream.sources import location, validate_feed
 
@@ -233,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
     model, sources = load(args.model), _sources(args.input)
     # bad input is refused before a cluster starts (infer_zarr checks again, on its own)
     validate_feed(model, sources, preprocess, location(args.output))
+    if not getattr(args, "debug", False):
+        _ConnectionNoise.install()
     try:
         with Cluster(args.scheduler, policies=policies, quiet=True,
                      **_cluster_options(args)) as cluster:
@@ -246,11 +312,16 @@ def run(args: argparse.Namespace) -> int:
                     rerun_failed=args.rerun_failed, preprocess=preprocess,
                     outputs=args.outputs.split(",") if args.outputs else None,
                     progress=args.progress, client=cluster, retries=args.retries,
-                    chunks_per_task=args.chunks_per_task)
+                    chunks_per_task=args.chunks_per_task, priority=args.priority)
     except KeyboardInterrupt:
         print("taskflow run: interrupted; finished chunks are kept, rerun with --resume",
               file=sys.stderr)
         return 130
+    except SchedulerLostError as exc:  # not a refusal (2): the job is incomplete, like a kill
+        if getattr(args, "debug", False):
+            raise
+        print(f"taskflow run: error: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     if args.progress == "json":
         print(json.dumps(summary.to_dict()))
     else:
@@ -362,6 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(command: str) -> Callable[..., None]:
+    """``warnings.showwarning`` for the command line: one line on stderr, like its errors
+    (not Python's ``file:line: Category: message`` and the source line under it)."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        print(f"taskflow {command}: warning: {message}", file=file or sys.stderr, flush=True)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -369,7 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # restores the default display on the way out
+            warnings.showwarning = _warning_line(args.command)
+            return args.func(args)
     except (TaskflowError, FileNotFoundError) as exc:
         if args.debug:
             raise

@@ -139,3 +139,18 @@ class ThreadBudgetError(TaskflowError, ValueError):
     ...
     taskflow.errors.ThreadBudgetError: 4 workers x 2 threads x 2 kernel threads = 16 threads > ...
     """
+
+
+class WorkerDiedError(TaskflowError, RuntimeError):
+    """Dask workers died running taskflow's work, most often because their memory limit is too
+    small for taskflow itself or for a chunk.
+
+    The message names the workers, their memory limits, about how much memory is needed and
+    what to change (:mod:`taskflow.dask.memory` writes it).
+
+    Examples
+    --------
+    >>> from taskflow.errors import TaskflowError, WorkerDiedError
+    >>> issubclass(WorkerDiedError, TaskflowError), issubclass(WorkerDiedError, RuntimeError)
+    (True, True)
+    """

@@ -14,6 +14,7 @@ from typing import Any
 from distributed import Client, LocalCluster
 
 from taskflow.dask.connect import CONNECT_TIMEOUT, client_security, connect, local_security
+from taskflow.dask.memory import killed_worker_error, worker_deaths
 from taskflow.dask.spawn import spawn_problem
 from taskflow.dask.threads import (
     KERNEL_ENV_VARS,
@@ -81,6 +82,14 @@ class Cluster:
         Seconds to wait for the scheduler at ``address`` before a ``TaskflowError`` that
         says it could not be reached.
 
+    Raises
+    ------
+    taskflow.WorkerDiedError
+        When workers die while taskflow sets them up (a memory limit too small for taskflow
+        itself), and, on leaving a ``with`` block, for a ``KilledWorker`` raised inside it
+        (``model.predict(x).compute()`` with chunks too big for the workers' memory): with the
+        workers' memory limits, about what a chunk needs and the ``chunk_size`` that fits.
+
     Attributes
     ----------
     client : distributed.Client
@@ -124,8 +133,11 @@ class Cluster:
                         "was started (leave them out, or drop address to start one here)"
                     )
                 self.client = connect(address, client_security(security), connect_timeout)
-                self.plan = self._remote_plan(kernel_threads, oversubscribe)
-            self._register(plugins, policies)
+                with worker_deaths(self.client, "counting the cores of its workers"):
+                    self.plan = self._remote_plan(kernel_threads, oversubscribe)
+            # A worker too small for taskflow dies importing it here: say so, in one line.
+            with worker_deaths(self.client, "registering its worker plugins"):
+                self._register(plugins, policies)
             self.dashboard_link = self._find_dashboard_link()
         except BaseException:
             self.close()
@@ -209,8 +221,17 @@ class Cluster:
                           oversubscribe=oversubscribe or len(info) * tpw * k > cores)
 
     def _register(self, plugins: Iterable[Any], policies: Iterable[Any] | None = None) -> None:
-        self.client.register_plugin(ThreadBudgetPlugin(self.plan.kernel_threads),
-                                    name=ThreadBudgetPlugin.name)
+        try:
+            self.client.register_plugin(ThreadBudgetPlugin(self.plan.kernel_threads),
+                                        name=ThreadBudgetPlugin.name)
+        except BaseException:
+            # The scheduler keeps a plugin whose broadcast failed and replays it to every
+            # restarted worker: one that killed its workers would kill each new one too.
+            try:
+                self.client.unregister_worker_plugin(ThreadBudgetPlugin.name)
+            except Exception:  # noqa: BLE001 - not registered, or the scheduler is gone
+                pass
+            raise
         schedulers = importlib.import_module("taskflow.schedulers")
         scheduler_plugin = getattr(schedulers, "TaskflowSchedulerPlugin", None)
         if scheduler_plugin is not None:  # given policies replace a preloaded plugin
@@ -292,8 +313,18 @@ class Cluster:
     def __enter__(self) -> Cluster:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        # ``model.predict(x).compute()`` inside the block: a KilledWorker becomes a
+        # WorkerDiedError naming the workers' memory limits and what a chunk needs.
+        error = None
+        if exc is not None and self.client is not None:
+            try:
+                error = killed_worker_error(self.client, exc)
+            except Exception:  # noqa: BLE001 - explaining must never hide the first error
+                error = None
         self.close()
+        if error is not None:
+            raise error from exc
 
     def __repr__(self) -> str:
         where = self.address or "local"

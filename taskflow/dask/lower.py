@@ -35,6 +35,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from taskflow.dask.layout import join_rows
+from taskflow.dask.memory import note_predict
 from taskflow.dask.parallel import _state, place_weights, submit_plans, to_cluster, weight_handle
 from taskflow.dask.trace import BATCH, GraphTrace, sanitize, trace_graph
 from taskflow.dask.units import UnitPlan, build_plans, rows, run_unit, select
@@ -145,6 +146,7 @@ def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
     units, consts, split_axis = plan_mod.units_for(plan, trace, model.device)
     plans, where = build_plans(trace, units, wanted, model.device, consts, split_axis)
     batch_chunks = feed[batch_names[0]].chunks[0] if batch_names else (1,)
+    note_predict(model, trace, max(batch_chunks, default=1))  # to explain a KilledWorker
     if plan.mode in ("model", "pipeline") and client is None:
         warnings.warn(f"mode={plan.mode!r} without a distributed client: its blocks/stages are "
                       f"separate tasks, but nothing pins them to workers (pass client=)",

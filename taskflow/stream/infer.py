@@ -16,6 +16,7 @@ last tasks leave a worker idle. A chunk that fails is retried on its own, then q
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 import uuid
@@ -26,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from taskflow.dashboard.telemetry import emit_job
+from taskflow.dask.memory import chunk_killed_message, worker_deaths
 from taskflow.errors import TaskflowError
 from taskflow.stream import lease
 from taskflow.stream import manifest as mf
 from taskflow.stream.report import FailedChunk, JobSummary, Progress
 from taskflow.stream.sources import (
     check_rows_independent,
+    chunking_warnings,
     location,
     output_specs,
     validate_feed,
@@ -61,12 +64,19 @@ EXIT_INCOMPLETE = 4
 JOB_EVENT_INTERVAL = 0.5
 
 
+class SchedulerLostError(TaskflowError, ConnectionError):
+    """The client lost its Dask scheduler mid-job (stopped, killed or restarted). Dask cancels
+    every future with the connection; the chunks already done are kept, and ``resume=True``
+    (``taskflow run --resume``) computes the rest once a scheduler is up."""
+
+
 # --- client side ---------------------------------------------------------------------------------
 def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
                batch_size: int | None = None, window: int | None = None, resume: bool = False,
                overwrite: bool = False, rerun_failed: bool = False, preprocess: Any = None,
                outputs: list[str] | None = None, progress: Any = "bar", client: Any = None,
-               retries: int = 2, chunks_per_task: int | None = None) -> JobSummary:
+               retries: int = 2, chunks_per_task: int | None = None,
+               priority: int = 0) -> JobSummary:
     """Run ``model`` over every sample of a Zarr ``source``; write its outputs to ``target``.
 
     Parameters
@@ -106,14 +116,28 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
         Where to run: a client, a cluster, a scheduler address, or None: the current client if
         there is one, else an embedded :class:`taskflow.Cluster` for the job's duration.
     retries : int
-        Extra attempts for a failing chunk before it is quarantined and listed in the summary.
+        Extra attempts for a failing chunk before it is quarantined and listed in the summary;
+        none for a chunk whose workers died (``KilledWorker``: Dask has tried it on
+        ``allowed-failures + 1`` workers already), quarantined with the workers' memory limit
+        and about what a chunk needs.
     chunks_per_task : int, optional
         Output chunks per task (default: grouped adaptively to tasks of ``TARGET_TASK_S``;
         1: one task per chunk).
+    priority : int
+        Dask priority of every task the job submits: higher runs first when jobs share a
+        cluster, as ``client.submit(priority=...)`` (default 0, Dask's own default).
 
     Returns
     -------
     JobSummary
+
+    Warns
+    -----
+    UserWarning
+        Once per source chunked against the batch: without ``batch_size``, a first chunk that
+        holds every row while another axis is chunked, or whose rows pass
+        :data:`taskflow.stream.sources.LARGE_TASK_BYTES` (one task would take them all); with
+        it, a source chunked along a non-batch axis (each task's reads come in pieces).
 
     Examples
     --------
@@ -130,6 +154,10 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
                             "resume or rerun_failed")
     if not isinstance(retries, int) or retries < 0:
         raise TaskflowError(f"retries={retries!r}; expected an integer >= 0")
+    if not isinstance(priority, numbers.Integral) or isinstance(priority, bool):
+        raise TaskflowError(f"priority={priority!r}; expected an integer (higher runs first, "
+                            "as Dask's client.submit(priority=...); default 0)")
+    priority = int(priority)
     for name, value in (("window", window), ("chunks_per_task", chunks_per_task)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise TaskflowError(f"{name}={value!r}; expected an integer >= 1")
@@ -144,7 +172,9 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
     batch = batch_size or first.chunks[0] or 1
     if not isinstance(batch, int) or batch < 1:
         raise TaskflowError(f"batch_size={batch_size!r}; expected an integer >= 1")
-    check_rows_independent(model, sources, pre, batch)
+    for message in chunking_warnings(sources, batch_size):
+        warnings.warn(message, UserWarning, stacklevel=2)
+    trace = check_rows_independent(model, sources, pre, batch)
     n_chunks = -(-rows // batch)
     identity = {
         "model": {"name": model.graph.name, "sha256": mf.model_hash(model),
@@ -184,17 +214,24 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
         report.start({"target": dst, "chunks": n_chunks, "todo": len(todo), "rows": rows,
                       "batch_size": batch, "window": window, "workers": len(c.nthreads()),
                       "threads": nthreads, "dashboard": dashboard})
-        ship_model(c, model, job.model_hash)
+        with worker_deaths(c, "sending the model to its workers"):  # too small for taskflow
+            ship_model(c, model, job.model_hash)
         if lease.install(c):  # the lease first: a client killed from here on leaves nothing
             emit_job(token, total=len(todo), done=0, failed=0, quarantined=0, in_flight=0,
                      started=time.time(), state="starting", client=c, plugin=plugin_name)
         registered = True  # before: a registration failing on some workers still leaves it
-        c.register_plugin(JobPlugin(job), name=plugin_name)
+        with worker_deaths(c, "registering the job on its workers"):
+            c.register_plugin(JobPlugin(job), name=plugin_name)
         ended = True  # from here _stream reports how the job ended, with its counts
-        loop = _stream(c, job, todo, window, retries, chunks_per_task, nthreads, report)
+        loop = _stream(c, job, todo, window, retries, chunks_per_task, nthreads, report,
+                       priority, killed=lambda exc: chunk_killed_message(c, exc, model, trace,
+                                                                         batch))
         failed = {k: v for k, v in failed_before.items() if k not in loop["done"]}
         failed.update(loop["failed"])
         unrecorded = _record(dst, failed, token)
+    except SchedulerLostError:
+        registered = False  # no scheduler to unregister from: asking would only wait
+        raise
     finally:
         report.close()
         if registered:
@@ -281,9 +318,17 @@ def _contents(identity: dict) -> dict:
 
 
 def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: int,
-            chunks_per_task: int | None, threads: int, report: Progress) -> dict[str, Any]:
-    """Submit ``todo`` with at most ``window`` tasks in flight; retry, then quarantine."""
-    from distributed import as_completed
+            chunks_per_task: int | None, threads: int, report: Progress,
+            priority: int = 0, killed: Any = None) -> dict[str, Any]:
+    """Submit ``todo`` with at most ``window`` tasks in flight, each with Dask ``priority``;
+    retry, then quarantine. ``killed(exc)`` explains a ``KilledWorker`` (the chunk's memory).
+
+    A task of one chunk whose workers all died (``KilledWorker``) is quarantined without our
+    ``retries``: Dask has already run it on ``allowed-failures + 1`` workers and each died, so
+    every retry would kill as many again (and the tasks beside it on those workers) for a
+    chunk that needs the same memory each time. A task of several chunks retries each alone,
+    to find the chunk that kills."""
+    from distributed import KilledWorker, as_completed
 
     queue, attempts, solo = deque(todo), dict.fromkeys(todo, 0), set()
     in_flight: dict[str, list[int]] = {}
@@ -310,7 +355,7 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
     def fill() -> None:
         while queue and len(in_flight) < window:
             ks = group()
-            fut = client.submit(run_chunks, job.token, ks, pure=False,
+            fut = client.submit(run_chunks, job.token, ks, pure=False, priority=priority,
                                 key=f"tf-stream-{job.token}-{ks[0]}-{out['tasks']}")
             out["tasks"] += 1
             in_flight[fut.key] = ks
@@ -362,19 +407,24 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
                 rate = result["seconds"] / len(ks)
                 per_chunk_s = rate if per_chunk_s is None else 0.5 * (per_chunk_s + rate)
             elif fut.status == "cancelled":
-                raise TaskflowError(f"chunks {ks} were cancelled: the cluster lost them "
-                                    "(scheduler gone or restarted?); rerun with resume=True "
-                                    "(--resume)")
+                raise _cancelled(client, ks, result, len(done), len(todo))
             else:
                 exc = result[1]
+                error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, KilledWorker) and killed is not None:
+                    error = f"{type(exc).__name__}: {killed(exc)}"
+                    if len(ks) == 1:  # no retries: see the docstring
+                        attempts[ks[0]] = retries
                 for k in ks:
-                    retry_or_quarantine(k, f"{type(exc).__name__}: {exc}")
+                    retry_or_quarantine(k, error)
             fut.release()
             fill()
             report.update(len(done), len(failed), out["samples"])
             publish("running")
         report.update(len(done), len(failed), out["samples"], force=True)
         publish("failed" if failed or out.get("fatal") else "done", force=True)
+    except SchedulerLostError:
+        raise  # nothing to cancel or tell: each call would wait out Dask's reconnect timeout
     except BaseException:
         client.cancel(list(pending.futures), force=True)
         try:  # an error or ^C: the job's lease and dashboard row end too
@@ -383,6 +433,22 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
             pass
         raise
     return out
+
+
+def _cancelled(client: Any, ks: list[int], exc: Any, done: int, todo: int) -> TaskflowError:
+    """The error for a task Dask cancelled: a lost scheduler (Dask cancels every future when
+    the connection drops), or someone else's cancel or restart."""
+    reason = getattr(exc, "reason", "unknown")
+    if reason == "scheduler-connection-lost":
+        address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
+        return SchedulerLostError(
+            f"lost the Dask scheduler at {address!r} mid-job (it was stopped, killed or "
+            f"restarted) after {done} of this run's {todo} chunks; the chunks done are kept: "
+            "once a scheduler and workers are up, rerun with --resume (resume=True) to compute "
+            "the rest")
+    return TaskflowError(f"chunks {ks} were cancelled on the cluster (reason {reason!r}: "
+                         "another client cancelled them, or the scheduler restarted); rerun "
+                         "with --resume (resume=True) to compute the chunks not done")
 
 
 def _connect(client: Any) -> tuple[Any, bool]:

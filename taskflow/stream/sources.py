@@ -3,6 +3,7 @@ check the job against the model from metadata alone, before any task runs."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +13,11 @@ import numpy as np
 
 from taskflow.errors import DTypeError, InputError, ShapeError, TaskflowError
 from taskflow.stream.preprocess import Preprocess, parse_preprocess
+
+#: Input bytes of one task (one output chunk's rows) past which a source's own chunking is too
+#: coarse to be the batch: the largest input chunk the Dask lowering makes itself
+#: (:data:`taskflow.dask.lower.MAX_CHUNK_BYTES`), since activations are often several times it.
+LARGE_TASK_BYTES = 512 << 20
 
 
 def location(x: Any) -> str:
@@ -199,10 +205,11 @@ def _where(sources: Mapping[str, SourceArray]) -> str:
 
 
 def check_rows_independent(model: Any, sources: Mapping[str, SourceArray],
-                           pre: Preprocess | None, batch: int) -> None:
+                           pre: Preprocess | None, batch: int) -> Any:
     """Refuse a model whose nodes mix the rows of a batch: streaming runs each chunk alone, so
     its results would silently depend on the chunking. The batch analysis of the Dask lowering
-    (:mod:`taskflow.dask.trace`) decides, on the preprocessed inputs' shapes and dtypes."""
+    (:mod:`taskflow.dask.trace`) decides, on the preprocessed inputs' shapes and dtypes.
+    Returns that trace (it also sizes a chunk's memory: :mod:`taskflow.dask.memory`)."""
     from taskflow.dask.lower import get_trace
 
     probe = _zeros(sources, pre)
@@ -213,6 +220,57 @@ def check_rows_independent(model: Any, sources: Mapping[str, SourceArray],
         raise ShapeError(f"{why}. infer_zarr runs each chunk of {batch} rows alone, which "
                          f"would change those results: use Model.predict (it runs such nodes "
                          f"once on the whole batch) or Model.run")
+    return trace
+
+
+def chunking_warnings(sources: Mapping[str, SourceArray], batch_size: int | None) -> list[str]:
+    """Warnings about sources chunked so that the job's tasks go badly, one per source.
+
+    Without ``batch_size`` a task covers the source's chunk along axis 0: one whose first chunk
+    holds every row while another axis is chunked (``(N, 1, 28, 28)`` chunked
+    ``(N, 1, 14, 28)``), or whose rows of one chunk pass :data:`LARGE_TASK_BYTES`, makes a task
+    the size of the dataset. With ``batch_size``, a source chunked along a non-batch axis makes
+    every task read whole rows from several chunks.
+
+    Examples
+    --------
+    >>> src = SourceArray("/data/x.zarr", "", (64, 1, 28, 28), "float32", (64, 1, 14, 28), 3)
+    >>> print(chunking_warnings({"x": src}, None)[0])             # doctest: +ELLIPSIS
+    source '/data/x.zarr' has shape (64, 1, 28, 28) and chunks (64, 1, 14, 28): ...
+    """
+    out = []
+    for s in sources.values():
+        if not s.shape or not s.chunks:
+            continue
+        split = [i for i in range(1, len(s.shape)) if s.chunks[i] < s.shape[i]]
+        row_bytes = np.dtype(s.dtype).itemsize * math.prod(s.shape[1:])
+        head = f"source {s.where()!r} has shape {s.shape} and chunks {s.chunks}"
+        axes = f"axis {split[0]}" if len(split) == 1 else f"axes {split}"
+        if batch_size is None:
+            rows = min(s.chunks[0], s.shape[0])
+            whole = rows >= s.shape[0] > 1 and bool(split)
+            if whole or rows * row_bytes > LARGE_TASK_BYTES:
+                why = (f"its first chunk holds all {s.shape[0]} rows while {axes} "
+                       "is chunked" if whole else f"its chunks hold {rows} rows each")
+                out.append(f"{head}: {why}, so without batch_size each task reads and runs "
+                           f"{rows} rows at once ({_bytes(rows * row_bytes)} of input per task"
+                           f"{', one task for the whole job' if rows >= s.shape[0] else ''}); "
+                           "pass batch_size (--batch-size), or rechunk the source along axis 0")
+                continue
+        if split:
+            reads = math.prod(-(-s.shape[i] // s.chunks[i]) for i in split)
+            rows = batch_size or s.chunks[0]
+            out.append(f"{head}: it is chunked along {axes} as well as the batch, so every "
+                       f"task reads its rows as {reads} pieces side by side (more, smaller "
+                       f"reads); rechunk it along axis 0 only, e.g. chunks ({rows}, "
+                       f"{', '.join(map(str, s.shape[1:]))})")
+    return out
+
+
+def _bytes(n: int) -> str:
+    from dask.utils import format_bytes
+
+    return format_bytes(n)
 
 
 def output_specs(model: Any, sources: Mapping[str, SourceArray], pre: Preprocess | None,

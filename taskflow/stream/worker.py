@@ -182,7 +182,16 @@ def ship_model(client: Any, model: Any, model_hash: str) -> None:
     if payload is None:
         payload = _SHIPPED[model] = pickle.dumps((model.graph, model.device, model.strict),
                                                  protocol=pickle.HIGHEST_PROTOCOL)
-    client.register_plugin(ModelPlugin(model_hash, payload), name=name)
+    try:
+        client.register_plugin(ModelPlugin(model_hash, payload), name=name)
+    except BaseException:
+        # The scheduler keeps a plugin whose broadcast failed and replays it to every worker
+        # that (re)starts: one whose workers died loading taskflow would kill each new one.
+        try:
+            client.unregister_worker_plugin(name)
+        except Exception:  # noqa: BLE001 - not registered, or the scheduler is gone
+            pass
+        raise
     for old in registered[:max(0, len(registered) + 1 - MODEL_CACHE)]:
         client.unregister_worker_plugin(old)
 

@@ -86,9 +86,14 @@ def test_a_finished_job_ends_its_lease_without_abandoning(tmp_path, shared):
     summary = tf.infer_zarr(MODEL, src, str(tmp_path / "out.zarr"), client=shared,
                             preprocess={"scale": 1 / 16}, progress="none")
     assert summary.ok
-    wait_for(lambda: client_leases(shared) == {}, timeout=10, what="the lease to end")
-    jobs = get_json(page_url(shared) + "/json")["jobs"]
-    assert [j["state"] for j in jobs.values() if j["total"] == 2] == ["done"]
+    wait_for(lambda: client_leases(shared) == {}, timeout=20, what="the lease to end")
+
+    def ended():  # the page's snapshot is taken every 0.5 s: the first may predate the end
+        states = [j["state"] for j in get_json(page_url(shared) + "/json")["jobs"].values()
+                  if j["total"] == 2]
+        return states if states and states[0] not in ("starting", "running") else None
+
+    assert wait_for(ended, timeout=20, what="the job's final state") == ["done"]
 
 
 def client_leases(shared) -> dict:
