@@ -312,12 +312,25 @@ def run_chunks(token: str, chunks: list[int]) -> dict[str, Any]:
         try:
             report["write_s"] += fut.result()[1]
         except Exception as exc:  # noqa: BLE001 - reported per chunk; the client retries them
-            fail(run, exc)
             if is_fatal_write(exc):  # no chunk of this job can be written: stop the job
                 report["fatal"] = f"{type(exc).__name__}: {exc}"
-            return
+            # markers are written after all of the run's data, chunk by chunk: a write that
+            # failed among them (a disk filling up) leaves the first ones set, and those
+            # chunks are done; the summary must count what the target says
+            marked = _marked(run)
+            fail([k for k in run if k not in marked], exc)
+            run = [k for k in run if k in marked]
+            if not run:
+                return
         report["done"] += run
-        report["rows"] += rows_of(run[-1])[1] - rows_of(run[0])[0]
+        report["rows"] += sum(rows_of(k)[1] - rows_of(k)[0] for k in run)
+
+    def _marked(run: list[int]) -> set[int]:
+        try:
+            flags = np.asarray(done[run[0]:run[-1] + 1])
+        except Exception:  # noqa: BLE001 - unreadable: count none, resume re-lists markers
+            return set()
+        return {k for k, flag in zip(range(run[0], run[-1] + 1), flags) if flag}
 
     try:
         for i, block in enumerate(blocks):
