@@ -1,29 +1,58 @@
 """What the Dask path costs against in-process ``Model.run``, and how data parallelism scales.
 
-For light_resnet50 and a small MLP, on the same data:
+For a small MLP (256-1024-1024-10) and light_resnet50, on the same data and the same cores:
 
-- ``Model.run`` in-process with 2 and with 1 kernel thread (BLAS/Numba);
-- ``Model.predict`` on a 2-worker x 1-thread cluster (1 kernel thread each: no oversubscription)
-  with chunks of 16 and 32 rows, weights placed once with ``Model.to_cluster``;
-- scaling of data parallelism: 1x1, 1x2 (one worker, two task threads) and 2x1 workers x
-  threads, chunks of 16; efficiency = time(1x1) / (2 x time(config)).
+- ``Model.run`` in-process on the whole batch, with 2 and with 1 kernel thread, and with 1
+  kernel thread over the same chunks one by one (a loop of ``Model.run``);
+- ``Model.predict`` on a 2-worker and on a 1-worker cluster (1 task thread, 1 kernel thread
+  each: no oversubscription), input persisted on the workers, weights placed with
+  ``Model.to_cluster``; on 2 workers also with ``task_flops=0`` (one task per chunk, as before
+  chunks were grouped into tasks of ``TARGET_TASK_FLOPS``).
 
-Times are the best of ``--repeats`` after a one-chunk warm-up (which absorbs the trace, Numba
-loading and weight placement). Prints one table of seconds and ratios. Not a test. About 2 min
-on an idle 2-core machine (ResNet-50 dominates: ~0.7 s per image per core).
+Printed per chunk size: wall seconds, best of ``--repeats`` (with the CPU seconds the client,
+the scheduler and the workers used in that run: the cost, less shaken by other load than the
+wall time); ``run/predict`` = time(``Model.run``, 2 kernel threads) / time(predict on 2
+workers), the target being >= 0.9 for a batch of >= 100 ms; ``2w/1w`` = time(1 worker) /
+time(2 workers) on the same chunks, target >= 1.8 (efficiency = half of it); ``1w/run1`` =
+time(1 worker) / time(``Model.run``, 1 kernel thread): the Dask path's own cost on one core.
 
-    python benchmarks/bench_dask_overhead.py [--resnet-batch 32] [--mlp-batch 4096]
+What made the old baseline (one worker, one thread) faster than ``Model.run`` on one thread,
+and what keeps it honest now:
+
+- A worker's task threads ran every kernel on 2 threads. Numba's thread count is per thread;
+  ``ThreadBudgetPlugin`` set 1 on the thread it ran on, and the task threads started at Numba's
+  pool size, which is the core count when the script imports taskflow's kernels before the
+  spawned worker applies ``NUMBA_NUM_THREADS=1``, as this one does. "1 worker x 1 thread" used
+  both cores, and "2 workers x 1 thread" ran 4 kernel threads on 2. ``run_unit`` now holds its
+  thread to the plan (``taskflow.dask.units._kernel_threads``); the in-process runs set
+  theirs with the same call a worker uses (``apply_kernel_threads``).
+- Warm-up: one chunk warmed one worker; the other loaded its Numba kernels inside the timing
+  (+2 s on its first ResNet-50 chunk), and ``Model.run``, warmed on 2 rows, first touched its
+  batch-sized buffers inside its only timed run (+7% CPU on ResNet-50 at batch 32). Now every
+  configuration runs its own work once untimed first.
+- Configurations timed minutes apart on a shared machine compared the load, not the code. Now
+  they run in interleaved rounds, with both clusters up (idle when not timed) throughout.
+
+The load average is printed with each table. Not a test. About 2-3 min for the MLP, plus about
+4 x (resnet repeats + 1) x batch x 0.3 s for ResNet-50, on an idle 2-core machine.
+
+    python benchmarks/bench_dask_overhead.py [--mlp-batch 8192] [--mlp-chunks 2048,512,128,16]
+        [--resnet-batch 64] [--resnet-chunks 16] [--repeats 5] [--resnet-repeats 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 import onnx
+import psutil
+from distributed import Client
 
 import taskflow as tf
 from taskflow.dask import threads
@@ -33,90 +62,159 @@ from taskflow.frontend import nn
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
-def best_of(fn, repeats: int, warm_up=None) -> float:
-    (warm_up or fn)()  # loads kernels and caches; a small warm-up keeps the benchmark short
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def in_process(model: tf.Model, x: np.ndarray, kernel_threads: int, repeats: int) -> float:
+def kernel_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with ``n`` kernel threads in this process, as a worker's plugin sets them."""
+
+    def run() -> None:
+        threads.apply_kernel_threads(n)
+        try:
+            fn()
+        finally:
+            threads.reset_kernel_threads()
+
+    return run
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` (all their threads) have used."""
+    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+
+
+def spread(client: Client, x: np.ndarray, rows: int) -> da.Array:
+    """``x`` in chunks of ``rows``, held by the workers in contiguous blocks (the first half on
+    one worker, the second on the other), as a Dask load spreads its chunks: the input transfer
+    is not timed. (Scattering ``x`` whole and rechunking on the cluster, as this benchmark did,
+    left every chunk on one worker, and the scheduler kept the tasks next to them: 2 workers
+    ran at the speed of one once each ran one kernel thread.)"""
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    starts = range(0, len(x), rows)
+    parts = []
+    for j, i in enumerate(starts):
+        block = x[i : i + rows]
+        (fut,) = client.scatter([block], workers=[workers[j * len(workers) // len(starts)]])
+        parts.append(da.from_delayed(fut, block.shape, dtype=x.dtype))
+    return client.persist(da.concatenate(parts))
+
+
+def rounds(
+    configs: dict[str, tuple[Callable[[], object], list[int]]], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Per config, the best wall time over ``repeats`` interleaved rounds (after one warm-up
+    round) and the CPU seconds of its processes in that round: the client (with the
+    scheduler, a thread of this process) and the workers it used."""
+    best = dict.fromkeys(configs, (float("inf"), 0.0))
+    for r in range(repeats + 1):
+        for name, (fn, pids) in configs.items():
+            cpu, t = cpu_seconds(pids), time.perf_counter()
+            fn()
+            t, cpu = time.perf_counter() - t, cpu_seconds(pids) - cpu
+            if r and t < best[name][0]:  # round 0 warms up every config with its own work
+                best[name] = (t, cpu)
+    return best
+
+
+def bench(
+    label: str, model: tf.Model, x: np.ndarray, chunks: list[int], repeats: int
+) -> list[str]:
     name = model.get_inputs()[0].name
-    threads.apply_kernel_threads(kernel_threads)
-    try:
-        return best_of(lambda: model.run(None, {name: x}), repeats,
-                       lambda: model.run(None, {name: x[:2]}))
-    finally:
-        threads.reset_kernel_threads()
-
-
-def on_cluster(model: tf.Model, x: np.ndarray, workers: int, per_worker: int,
-               chunk_sizes: list[int], repeats: int) -> dict[int, float]:
-    with Cluster(n_workers=workers, threads_per_worker=per_worker, kernel_threads=1,
-                 processes=True, quiet=True) as cluster:
-        client = cluster.client
-        model.to_cluster(client)
-        # scattered once, then rechunked on the workers: input transfer is not what we time
-        xd = da.from_delayed(client.scatter(x), x.shape, dtype=x.dtype)
-        xd = client.persist(xd.rechunk({0: min(chunk_sizes)}))
-        out = {}
-        for rows in chunk_sizes:
-            xr = client.persist(xd.rechunk({0: rows}))  # input already on the workers
-            y = model.predict(xr, client=client)
-            first = model.predict(xr[:rows], client=client)
-            out[rows] = best_of(lambda y=y: client.compute(y).result(), repeats,
-                                lambda y=first: client.compute(y).result())
-        return out
-
-
-def bench(label: str, model: tf.Model, x: np.ndarray, repeats: int,
-          extra_chunks: tuple[int, ...] = ()) -> list[str]:
-    rows = []
-    t_run2 = in_process(model, x, 2, repeats)
-    t_run1 = in_process(model, x, 1, repeats)
-    dask21 = on_cluster(model, x, 2, 1, [16, 32, *extra_chunks], repeats)
-    t11 = on_cluster(model, x, 1, 1, [16], repeats)[16]
-    t12 = on_cluster(model, x, 1, 2, [16], repeats)[16]
+    me = [os.getpid()]
+    configs: dict[str, tuple[Callable[[], object], list[int]]] = {
+        "run2": (kernel_threads(2, lambda: model.run(None, {name: x})), me),
+        "run1": (kernel_threads(1, lambda: model.run(None, {name: x})), me),
+    }
+    for c in chunks:
+        configs[f"loop1/{c}"] = (
+            kernel_threads(
+                1, lambda c=c: [model.run(None, {name: x[i : i + c]}) for i in range(0, len(x), c)]
+            ),
+            me,
+        )
+    start = load()
+    with (
+        Cluster(n_workers=2, threads_per_worker=1, kernel_threads=1, quiet=True) as two,
+        Cluster(n_workers=1, threads_per_worker=1, kernel_threads=1, quiet=True) as one,
+    ):
+        for tag, cluster in (("2w", two), ("1w", one)):
+            client = cluster.client
+            pids = me + list(client.run(os.getpid).values())
+            model.to_cluster(client)
+            for c in chunks:
+                xc = spread(client, x, c)
+                y = model.predict(xc, client=client)
+                configs[f"{tag}/{c}"] = (lambda y=y, cl=client: cl.compute(y).result(), pids)
+                before = model.predict(xc, client=client, task_flops=0)
+                if tag == "2w" and before.name != y.name:  # else: no chunks were joined
+                    configs[f"2w/1task/{c}"] = (
+                        lambda y=before, cl=client: cl.compute(y).result(),
+                        pids,
+                    )
+        t = rounds(configs, repeats)
     n = len(x)
-    rows.append(f"{label}: batch {n}")
-    rows.append(f"  Model.run, 2 kernel threads       {t_run2:8.3f} s  {n / t_run2:9.1f} /s")
-    rows.append(f"  Model.run, 1 kernel thread        {t_run1:8.3f} s  {n / t_run1:9.1f} /s")
-    for c, t in dask21.items():
-        rows.append(f"  predict 2x1, chunks of {c:<3d}        {t:8.3f} s  {n / t:9.1f} /s   "
-                    f"dask/run(2 thr) = {t / t_run2:5.2f}   "
-                    f"dask/run(1 thr) x2 = {2 * t / t_run1:5.2f}")
-    t21 = dask21[16]
-    rows.append(f"  scaling, chunks of 16: 1x1 {t11:.3f} s | 1x2 {t12:.3f} s "
-                f"(efficiency {t11 / (2 * t12):.0%}) | 2x1 {t21:.3f} s "
-                f"(efficiency {t11 / (2 * t21):.0%})")
-    rows.append(f"  Dask overhead vs in-process, one worker one thread: 1x1/run(1 thr) = "
-                f"{t11 / t_run1:.2f}")
+    run2, run1 = t["run2"][0], t["run1"][0]
+    rows = [
+        f"{label}: batch {n}, best of {repeats} interleaved rounds; load average "
+        f"{start} at start, {load()} at end (1/5/15 min; {os.cpu_count()} CPUs)",
+        f"  Model.run whole batch: 2 kernel threads {run2:.3f} s ({n / run2:.0f}/s), "
+        f"1 kernel thread {run1:.3f} s: 2 cores give {run1 / run2:.2f}x in-process, the "
+        f"ceiling of 2w/1w on this machine",
+        "  wall s (CPU s of client+scheduler+workers) | run/predict | 2w/1w | 1w/run1",
+        "  chunk | loop 1 thr |  1 worker       |  2 workers      | 2w, 1 task/chunk "
+        "| now (before) |       |",
+    ]
+    for c in chunks:
+        (t1, c1), (t2, c2) = t[f"1w/{c}"], t[f"2w/{c}"]
+        t2u, c2u = t.get(f"2w/1task/{c}", (t2, c2))
+        rows.append(
+            f"  {c:5d} | {t[f'loop1/{c}'][0]:8.3f}   | {t1:6.3f} ({c1:5.2f}) | "
+            f"{t2:6.3f} ({c2:5.2f}) | {t2u:6.3f} ({c2u:5.2f})  | "
+            f"{run2 / t2:4.2f} ({run2 / t2u:4.2f}) | {t1 / t2:5.2f} | {t1 / run1:5.2f}"
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resnet-batch", type=int, default=32)
-    parser.add_argument("--mlp-batch", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=3, help="MLP timing repeats")
+    parser.add_argument("--mlp-batch", type=int, default=8192)
+    parser.add_argument("--mlp-chunks", default="2048,512,128,16")
+    parser.add_argument("--resnet-batch", type=int, default=64)
+    parser.add_argument("--resnet-chunks", default="16")
+    parser.add_argument("--repeats", type=int, default=5, help="MLP timing rounds")
     parser.add_argument("--resnet-repeats", type=int, default=1)
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--skip-mlp", action="store_true")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     lines = []
-    mlp = nn.Sequential([nn.Dense(256, 1024), nn.ReLU(), nn.Dense(1024, 1024), nn.ReLU(),
-                         nn.Dense(1024, 10)], input_shape=(256,), name="mlp").to_model()
-    x = rng.standard_normal((args.mlp_batch, 256)).astype(np.float32)
-    # chunks of 512 too: where the ~1 ms per task of Dask stops dominating a small MLP
-    lines += bench("MLP 256-1024-1024-10", mlp, x, args.repeats, extra_chunks=(512,))
+    if not args.skip_mlp:
+        mlp = nn.Sequential(
+            [nn.Dense(256, 1024), nn.ReLU(), nn.Dense(1024, 1024), nn.ReLU(), nn.Dense(1024, 10)],
+            input_shape=(256,),
+            name="mlp",
+        ).to_model()
+        x = rng.standard_normal((args.mlp_batch, 256)).astype(np.float32)
+        lines += bench(
+            "MLP 256-1024-1024-10",
+            mlp,
+            x,
+            [int(c) for c in args.mlp_chunks.split(",")],
+            args.repeats,
+        )
+        print("\n".join(lines), flush=True)
     if not args.skip_resnet:
         resnet = tf.load(LIGHT / "light_resnet50.onnx")
         x = rng.random((args.resnet_batch, 3, 224, 224), dtype=np.float32)
-        lines += bench("light_resnet50", resnet, x, args.resnet_repeats)
-    print("\n".join(lines))
+        rows = bench(
+            "light_resnet50",
+            resnet,
+            x,
+            [int(c) for c in args.resnet_chunks.split(",")],
+            args.resnet_repeats,
+        )
+        print("\n".join(rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ How the graph becomes tasks:
 4. Between units, values travel as 1-d "chunk" arrays: dim 0 is the batch, and each block is
    the full activation. Every unit's index is then ``(0,)``; no unit contracts an index, which
    would stop Dask's blockwise fusion (``fuse=False`` relies on it to fuse per-node layers).
+5. Where a chunk is little work (an MLP's 16 rows: 40 MFLOP, a fraction of a millisecond
+   against Dask's 1-2 ms per task), consecutive chunks run as one task of about
+   :data:`taskflow.dask.plan.TARGET_TASK_FLOPS` (:func:`task_groups`): one light task per run
+   joins its input chunks, and one slicing task per chunk hands the output back in the
+   chunks the input had (:func:`emit_grouped`).
 
 Model- and pipeline-parallel plans restrict tasks to workers. Dask's array optimisation drops
 annotations (see docs/notes/dask-scheduler-plugins.md), so with a client those plans are
@@ -34,7 +39,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from taskflow.dask.layout import join_rows
+from taskflow.dask.layout import join_rows, take_rows
 from taskflow.dask.memory import note_predict
 from taskflow.dask.parallel import _state, place_weights, submit_plans, to_cluster, weight_handle
 from taskflow.dask.trace import BATCH, GraphTrace, sanitize, trace_graph
@@ -83,6 +88,12 @@ def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
         Rechunk the batch axis to this many rows per chunk.
     fuse : bool
         One task per chunk (True), or one Dask layer per node left to Dask's fusion (False).
+    **plan_options
+        Passed to :func:`taskflow.dask.plan.make_plan`: ``split``, ``split_bytes``,
+        ``blocks``, ``stages``, ``workers``, and ``task_flops``: in data and branch modes,
+        consecutive chunks with fewer FLOPs than this (default
+        :data:`taskflow.dask.plan.TARGET_TASK_FLOPS`) are run as one task, and its result is
+        split back into the input's chunks; ``task_flops=0`` keeps one task per chunk.
 
     Returns
     -------
@@ -161,7 +172,12 @@ def predict(model: Model, x: Any, *, outputs: Sequence[str] | None = None,
         handles = {name: weight_handle(model, trace, name, consts[name], client)
                    for p in plans for src in p.sources if src[0] == "weight"
                    for name in [src[1]]}
-        arrays = emit_lazy(trace, plans, where, wanted, feed, handles, consts, batch_chunks)
+        groups = task_groups(plan, trace, plans, batch_chunks) if batch_names else None
+        if groups is None:
+            arrays = emit_lazy(trace, plans, where, wanted, feed, handles, consts, batch_chunks)
+        else:
+            arrays = emit_grouped(trace, plans, where, wanted, feed, handles, consts,
+                                  batch_chunks, groups)
     result = tuple(arrays[n] for n in wanted)
     return result[0] if len(result) == 1 else result
 
@@ -246,11 +262,103 @@ def _current_client() -> Any:
         return None
 
 
+# --- tasks of several chunks -------------------------------------------------------------------
+def task_groups(plan: Plan, trace: GraphTrace, plans: list[UnitPlan],
+                batch_chunks: tuple[int, ...]) -> tuple[tuple[int, int], ...] | None:
+    """The runs of consecutive chunks each task covers (:func:`~taskflow.dask.plan.group_chunks`
+    on the per-row FLOPs of the per-chunk nodes), or None for one task per chunk."""
+    from taskflow.dask.plan import group_chunks
+
+    if plan.mode not in ("data", "branch") or len(batch_chunks) < 2:
+        return None
+    local = {n.index: n for p in plans if not p.unit.whole for n in p.unit.nodes}
+    row_flops = sum(n.flops for n in local.values())
+    values = [*trace.batch_inputs, *(o for n in local.values() for o in n.outputs
+                                     if trace.value_class.get(o) == BATCH)]
+    row_bytes = max((trace.row_bytes(v) for v in values), default=0)
+    groups = group_chunks(batch_chunks, row_flops, threads=plan.threads,
+                          target=plan.task_flops, row_bytes=row_bytes)
+    return None if len(groups) == len(batch_chunks) else groups
+
+
+def emit_grouped(trace: GraphTrace, plans: list[UnitPlan], where: dict[str, list],
+                 wanted: Sequence[str], feed: dict[str, da.Array], handles: dict[str, da.Array],
+                 consts: dict[str, np.ndarray], batch_chunks: tuple[int, ...],
+                 groups: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+    """:func:`emit_lazy` with one task per run of chunks in ``groups``: each batch input's
+    chunks are joined per run (one light task per run), and each batch output is split back
+    into ``batch_chunks`` (one slicing task per chunk, a view of its run's result).
+
+    Why tasks that slice, not a rechunk of the output: Dask's rechunk makes two tasks per
+    output chunk here (a split and a merge alias), where one slice says it all; and the
+    chunks a user asked for must stay (they may be zipped with other arrays chunked alike).
+    """
+    group_rows = tuple(int(sum(batch_chunks[a:b])) for a, b in groups)
+    joined = {n: _join_chunks(feed[n], n, groups, group_rows) for n in trace.batch_inputs}
+    arrays = emit_lazy(trace, plans, where, wanted, {**feed, **joined}, handles, consts,
+                       group_rows, out_chunks=batch_chunks)
+    out = {}
+    for v, a in arrays.items():
+        layout = trace.layout(v)
+        if v in feed:
+            out[v] = feed[v]
+        elif layout is not None and layout[2] == 1 and a.ndim > layout[0] \
+                and a.chunks[layout[0]] == tuple(r * layout[1] for r in group_rows):
+            out[v] = _split_chunks(a, v, layout, groups, batch_chunks)
+        else:
+            out[v] = a
+    return out
+
+
+def _join_chunks(a: da.Array, n: str, groups: tuple[tuple[int, int], ...],
+                 group_rows: tuple[int, ...]) -> da.Array:
+    """Batch input ``a`` (named ``n``) with one chunk per run of ``groups`` (its non-batch
+    axes are whole)."""
+    name = f"tf-group-{sanitize(n)}-{tokenize(a.name, groups)}"
+    rest = (0,) * (a.ndim - 1)
+    layer = {(name, g, *rest): (_join, [(a.name, j, *rest) for j in range(lo, hi)])
+             for g, (lo, hi) in enumerate(groups)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[a])
+    return da.Array(graph, name, chunks=(group_rows, *a.chunks[1:]), meta=a._meta)
+
+
+def _join(blocks: list[np.ndarray]) -> np.ndarray:
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+
+
+def _split_chunks(a: da.Array, v: str, layout: tuple[int, int, int],
+                  groups: tuple[tuple[int, int], ...],
+                  batch_chunks: tuple[int, ...]) -> da.Array:
+    """Output ``a`` (one chunk per run of ``groups`` on its batch axis) in ``batch_chunks``."""
+    axis, factor, _ = layout
+    if any(len(c) != 1 for k, c in enumerate(a.chunks) if k != axis):
+        return a.rechunk({axis: tuple(c * factor for c in batch_chunks)})  # not made here
+    name = f"tf-split-{sanitize(v)}-{tokenize(a.name, groups, batch_chunks)}"
+    starts = np.concatenate([[0], np.cumsum(batch_chunks)]).astype(int).tolist()
+
+    def key(base: str, j: int) -> tuple:
+        return (base, *(j if k == axis else 0 for k in range(a.ndim)))
+
+    layer = {}
+    for g, (lo, hi) in enumerate(groups):
+        for j in range(lo, hi):
+            layer[key(name, j)] = (take_rows, key(a.name, g), layout,
+                                   starts[j] - starts[lo], starts[j + 1] - starts[lo])
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[a])
+    chunks = tuple(tuple(c * factor for c in batch_chunks) if k == axis else c
+                   for k, c in enumerate(a.chunks))
+    return da.Array(graph, name, chunks=chunks, meta=a._meta)
+
+
 # --- lazy emission ------------------------------------------------------------------------------
 def emit_lazy(trace: GraphTrace, plans: list[UnitPlan], where: dict[str, list],
               wanted: Sequence[str], feed: dict[str, da.Array], handles: dict[str, da.Array],
-              consts: dict[str, np.ndarray], batch_chunks: tuple[int, ...]) -> dict[str, Any]:
-    """One ``da.blockwise`` per unit; returns the wanted outputs as Dask arrays."""
+              consts: dict[str, np.ndarray], batch_chunks: tuple[int, ...],
+              out_chunks: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """One ``da.blockwise`` per unit; returns the wanted outputs as Dask arrays.
+
+    ``out_chunks``: the batch chunks of outputs gathered by one task (default
+    ``batch_chunks``)."""
     arrays: dict[int, tuple[da.Array, tuple]] = {}
     fixed = {n: _to_handle(feed[n], f"tf-input-{sanitize(n)}") for n in trace.fixed_inputs}
     resplits: dict[tuple, da.Array] = {}
@@ -314,14 +422,17 @@ def emit_lazy(trace: GraphTrace, plans: list[UnitPlan], where: dict[str, list],
             out[v] = da.from_array(consts[v], chunks=consts[v].shape,
                                    name=f"tf-const-{sanitize(v)}-{tokenize(consts[v])}")
         else:
-            out[v] = _assemble(trace, v, where[v], plans, arrays, batch_chunks)
+            out[v] = _assemble(trace, v, where[v], plans, arrays, batch_chunks,
+                               out_chunks or batch_chunks)
     return out
 
 
 def _assemble(trace: GraphTrace, v: str, where: tuple[list, int | None],
-              plans: list[UnitPlan], arrays: dict, batch_chunks: tuple[int, ...]) -> da.Array:
+              plans: list[UnitPlan], arrays: dict, batch_chunks: tuple[int, ...],
+              out_chunks: tuple[int, ...]) -> da.Array:
     """The user-facing array of output ``v`` from the unit(s) that produce it: chunked along
-    its batch axis like the input's batch; one chunk if it does not carry the batch."""
+    its batch axis like the input's batch (``out_chunks`` where one task gathers it whole);
+    one chunk if it does not carry the batch."""
     parts, axis = where
     shape = trace.full_shape(v, int(sum(batch_chunks)))
     dtype = trace.dtypes[v]
@@ -346,7 +457,7 @@ def _assemble(trace: GraphTrace, v: str, where: tuple[list, int | None],
         if layout is None or layout[2] != 1:
             return arr
         batch_axis, factor, _ = layout
-        return arr.rechunk({batch_axis: tuple(c * factor for c in batch_chunks)})
+        return arr.rechunk({batch_axis: tuple(c * factor for c in out_chunks)})
     assert layout is not None, f"per-chunk output {v!r} without a batch layout"
     batch_axis, factor, outer = layout
     if outer != 1:

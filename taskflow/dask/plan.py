@@ -8,10 +8,15 @@
 - ``pipeline``  the layer chain cut into stages of about equal FLOPs, stage s pinned to worker
   group s, so stage s works on chunk j while stage s+1 works on chunk j-1;
 - ``branch``    parallel branches (Inception, fire modules, shortcuts) as separate tasks.
+
+How much work one task gets is part of the plan too: :func:`group_chunks` joins consecutive
+batch chunks into one task where a chunk is too little work to be worth Dask's per-task cost
+(:data:`TARGET_TASK_FLOPS`); the lowering splits the results back into the chunks asked for.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +34,34 @@ MODES = ("data", "model", "pipeline", "branch")
 #: replicated to every worker in data mode; 256 MiB per layer is where one copy per worker
 #: starts to crowd a worker with a few GiB (a ResNet-50 has 100 MiB of weights in *all* layers).
 MODEL_SPLIT_BYTES = 256 << 20
+#: Work one task should get when chunks are grouped. Dask costs 1-2 ms per task on a small
+#: machine (client, scheduler and worker together; 1000 no-op tasks on a 2-worker LocalCluster
+#: take 2-3 s on 2 cores), and one core runs taskflow's kernels at 12-33 GFLOP/s (measured on
+#: this 2-core EPYC: ResNet-50's convolutions ~12, an MLP's GEMMs ~33). 2 GFLOP is then a task
+#: of 60-170 ms: the per-task cost is 1-3% of it, and a batch of a few seconds still makes
+#: enough tasks to balance over the workers. A ResNet-50 image is 8 GFLOP, so CNN chunks are
+#: never grouped; a 256-1024-1024-10 MLP row is 2.6 MFLOP, so its chunks of 16 rows are.
+TARGET_TASK_FLOPS = 2e9
+#: Grouping leaves at least this many tasks per worker thread (and at least
+#: :data:`MIN_TASKS`). Equal tasks balance only on equal workers; on a shared machine one
+#: worker is often slowed, and the scheduler evens that out only by handing the queued tasks
+#: to whoever is free: with 4 per thread, a worker at half speed costs the batch at most about
+#: one task (1/8 of a 2-thread batch), where 2 per thread would cost 1/4.
+MIN_TASKS_PER_THREAD = 4
+#: Never fewer tasks than this from grouping: results stream back to the client while later
+#: tasks still compute, even on one thread.
+MIN_TASKS = 4
+#: Chunks are joined only where a task gets this many of them on average. Joining costs two
+#: tasks per run (one joins the input chunks, one runs the model) plus one slicing task per
+#: chunk in place of its model task, so it pays only through the work saved inside the model
+#: (16-row GEMMs run 3x slower per row than 1024-row ones); and runs of 1 and 2 chunks side by
+#: side would be uneven work for equal threads.
+MIN_CHUNKS_PER_TASK = 2
+#: A group's largest single value stays under this (a worker thread holds its task's values,
+#: several times the largest, with a few GiB per thread): grouping never makes a task hold more
+#: than the input chunks a user could have asked for (:data:`taskflow.dask.lower.MAX_CHUNK_BYTES`
+#: bounds one input chunk at 512 MiB).
+GROUP_MAX_BYTES = 256 << 20
 
 
 @dataclass
@@ -52,6 +85,13 @@ class Plan:
         Pipeline mode: number of stages (0: one per worker).
     workers : tuple of str
         Worker addresses blocks and stages are pinned to (sorted).
+    task_flops : float or None
+        Data and branch modes: consecutive batch chunks are grouped into one task of about this
+        many FLOPs where a chunk has fewer (None: :data:`TARGET_TASK_FLOPS`; 0: one task per
+        chunk). The output keeps the input's chunks.
+    threads : int
+        Task threads of the cluster (0: unknown; the local scheduler's count is used). Grouping
+        leaves every thread :data:`MIN_TASKS_PER_THREAD` tasks.
     reason : str
         Why the plan is what it is (for ``taskflow info`` and the dashboard).
     """
@@ -65,12 +105,15 @@ class Plan:
     stages: int = 0
     workers: tuple[str, ...] = ()
     reason: str = ""
+    task_flops: float | None = None
+    threads: int = 0
 
 
 def make_plan(model: Any, client: Any = None, *, mode: str | None = None,
               chunk_size: int | None = None, fuse: bool = True, split: tuple[str, ...] = (),
               split_bytes: int = MODEL_SPLIT_BYTES, blocks: int = 0, stages: int = 0,
-              workers: tuple[str, ...] | None = None) -> Plan:
+              workers: tuple[str, ...] | None = None, task_flops: float | None = None,
+              threads: int | None = None) -> Plan:
     """Choose a plan for ``model`` on ``client``'s cluster (or none).
 
     Without ``mode``: model parallel when the cluster has two workers or more and a contraction
@@ -81,9 +124,13 @@ def make_plan(model: Any, client: Any = None, *, mode: str | None = None,
     >>> plan = make_plan(model, client, mode="pipeline")            # doctest: +SKIP
     >>> model.predict(x, plan=plan)                                 # doctest: +SKIP
     """
+    info = None
+    if workers is None or threads is None:
+        info = client.scheduler_info(n_workers=-1)["workers"] if client is not None else {}
     if workers is None:
-        workers = tuple(sorted(client.scheduler_info()["workers"])) if client is not None \
-            else ()
+        workers = tuple(sorted(info))
+    if threads is None:
+        threads = sum(int(w.get("nthreads", 1)) for w in info.values())
     reason = f"mode={mode!r} requested" if mode else ""
     if mode is None:
         big = _largest_contraction_weight(model)
@@ -96,7 +143,7 @@ def make_plan(model: Any, client: Any = None, *, mode: str | None = None,
     if mode not in MODES:
         raise ValueError(f"unknown parallel mode {mode!r}; expected one of {MODES}")
     return Plan(mode, chunk_size, fuse, tuple(split), split_bytes, blocks, stages,
-                tuple(workers), reason)
+                tuple(workers), reason, task_flops, threads)
 
 
 def _largest_contraction_weight(model: Any) -> tuple[str, int]:
@@ -165,6 +212,55 @@ def units_for(plan: Plan, trace: GraphTrace,
         else:
             units.append(u)
     return units, consts, split_axis
+
+
+def group_chunks(chunks: Sequence[int], row_flops: float, *, threads: int = 0,
+                 target: float | None = None, row_bytes: int = 0
+                 ) -> tuple[tuple[int, int], ...]:
+    """Consecutive runs ``(first, stop)`` of the batch ``chunks`` that each become one task.
+
+    A run covers about ``target`` FLOPs (:data:`TARGET_TASK_FLOPS` if None) at ``row_flops``
+    per row, but there are at least :data:`MIN_TASKS_PER_THREAD` runs per thread (and
+    :data:`MIN_TASKS`), a multiple of ``threads`` where chunks allow (so no thread gets one
+    run more than the others), and none whose largest value (``row_bytes`` per row) passes
+    :data:`GROUP_MAX_BYTES`. Runs split the rows as evenly as chunk boundaries allow. Every
+    chunk stays a run of its own when that leaves fewer than :data:`MIN_CHUNKS_PER_TASK`
+    chunks per run (chunks of ``target`` or more, few chunks), or when ``target`` is 0.
+
+    Examples
+    --------
+    >>> group_chunks([16] * 64, 2.6e6, threads=1)   # 64 chunks of an MLP's 16 rows
+    ((0, 16), (16, 32), (32, 48), (48, 64))
+    >>> len(group_chunks([16] * 64, 8.2e9, threads=2))  # ResNet-50: 131 GFLOP per chunk
+    64
+    """
+    n = len(chunks)
+    target = TARGET_TASK_FLOPS if target is None else target
+    total = int(sum(chunks))
+    if n <= 1 or not target or total == 0:
+        return tuple((j, j + 1) for j in range(n))
+    threads = max(int(threads or _local_threads()), 1)
+    tasks = math.ceil(total * max(row_flops, 1.0) / target)
+    tasks = max(tasks, MIN_TASKS_PER_THREAD * threads, MIN_TASKS)
+    if row_bytes:
+        tasks = max(tasks, math.ceil(total * row_bytes / GROUP_MAX_BYTES))
+    tasks = math.ceil(tasks / threads) * threads
+    if tasks * MIN_CHUNKS_PER_TASK > n:
+        return tuple((j, j + 1) for j in range(n))
+    # cut at the chunk boundary nearest to each even share of the rows
+    ends = np.cumsum(chunks)
+    cuts = {int(np.abs(ends - total * k / tasks).argmin()) + 1 for k in range(1, tasks)}
+    bounds = [0, *sorted(cuts - {0, n}), n]
+    return tuple(zip(bounds[:-1], bounds[1:]))
+
+
+def _local_threads() -> int:
+    """Threads of Dask's local (threaded) scheduler: its ``num_workers`` setting, else the
+    CPU count Dask detects."""
+    import dask
+    from dask.system import CPU_COUNT
+
+    return int(dask.config.get("num_workers", None) or CPU_COUNT)
 
 
 def worker_groups(workers: tuple[str, ...], k: int) -> list[tuple[str, ...]]:

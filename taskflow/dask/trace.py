@@ -116,6 +116,13 @@ class GraphTrace:
             out[lay[0]] = batch * lay[1]
         return tuple(out)
 
+    def row_bytes(self, name: str) -> int:
+        """Bytes value ``name`` grows by per batch row (0 for a value without the batch)."""
+        s2, s3 = self.shapes[name]
+        grow = int(np.prod(s3, dtype=np.int64)) - int(np.prod(s2, dtype=np.int64))
+        grow //= TRACE_BATCHES[1] - TRACE_BATCHES[0]
+        return max(grow, 0) * self.dtypes[name].itemsize
+
     def batch_dependent(self, name: str) -> bool:
         s2, s3 = self.shapes[name]
         return s2 != s3

@@ -17,6 +17,7 @@ Model parallelism replaces a node by k block units, each with a slice of its wei
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ _kernels: dict[tuple[str, str], Any] = {}
 
 def run_unit(program: Program, *args: Any) -> Any:
     """Run ``program`` on one chunk (or, for whole units, on lists of all chunks)."""
+    _kernel_threads()
     env: dict[str, Any] = dict(program.literals)
     n_rows: tuple[int, str] | None = None
     for b in program.binds:
@@ -136,6 +138,22 @@ def run_unit(program: Program, *args: Any) -> Any:
             check_shape(c, env[c.value], n_rows[0], program.label)
     out = tuple(env[o] for o in program.outputs)
     return out[0] if len(out) == 1 else out
+
+
+def _kernel_threads() -> None:
+    """Hold this task thread to the kernel threads of the thread plan.
+
+    Numba's thread count is per thread, and a Dask worker's task threads start at its pool
+    size, not at what :class:`~taskflow.dask.threads.ThreadBudgetPlugin` set on the thread it
+    ran on. A worker's pool is the core count whenever the client script imports taskflow's
+    kernels (spawned workers re-import it before the plan's ``NUMBA_NUM_THREADS`` applies):
+    a "2 workers x 1 thread x 1 kernel thread" cluster then ran every kernel on 2 threads,
+    4 on 2 cores, and one worker ran on both cores. Without :mod:`taskflow.dask.threads`
+    loaded no plan was applied in this process, and there is nothing to hold to.
+    """
+    plan = sys.modules.get("taskflow.dask.threads")
+    if plan is not None:
+        plan.ensure_kernel_threads()
 
 
 def _rows_of(program: Program, b: Bind, value: Any, rows: tuple[int, str] | None
