@@ -57,7 +57,8 @@ def test_a_killed_client_leaves_no_plugin_and_its_job_shows_abandoned(tmp_path, 
                         what="the job's lease on the scheduler")
         (token,) = held
         assert held[token]["plugin"] == f"taskflow-job-{token}"
-        assert _job_plugins(client) == [f"taskflow-job-{token}"]
+        wait_for(lambda: _job_plugins(client) == [f"taskflow-job-{token}"], timeout=60,
+                 what="the job's worker plugin (registered after its lease)")
         wait_for(lambda: mf.done_chunks(str(out), 60).sum() >= 3, timeout=60,
                  what="the job's first chunks")                # mid-job: chunks in flight
     finally:
