@@ -57,6 +57,20 @@ CHECK_ROWS = ((1, 3), (2, 3))
 CONST, BATCH, META, GLOBAL = "const", "batch", "meta", "global"
 
 
+def node_labels(order: Any) -> list[str]:
+    """Each node's key-friendly, unique name (Dask keys ``tf-<label>-<token>``), for nodes in
+    execution order: its name, else ``<op>_<k>``, sanitised, suffixed ``_<k>`` until unique.
+    The streaming worker names its per-layer times with it too."""
+    labels, taken = [], set()
+    for k, n in enumerate(order):
+        label = sanitize(n.name or f"{n.op}_{k}")
+        while label in taken:
+            label += f"_{k}"
+        taken.add(label)
+        labels.append(label)
+    return labels
+
+
 def sanitize(name: str) -> str:
     """A Dask-key-friendly form of a node or value name (``gpu_0/conv1`` -> ``gpu_0_conv1``)."""
     return re.sub(r"[^0-9A-Za-z_.]+", "_", name).strip("_") or "node"
@@ -178,13 +192,8 @@ def trace_graph(plan: ExecutionPlan, nonbatch: Mapping[str, tuple[int, ...]],
     frontier = {i for n in order if not set(o for o in n.outputs if o) <= const
                 for i in n.inputs if i in const} | (outputs & const)
 
-    infos, labels = [], set()
-    for k, n in enumerate(order):
-        label = sanitize(n.name or f"{n.op}_{k}")
-        while label in labels:
-            label += f"_{k}"
-        labels.add(label)
-        infos.append(NodeInfo(n, k, label, ops.get(n.op).kind, "const"))
+    infos = [NodeInfo(n, k, label, ops.get(n.op).kind, "const")
+             for k, (n, label) in enumerate(zip(order, node_labels(order)))]
     by_id = {id(i.node): i for i in infos}
 
     for attempt in ("random", "zeros"):

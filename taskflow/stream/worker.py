@@ -34,7 +34,7 @@ from distributed import WorkerPlugin
 
 from taskflow.dashboard.telemetry import LayerSampler, emit_chunk
 from taskflow.dask.threads import sync_numba_env
-from taskflow.dask.trace import sanitize
+from taskflow.dask.trace import node_labels
 from taskflow.errors import ShapeError, TaskflowError
 from taskflow.stream import manifest as mf
 
@@ -389,18 +389,10 @@ def _sampler(job: ChunkJob, model: Any) -> LayerSampler:
 
 
 def layer_labels(model: Any) -> dict[int, str]:
-    """``id(node)`` to the name the node's Dask keys carry (``tf-<label>-…``), named as
-    :func:`taskflow.dask.trace.trace_graph` names them, so the dashboard shows a streamed job's
-    layers under the names ``Model.predict``'s tasks have."""
-    labels: dict[int, str] = {}
-    taken: set[str] = set()
-    for k, node in enumerate(model.graph.toposort()):  # the plan's order, as in the trace
-        label = sanitize(node.name or f"{node.op}_{k}")
-        while label in taken:
-            label += f"_{k}"
-        taken.add(label)
-        labels[id(node)] = label
-    return labels
+    """``id(node)`` to the name the node's Dask keys carry (``tf-<label>-…``), so the dashboard
+    shows a streamed job's layers under the names ``Model.predict``'s tasks have."""
+    order = model.graph.toposort()  # the plan's order, as in the trace
+    return {id(n): label for n, label in zip(order, node_labels(order))}
 
 
 def _compute(job: ChunkJob, model: Any, outs: list, data: dict[str, Any], k: int, a: int,
