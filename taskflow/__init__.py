@@ -25,6 +25,7 @@ from taskflow.errors import (
 from taskflow.frontend import nn  # noqa: F401  (tf.nn.Sequential, the layer builder)
 from taskflow.ir.graph import Graph, Node, Value
 from taskflow.model import Model, ModelInfo, NodeArg, load
+from taskflow.pipeline import Pipeline, PipelineError, Stage, load_pipeline
 
 
 def __getattr__(name: str):
@@ -52,6 +53,10 @@ __all__ = [
     "ModelLoadError",
     "Node",
     "NodeArg",
+    "Pipeline",
+    "PipelineError",
+    "Stage",
+    "load_pipeline",
     "ShapeError",
     "TaskflowError",
     "UnsupportedOpError",

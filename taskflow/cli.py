@@ -113,7 +113,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="path to an ONNX model")
+    p.add_argument("model", help="an ONNX model, or a pipeline file (.yaml, .yml, .toml)")
     p.add_argument("--input", "-i", required=True, action="append", metavar="[NAME=]SRC",
                    help="Zarr array or group (path or fsspec URL) to read; NAME=SRC per model "
                         "input for several (repeat the option)")
@@ -138,7 +138,11 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "a cluster (default 0; negative for background work)")
     p.add_argument("--outputs", help="comma-separated model outputs to write (default: all)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
-                   help="one updating line on stderr (bar), JSON lines on stdout, or none")
+                   help="a progress bar on stderr (plain lines every 10 s and 10%% where "
+                        "stderr is not a terminal), JSON lines on stdout, or none")
+    p.add_argument("--name", help="the job's name on the dashboard, in /metrics and in the "
+                                  "summary (default: the model file's stem and the start "
+                                  "time, e.g. squeezenet-20261205-2214)")
     p.add_argument("--policy", metavar="NAMES",
                    help="scheduler policies, comma-separated (e.g. 'default', "
                         "'job-priority,throughput-balancer', 'dask' for Dask's own)")
@@ -147,6 +151,14 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help='declared steps, e.g. \'{"scale": "uint8", "mean": [0.485, 0.456, '
                         '0.406], "std": [0.229, 0.224, 0.225], "layout": "NHWC->NCHW"}\', '
                         "or an importable function fn(feed) -> feed")
+    p.add_argument("--storage-options", metavar="JSON|@FILE",
+                   help="fsspec options for the input and output URLs, e.g. '{\"key\": ..., "
+                        "\"secret\": ..., \"client_kwargs\": {\"endpoint_url\": ...}}' for "
+                        "s3://; @FILE reads them from a file (keeps secrets out of `ps`)")
+    p.add_argument("--input-storage-options", metavar="JSON|@FILE",
+                   help="fsspec options for the inputs only, instead of --storage-options")
+    p.add_argument("--output-storage-options", metavar="JSON|@FILE",
+                   help="fsspec options for the output only, instead of --storage-options")
     _cluster_args(p)
 
 
@@ -269,6 +281,17 @@ class _ConnectionNoise(logging.Filter):
                 logger.addFilter(cls())
 
 
+def _load_runnable(path: str) -> Any:
+    """An ONNX model, or a pipeline from its file."""
+    from taskflow.pipeline.config import is_pipeline_file, load_pipeline
+
+    if is_pipeline_file(path):
+        return load_pipeline(path)
+    from taskflow.model import load
+
+    return load(path)
+
+
 @command("run", _run_args)
 def run(args: argparse.Namespace) -> int:
     """Stream a Zarr dataset through a model on a Dask cluster into a Zarr group.
@@ -281,7 +304,6 @@ def run(args: argparse.Namespace) -> int:
     """
     from taskflow.dashboard.extension import page_link, performance_report_context
     from taskflow.dask.cluster import Cluster
-    from taskflow.model import load
     from taskflow.schedulers import policies_from_names
     from taskflow.stream.infer import (
         EXIT_INCOMPLETE,
@@ -289,14 +311,23 @@ def run(args: argparse.Namespace) -> int:
         SchedulerLostError,
         infer_zarr,
     )
+    from taskflow.stream.manifest import target_exists
     from taskflow.stream.preprocess import preprocess_from_text
+    from taskflow.stream.report import job_name
     from taskflow.stream.sources import location, validate_feed
+    from taskflow.stream.stores import side_options, storage_options_from_text
 
     preprocess = preprocess_from_text(args.preprocess) if args.preprocess else None
+    options = {flag: storage_options_from_text(text, flag) if text else None
+               for flag, text in (("--storage-options", args.storage_options),
+                                  ("--input-storage-options", args.input_storage_options),
+                                  ("--output-storage-options", args.output_storage_options))}
+    src_options, dst_options = side_options(*options.values())
     policies = policies_from_names(args.policy) if args.policy else None
-    model, sources = load(args.model), _sources(args.input)
+    model, sources = _load_runnable(args.model), _sources(args.input)
     # bad input is refused before a cluster starts (infer_zarr checks again, on its own)
-    validate_feed(model, sources, preprocess, location(args.output))
+    validate_feed(model, sources, preprocess, location(args.output), src_options)
+    target_exists(location(args.output), dst_options)  # denied, or a missing bucket
     if not getattr(args, "debug", False):
         _ConnectionNoise.install()
     try:
@@ -312,7 +343,10 @@ def run(args: argparse.Namespace) -> int:
                     rerun_failed=args.rerun_failed, preprocess=preprocess,
                     outputs=args.outputs.split(",") if args.outputs else None,
                     progress=args.progress, client=cluster, retries=args.retries,
-                    chunks_per_task=args.chunks_per_task, priority=args.priority)
+                    chunks_per_task=args.chunks_per_task, priority=args.priority,
+                    source_options=src_options, target_options=dst_options,
+                    name=args.name or job_name(
+                        args.model if hasattr(model, "graph") else model))
     except KeyboardInterrupt:
         print("taskflow run: interrupted; finished chunks are kept, rerun with --resume",
               file=sys.stderr)

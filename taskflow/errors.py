@@ -154,3 +154,17 @@ class WorkerDiedError(TaskflowError, RuntimeError):
     >>> issubclass(WorkerDiedError, TaskflowError), issubclass(WorkerDiedError, RuntimeError)
     (True, True)
     """
+
+
+class PipelineError(TaskflowError, ValueError):
+    """A pipeline that cannot be wired or read: an unknown value or key, a name used twice, a
+    stage that does not fit what it reads.
+
+    Examples
+    --------
+    >>> import taskflow as tf
+    >>> tf.Pipeline([("a", lambda x: x), ("a", lambda x: x)])
+    Traceback (most recent call last):
+    ...
+    taskflow.errors.PipelineError: pipeline 'pipeline': two stages are named 'a'
+    """

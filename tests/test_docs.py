@@ -21,7 +21,7 @@ DOCS = ROOT / "docs"
 
 #: Public packages whose ``__all__`` the reference must cover.
 PUBLIC = ["taskflow", "taskflow.ops", "taskflow.schedulers", "taskflow.stream",
-          "taskflow.dashboard"]
+          "taskflow.dashboard", "taskflow.pipeline"]
 #: Names in those ``__all__`` lists the reference leaves out on purpose, with the reason.
 NOT_IN_REFERENCE = {
     "taskflow.errors": "a module: its exceptions are documented under taskflow",
@@ -31,6 +31,7 @@ NOT_IN_REFERENCE = {
     "taskflow.stream.EXIT_QUARANTINED": "taskflow run's exit code, documented in the README",
     "taskflow.dashboard.attach_dashboard": "internal to DashboardPlugin and dask_setup",
     "taskflow.dashboard.dask_setup": "Dask's --preload hook, named in the module docstring",
+    "taskflow.pipeline.with_postprocess": "infer_zarr(postprocess=)'s builder, documented there",
 }
 #: Modules whose docstring examples run as doctests (those marked +SKIP need a model file or a
 #: cluster). Run in a child process: an example registers an op in the global registry.
@@ -40,6 +41,7 @@ DOCTEST_MODULES = [
     "taskflow.schedulers.policies", "taskflow.schedulers.balancer",
     "taskflow.schedulers.plugin", "taskflow.schedulers.snapshot", "taskflow.stream.report",
     "taskflow.stream.infer", "taskflow.dashboard.extension", "taskflow.dask.cluster",
+    "taskflow.pipeline.core", "taskflow.pipeline.steps", "taskflow.pipeline.config",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys

@@ -23,6 +23,7 @@ STAGES = [
     ("taskflow.frontend",),
     ("taskflow.executor",),
     ("taskflow.model",),
+    ("taskflow.pipeline",),
     ("taskflow.dashboard",),
     ("taskflow.schedulers",),
     ("taskflow.dask",),
@@ -34,6 +35,8 @@ STAGES = [
 UPWARD = {
     ("taskflow.model", "taskflow.dask.lower"):
         "Model.predict/to_cluster lower to Dask on first use, so `import taskflow` stays light",
+    ("taskflow.pipeline.core", "taskflow.dask.pipeline"):
+        "Pipeline.predict lowers to Dask on first use, as Model.predict does",
     ("taskflow.frontend.nn", "taskflow.model"):
         "Sequential.to_model() wraps the graph it builds in a Model, a convenience",
 }

@@ -7,8 +7,9 @@ attached scheduler when one process runs several (tests). Names:
 - ``taskflow_samples_total{worker}``, ``taskflow_chunks_total{worker}`` (counters),
   ``taskflow_samples_per_second{worker}`` (gauge, over the rate window)
 - ``taskflow_layer_seconds_total{layer}`` (counter, from chunk telemetry)
-- ``taskflow_job_chunks{job,status}`` (gauge; status done/in_flight/failed/quarantined/remaining),
-  ``taskflow_job_eta_seconds{job}`` (gauge, running jobs with an estimate)
+- ``taskflow_job_chunks{job,name,status}`` (gauge; status done/in_flight/failed/quarantined/
+  remaining), ``taskflow_job_eta_seconds{job,name}`` (gauge, running jobs with an estimate);
+  ``job`` is the job's id, ``name`` its name (one per id, so it adds no series)
 - ``taskflow_policy_decisions_total{policy,outcome}`` (counter; outcome applied/rejected)
 - ``taskflow_worker_kernel_threads{worker}`` (gauge), ``taskflow_events_total{topic}`` (counter)
 """
@@ -59,15 +60,16 @@ class TaskflowCollector:
         yield layers
 
         progress = GaugeMetricFamily("taskflow_job_chunks", "Chunks of a job by status.",
-                                     labels=["job", "status"])
+                                     labels=["job", "name", "status"])
         eta = GaugeMetricFamily("taskflow_job_eta_seconds", "Estimated seconds left.",
-                                labels=["job"])
+                                labels=["job", "name"])
         for job, j in snap["jobs"].items():
+            name = j.get("name") or job
             for status in ("done", "in_flight", "failed", "quarantined", "remaining"):
                 if j[status] is not None:
-                    progress.add_metric([job, status], j[status])
+                    progress.add_metric([job, name, status], j[status])
             if j["eta_s"] is not None and j["state"] == "running":
-                eta.add_metric([job], j["eta_s"])
+                eta.add_metric([job, name], j["eta_s"])
         yield from (progress, eta)
 
         decisions = CounterMetricFamily("taskflow_policy_decisions",

@@ -1,14 +1,20 @@
 """The Bokeh document behind ``/taskflow``: five live panels fed from ``TaskflowState`` snapshots.
 
 Every data source has a ``name`` (``tf-meta``, ``tf-tick-begin``, ``tf-rate-total``,
-``tf-rate-workers``, ``tf-layers``, ``tf-jobs``, ``tf-policies``, ``tf-workers``) so scripts and
-browser tests can find it with ``Bokeh.documents[0].get_model_by_name(...)``. ``tf-meta`` carries
-the snapshot ``tick``, which ``/taskflow/json?tick=N`` serves unchanged, so a page and the JSON can
-be compared exactly.
+``tf-rate-workers``, ``tf-layers``, ``tf-jobs``, ``tf-jobs-finished``, ``tf-policies``,
+``tf-workers``) so scripts and browser tests can find it with
+``Bokeh.documents[0].get_model_by_name(...)``. ``tf-meta`` carries the snapshot ``tick``, which
+``/taskflow/json?tick=N`` serves unchanged, so a page and the JSON can be compared exactly.
+
+Jobs show by name (their id in a column beside it). Running jobs have a bar and a full row;
+finished ones (``state.FINISHED``: done, failed, interrupted, abandoned...) collapse into one
+compact row each in a table of their own, newest first, so a long-lived cluster's page stays
+about the jobs that are running.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from bokeh.layouts import column, row
@@ -23,6 +29,8 @@ from bokeh.models import (
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
+from taskflow.dashboard.state import FINISHED
+
 MIB = 2**20
 #: Layers the time-share panel names; the rest are summed into one "other" bar. A ResNet-50
 #: has ~70 layers, which would not fit in the panel's height, and the tail of small layers is
@@ -32,6 +40,8 @@ JOB_COUNTS = ("done", "in_flight", "failed", "quarantined", "remaining")
 # Bars add up to the job's total: "remaining" (not finished) is split into in flight + waiting.
 JOB_STACK = ("done", "failed", "quarantined", "in_flight", "waiting")
 JOB_COLORS = ("#2ca02c", "#d62728", "#ff7f0e", "#1f77b4", "#dddddd")
+#: One compact row per finished job.
+FINISHED_COLUMNS = ("job", "state", "chunks", "quarantined", "took", "reason", "id")
 POLICY_STACK = ("applied", "rejected")
 POLICY_COLORS = ("#2ca02c", "#d62728")
 WORKER_COLUMNS = ("worker", "name", "device", "nthreads", "kernel_threads", "numba_threads",
@@ -67,7 +77,9 @@ class TaskflowPage:
         self.rate_total = _source("tf-rate-total", ("t", "total"))
         self.rate_workers = _source("tf-rate-workers", ("xs", "ys", "worker", "color"))
         self.layers = _source("tf-layers", ("layer", "share", "seconds"))
-        self.jobs = _source("tf-jobs", ("job", *JOB_COUNTS, "waiting", "total", "state", "eta"))
+        self.jobs = _source("tf-jobs", ("job", "id", *JOB_COUNTS, "waiting", "total", "state",
+                                         "eta"))
+        self.finished = _source("tf-jobs-finished", FINISHED_COLUMNS)
         self.policies = _source("tf-policies", ("policy", *POLICY_STACK))
         self.workers = _source("tf-workers", WORKER_COLUMNS)
         # tags: the two bookkeeping sources reach the browser with the Div that refers to them
@@ -91,14 +103,18 @@ class TaskflowPage:
                             color="#1f77b4")
         self.layer_fig.x_range.start = 0
 
-        self.job_fig = _bars("Job progress (chunks)", JOB_STACK, JOB_COLORS, self.jobs, "job")
+        self.job_fig = _bars("Running jobs (chunks)", JOB_STACK, JOB_COLORS, self.jobs, "job")
         self.policy_fig = _bars("Policy decisions", POLICY_STACK, POLICY_COLORS, self.policies,
                                 "policy")
         fmt = NumberFormatter(format="0,0.0")
         self.job_table = DataTable(source=self.jobs, height=110, sizing_mode="stretch_width",
                                    index_position=None, columns=[
             TableColumn(field=f, title="ETA" if f == "eta" else f.replace("_", " "))
-            for f in ("job", "state", "total", *JOB_COUNTS, "eta")])
+            for f in ("job", "state", "total", *JOB_COUNTS, "eta", "id")])
+        self.finished_title = Div(text="<b>Finished jobs</b>: none yet", name="tf-finished")
+        self.finished_table = DataTable(
+            source=self.finished, height=110, sizing_mode="stretch_width", index_position=None,
+            visible=False, columns=[TableColumn(field=f, title=f) for f in FINISHED_COLUMNS])
         self.worker_table = DataTable(source=self.workers, height=160, index_position=None,
                                          sizing_mode="stretch_width", columns=[
             TableColumn(field=f, title=f.replace("_", " "), **(
@@ -107,6 +123,7 @@ class TaskflowPage:
         self.root = column(
             self.summary, row(self.rate_fig, self.layer_fig, sizing_mode="stretch_width"),
             row(self.job_fig, self.policy_fig, sizing_mode="stretch_width"), self.job_table,
+            self.finished_title, self.finished_table,
             Div(text="<b>Workers</b>: thread plan, memory, device"), self.worker_table,
             sizing_mode="stretch_width", name="tf-root")
 
@@ -133,7 +150,7 @@ class TaskflowPage:
         self._update_jobs(snap["jobs"])
         self._update_policies(snap["policies"])
         self._update_workers(snap["workers"])
-        for table in (self.job_table, self.worker_table):
+        for table in (self.job_table, self.finished_table, self.worker_table):
             # BokehJS (3.9) redraws a DataTable on new data only when the row count changes
             # (its CDSView emits no change for equal indices); any change to the table itself
             # makes it redraw.
@@ -171,16 +188,28 @@ class TaskflowPage:
             + (f", {sampled:,} chunks timed per layer" if sampled else ""))
 
     def _update_jobs(self, jobs: dict[str, Any]) -> None:
-        names = list(jobs)
-        data: dict[str, list] = {"job": names}
+        labels = job_labels(jobs)
+        ids = [j for j in jobs if jobs[j]["state"] not in FINISHED]
+        data: dict[str, list] = {"job": [labels[j] for j in ids], "id": ids}
         for k in JOB_COUNTS:
-            data[k] = [jobs[j][k] or 0 for j in names]
+            data[k] = [jobs[j][k] or 0 for j in ids]
         data["waiting"] = [max(0, r - f) for r, f in zip(data["remaining"], data["in_flight"])]
-        data["total"] = [jobs[j]["total"] for j in names]
-        data["state"] = [jobs[j]["state"] for j in names]
-        data["eta"] = [_duration(jobs[j]["eta_s"]) for j in names]
+        data["total"] = [jobs[j]["total"] for j in ids]
+        data["state"] = [jobs[j]["state"] for j in ids]
+        data["eta"] = [_duration(jobs[j]["eta_s"]) for j in ids]
         self.jobs.data = data
-        self.job_fig.y_range.factors = names
+        self.job_fig.y_range.factors = data["job"]
+        ended = sorted((j for j in jobs if jobs[j]["state"] in FINISHED),
+                       key=lambda j: -(jobs[j].get("started") or 0.0))
+        self.finished.data = {
+            "job": [labels[j] for j in ended], "state": [jobs[j]["state"] for j in ended],
+            "chunks": [f"{jobs[j]['done']}/{jobs[j]['total']}" for j in ended],
+            "quarantined": [jobs[j]["quarantined"] or 0 for j in ended],
+            "took": [_duration(jobs[j].get("elapsed_s")) for j in ended],
+            "reason": [jobs[j].get("reason") or "" for j in ended], "id": ended}
+        self.finished_table.visible = bool(ended)
+        self.finished_title.text = (f"<b>Finished jobs</b>: {len(ended)}, newest first"
+                                    if ended else "<b>Finished jobs</b>: none yet")
 
     def _update_policies(self, policies: dict[str, Any]) -> None:
         by = policies["by_policy"]
@@ -196,6 +225,22 @@ class TaskflowPage:
         addrs = sorted(workers, key=lambda a: (not workers[a]["present"], a))
         rows = [_worker_row(a, workers[a]) for a in addrs]
         self.workers.data = {c: [r[c] for r in rows] for c in WORKER_COLUMNS}
+
+
+def job_labels(jobs: dict[str, Any]) -> dict[str, str]:
+    """Each job's label on the page: its name, with the start of its id where names repeat.
+
+    Examples
+    --------
+    >>> labels = job_labels({"3f2a9c0d1e4b": {"name": "digits"}, "a81b77c2": {"name": "digits"},
+    ...                      "c0ffee000001": {"name": "squeezenet"}, "j-old": {}})
+    >>> list(labels.values())
+    ['digits [3f2a9c]', 'digits [a81b77]', 'squeezenet', 'j-old']
+    """
+    names = {j: v.get("name") or j for j, v in jobs.items()}
+    counts = Counter(names.values())
+    repeated = {n for n, k in counts.items() if k > 1}
+    return {j: f"{n} [{j[:6]}]" if n in repeated else n for j, n in names.items()}
 
 
 def _worker_row(addr: str, w: dict[str, Any]) -> dict[str, Any]:

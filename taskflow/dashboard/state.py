@@ -30,7 +30,8 @@ MAX_JOBS = 50
 SCHEDULER_PLUGIN = "taskflow"
 #: Workers that left and are still listed (adaptive clusters come and go all day).
 MAX_GONE_WORKERS = 32
-_FINISHED = {"done", "failed", "interrupted", "cancelled", "error", "abandoned"}
+#: Job states after which a job does nothing more; the page shows such jobs collapsed.
+FINISHED = frozenset({"done", "failed", "interrupted", "cancelled", "error", "abandoned"})
 _JOB_COUNTS = ("total", "done", "failed", "quarantined", "in_flight")
 
 
@@ -148,8 +149,9 @@ class TaskflowState:
         clean.update(total=int(msg["total"]), done=int(msg["done"]),  # required
                      state=str(msg.get("state", "running")),
                      started=float(msg.get("started", t)), t=float(msg.get("t", t)))
-        if msg.get("reason"):
-            clean["reason"] = str(msg["reason"])
+        for key in ("reason", "name"):
+            if msg.get(key):
+                clean[key] = str(msg[key])
         job = str(msg["job"])
         self._job_counts(job)
         self.job_msgs[job] = (t, clean)
@@ -160,7 +162,7 @@ class TaskflowState:
             counts = self.jobs[job] = _Counts()
             while len(self.jobs) > MAX_JOBS:  # drop the oldest finished job, else the oldest
                 victim = next((j for j in self.jobs if j != job and self.job_msgs.get(
-                    j, (0, {}))[1].get("state") in _FINISHED), next(iter(self.jobs)))
+                    j, (0, {}))[1].get("state") in FINISHED), next(iter(self.jobs)))
                 self.jobs.pop(victim)
                 self.job_msgs.pop(victim, None)
         return counts
@@ -213,9 +215,11 @@ class TaskflowState:
         ``samples_per_busy_s``; ``threads``: the worker's thread report); ``layers``
         (``source``: ``"events"``, ``"dask-tasks"`` or None; ``seconds`` and ``share`` per layer;
         ``sampled``: chunks timed node by node, see ``telemetry.LayerSampler``);
-        ``jobs`` (per job: ``total``, ``done``, ``in_flight``, ``failed``, ``quarantined``,
-        ``remaining``, ``state`` (``"abandoned"``: its client went away), ``reason``,
-        ``eta_s``, ``samples``, ``chunks_reported``, ``samples_per_s``); ``policies``
+        ``jobs`` (per job id: ``name`` (the id when the job sent none), ``total``, ``done``,
+        ``in_flight``, ``failed``, ``quarantined``, ``remaining``, ``state`` (``"abandoned"``:
+        its client went away; finished ones are in ``FINISHED``), ``reason``,
+        ``eta_s``, ``started``, ``elapsed_s`` (to its last message, on the client's clock),
+        ``samples``, ``chunks_reported``, ``samples_per_s``); ``policies``
         (``plugin``: whether the taskflow scheduler plugin is there, ``by_policy``: applied /
         rejected / suggestions / errors per policy);
         ``scheduler_plugin`` (its whole ``metrics()``, or None); ``events`` (counts by topic).
@@ -282,17 +286,17 @@ class TaskflowState:
             done = msg.get("done", c.chunks)
             failed, quarantined = msg.get("failed", 0), msg.get("quarantined", 0)
             remaining = max(0, total - done - failed - quarantined) if total is not None else None
+            elapsed = msg["t"] - msg["started"] if msg else None  # both on the client's clock
             eta = None
             if remaining == 0:
                 eta = 0.0
-            elif remaining and msg.get("state") == "running" and done > 0:
-                elapsed = msg["t"] - msg["started"]  # both on the client's clock
-                if elapsed > 0:
-                    eta = max(0.0, remaining * elapsed / done - (now - arrival))
-            out[job] = {"total": total, "done": done, "in_flight": msg.get("in_flight", 0),
+            elif remaining and msg.get("state") == "running" and done > 0 and elapsed > 0:
+                eta = max(0.0, remaining * elapsed / done - (now - arrival))
+            out[job] = {"name": msg.get("name") or job,
+                        "total": total, "done": done, "in_flight": msg.get("in_flight", 0),
                         "failed": failed, "quarantined": quarantined, "remaining": remaining,
                         "state": msg.get("state", "unknown"), "reason": msg.get("reason"),
-                        "started": msg.get("started"),
+                        "started": msg.get("started"), "elapsed_s": elapsed,
                         "eta_s": eta, "samples": c.samples, "chunks_reported": c.chunks,
                         "samples_per_s": c.rate(now, self.window)}
         return out

@@ -25,7 +25,8 @@ ignore keys they do not know, so fields may be added without a version bump):
     (client clock when sent; ETA is computed from ``started`` and ``t``, so client-scheduler clock
     skew cancels), ``client`` str (the sending client's id), ``plugin`` str (the job's worker
     plugin, when it has one: the job lease of :mod:`taskflow.stream.lease` removes it if the
-    client goes away; that plugin then sends ``state="abandoned"`` with a ``reason``).
+    client goes away; that plugin then sends ``state="abandoned"`` with a ``reason``),
+    ``name`` str (the job's name, shown in place of its id; absent: the id is shown).
 ``taskflow.dask.threads`` (from each worker when its kernel threads are set; :func:`emit_threads`)
     The :func:`taskflow.dask.threads.kernel_thread_report` dict (``kernel_threads``, ``numba``,
     ``numba_pool``, ``threadpools``, ``env``, ``pid``) plus ``nthreads`` (worker threads) and
@@ -137,18 +138,20 @@ def emit_chunk(job: str, chunk: Any, samples: int, seconds: float,
 
 
 def emit_job(job: str, *, total: int, done: int, failed: int, quarantined: int, in_flight: int,
-             started: float, state: str, client: Any = None, plugin: str | None = None) -> Any:
+             started: float, state: str, client: Any = None, plugin: str | None = None,
+             name: str | None = None) -> Any:
     """Report a job's progress from the client that drives it (one scheduler round trip).
 
     Counts are in chunks. ``started`` is ``time.time()`` when the job started. ``plugin`` names
-    the job's worker plugin, for the scheduler's job lease. Returns False without a client,
-    True once sent, or, for an asynchronous client, an awaitable to await.
+    the job's worker plugin, for the scheduler's job lease; ``name`` is what the dashboard and
+    ``/metrics`` call the job (``job`` stays its id). Returns False without a client, True once
+    sent, or, for an asynchronous client, an awaitable to await.
 
     Examples
     --------
     >>> t0 = time.time()                                              # doctest: +SKIP
-    >>> emit_job("job-1", total=10, done=10, failed=0, quarantined=0, in_flight=0,
-    ...          started=t0, state="done")                           # doctest: +SKIP
+    >>> emit_job("3f2a9c0d1e4b", total=10, done=10, failed=0, quarantined=0, in_flight=0,
+    ...          started=t0, state="done", name="squeezenet-20261205-2214")  # doctest: +SKIP
     True
     """
     c = _current_client(client)
@@ -160,6 +163,8 @@ def emit_job(job: str, *, total: int, done: int, failed: int, quarantined: int, 
            "client": str(getattr(c, "id", ""))}
     if plugin:
         msg["plugin"] = str(plugin)
+    if name:
+        msg["name"] = str(name)
     result = c.log_event(JOB_TOPIC, msg)
     return result if getattr(c, "asynchronous", False) else True
 

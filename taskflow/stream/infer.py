@@ -31,14 +31,18 @@ from taskflow.dask.memory import chunk_killed_message, worker_deaths
 from taskflow.errors import TaskflowError
 from taskflow.stream import lease
 from taskflow.stream import manifest as mf
-from taskflow.stream.report import FailedChunk, JobSummary, Progress
+from taskflow.stream.report import FailedChunk, JobSummary, Progress, job_name
 from taskflow.stream.sources import (
     check_rows_independent,
     chunking_warnings,
+    is_pipeline,
     location,
+    model_name,
     output_specs,
     validate_feed,
+    zeros_feed,
 )
+from taskflow.stream.stores import side_options
 from taskflow.stream.worker import (
     JOB_PLUGIN_PREFIX,
     ChunkJob,
@@ -76,20 +80,28 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
                overwrite: bool = False, rerun_failed: bool = False, preprocess: Any = None,
                outputs: list[str] | None = None, progress: Any = "bar", client: Any = None,
                retries: int = 2, chunks_per_task: int | None = None,
-               priority: int = 0) -> JobSummary:
+               priority: int = 0, postprocess: Any = None,
+               storage_options: dict[str, Any] | None = None,
+               source_options: dict[str, Any] | None = None,
+               target_options: dict[str, Any] | None = None,
+               name: str | None = None) -> JobSummary:
     """Run ``model`` over every sample of a Zarr ``source``; write its outputs to ``target``.
 
     Parameters
     ----------
-    model : Model or path
-        A :class:`taskflow.Model`, or an ONNX file to load.
+    model : Model, Pipeline or path
+        A :class:`taskflow.Model` or :class:`taskflow.Pipeline` (every stage runs on the
+        worker that reads the chunk; intermediates stay in its memory), or a file to load: an
+        ONNX model, or a pipeline file (``.yaml``, ``.yml``, ``.toml``).
     source : path, URL, or dict
         A Zarr (v2 or v3) array feeding a one-input model, a group with one array per model
         input (by name), or ``{input name: array location}``. Local paths or fsspec URLs
-        (``file://``, ``s3://``...). ``memory://`` only works with in-process workers.
+        (``file://``, ``s3://``...; see ``storage_options``). ``memory://`` only works with
+        in-process workers.
     target : path or URL
         The Zarr group to create: one array per output, chunked along the batch like the tasks,
-        and a ``.taskflow`` manifest. An existing target is refused unless ``resume``,
+        and a ``.taskflow`` manifest; missing folders (or prefixes in a bucket) are created, a
+        missing bucket is refused. An existing target is refused unless ``resume``,
         ``rerun_failed`` or ``overwrite``.
     batch_size : int, optional
         Rows per model call and per output chunk (default: the source's chunking along axis
@@ -110,8 +122,9 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
     outputs : list of str, optional
         Model outputs to write (default: all).
     progress : {"bar", "json", "none"} or callable
-        One updating line on stderr, one JSON object per update on stdout, nothing, or
-        ``fn(update: dict)``.
+        On stderr a bar (percent, samples/s, ETA after the warm-up) where it is a terminal,
+        else a plain line every 10 s and every 10 % (:class:`~taskflow.stream.report.Progress`);
+        one JSON object per update on stdout; nothing; or ``fn(update: dict)``.
     client : distributed.Client, taskflow.Cluster, str, optional
         Where to run: a client, a cluster, a scheduler address, or None: the current client if
         there is one, else an embedded :class:`taskflow.Cluster` for the job's duration.
@@ -123,9 +136,30 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
     chunks_per_task : int, optional
         Output chunks per task (default: grouped adaptively to tasks of ``TARGET_TASK_S``;
         1: one task per chunk).
+    postprocess : callable or Stage, optional
+        Applied to each chunk's outputs on the worker before they are written:
+        ``fn(*model outputs)`` returning an array (written as ``postprocess``), a tuple
+        (``postprocess.0``, ...) or a dict (one array per key, e.g. ``{"labels": ...,
+        "scores": ...}``). It must keep rows apart. With it, ``outputs`` picks among its
+        results, and the model's own outputs are not written.
     priority : int
         Dask priority of every task the job submits: higher runs first when jobs share a
         cluster, as ``client.submit(priority=...)`` (default 0, Dask's own default).
+    storage_options : dict, optional
+        fsspec options for the URLs of the sources and the target, as in Dask's
+        ``to_zarr(storage_options=...)``: e.g. ``{"key": ..., "secret": ..., "client_kwargs":
+        {"endpoint_url": ...}}`` for ``s3://``. The client and every worker open the stores
+        with them. They are never stored in the manifest nor shown in messages; they do travel
+        to the workers inside the job. Ignored for local paths (``file://`` included).
+    source_options, target_options : dict, optional
+        Options for one side only, used there *instead of* ``storage_options`` (not merged
+        with them), e.g. ``source_options={"anon": True}`` to read a public bucket and
+        write with credentials.
+    name : str, optional
+        The job's name on the dashboard (``/taskflow``, ``/taskflow/json``, the ``name`` label
+        of the ``taskflow_job_*`` metrics), in the progress bar and the summary. Default: the
+        model's file stem or name and the start time, ``squeezenet-20261205-2214``
+        (:func:`~taskflow.stream.report.job_name`).
 
     Returns
     -------
@@ -147,6 +181,12 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
     ...                       preprocess={"scale": "uint8"}, client=cluster)
     >>> s.ok, s.samples, s.failed                                       # doctest: +SKIP
     (True, 10000, [])
+
+    On an S3-compatible store (credentials from ``AWS_*`` variables, or ``key``/``secret``):
+
+    >>> tf.infer_zarr("cnn.onnx", "s3://bucket/images.zarr",           # doctest: +SKIP
+    ...               "s3://bucket/runs/logits.zarr", preprocess={"scale": "uint8"},
+    ...               storage_options={"client_kwargs": {"endpoint_url": "http://minio:9000"}})
     """
     started = time.perf_counter()
     if overwrite and (resume or rerun_failed):
@@ -158,15 +198,29 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
         raise TaskflowError(f"priority={priority!r}; expected an integer (higher runs first, "
                             "as Dask's client.submit(priority=...); default 0)")
     priority = int(priority)
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise TaskflowError(f"name={name!r}; expected a non-empty string (default: the model's "
+                            "name and the start time)")
+    job_label = name or job_name(model)  # before load(): a path gives its file's stem
     for name, value in (("window", window), ("chunks_per_task", chunks_per_task)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise TaskflowError(f"{name}={value!r}; expected an integer >= 1")
     if not hasattr(model, "run"):
-        from taskflow.model import load
+        from taskflow.pipeline.config import is_pipeline_file, load_pipeline
 
-        model = load(model)
+        if is_pipeline_file(model):
+            model = load_pipeline(model)
+        else:
+            from taskflow.model import load
+
+            model = load(model)
     dst = location(target)
-    sources, pre, rows = validate_feed(model, source, preprocess, dst)
+    src_options, dst_options = side_options(storage_options, source_options, target_options)
+    sources, pre, rows = validate_feed(model, source, preprocess, dst, src_options)
+    if postprocess is not None:  # the model and its postprocessing: a two-stage pipeline
+        from taskflow.pipeline import with_postprocess
+
+        model = with_postprocess(model, postprocess, zeros_feed(sources, pre))
     out_specs = output_specs(model, sources, pre, outputs)
     first = next(iter(sources.values()))
     batch = batch_size or first.chunks[0] or 1
@@ -175,9 +229,10 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
     for message in chunking_warnings(sources, batch_size):
         warnings.warn(message, UserWarning, stacklevel=2)
     trace = check_rows_independent(model, sources, pre, batch)
+    need = trace if is_pipeline(model) else (model, trace)  # what sizes a chunk's memory
     n_chunks = -(-rows // batch)
     identity = {
-        "model": {"name": model.graph.name, "sha256": mf.model_hash(model),
+        "model": {"name": model_name(model), "sha256": mf.model_hash(model),
                   "device": model.device},
         "inputs": {name: s.identity() for name, s in sources.items()},
         "preprocess": None if pre is None else pre.describe(),
@@ -185,18 +240,19 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
         "outputs": {n: {"shape": list(s), "dtype": d} for n, (s, d) in out_specs.items()},
     }
     todo, failed_before, fresh, already = _plan_chunks(dst, identity, n_chunks, resume,
-                                                       overwrite, rerun_failed)
-    report = Progress(progress, n_chunks, already, len(todo))
+                                                       overwrite, rerun_failed, dst_options)
+    report = Progress(progress, n_chunks, already, len(todo), name=job_label)
     if any(s.location.startswith("memory://") for s in sources.values()) or \
             dst.startswith("memory://"):
         _refuse_memory_urls(client)
 
     if not todo:  # nothing to compute: no cluster needed
         if fresh:
-            mf.create_target(dst, out_specs, rows, batch, identity, overwrite=overwrite)
+            mf.create_target(dst, out_specs, rows, batch, identity, overwrite=overwrite,
+                             options=dst_options)
         return JobSummary(dst, n_chunks, 0, already, 0, time.perf_counter() - started,
                           [FailedChunk(k, k * batch, min(rows, (k + 1) * batch), msg)
-                           for k, msg in sorted(failed_before.items())])
+                           for k, msg in sorted(failed_before.items())], name=job_label)
     cluster, owned = _connect(client)
     c = cluster.client if hasattr(cluster, "client") else cluster
     token = uuid.uuid4().hex[:12]
@@ -204,31 +260,32 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
     registered, ended = False, False
     try:
         if fresh:
-            mf.create_target(dst, out_specs, rows, batch, identity, overwrite=overwrite)
+            mf.create_target(dst, out_specs, rows, batch, identity, overwrite=overwrite,
+                             options=dst_options)
         job = ChunkJob(token, identity["model"]["sha256"],
                        {n: (s.location, s.path) for n, s in sources.items()}, dst,
-                       list(out_specs), rows, batch, pre)
+                       list(out_specs), rows, batch, pre, src_options, dst_options)
         nthreads = sum(c.nthreads().values())
         window = window or max(2, WINDOW_PER_THREAD * nthreads)
         dashboard = getattr(cluster, "dashboard_link", None) or _dashboard(c)
         report.start({"target": dst, "chunks": n_chunks, "todo": len(todo), "rows": rows,
                       "batch_size": batch, "window": window, "workers": len(c.nthreads()),
-                      "threads": nthreads, "dashboard": dashboard})
+                      "threads": nthreads, "dashboard": dashboard, "name": job_label})
         with worker_deaths(c, "sending the model to its workers"):  # too small for taskflow
             ship_model(c, model, job.model_hash)
         if lease.install(c):  # the lease first: a client killed from here on leaves nothing
             emit_job(token, total=len(todo), done=0, failed=0, quarantined=0, in_flight=0,
-                     started=time.time(), state="starting", client=c, plugin=plugin_name)
+                     started=time.time(), state="starting", client=c, plugin=plugin_name,
+                     name=job_label)
         registered = True  # before: a registration failing on some workers still leaves it
         with worker_deaths(c, "registering the job on its workers"):
             c.register_plugin(JobPlugin(job), name=plugin_name)
         ended = True  # from here _stream reports how the job ended, with its counts
         loop = _stream(c, job, todo, window, retries, chunks_per_task, nthreads, report,
-                       priority, killed=lambda exc: chunk_killed_message(c, exc, model, trace,
-                                                                         batch))
+                       priority, killed=lambda exc: chunk_killed_message(c, exc, *need, batch))
         failed = {k: v for k, v in failed_before.items() if k not in loop["done"]}
         failed.update(loop["failed"])
-        unrecorded = _record(dst, failed, token)
+        unrecorded = _record(dst, failed, token, dst_options)
     except SchedulerLostError:
         registered = False  # no scheduler to unregister from: asking would only wait
         raise
@@ -240,7 +297,7 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
                 if not ended:  # an error before the job ran: its lease and dashboard row end
                     emit_job(token, total=len(todo), done=0, failed=0, quarantined=0,
                              in_flight=0, started=time.time(), state="interrupted", client=c,
-                             plugin=plugin_name)
+                             plugin=plugin_name, name=job_label)
             except Exception:  # noqa: BLE001 - the cluster may be gone; nothing left to clean
                 pass
         if owned:
@@ -252,11 +309,12 @@ def infer_zarr(model: Any, source: Any, target: str | os.PathLike, *,
         failed=[FailedChunk(k, *job.rows_of(k), msg) for k, msg in sorted(failed.items())],
         dashboard_link=dashboard, window=window, max_in_flight=loop["max_in_flight"],
         retried=loop["retried"], task_seconds=loop["task_seconds"], tasks=loop["tasks"],
-        fatal=loop.get("fatal"), unrecorded=unrecorded)
+        fatal=loop.get("fatal"), unrecorded=unrecorded, name=job_label)
 
 
 def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool,
-                 rerun_failed: bool) -> tuple[list[int], dict[int, str], bool, int]:
+                 rerun_failed: bool, options: dict[str, Any] | None = None
+                 ) -> tuple[list[int], dict[int, str], bool, int]:
     """Chunks to compute, chunks quarantined before, whether the target is new, and how many
     chunks are done already (their markers, the only proof of a finished write, are set).
 
@@ -264,21 +322,21 @@ def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool
     killed job never finished it); ``rerun_failed`` alone recomputes the quarantined ones and
     leaves missing ones missing, which the summary then reports as not ok.
     """
-    exists = mf.target_exists(dst)
+    exists = mf.target_exists(dst, options)
     if not exists:
         if rerun_failed and not resume:
             raise mf.ResumeError(f"rerun_failed=True but {dst!r} does not exist: nothing failed "
                                  "there yet")
         return list(range(n)), {}, True, 0
     if overwrite:
-        mf.check_replaceable(dst)
+        mf.check_replaceable(dst, options)
         return list(range(n)), {}, True, 0
     if not (resume or rerun_failed):
         raise mf.TargetExistsError(
             f"target {dst!r} exists; pass resume=True (--resume) to finish it, "
             "rerun_failed=True (--rerun-failed) to recompute its quarantined chunks, or "
             "overwrite=True (--overwrite) to replace it")
-    meta = mf.read_manifest(dst)
+    meta = mf.read_manifest(dst, options)
     old = meta.get("identity", {})
     if rerun_failed and not resume and _contents(old) != _contents(identity):
         # The quarantine workflow: fix the inputs of the failed chunks, then rerun them. Only
@@ -289,18 +347,19 @@ def _plan_chunks(dst: str, identity: dict, n: int, resume: bool, overwrite: bool
         old = {**old, "inputs": {k: {**v, "content": identity["inputs"].get(k, {})
                                      .get("content")} for k, v in old.get("inputs", {}).items()}}
     mf.check_identity(old, identity, dst)
-    done = mf.done_chunks(dst, n)
+    done = mf.done_chunks(dst, n, options)
     failed = {int(k): v for k, v in meta.get("failed", {}).items() if not done[int(k)]}
     todo = [k for k in np.flatnonzero(~done).tolist()
             if (resume and k not in failed) or (rerun_failed and k in failed)]
     return todo, failed, False, int(done.sum())
 
 
-def _record(dst: str, failed: dict[int, str], token: str) -> str | None:
+def _record(dst: str, failed: dict[int, str], token: str,
+            options: dict[str, Any] | None = None) -> str | None:
     """Write the quarantine list into the manifest; where the target cannot take it (full,
     read-only), into a file beside this process instead. Returns that file's path, if used."""
     try:
-        mf.record(dst, failed=failed)
+        mf.record(dst, failed=failed, options=options)
         return None
     except OSError as exc:
         import json
@@ -381,7 +440,8 @@ def _stream(client: Any, job: ChunkJob, todo: list[int], window: int, retries: i
         # chunks that failed are retried; only those past their retries count (quarantined)
         emit_job(job.token, total=len(todo), done=len(done), failed=0,
                  quarantined=len(failed), in_flight=len(in_flight), started=started,
-                 state=state, client=client, plugin=JOB_PLUGIN_PREFIX + job.token)
+                 state=state, client=client, plugin=JOB_PLUGIN_PREFIX + job.token,
+                 name=report.name)
 
     fill()
     try:

@@ -23,15 +23,21 @@ sub-group of the target, never as a foreign file.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import hashlib
-import weakref
 from typing import Any
 
 import numpy as np
 
 from taskflow.errors import TaskflowError
+from taskflow.ir.fingerprint import model_hash as model_hash  # a job's model identity
+from taskflow.stream.stores import (
+    Options,
+    StoreNotFoundError,
+    denied,
+    filesystem,
+    missing_bucket,
+    open_options,
+)
 
 MANIFEST = ".taskflow"
 DONE = f"{MANIFEST}/done"
@@ -46,57 +52,30 @@ class ResumeError(TaskflowError, ValueError):
     """The target cannot be resumed: no manifest, or it was written by a different job."""
 
 
-# --- model identity ------------------------------------------------------------------------------
-_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _feed(h: Any, obj: Any) -> None:
-    if isinstance(obj, np.ndarray):
-        h.update(f"nd{obj.dtype.str}{obj.shape}".encode())
-        h.update(np.ascontiguousarray(obj).tobytes())
-    elif isinstance(obj, (list, tuple)):
-        h.update(b"[")
-        for o in obj:
-            _feed(h, o)
-        h.update(b"]")
-    elif isinstance(obj, dict):
-        h.update(b"{")
-        for k in sorted(obj, key=str):
-            _feed(h, k)
-            _feed(h, obj[k])
-        h.update(b"}")
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        h.update(type(obj).__name__.encode())
-        _feed(h, [getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "notes"])
-    else:
-        h.update(f"{type(obj).__name__}:{obj!r};".encode())
-
-
-def model_hash(model: Any) -> str:
-    """SHA-256 of the graph the model executes (nodes, attributes, interface, weights) and its
-    device: two models with the same hash produce the same bytes. Cached per model object."""
-    if model not in _HASHES:
-        h = hashlib.sha256()
-        _feed(h, [model.graph, str(getattr(model, "device", ""))])
-        _HASHES[model] = h.hexdigest()
-    return _HASHES[model]
-
-
 # --- the target ----------------------------------------------------------------------------------
-def target_exists(location: str) -> bool:
-    from fsspec.core import url_to_fs
+def target_exists(location: str, options: Options | None = None) -> bool:
+    """Whether the target exists; refuses one whose store denies these storage ``options``
+    or whose bucket does not exist (before any work: the job has not started)."""
+    fs, path = filesystem(location, options)
+    try:
+        fs.invalidate_cache(path)  # object stores' listings are cached per process
+        if fs.exists(path):
+            return True
+        bucket = missing_bucket(location, options)
+    except PermissionError as exc:
+        raise denied("target", location, exc) from exc
+    if bucket:
+        raise StoreNotFoundError(f"target {location!r}: its bucket {bucket!r} does not exist (or "
+                                 "these credentials cannot see it); create the bucket first: "
+                                 "taskflow creates an output's folders and prefixes, not buckets")
+    return False
 
-    fs, path = url_to_fs(location)
-    return fs.exists(path)
 
-
-def check_replaceable(location: str) -> None:
+def check_replaceable(location: str, options: Options | None = None) -> None:
     """Refuse to replace ``location`` unless it is a taskflow output (it carries the
     manifest): ``overwrite`` must never delete a user's folder, a foreign Zarr group or a file.
     """
-    from fsspec.core import url_to_fs
-
-    fs, path = url_to_fs(location)
+    fs, path = filesystem(location, options)
     if fs.isfile(path):
         raise TargetExistsError(f"target {location!r} is a file, not a Zarr group: overwrite "
                                 "only replaces a taskflow output; choose another output path")
@@ -108,25 +87,31 @@ def check_replaceable(location: str) -> None:
 
 
 def create_target(location: str, outputs: dict[str, tuple[tuple[int, ...], str]], rows: int,
-                  batch: int, identity: dict[str, Any], *, overwrite: bool) -> None:
+                  batch: int, identity: dict[str, Any], *, overwrite: bool,
+                  options: Options | None = None) -> None:
     """Create the group, one array per output (``name -> (per-sample shape, dtype)``) and the
-    manifest. Float outputs are filled with NaN, so rows of chunks not (yet) written read NaN."""
+    manifest, opened with the storage ``options``; missing parent folders are created. Float
+    outputs are filled with NaN, so rows of chunks not (yet) written read NaN."""
     try:
-        _create(location, outputs, rows, batch, identity, overwrite)
+        _create(location, outputs, rows, batch, identity, overwrite, options)
+    except PermissionError as exc:
+        raise denied("cannot create the output", location, exc) from exc
     except OSError as exc:
         raise TaskflowError(f"cannot create the output {location!r}: {type(exc).__name__}: "
                             f"{exc}") from exc
 
 
 def _create(location: str, outputs: dict[str, tuple[tuple[int, ...], str]], rows: int,
-            batch: int, identity: dict[str, Any], overwrite: bool) -> None:
+            batch: int, identity: dict[str, Any], overwrite: bool,
+            options: Options | None = None) -> None:
     import zarr
 
     from taskflow._version import __version__
 
     n_chunks = -(-rows // batch)
     group = zarr.open_group(store=location, mode="w" if overwrite else "w-", zarr_format=3,
-                            attributes={"taskflow": {"version": __version__, **identity}})
+                            attributes={"taskflow": {"version": __version__, **identity}},
+                            **open_options(location, options))
     for name, (shape, dtype) in outputs.items():
         dt = np.dtype(dtype)
         group.create_array(name, shape=(rows, *shape), chunks=(batch, *shape), dtype=dt,
@@ -142,29 +127,29 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def read_manifest(location: str) -> dict[str, Any]:
+def read_manifest(location: str, options: Options | None = None) -> dict[str, Any]:
     import zarr
 
     try:
-        return dict(zarr.open_group(store=location, path=MANIFEST, mode="r").attrs)
+        return dict(zarr.open_group(store=location, path=MANIFEST, mode="r",
+                                    **open_options(location, options)).attrs)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise ResumeError(f"{location!r} has no taskflow manifest ({MANIFEST}/): it was not "
                           "written by infer_zarr, so there is nothing to resume; pass "
                           "overwrite=True (--overwrite) to replace it") from exc
 
 
-def done_chunks(location: str, n_chunks: int) -> np.ndarray:
+def done_chunks(location: str, n_chunks: int, options: Options | None = None) -> np.ndarray:
     """Boolean per chunk: its output was written (and the marker after it).
 
     Lists the marker keys (``.taskflow/done/c/<k>``: Zarr v3's default chunk key encoding of
     the array this module creates) instead of reading the array: reading would try every key,
     present or not (16 s for 100,000 chunks here; a listing takes milliseconds).
     """
-    from fsspec.core import url_to_fs
-
-    fs, path = url_to_fs(location)
+    fs, path = filesystem(location, options)
     folder = f"{path.rstrip('/')}/{DONE}/c"
     done = np.zeros(n_chunks, bool)
+    fs.invalidate_cache(folder)  # workers wrote the markers: never trust a cached listing
     if fs.exists(folder):
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)]
         ks = [int(n) for n in names if n.isdigit() and int(n) < n_chunks]
@@ -172,11 +157,12 @@ def done_chunks(location: str, n_chunks: int) -> np.ndarray:
     return done
 
 
-def record(location: str, *, failed: dict[int, str]) -> None:
+def record(location: str, *, failed: dict[int, str], options: Options | None = None) -> None:
     """Replace the quarantined chunks (index -> error) in the manifest, atomically."""
     import zarr
 
-    group = zarr.open_group(store=location, path=MANIFEST, mode="r+")
+    group = zarr.open_group(store=location, path=MANIFEST, mode="r+",
+                            **open_options(location, options))
     group.attrs.update({"failed": {str(k): v for k, v in sorted(failed.items())},
                         "updated": _now()})
 

@@ -6,13 +6,21 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from taskflow.errors import DTypeError, InputError, ShapeError, TaskflowError
 from taskflow.stream.preprocess import Preprocess, parse_preprocess
+from taskflow.stream.stores import (
+    StoreNotFoundError,
+    denied,
+    filesystem,
+    is_url,
+    missing_bucket,
+    open_options,
+)
 
 #: Input bytes of one task (one output chunk's rows) past which a source's own chunking is too
 #: coarse to be the batch: the largest input chunk the Dask lowering makes itself
@@ -21,12 +29,21 @@ LARGE_TASK_BYTES = 512 << 20
 
 
 def location(x: Any) -> str:
-    """A store location workers can open too: URLs as given, local paths made absolute."""
+    """A store location workers can open too: URLs as given, local paths made absolute.
+
+    A plain ``file://`` URL becomes its local path: Zarr's ``LocalStore`` then creates missing
+    parent folders and writes each key atomically (fsspec's local file system does neither),
+    and a job resumed with the path instead of the URL keeps its identity.
+    """
     if hasattr(x, "store") and not isinstance(x, (str, os.PathLike)):
         raise TaskflowError(f"{x!r} is an opened Zarr object; pass its path or URL instead, so "
                             "that workers can open it themselves")
     text = os.fspath(x)
-    return text if "://" in text else os.path.abspath(os.path.expanduser(text))
+    if text.startswith("file://") and "::" not in text:
+        from fsspec.core import url_to_fs
+
+        return url_to_fs(text)[1]
+    return text if is_url(text) else os.path.abspath(os.path.expanduser(text))
 
 
 @dataclass(frozen=True)
@@ -39,11 +56,13 @@ class SourceArray:
     dtype: str
     chunks: tuple[int, ...]
     zarr_format: int
+    #: fsspec options to open ``location`` with: not in the identity, nor in the repr (secrets)
+    options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def identity(self) -> dict[str, Any]:
         return {"location": self.location, "path": self.path, "shape": list(self.shape),
                 "dtype": self.dtype, "chunks": list(self.chunks), "zarr_format": self.zarr_format,
-                "content": content_fingerprint(self.location, self.path)}
+                "content": content_fingerprint(self.location, self.path, self.options)}
 
     def where(self) -> str:
         return f"{self.location}/{self.path}" if self.path else self.location
@@ -55,7 +74,8 @@ _VERSION_KEYS = ("ETag", "etag", "checksum", "md5", "crc32c", "mtime", "LastModi
                  "last_modified", "created")
 
 
-def content_fingerprint(loc: str, path: str = "") -> str:
+def content_fingerprint(loc: str, path: str = "",
+                        options: Mapping[str, Any] | None = None) -> str:
     """A digest of the array's stored objects as its store lists them (name, size, and the
     version the store keeps: ETag, checksum or modification time).
 
@@ -66,12 +86,11 @@ def content_fingerprint(loc: str, path: str = "") -> str:
     """
     import hashlib
 
-    from fsspec.core import url_to_fs
-
-    fs, root = url_to_fs(loc)
+    fs, root = filesystem(loc, options)
     folder = f"{root.rstrip('/')}/{path}" if path else root
     h = hashlib.blake2b(digest_size=16)
     try:
+        fs.invalidate_cache(folder)  # object stores' listings are cached per process
         listing = fs.find(folder, detail=True)
     except (OSError, NotImplementedError):
         return "unlisted"
@@ -82,27 +101,44 @@ def content_fingerprint(loc: str, path: str = "") -> str:
     return h.hexdigest()
 
 
-def _source_array(loc: str, path: str, arr: Any) -> SourceArray:
+def _source_array(loc: str, path: str, arr: Any,
+                  options: Mapping[str, Any] | None = None) -> SourceArray:
     return SourceArray(loc, path, tuple(arr.shape), np.dtype(arr.dtype).name, tuple(arr.chunks),
-                       int(arr.metadata.zarr_format))
+                       int(arr.metadata.zarr_format), options)
 
 
-def _open(loc: str) -> Any:
+def _open(loc: str, options: Mapping[str, Any] | None = None) -> Any:
     import zarr
 
     try:
-        return zarr.open(store=loc, mode="r")
+        return zarr.open(store=loc, mode="r", **open_options(loc, options))
+    except PermissionError as exc:
+        raise denied("source", loc, exc) from exc
     except FileNotFoundError as exc:
-        if "://" not in loc and os.path.isfile(loc):
+        if not is_url(loc) and os.path.isfile(loc):
             raise InputError(f"source {loc!r} is a file; expected a Zarr store (a folder with "
                              "zarr.json or .zarray/.zgroup, or an fsspec URL to one)") from exc
-        raise FileNotFoundError(f"source {loc!r} does not exist") from exc
+        raise _not_found(loc, options) from exc
     except zarr.errors.NodeNotFoundError as exc:
+        if is_url(loc):
+            fs, path = filesystem(loc, options)
+            if not fs.exists(path):
+                raise _not_found(loc, options) from exc
         raise InputError(f"source {loc!r} is neither a Zarr array nor a Zarr group") from exc
 
 
-def open_sources(source: Any, input_names: list[str]) -> dict[str, SourceArray]:
-    """Model input name -> :class:`SourceArray`, refusing unknown or missing names."""
+def _not_found(loc: str, options: Mapping[str, Any] | None) -> StoreNotFoundError:
+    bucket = missing_bucket(loc, options)
+    if bucket:
+        return StoreNotFoundError(f"source {loc!r}: its bucket {bucket!r} does not exist (or "
+                                  "these credentials cannot see it)")
+    return StoreNotFoundError(f"source {loc!r} does not exist")
+
+
+def open_sources(source: Any, input_names: list[str],
+                 options: Mapping[str, Any] | None = None) -> dict[str, SourceArray]:
+    """Model input name -> :class:`SourceArray`, refusing unknown or missing names; every
+    source is opened with the fsspec ``options``."""
     import zarr
 
     if isinstance(source, Mapping):
@@ -114,20 +150,20 @@ def open_sources(source: Any, input_names: list[str]) -> dict[str, SourceArray]:
             raise InputError("; ".join(parts) + f"; the model's inputs are {input_names}")
         out = {}
         for name, loc in source.items():
-            node = _open(location(loc))
+            node = _open(location(loc), options)
             if not isinstance(node, zarr.Array):
                 raise InputError(f"source for input {name!r} ({location(loc)!r}) is a group; "
                                  "give the path of an array inside it")
-            out[name] = _source_array(location(loc), "", node)
+            out[name] = _source_array(location(loc), "", node, options)
         return out
     loc = location(source)
-    node = _open(loc)
+    node = _open(loc, options)
     if isinstance(node, zarr.Array):
         if len(input_names) != 1:
             raise InputError(f"source {loc!r} is one array but the model has inputs "
                              f"{input_names}; give a group with one array per input, or "
                              "{input name: array path}")
-        return {input_names[0]: _source_array(loc, "", node)}
+        return {input_names[0]: _source_array(loc, "", node, options)}
     arrays = sorted(name for name, _ in node.arrays())
     out = {}
     for name in input_names:
@@ -136,9 +172,9 @@ def open_sources(source: Any, input_names: list[str]) -> dict[str, SourceArray]:
         except KeyError:
             arr = None
         if isinstance(arr, zarr.Array):
-            out[name] = _source_array(loc, name, arr)
+            out[name] = _source_array(loc, name, arr, options)
         elif len(input_names) == 1 and len(arrays) == 1:
-            out[name] = _source_array(loc, arrays[0], node[arrays[0]])
+            out[name] = _source_array(loc, arrays[0], node[arrays[0]], options)
         else:
             raise InputError(f"source group {loc!r} has no array named {name!r} (the model's "
                              f"inputs are {input_names}); its arrays are {arrays}. Name the "
@@ -166,13 +202,14 @@ def _zeros(sources: Mapping[str, SourceArray], pre: Preprocess | None,
                          f"{type(exc).__name__}: {exc}") from exc
 
 
-def validate_feed(model: Any, source: Any, preprocess: Any, target: str
+def validate_feed(model: Any, source: Any, preprocess: Any, target: str,
+                  options: Mapping[str, Any] | None = None
                   ) -> tuple[dict[str, SourceArray], Preprocess | None, int]:
-    """Open the sources and check them, preprocessed, against the model: from metadata and one
-    zero sample, so bad input is refused before any task runs. Returns (sources, preprocess,
-    rows)."""
-    names = [v.name for v in model.graph.inputs]
-    sources = open_sources(source, names)
+    """Open the sources (with the fsspec ``options``) and check them, preprocessed, against
+    the model: from metadata and one zero sample, so bad input is refused before any task
+    runs. Returns (sources, preprocess, rows)."""
+    names = input_names(model)
+    sources = open_sources(source, names, options)
     lengths = {n: s.shape[0] if s.shape else None for n, s in sources.items()}
     if None in lengths.values() or len(set(lengths.values())) != 1:
         raise ShapeError(f"source arrays must share their first (batch) axis; lengths {lengths}")
@@ -209,10 +246,25 @@ def check_rows_independent(model: Any, sources: Mapping[str, SourceArray],
     """Refuse a model whose nodes mix the rows of a batch: streaming runs each chunk alone, so
     its results would silently depend on the chunking. The batch analysis of the Dask lowering
     (:mod:`taskflow.dask.trace`) decides, on the preprocessed inputs' shapes and dtypes.
-    Returns that trace (it also sizes a chunk's memory: :mod:`taskflow.dask.memory`)."""
+    Returns that trace (it also sizes a chunk's memory: :mod:`taskflow.dask.memory`); for a
+    pipeline, each model stage is checked and ``(model, trace)`` of the first is returned."""
     from taskflow.dask.lower import get_trace
 
     probe = _zeros(sources, pre)
+    if is_pipeline(model):  # each model stage, on the inputs it gets from the sample
+        found, models = None, model.stage_models()
+        for stage, specs in model.trace(probe).items():
+            m = models[stage]
+            names = [v.name for v in m.get_inputs()]
+            t = get_trace(m, {n: tuple(shape[1:]) for n, (shape, _) in zip(names, specs)}, {},
+                          {n: np.dtype(dt) for n, (_, dt) in zip(names, specs)})
+            why = t.whole_batch_message()
+            if why:
+                raise ShapeError(f"pipeline {model.name!r}, stage {stage!r}: {why}. "
+                                 f"infer_zarr runs each chunk of {batch} rows alone, which "
+                                 "would change those results: use Pipeline.predict or run")
+            found = found or (m, t)
+        return found
     trace = get_trace(model, {n: tuple(x.shape[1:]) for n, x in probe.items()}, {},
                       {n: np.dtype(x.dtype) for n, x in probe.items()})
     why = trace.whole_batch_message()
@@ -277,6 +329,16 @@ def output_specs(model: Any, sources: Mapping[str, SourceArray], pre: Preprocess
                  outputs: list[str] | None) -> dict[str, tuple[tuple[int, ...], str]]:
     """Output name -> (per-sample shape, dtype): from the graph where fully declared with the
     inputs' batch dimension, else by running the model on one zero sample."""
+    if is_pipeline(model):  # functions declare nothing: run one zero sample through it all
+        wanted = list(outputs) if outputs else list(model.output_names)
+        try:
+            results = model.run(wanted, _zeros(sources, pre, rows=1))
+        except TaskflowError:
+            raise
+        except Exception as exc:
+            raise InputError(f"pipeline {model.name!r} failed on one zero sample shaped like "
+                             f"the source: {type(exc).__name__}: {exc}") from exc
+        return {n: _row_spec(n, y) for n, y in zip(wanted, results)}
     values = {v.name: v for v in model.graph.outputs}
     wanted = list(outputs) if outputs else list(values)
     bad = [n for n in wanted if n not in values]
@@ -294,8 +356,40 @@ def output_specs(model: Any, sources: Mapping[str, SourceArray], pre: Preprocess
     if missing:
         results = model.run(missing, _zeros(sources, pre, rows=1))
         for n, y in zip(missing, results):
-            if y.ndim == 0 or y.shape[0] != 1:
-                raise ShapeError(f"output {n!r} has shape {y.shape} for a batch of 1; "
-                                 "infer_zarr needs outputs with the batch on axis 0")
-            specs[n] = (tuple(y.shape[1:]), y.dtype.name)
+            specs[n] = _row_spec(n, y)
     return {n: specs[n] for n in wanted}
+
+
+def _row_spec(name: str, y: Any) -> tuple[tuple[int, ...], str]:
+    y = np.asarray(y)
+    if y.ndim == 0 or y.shape[0] != 1:
+        raise ShapeError(f"output {name!r} has shape {y.shape} for a batch of 1; "
+                         "infer_zarr needs outputs with the batch on axis 0")
+    if y.dtype.kind == "O":
+        raise ShapeError(f"output {name!r} has dtype object; infer_zarr writes numeric or "
+                         "fixed-width string arrays")
+    return tuple(y.shape[1:]), y.dtype.name
+
+
+def is_pipeline(model: Any) -> bool:
+    """Whether ``model`` is a :class:`taskflow.Pipeline` (the stream takes both)."""
+    from taskflow.pipeline import Pipeline
+
+    return isinstance(model, Pipeline)
+
+
+def input_names(model: Any) -> list[str]:
+    """The inputs a source feeds: a model's graph inputs, or a pipeline's."""
+    if is_pipeline(model):
+        return list(model.input_names)
+    return [v.name for v in model.graph.inputs]
+
+
+def model_name(model: Any) -> str:
+    """A model's graph name, or a pipeline's name."""
+    return model.name if is_pipeline(model) else model.graph.name
+
+
+def zeros_feed(sources: Mapping[str, SourceArray], pre: Preprocess | None) -> dict[str, Any]:
+    """One preprocessed row of zeros shaped like the sources: a sample to learn outputs from."""
+    return _zeros(sources, pre)

@@ -37,6 +37,7 @@ from taskflow.dask.threads import sync_numba_env
 from taskflow.dask.trace import node_labels
 from taskflow.errors import ShapeError, TaskflowError
 from taskflow.stream import manifest as mf
+from taskflow.stream.stores import open_options
 
 #: Models kept registered on a cluster (and built in each worker) across jobs: the one in use
 #: and the one before it, so alternating jobs do not resend weights; more would pin memory.
@@ -62,9 +63,13 @@ class ChunkJob:
     """What a worker needs to run any chunk of one job: shipped once, in :class:`JobPlugin`."""
 
     def __init__(self, token: str, model_hash: str, inputs: dict[str, tuple[str, str]],
-                 target: str, outputs: list[str], rows: int, batch: int, preprocess: Any):
+                 target: str, outputs: list[str], rows: int, batch: int, preprocess: Any,
+                 source_options: dict[str, Any] | None = None,
+                 target_options: dict[str, Any] | None = None):
         self.token, self.model_hash, self.target = token, model_hash, target
         self.inputs = inputs  # model input name -> (store location, array path)
+        # fsspec storage options the stores are opened with (:mod:`taskflow.stream.stores`)
+        self.source_options, self.target_options = source_options, target_options
         self.outputs, self.rows, self.batch = outputs, rows, batch
         # Preprocessing travels as bytes, its user code by value: unpacking this job (in the
         # worker plugin's setup) never imports a module the workers may lack, so a bad one
@@ -124,9 +129,14 @@ def pack_by_value(obj: Any) -> bytes:
 
 def _function_modules(obj: Any) -> set[str]:
     found = set()
-    for value in [obj, *getattr(obj, "__dict__", {}).values()]:
+    functions = getattr(obj, "functions", None)  # a pipeline's function stages, nested too
+    extra = functions() if callable(functions) else []
+    for value in [obj, *getattr(obj, "__dict__", {}).values(), *extra]:
         items = value.values() if isinstance(value, dict) else [value]
-        found.update(getattr(f, "__module__", None) for f in items if callable(f))
+        for f in items:
+            f = getattr(f, "func", f)  # a functools.partial: where its function lives
+            if callable(f):
+                found.add(getattr(f, "__module__", None) or type(f).__module__)
     return {m for m in found if m}
 
 
@@ -140,11 +150,20 @@ def _is_user_module(module: Any) -> bool:
 
 _JOBS: dict[str, ChunkJob] = {}
 _ARRAYS: dict[str, tuple] = {}
-_PAYLOADS: dict[str, bytes] = {}  # model hash -> pickled (graph, device, strict)
+_PAYLOADS: dict[str, bytes] = {}  # model hash -> model_payload()
 _MODELS: OrderedDict[str, Any] = OrderedDict()  # model hash -> built Model
 _LOCK = threading.Lock()
 _POOL: list[ThreadPoolExecutor] = []
 _SHIPPED: Any = None  # client side: model -> payload, pickled once per model object
+
+
+def model_payload(model: Any) -> bytes:
+    """What a worker builds the job's model from: a model's ``(graph, device, strict)``, or
+    a pipeline pickled whole (its models as graphs, its functions by value)."""
+    if hasattr(model, "graph"):
+        return pickle.dumps((model.graph, model.device, model.strict),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+    return pack_by_value(model)
 
 
 class ModelPlugin(WorkerPlugin):
@@ -180,8 +199,7 @@ def ship_model(client: Any, model: Any, model_hash: str) -> None:
         _SHIPPED = weakref.WeakKeyDictionary()
     payload = _SHIPPED.get(model)
     if payload is None:
-        payload = _SHIPPED[model] = pickle.dumps((model.graph, model.device, model.strict),
-                                                 protocol=pickle.HIGHEST_PROTOCOL)
+        payload = _SHIPPED[model] = model_payload(model)
     try:
         client.register_plugin(ModelPlugin(model_hash, payload), name=name)
     except BaseException:
@@ -224,8 +242,9 @@ def _state(token: str) -> tuple[ChunkJob, Any, tuple, ThreadPoolExecutor]:
             if job.model_hash not in _PAYLOADS:
                 raise TaskflowError(f"model {job.model_hash[:12]} is not on this worker (its "
                                     "plugin was removed by a job with another model)")
-            graph, device, strict = pickle.loads(_PAYLOADS[job.model_hash])
-            model = Model(graph, device=device, strict=strict, optimize=False)
+            built = pickle.loads(_PAYLOADS[job.model_hash])
+            model = built if not isinstance(built, tuple) else \
+                Model(built[0], device=built[1], strict=built[2], optimize=False)
             _MODELS[job.model_hash] = model
             while len(_MODELS) > MODEL_CACHE:
                 _MODELS.popitem(last=False)
@@ -234,10 +253,13 @@ def _state(token: str) -> tuple[ChunkJob, Any, tuple, ThreadPoolExecutor]:
         if arrays is None:
             import zarr
 
-            ins = {n: zarr.open_array(store=loc, path=path, mode="r")
+            src = job.source_options
+            dst = open_options(job.target, job.target_options)
+            ins = {n: zarr.open_array(store=loc, path=path, mode="r", **open_options(loc, src))
                    for n, (loc, path) in job.inputs.items()}
-            outs = [zarr.open_array(store=job.target, path=n, mode="r+") for n in job.outputs]
-            done = zarr.open_array(store=job.target, path=mf.DONE, mode="r+")
+            outs = [zarr.open_array(store=job.target, path=n, mode="r+", **dst)
+                    for n in job.outputs]
+            done = zarr.open_array(store=job.target, path=mf.DONE, mode="r+", **dst)
             arrays = _ARRAYS[token] = (ins, outs, done)
         if not _POOL:
             _POOL.append(ThreadPoolExecutor(IO_THREADS * _task_threads(),
@@ -391,6 +413,8 @@ def _sampler(job: ChunkJob, model: Any) -> LayerSampler:
 def layer_labels(model: Any) -> dict[int, str]:
     """``id(node)`` to the name the node's Dask keys carry (``tf-<label>-…``), so the dashboard
     shows a streamed job's layers under the names ``Model.predict``'s tasks have."""
+    if not hasattr(model, "graph"):  # a pipeline is timed stage by stage instead
+        return {}
     order = model.graph.toposort()  # the plan's order, as in the trace
     return {id(n): label for n, label in zip(order, node_labels(order))}
 
@@ -408,8 +432,11 @@ def _compute(job: ChunkJob, model: Any, outs: list, data: dict[str, Any], k: int
             t = time.perf_counter()
             feed = job.preprocess.apply(feed)
             into["preprocess"] = into.get("preprocess", 0.0) + time.perf_counter() - t
-        with sampler.timing(into):
-            results = model.run(job.outputs, feed)
+        if hasattr(model, "graph"):
+            with sampler.timing(into):
+                results = model.run(job.outputs, feed)
+        else:  # a pipeline: seconds by stage, the unit its users think in
+            results = model.run(job.outputs, feed, stage_seconds=into)
     for name, arr, y in zip(job.outputs, outs, results):
         want = (b - a, *arr.shape[1:])
         if tuple(y.shape) != want or y.dtype != arr.dtype:

@@ -36,11 +36,14 @@ def fake_chunk(job: str, i: int, seconds: float = CHUNK_S, fail: bool = False) -
 
 
 class FakeJob:
-    """Run ``chunks`` fake chunks on ``client`` from a thread; ``last`` is the last emit_job."""
+    """Run ``chunks`` fake chunks on ``client`` from a thread; ``last`` is the last emit_job.
+
+    ``name`` is the job's id; ``title``, when given, the name it sends (``infer_zarr``'s
+    ``name``)."""
 
     def __init__(self, client: Client, name: str, chunks: int, *, seconds: float = CHUNK_S,
-                 broken: frozenset[int] = frozenset()):
-        self.client, self.name, self.chunks = client, name, chunks
+                 broken: frozenset[int] = frozenset(), title: str | None = None):
+        self.client, self.name, self.chunks, self.title = client, name, chunks, title
         self.seconds, self.broken = seconds, broken
         self.last: dict[str, Any] = {}
         self.error: BaseException | None = None
@@ -52,9 +55,10 @@ class FakeJob:
         return self
 
     def _emit(self, **counts: Any) -> None:
-        self.last = dict(job=self.name, total=self.chunks, started=self.started, **counts)
+        self.last = dict(job=self.name, total=self.chunks, started=self.started,
+                         name=self.title or self.name, **counts)
         telemetry.emit_job(self.name, total=self.chunks, started=self.started,
-                           client=self.client, **counts)
+                           client=self.client, name=self.title, **counts)
 
     def _run(self) -> None:
         try:

@@ -30,7 +30,7 @@ from tests.taskflow.dashboard.dashboard_helpers import (
 )
 
 pytestmark = pytest.mark.timeout(120)
-JOB_KEYS = ("total", "done", "failed", "quarantined", "in_flight", "state", "started")
+JOB_KEYS = ("name", "total", "done", "failed", "quarantined", "in_flight", "state", "started")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,8 @@ def present(snap: dict) -> dict:
 def test_json_page_and_metrics_follow_a_running_job(cluster):
     url = page_url(cluster)
     assert page_link(cluster.dashboard_link) == url
-    job = FakeJob(cluster.client, "alpha", 60, broken=frozenset({7})).start()
+    job = FakeJob(cluster.client, "alpha", 60, broken=frozenset({7}),
+                  title="alpha-nightly").start()
 
     def busy():
         snap = get_json(url + "/json")
@@ -84,7 +85,7 @@ def test_json_page_and_metrics_follow_a_running_job(cluster):
     assert b'href="taskflow"' in get(url.replace("/taskflow", "/status"))[1]  # "More..." menu
     metrics = get(url.replace("/taskflow", "/metrics"))[1].decode()
     assert "taskflow_samples_total{worker=" in metrics
-    assert 'taskflow_job_chunks{job="alpha",status="done"}' in metrics
+    assert 'taskflow_job_chunks{job="alpha",name="alpha-nightly",status="done"}' in metrics
 
     last = job.join()
     assert last["state"] == "done" and last["done"] == 59 and last["quarantined"] == 1
@@ -214,6 +215,7 @@ def test_state_counts_rates_eta_and_ignores_bad_messages():
     state.feed("taskflow.job", {"job": "j", "total": 10, "done": 4, "failed": 1,
                                 "quarantined": 1, "in_flight": 2, "started": 50.0,
                                 "state": "running", "t": 52.0}, t=102.0)
+    state.feed("taskflow.job", {"job": "k", "total": 1, "done": 0, "name": "resnet-nightly"})
     state.feed("taskflow.chunk", {"job": "j"}, t=102.0)  # no samples: counted, not raised
     state.feed("other.topic", {"x": 1})
     snap = state.tick(now=103.0)
@@ -223,6 +225,8 @@ def test_state_counts_rates_eta_and_ignores_bad_messages():
     assert snap["workers"]["w2"]["samples_per_s"] == pytest.approx(4 / 1.5)
     j = snap["jobs"]["j"]
     assert (j["remaining"], j["chunks_reported"], j["samples"]) == (4, 4, 28)
+    assert (j["name"], j["elapsed_s"]) == ("j", 2.0)  # no name sent: the id
+    assert snap["jobs"]["k"]["name"] == "resnet-nightly"
     # 4 done in 2 s (client clock) -> 2 s for the 4 left, 1 s of it passed since arrival
     assert j["eta_s"] == pytest.approx(1.0)
     assert snap["layers"]["seconds"] == {"conv": pytest.approx(0.9)}
@@ -283,15 +287,52 @@ def test_prometheus_collector_names():
     state = TaskflowState()
     state.feed("taskflow.chunk", chunk("w1", "j", layer_seconds={"conv": 0.5}), t=time.time())
     state.feed("taskflow.job", {"job": "j", "total": 3, "done": 1, "failed": 0, "quarantined": 0,
-                                "in_flight": 2, "started": 1.0, "state": "running", "t": 2.0})
+                                "in_flight": 2, "started": 1.0, "state": "running", "t": 2.0,
+                                "name": "digits-20261205-2214"})
     state.tick()
     registry = prometheus_client.CollectorRegistry()
     registry.register(TaskflowCollector(lambda: state))
     text = prometheus_client.generate_latest(registry).decode()
     for line in ('taskflow_samples_total{worker="w1"} 8.0', 'taskflow_layer_seconds_total',
-                 'taskflow_job_chunks{job="j",status="remaining"} 2.0',
-                 'taskflow_job_eta_seconds{job="j"}', 'taskflow_events_total'):
+                 'taskflow_job_chunks{job="j",name="digits-20261205-2214",status="remaining"} 2.0',
+                 'taskflow_job_eta_seconds{job="j",name="digits-20261205-2214"}',
+                 'taskflow_events_total'):
         assert line in text, text
+
+
+def test_page_shows_names_and_collapses_finished_jobs():
+    from taskflow.dashboard.page import TaskflowPage
+
+    state = TaskflowState()
+
+    def job(token: str, state_: str, started: float, **kw) -> None:
+        state.feed("taskflow.job", {"job": token, "total": 10, "done": 4, "in_flight": 2,
+                                    "started": started, "t": started + 65.0, "state": state_,
+                                    **kw})
+    job("a1b2c3d4e5f6", "running", 3.0, name="resnet-20261205-2214")
+    job("0f0f0f0f0f0f", "done", 1.0, name="digits-20261205-2200")
+    job("e5e5e5e5e5e5", "abandoned", 2.0, name="digits-20261205-2200",
+        reason="its client went away")
+    job("9a9a9a9a9a9a", "starting", 4.0)  # no name: shown by its id
+    page = TaskflowPage()
+    page.update(state.tick())
+    running = page.jobs.data
+    assert running["job"] == ["resnet-20261205-2214", "9a9a9a9a9a9a"]  # running ones in full
+    assert running["id"] == ["a1b2c3d4e5f6", "9a9a9a9a9a9a"]
+    assert (running["done"], running["waiting"]) == ([4, 4], [4, 4])
+    assert list(page.job_fig.y_range.factors) == running["job"]
+    ended = page.finished.data  # one compact row each, newest first; equal names told apart
+    assert ended["job"] == ["digits-20261205-2200 [e5e5e5]", "digits-20261205-2200 [0f0f0f]"]
+    assert ended["state"] == ["abandoned", "done"] and ended["chunks"] == ["4/10", "4/10"]
+    assert ended["took"] == ["0:01:05", "0:01:05"]
+    assert ended["reason"] == ["its client went away", ""]
+    assert page.finished_table.visible and "2" in page.finished_title.text
+
+    state.feed("taskflow.job", {"job": "a1b2c3d4e5f6", "total": 10, "done": 10, "state": "done",
+                                "name": "resnet-20261205-2214", "started": 3.0, "t": 9.0})
+    page.update(state.tick())
+    assert page.jobs.data["job"] == ["9a9a9a9a9a9a"]
+    assert page.finished.data["job"][0] == "resnet-20261205-2214"
 
 
 def test_telemetry_is_a_no_op_outside_workers_and_clients():

@@ -47,7 +47,7 @@ const doc = Bokeh.documents.length ? Bokeh.documents[0] : null;
 if (!doc) return null;
 const out = {};
 for (const name of ["tf-tick-begin", "tf-meta", "tf-rate-total", "tf-rate-workers", "tf-layers",
-                    "tf-jobs", "tf-policies", "tf-workers"]) {
+                    "tf-jobs", "tf-jobs-finished", "tf-policies", "tf-workers"]) {
   const m = doc.get_model_by_name(name);
   if (!m) return null;
   const cols = {};
@@ -102,7 +102,8 @@ def consistent_read(driver) -> dict | None:
 
 def test_page_renders_live_data_equal_to_json(cluster, browser, tmp_path):
     url = page_url(cluster)
-    job = FakeJob(cluster.client, "browser", 4000, broken=frozenset({3})).start()
+    job = FakeJob(cluster.client, "browser", 4000, broken=frozenset({3}),
+                  title="browser-nightly").start()
     browser.get(url)
 
     def rendered():
@@ -140,8 +141,9 @@ def test_page_renders_live_data_equal_to_json(cluster, browser, tmp_path):
         assert table["memory_mib"][i] == pytest.approx(w["memory"] / 2**20)
 
     jobs = page["tf-jobs"]
-    i = jobs["job"].index("browser")
+    i = jobs["job"].index("browser-nightly")  # shown by its name, its id beside it
     j = snap["jobs"]["browser"]
+    assert jobs["id"][i] == "browser" and j["name"] == "browser-nightly"
     for k in ("done", "in_flight", "failed", "quarantined", "remaining", "total", "state"):
         assert jobs[k][i] == j[k], k
     assert j["state"] == "running" and j["in_flight"] > 0 and j["done"] > 0
@@ -156,12 +158,15 @@ def test_page_renders_live_data_equal_to_json(cluster, browser, tmp_path):
     # What is drawn: the tables' rows show the same numbers (DataTable redraws on each tick).
     last = job.stop()
 
-    def stopped():
+    def stopped():  # a finished job moves to the compact table of finished jobs
         page = consistent_read(browser)
-        return page and page["tf-jobs"]["state"][i:i + 1] == ["interrupted"] and page
+        return page and "browser-nightly" in page["tf-jobs-finished"]["job"] and page
     done = wait_for(stopped, what="the stopped job on the page")
-    assert done["tf-jobs"]["done"][i] == last["done"]
+    ended = done["tf-jobs-finished"]
+    k = ended["job"].index("browser-nightly")
+    assert (ended["state"][k], ended["chunks"][k]) == ("interrupted", f"{last['done']}/4000")
+    assert "browser-nightly" not in done["tf-jobs"]["job"]
     rows = " | ".join(done["rows"])
-    assert "browser" in rows and "interrupted" in rows and str(last["done"]) in rows
+    assert "browser-nightly" in rows and "interrupted" in rows and f"{last['done']}/4000" in rows
     for a, samples in zip(done["tf-workers"]["worker"], done["tf-workers"]["samples"]):
         assert any(a[:15] in r and str(samples) in r for r in done["rows"]), (a, samples, rows)

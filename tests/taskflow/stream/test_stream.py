@@ -267,16 +267,18 @@ def test_cli_run_on_an_existing_scheduler_with_a_progress_bar(tmp_path, cluster,
     proc = run_cli(MODEL, "--input", src, "--output", str(tmp_path / "out.zarr"),
                    "--scheduler", address, "--preprocess", '{"scale": 0.0625}')
     assert proc.returncode == 0, proc.stderr
-    bar = proc.stderr.strip("\n")
-    assert "\n" not in bar and bar.startswith("\rtaskflow: ")        # one line, rewritten
-    assert bar.rsplit("\r", 1)[-1].startswith("taskflow: 8/8 chunks  200 samples")
-    assert re.search(r"ETA \d+:\d\d", bar)
+    # not a terminal: plain percent lines, each ended, none rewritten with \r
+    assert "\r" not in proc.stderr and proc.stderr.endswith("\n")
+    last = proc.stderr.strip("\n").splitlines()[-1]
+    assert re.match(r"taskflow digits_cnn-\d{8}-\d{4}: 100% 8/8 chunks, 200 samples, "
+                    r".*ETA 0:00$", last), last
     lines = proc.stdout.splitlines()
     # the dashboard page first (before any work), then the summary
     assert lines[0] == "taskflow: dashboard " + \
         cluster.client.dashboard_link.replace("/status", "/taskflow"), lines
-    assert re.match(r"taskflow run: 200 samples in 8 chunks \(0 already done, 8 in all\) in "
-                    r"[\d.]+ s, [\d,]+ samples/s; 0 failed; \d+ tasks$", lines[1]), lines
+    assert re.match(r"taskflow run digits_cnn-\d{8}-\d{4}: 200 samples in 8 chunks "
+                    r"\(0 already done, 8 in all\) in [\d.]+ s, [\d,]+ samples/s; 0 failed; "
+                    r"\d+ tasks$", lines[1]), lines
     assert lines[2] == f"output {tmp_path / 'out.zarr'}; dashboard " \
                        f"{cluster.client.dashboard_link}"
     (want,) = reference(digits, {"input": images}, 25, SCALE)
