@@ -22,6 +22,20 @@ LIGHT_MODELS = sorted(
 )
 
 
+def some_light_models(*kept: str) -> list:
+    """``LIGHT_MODELS`` as pytest params: ``kept`` always run, the others only with
+    ``TASKFLOW_TEST_ALL_LIGHT=1``. For checks whose code does not branch on the model (the CI
+    budget is 20 minutes on 2 cores); the conformance suite runs every model anyway."""
+    import pytest
+
+    skip = pytest.mark.skipif(os.environ.get("TASKFLOW_TEST_ALL_LIGHT") != "1",
+                              reason="another light model for the same check: set "
+                                     "TASKFLOW_TEST_ALL_LIGHT=1 to run it too")
+    unknown = set(kept) - set(LIGHT_MODELS)
+    assert not unknown, unknown
+    return [pytest.param(n, marks=() if n in kept else (skip,)) for n in LIGHT_MODELS]
+
+
 def light_path(name: str) -> str:
     return os.path.join(LIGHT_DIR, f"light_{name}.onnx")
 

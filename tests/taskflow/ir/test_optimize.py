@@ -10,9 +10,9 @@ import taskflow as tf
 from taskflow.executor import ExecutionPlan
 from taskflow.ir.optimize import PASSES, optimize
 from tests.conformance.light_models import (
-    LIGHT_MODELS,
     dummy_input,
     light_path,
+    some_light_models,
     with_random_weights,
 )
 
@@ -31,7 +31,10 @@ def _run(graph, x):
     return ExecutionPlan(graph).run({graph.inputs[0].name: x})[graph.outputs[0].name]
 
 
-@pytest.mark.parametrize("name", LIGHT_MODELS)
+# BatchNorm folding (ResNet, DenseNet, Inception v2), channel shuffles (ShuffleNet), Concat and
+# Dropout (SqueezeNet); the plain conv chains (AlexNet, ZFNet, VGG, Inception v1) add nothing
+@pytest.mark.parametrize("name", some_light_models("resnet50", "densenet121", "inception_v2",
+                                                   "shufflenet", "squeezenet"))
 def test_each_pass_and_all_passes_keep_the_numbers(name):
     graph, x = _graph_and_input(name)
     expected = _run(graph, x)

@@ -115,9 +115,15 @@ def test_poisoned_chunk_quarantined_then_rerun_failed(tmp_path):
     poisoned[50] = -1                                               # inside chunk 3
     zarr.open_array(src, mode="r+")[:] = poisoned
     dst = tmp_path / "out.zarr"
-    args = [MODEL, "--input", src, "--output", str(dst), "--preprocess",
-            f"{HELPERS}:reject_negative", "--retries", "1"]
+    with tf.Cluster(n_workers=2, threads_per_worker=1, quiet=True) as cluster:
+        # the three runs share one cluster: each embedded one costs seconds to start
+        args = [MODEL, "--input", src, "--output", str(dst), "--preprocess",
+                f"{HELPERS}:reject_negative", "--retries", "1",
+                "--scheduler", cluster.client.scheduler.address]
+        _poisoned_then_rerun(args, dst, src, images)
 
+
+def _poisoned_then_rerun(args: list[str], dst, src: str, images: np.ndarray) -> None:
     first = run_cli(*args)
     assert first.returncode == 3, first.stderr
     assert "1 chunk(s) quarantined" in first.stdout
