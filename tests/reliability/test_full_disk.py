@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
+import taskflow as tf
 from taskflow.stream.infer import EXIT_INCOMPLETE
 from tests.taskflow.stream.stream_helpers import (
     digits_images,
@@ -25,6 +26,14 @@ from tests.taskflow.stream.stream_helpers import (
 from tests.taskflow.stream.test_stream_faults import MODEL
 
 pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """One cluster for every run of the module (each embedded one costs seconds to start);
+    the runs connect to it with --scheduler."""
+    with tf.Cluster(n_workers=2, threads_per_worker=1, quiet=True) as cluster:
+        yield ["--scheduler", cluster.client.scheduler.address]
 
 
 @pytest.fixture
@@ -46,12 +55,12 @@ def _summary(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
-def test_a_full_disk_stops_the_job_and_resume_finishes_it(tmp_path, small_disk):
+def test_a_full_disk_stops_the_job_and_resume_finishes_it(tmp_path, small_disk, scheduler):
     images = digits_images(400)
     src = write_array(tmp_path / "src.zarr", images, 10)               # 40 chunks
     dst = small_disk / "out.zarr"
     args = [MODEL, "-i", src, "-o", str(dst), "--preprocess", '{"scale": "uint8"}',
-            "--batch-size", "10", "--progress", "json"]
+            "--batch-size", "10", "--progress", "json", *scheduler]
     full = run_cli(*args, timeout=180)
     assert full.returncode == EXIT_INCOMPLETE, full.stdout + full.stderr
     assert "Traceback" not in full.stderr
@@ -70,11 +79,11 @@ def test_a_full_disk_stops_the_job_and_resume_finishes_it(tmp_path, small_disk):
     assert zarr.open_group(str(moved), mode="r")["output"][:].tobytes() == want.tobytes()
 
 
-def test_a_read_only_output_is_one_clear_stop(tmp_path, small_disk):
+def test_a_read_only_output_is_one_clear_stop(tmp_path, small_disk, scheduler):
     src = write_array(tmp_path / "src.zarr", digits_images(40), 10)
     dst = small_disk / "out.zarr"
     args = [MODEL, "-i", src, "-o", str(dst), "--preprocess", '{"scale": "uint8"}',
-            "--batch-size", "10"]
+            "--batch-size", "10", *scheduler]
     zarr.open_group(str(dst), mode="w")             # something there, then the disk goes ro
     subprocess.run(["rm", "-rf", str(dst)], check=True)
     first = run_cli(*args, "--progress", "json")
