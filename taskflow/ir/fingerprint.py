@@ -9,6 +9,7 @@ addresses or the process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import types
 import weakref
@@ -53,6 +54,10 @@ def function_update(h: Any, fn: Any) -> None:
     """A function's identity: its qualified name, code, defaults and the values it closes over
     (a changed threshold in a closure is another job); a callable object by its class and
     attributes."""
+    if isinstance(fn, functools.partial):  # a step with arguments: the function and them
+        update(h, ["partial", fn.args, fn.keywords])
+        function_update(h, fn.func)
+        return
     if isinstance(fn, types.MethodType):
         update(h, [fn.__func__, vars(fn.__self__) if hasattr(fn.__self__, "__dict__") else ""])
         return

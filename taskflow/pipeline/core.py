@@ -133,7 +133,9 @@ class Stage:
             return [v.name for v in self.op.get_outputs()]
         if self.kind == PIPELINE:
             return list(self.op.output_names)
-        names = getattr(self.op, "output_names", None)  # a step that names what it returns
+        # a step that names what it returns (itself, or the function a partial wraps)
+        names = getattr(self.op, "output_names", None) or \
+            getattr(getattr(self.op, "func", None), "output_names", None)
         return list(names) if names else None
 
     def call(self, args: list[np.ndarray]) -> list[np.ndarray]:

@@ -101,9 +101,19 @@ def content_fingerprint(loc: str, path: str = "",
     return h.hexdigest()
 
 
+def dtype_text(dtype: Any) -> str:
+    """A dtype as text ``np.dtype`` reads back: the name of a number type (``float32``), the
+    code of a string type (``<U64``; ``T`` for variable-length text, numpy's StringDType),
+    whose names (``str2048``, ``StringDType128``) it does not read."""
+    dt = np.dtype(dtype)
+    if dt.kind == "T":
+        return "T"
+    return dt.str if dt.kind in "USV" else dt.name
+
+
 def _source_array(loc: str, path: str, arr: Any,
                   options: Mapping[str, Any] | None = None) -> SourceArray:
-    return SourceArray(loc, path, tuple(arr.shape), np.dtype(arr.dtype).name, tuple(arr.chunks),
+    return SourceArray(loc, path, tuple(arr.shape), dtype_text(arr.dtype), tuple(arr.chunks),
                        int(arr.metadata.zarr_format), options)
 
 

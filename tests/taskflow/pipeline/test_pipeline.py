@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 
 import cloudpickle
@@ -156,6 +157,10 @@ def test_fingerprint_follows_code_closures_weights_and_wiring(models):
     assert model_hash(make(100, a)) == base  # the stream's identity is the pipeline's own
     steps = [tf.Pipeline([("t", TopK(k))]).fingerprint() for k in (3, 3, 4)]
     assert steps[0] == steps[1] != steps[2]
+    # a pipeline file's step with args is a functools.partial: its arguments count too
+    clipped = [tf.Pipeline([("c", functools.partial(np.clip, a_min=0, a_max=hi))]).fingerprint()
+               for hi in (1.0, 1.0, 2.0)]
+    assert clipped[0] == clipped[1] != clipped[2]
 
 
 def test_a_pipeline_pickles_with_its_models_as_graphs(models):
