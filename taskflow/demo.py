@@ -4,10 +4,12 @@ The model (``taskflow/data/digits_cnn.onnx``) and data (``digits.npz``) come wit
 ``workflows/digits/train.py`` made both (PyTorch training on scikit-learn's digits), so the demo
 needs neither sklearn nor torch.
 
-By default the demo is the main job in miniature: the test images (uint8, as stored) and labels
-go into a temporary Zarr group, :func:`taskflow.infer_zarr` streams them through the model on an
-embedded cluster (scaling declared as preprocessing), and the accuracy is computed from the
-*output* Zarr. ``mode="in-process"`` runs ``Model.run`` batch by batch instead.
+The demo runs :func:`digits_pipeline`: scale (grey levels / 16) -> CNN -> top-1 label and score,
+a :class:`taskflow.Pipeline` (``workflows/digits`` is the same pipeline as a file). By default
+it is the main job in miniature: the test images (uint8, as stored) and labels go into a
+temporary Zarr group, :func:`taskflow.infer_zarr` streams them through the pipeline on an
+embedded cluster, and the accuracy is computed from the *output* Zarr's ``labels``.
+``mode="in-process"`` runs :meth:`Pipeline.run` batch by batch instead.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from taskflow.model import Model
+    from taskflow.pipeline import Pipeline
 
 MODEL_FILE = "digits_cnn.onnx"
 DATA_FILE = "digits.npz"
@@ -44,10 +47,32 @@ def load_digits_model(**kw: Any) -> Model:
         return load(path, **kw)
 
 
-def _predict(model: Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Class index per image, running ``model`` in-process one batch at a time."""
+def digits_pipeline(model: Model | None = None) -> Pipeline:
+    """``images`` (uint8 grey levels 0..16, ``(N, 1, 8, 8)``) -> ``labels`` and ``scores``
+    (``(N, 1)``: the top class and its probability; the CNN ends in a softmax).
+
+    Examples
+    --------
+    >>> from taskflow.demo import digits_pipeline, load_digits
+    >>> images, labels, test_idx = load_digits()
+    >>> out = digits_pipeline()({"images": images[test_idx[:8]]})
+    >>> bool((out["labels"][:, 0] == labels[test_idx[:8]]).mean() > 0.8)
+    True
+    """
+    from taskflow.pipeline import Pipeline, Stage
+    from taskflow.pipeline.steps import Normalize, TopK
+
+    return Pipeline([
+        Stage("scale", Normalize(scale=1 / PIXEL_MAX), inputs=["images"]),
+        Stage("cnn", model if model is not None else load_digits_model()),
+        Stage("top1", TopK(1), outputs=["labels", "scores"]),
+    ], name="digits")
+
+
+def _predict(pipe: Pipeline, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Class index per image, running ``pipe`` in-process one batch at a time."""
     return np.concatenate([
-        model.run(None, {"input": images[k:k + batch_size]})[0].argmax(axis=1)
+        pipe.run(["labels"], {"images": images[k:k + batch_size]})[0][:, 0]
         for k in range(0, len(images), batch_size)
     ])
 
@@ -94,14 +119,14 @@ def run_demo(*, batch_size: int = 64, quiet: bool = False, mode: str = "zarr",
     images, labels, test_idx = load_digits()
     say(f"digits_cnn: loaded {len(images)} images, {len(test_idx)} in the test split, "
         f"batches of {batch_size}")
+    pipe = digits_pipeline(model)
     if mode == "zarr":
-        predicted, y, seconds, mode = _zarr_job(model, images[test_idx], labels[test_idx],
+        predicted, y, seconds, mode = _zarr_job(pipe, images[test_idx], labels[test_idx],
                                                 batch_size, workers, say)
     else:
-        x = images[test_idx].astype(np.float32) / np.float32(PIXEL_MAX)
         y = labels[test_idx]
         t0 = time.perf_counter()
-        predicted = _predict(model, x, batch_size)
+        predicted = _predict(pipe, images[test_idx], batch_size)
         seconds = time.perf_counter() - t0
     correct = int((predicted == y).sum())
     result = {"model": "digits_cnn", "images": len(y), "correct": correct,
@@ -112,7 +137,7 @@ def run_demo(*, batch_size: int = 64, quiet: bool = False, mode: str = "zarr",
     return result
 
 
-def _zarr_job(model: Model, images: np.ndarray, labels: np.ndarray, batch_size: int,
+def _zarr_job(pipe: Pipeline, images: np.ndarray, labels: np.ndarray, batch_size: int,
               workers: int | None, say: Any) -> tuple[np.ndarray, np.ndarray, float, str]:
     """Images -> temporary Zarr -> infer_zarr on an embedded cluster -> predictions read back
     from the output Zarr (with the labels, from the input Zarr)."""
@@ -124,18 +149,17 @@ def _zarr_job(model: Model, images: np.ndarray, labels: np.ndarray, batch_size: 
     with tempfile.TemporaryDirectory(prefix="taskflow-demo-") as tmp:
         src, dst = os.path.join(tmp, "digits.zarr"), os.path.join(tmp, "predictions.zarr")
         group = zarr.open_group(src, mode="w")
-        group.create_array("input", data=images, chunks=(batch_size, *images.shape[1:]))
+        group.create_array("images", data=images, chunks=(batch_size, *images.shape[1:]))
         group.create_array("labels", data=labels, chunks=(batch_size,))
         with Cluster(n_workers=workers, quiet=True) as cluster:
             say(f"digits_cnn: embedded cluster {cluster.plan.split()}; dashboard "
                 f"{cluster.dashboard_link}")
-            summary = infer_zarr(model, src, dst, preprocess={"scale": 1 / PIXEL_MAX},
-                                 client=cluster, progress="none")
+            summary = infer_zarr(pipe, src, dst, client=cluster, progress="none")
         if not summary.ok:
             raise RuntimeError(f"the demo job did not finish:\n{summary}")
         say(f"digits_cnn: wrote {dst.replace(tmp, '<tmp>')}: {summary.chunks_done} chunks in "
             f"{summary.seconds:.2f} s")
-        predicted = zarr.open_group(dst, mode="r")["output"][:].argmax(axis=1)
+        predicted = zarr.open_group(dst, mode="r")["labels"][:, 0]
         y = zarr.open_group(src, mode="r")["labels"][:]
         mode = f"zarr -> zarr, {cluster.plan.workers} workers"
     return predicted, y, summary.seconds, mode
