@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (imported to register their ops)
     matmul,
     norm,
     pool,
+    quant,
     reduce,
     rotary,
     shape,

@@ -1,0 +1,284 @@
+"""Quantisation: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, and the integer products
+MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv.
+
+The rounding is ONNX's and ONNX Runtime's (MLAS): ``x / scale`` in the float type of the operands,
+rounded half to even, plus the zero point, saturated to the integer type's range. Dequantising is
+``(x - zero_point) * scale`` in float32, cast to the scale's type.
+
+The integer products contract in float64 through the float references (:func:`.conv.conv`,
+``np.matmul``): after the zero points are taken off, every factor is an integer of magnitude at
+most 255, so each product is below 2**16 and any sum of fewer than 2**37 of them is exact in
+float64. That is ONNX's int32 accumulation exactly, and it runs on BLAS (numpy's integer matmul
+does not). Requantising (QLinear*) scales the int32 accumulator by ``a_scale * b_scale / y_scale``
+in float32, as MLAS does, then rounds as above.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from taskflow.errors import ShapeError, UnsupportedOpError
+
+from .conv import conv, conv_flops
+from .elementwise import FLOAT8_DTYPES, cast_to, per_element
+from .matmul import matmul_flops
+from .registry import register
+
+
+def _np(t: int) -> np.dtype:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(t))
+
+
+#: Integer quantised types and the range QuantizeLinear saturates to (4- and 2-bit types are
+#: ml_dtypes' one-byte-per-element int4/uint4/int2/uint2, as onnx's numpy_helper reads them).
+INTEGER_RANGES: dict[np.dtype, tuple[int, int]] = {
+    _np(t): r for t, r in (
+        (TensorProto.UINT8, (0, 255)), (TensorProto.INT8, (-128, 127)),
+        (TensorProto.UINT16, (0, 65535)), (TensorProto.INT16, (-32768, 32767)),
+        (TensorProto.UINT4, (0, 15)), (TensorProto.INT4, (-8, 7)),
+        (TensorProto.UINT2, (0, 3)), (TensorProto.INT2, (-2, 1)))}
+#: 4-bit floats: no inf/nan encoding, so the cast itself saturates.
+FLOAT4_DTYPES = (_np(TensorProto.FLOAT4E2M1),)
+#: Requantisation: round, add the zero point, saturate, multiply-adds per output element.
+REQUANT_FLOPS = 4
+
+
+def _quant_error(op: str, what: str) -> UnsupportedOpError:
+    return UnsupportedOpError(f"{op}: {what}", [(op, "")])
+
+
+def _along(v: np.ndarray, shape: tuple[int, ...], axis: int, block_size: int = 0,
+           op: str = "QuantizeLinear") -> np.ndarray:
+    """Scale or zero point ``v`` made broadcastable against an input of ``shape``: a scalar (or
+    one-element vector) as is, a 1-D vector along ``axis``, blocked (same rank, ``block_size``
+    elements of ``axis`` per entry) repeated to the input's shape."""
+    v = np.asarray(v)
+    if v.ndim == 0 or (v.ndim == 1 and v.size == 1 and not block_size):
+        return v.reshape(())
+    rank = len(shape)
+    if not -rank <= axis < rank:
+        raise ShapeError(f"{op}: axis={axis} is out of range for an input of shape {shape}")
+    axis %= rank
+    if not block_size:
+        if v.ndim != 1 or v.size != shape[axis]:
+            raise ShapeError(f"{op}: scale/zero point of shape {v.shape} does not match axis "
+                             f"{axis} of input shape {shape}; expected a scalar or "
+                             f"({shape[axis]},)")
+        return v.reshape([v.size if d == axis else 1 for d in range(rank)])
+    v = np.repeat(v, block_size, axis=axis) if v.ndim == rank else v
+    v = v.take(range(shape[axis]), axis=axis) if v.shape[axis] >= shape[axis] else v
+    if v.shape != tuple(shape):
+        raise ShapeError(f"{op}: blocked scale/zero point does not cover input shape {shape} "
+                         f"with block_size={block_size} along axis {axis}")
+    return v
+
+
+def _saturate(q: np.ndarray, zero_point: np.ndarray | int, dtype: np.dtype) -> np.ndarray:
+    """round_half_even(q) + zero_point, clipped to ``dtype``'s range (in float64: no wrap)."""
+    lo, hi = INTEGER_RANGES[dtype]
+    with np.errstate(invalid="ignore"):  # nan -> int is undefined in ONNX too
+        y = np.clip(np.rint(q).astype(np.float64) + zero_point, lo, hi)
+        return y.astype(dtype)
+
+
+@register("QuantizeLinear", "elementwise", flops=per_element(3))
+def quantize_linear(x: np.ndarray, y_scale: np.ndarray, y_zero_point: np.ndarray | None = None,
+                    *, axis: int = 1, block_size: int = 0, output_dtype: int = 0,
+                    precision: int = 0, saturate: int = 1) -> np.ndarray:
+    """y = saturate(round_half_even(x / y_scale) + y_zero_point)"""
+    op = "QuantizeLinear"
+    if output_dtype and y_zero_point is not None and _np(output_dtype) != y_zero_point.dtype:
+        raise ShapeError(f"{op}: output_dtype={output_dtype} but the zero point is "
+                         f"{y_zero_point.dtype}")
+    dtype = (y_zero_point.dtype if y_zero_point is not None
+             else _np(output_dtype) if output_dtype else np.dtype(np.uint8))
+    scale = _along(y_scale, x.shape, axis, block_size, op)
+    if precision:
+        x, scale = x.astype(_np(precision)), scale.astype(_np(precision))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = x / scale
+    zp = None if y_zero_point is None else _along(y_zero_point, x.shape, axis, block_size, op)
+    if dtype in INTEGER_RANGES:
+        return _saturate(q, 0 if zp is None else zp.astype(np.float64), dtype)
+    if dtype in FLOAT8_DTYPES:
+        return cast_to(q, dtype, saturate=saturate)
+    if dtype in FLOAT4_DTYPES:
+        return (q if zp is None else q + zp.astype(q.dtype)).astype(dtype)
+    raise _quant_error(op, f"quantising to {dtype} is not supported (supported: "
+                           f"{sorted(str(d) for d in (*INTEGER_RANGES, *FLOAT8_DTYPES))})")
+
+
+@register("DequantizeLinear", "elementwise", flops=per_element(2))
+def dequantize_linear(x: np.ndarray, x_scale: np.ndarray,
+                      x_zero_point: np.ndarray | None = None, *, axis: int = 1,
+                      block_size: int = 0, output_dtype: int = 0) -> np.ndarray:
+    """y = (x - x_zero_point) * x_scale"""
+    op = "DequantizeLinear"
+    dx = x.astype(np.float32)
+    # Float 8/4 zero points are 0 by definition; integer ones are exact in float32 (< 2**24).
+    if x_zero_point is not None and (x.dtype in INTEGER_RANGES or x.dtype.kind in "iu"):
+        dx -= _along(x_zero_point, x.shape, axis, block_size, op).astype(np.float32)
+    y = dx * _along(x_scale, x.shape, axis, block_size, op)
+    return y.astype(_np(output_dtype) if output_dtype else x_scale.dtype, copy=False)
+
+
+# DynamicQuantizeLinear's scale comes from the min and max of the *whole* tensor, so it is a
+# reduction over every axis, the batch's included: its kind tells the Dask lowering to run it
+# once on the whole batch, as ONNX Runtime does, never per chunk.
+@register("DynamicQuantizeLinear", "reduce", flops=per_element(5))
+def dynamic_quantize_linear(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scale = (max(x, 0) - min(x, 0)) / 255; zp = round(clip(-min(x, 0) / scale, 0, 255));
+    y = saturate(round_half_even(x / scale) + zp) as uint8"""
+    f32 = np.float32
+    hi = f32(max(0.0, np.max(x))) if x.size else f32(0)
+    lo = f32(min(0.0, np.min(x))) if x.size else f32(0)
+    # An all-zero x has no range: scale 1, as ONNX Runtime takes (the spec divides 0 by 255).
+    scale = f32(1.0) if hi == lo else f32(hi - lo) / f32(255)
+    zp = np.rint(np.clip(f32(0) - lo / scale, f32(0), f32(255)))
+    with np.errstate(invalid="ignore"):
+        y = _saturate(x.astype(f32) / scale, zp, np.dtype(np.uint8))
+    return y, np.asarray(scale, dtype=x.dtype), np.asarray(zp, dtype=np.uint8)
+
+
+# --- integer products ---------------------------------------------------------------------------
+def _centred(x: np.ndarray, zero_point: np.ndarray | None, axis: int | None,
+             op: str) -> np.ndarray:
+    """``x - zero_point`` in float64 (exact); a 1-D zero point of more than one element runs
+    along ``axis`` (rows of A, columns of B, output channels of W)."""
+    if x.dtype not in (np.dtype(np.int8), np.dtype(np.uint8)):
+        raise _quant_error(op, f"inputs of type {x.dtype} are not supported (int8 and uint8 are)")
+    y = x.astype(np.float64)
+    if zero_point is None:
+        return y
+    zp = np.asarray(zero_point).astype(np.float64)
+    if zp.size > 1:
+        if axis is None or zp.ndim != 1 or zp.size != x.shape[axis]:
+            want = "a scalar" if axis is None else \
+                f"a scalar or a vector of {x.shape[axis]} (axis {axis % x.ndim})"
+            raise ShapeError(f"{op}: zero point of shape {zp.shape} does not fit input shape "
+                             f"{x.shape}; expected {want}")
+        return y - zp.reshape([zp.size if d == axis % x.ndim else 1 for d in range(x.ndim)])
+    return y - zp.reshape(())
+
+
+def _requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarray | None,
+                dtype: np.dtype) -> np.ndarray:
+    """MLAS's requantisation: round_half_even(float32(acc) * multiplier) + zp, saturated."""
+    q = acc.astype(np.float32) * multiplier.astype(np.float32)
+    zp = 0 if y_zero_point is None else np.asarray(y_zero_point).astype(np.float64).reshape(())
+    return _saturate(q, zp, dtype)
+
+
+def _product_scale(scale: np.ndarray, ndim: int, axis: int | None, op: str) -> np.ndarray:
+    """A scalar scale as is; a per-row/column one shaped to broadcast over the product."""
+    s = np.asarray(scale)
+    if s.size == 1:
+        return s.reshape(())
+    if axis is None or s.ndim != 1:
+        raise ShapeError(f"{op}: scale of shape {s.shape} must be a scalar, or a vector per row "
+                         "of a / per column of b")
+    return s.reshape(-1, 1) if axis == -2 else s
+
+
+def _product_dtype(y_zero_point: np.ndarray | None, a: np.ndarray, op: str) -> np.dtype:
+    dtype = y_zero_point.dtype if y_zero_point is not None else a.dtype
+    if dtype not in (np.dtype(np.int8), np.dtype(np.uint8)):
+        raise _quant_error(op, f"outputs of type {dtype} are not supported (int8 and uint8 are)")
+    return dtype
+
+
+@register("MatMulInteger", "contraction", flops=matmul_flops)
+def matmul_integer(A: np.ndarray, B: np.ndarray, a_zero_point: np.ndarray | None = None,
+                   b_zero_point: np.ndarray | None = None) -> np.ndarray:
+    """Y = (A - a_zero_point) @ (B - b_zero_point) in int32 (zero points per row of A / per
+    column of B)"""
+    op = "MatMulInteger"
+    a = _centred(A, a_zero_point, -2 if A.ndim > 1 else None, op)
+    b = _centred(B, b_zero_point, -1 if B.ndim > 1 else None, op)
+    return np.matmul(a, b).astype(np.int32)  # exact integers: no rounding needed
+
+
+def qlinear_matmul_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any],
+                         **attrs: Any) -> int:
+    """MatMul's count, + the requantisation of every output element."""
+    return (matmul_flops([in_shapes[0], in_shapes[3]], out_shapes)
+            + REQUANT_FLOPS * math.prod(out_shapes[0]))
+
+
+@register("QLinearMatMul", "contraction", flops=qlinear_matmul_flops)
+def qlinear_matmul(a: np.ndarray, a_scale: np.ndarray, a_zero_point: np.ndarray | None,
+                   b: np.ndarray, b_scale: np.ndarray, b_zero_point: np.ndarray | None,
+                   y_scale: np.ndarray, y_zero_point: np.ndarray | None) -> np.ndarray:
+    """y = saturate(round_half_even((a - a_zp) @ (b - b_zp) * a_scale * b_scale / y_scale)
+    + y_zp) (scales and zero points per row of a / per column of b)"""
+    op = "QLinearMatMul"
+    dtype = _product_dtype(y_zero_point, a, op)
+    row = -2 if a.ndim > 1 else None
+    col = -1 if b.ndim > 1 else None
+    acc = np.matmul(_centred(a, a_zero_point, row, op), _centred(b, b_zero_point, col, op))
+    sa = _product_scale(a_scale, a.ndim, row, op)
+    sb = _product_scale(b_scale, b.ndim, col, op)
+    return _requantize(acc, sa * sb / np.asarray(y_scale).reshape(()), y_zero_point, dtype)
+
+
+@register("ConvInteger", "contraction", flops=conv_flops)
+def conv_integer(x: np.ndarray, w: np.ndarray, x_zero_point: np.ndarray | None = None,
+                 w_zero_point: np.ndarray | None = None, *, auto_pad: str = "NOTSET",
+                 dilations: Sequence[int] | None = None, group: int = 1,
+                 kernel_shape: Sequence[int] | None = None, pads: Sequence[int] | None = None,
+                 strides: Sequence[int] | None = None) -> np.ndarray:
+    """Y = Conv(x - x_zero_point, w - w_zero_point) in int32 (w's zero point per output
+    channel; padding reads as x_zero_point)"""
+    acc = _integer_conv(x, x_zero_point, w, w_zero_point, "ConvInteger", auto_pad=auto_pad,
+                        dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                        strides=strides)
+    return acc.astype(np.int32)
+
+
+def _integer_conv(x: np.ndarray, x_zero_point: np.ndarray | None, w: np.ndarray,
+                  w_zero_point: np.ndarray | None, op: str, **attrs: Any) -> np.ndarray:
+    if x.ndim < 3:
+        raise ShapeError(f"{op} takes an input of rank >= 3 (N, C, spatial...); got shape "
+                         f"{x.shape}")
+    # Padding after the shift pads with x_zero_point, as ONNX Runtime does.
+    return conv(_centred(x, x_zero_point, None, op), _centred(w, w_zero_point, 0, op), **attrs)
+
+
+def qlinear_conv_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any],
+                       **attrs: Any) -> int:
+    """Conv's count (+ the bias), + the requantisation of every output element."""
+    shapes = [in_shapes[0], in_shapes[3], in_shapes[8] if len(in_shapes) > 8 else None]
+    return conv_flops(shapes, out_shapes) + REQUANT_FLOPS * math.prod(out_shapes[0])
+
+
+@register("QLinearConv", "contraction", flops=qlinear_conv_flops)
+def qlinear_conv(x: np.ndarray, x_scale: np.ndarray, x_zero_point: np.ndarray | None,
+                 w: np.ndarray, w_scale: np.ndarray, w_zero_point: np.ndarray | None,
+                 y_scale: np.ndarray, y_zero_point: np.ndarray | None,
+                 B: np.ndarray | None = None, *, auto_pad: str = "NOTSET",
+                 dilations: Sequence[int] | None = None, group: int = 1,
+                 kernel_shape: Sequence[int] | None = None, pads: Sequence[int] | None = None,
+                 strides: Sequence[int] | None = None) -> np.ndarray:
+    """y = saturate(round_half_even((ConvInteger(x, w) + B) * x_scale * w_scale / y_scale)
+    + y_zp) (w's scale and zero point per output channel, B int32)"""
+    op = "QLinearConv"
+    dtype = _product_dtype(y_zero_point, x, op)
+    acc = _integer_conv(x, x_zero_point, w, w_zero_point, op, auto_pad=auto_pad,
+                        dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                        strides=strides)
+    per_channel = (-1,) + (1,) * (x.ndim - 2)
+    if B is not None:
+        acc += B.astype(np.float64).reshape(per_channel)
+    sw = np.asarray(w_scale)
+    if sw.size > 1:
+        if sw.ndim != 1 or sw.size != w.shape[0]:
+            raise ShapeError(f"{op}: w_scale of shape {sw.shape} must be a scalar or one scale "
+                             f"per output channel ({w.shape[0]})")
+        sw = sw.reshape(per_channel)
+    multiplier = np.asarray(x_scale).reshape(()) * sw / np.asarray(y_scale).reshape(())
+    return _requantize(acc, multiplier, y_zero_point, dtype)
