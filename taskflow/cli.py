@@ -257,11 +257,13 @@ class _ConnectionNoise(logging.Filter):
     The futures in flight are cancelled, a result being fetched fails in a background callback
     (``CommClosedError``, logged by tornado), and closing the client ends its reconnect loop,
     which logs either the ``CancelledError`` with a traceback or "Failed to reconnect to
-    scheduler after 10.00 seconds" however soon it was closed (distributed 2026.8).
+    scheduler after 10.00 seconds" however soon it was closed (distributed 2026.8). A message
+    the client's batched stream was sending when the socket closed is logged by
+    ``distributed.batched`` ("Batched Comm Closed", with its ``CommClosedError``; seen in CI).
     ``taskflow run`` reports the loss in one line instead; ``--debug`` keeps them.
     """
 
-    LOGGERS = ("distributed.client", "tornado.application")
+    LOGGERS = ("distributed.client", "distributed.batched", "tornado.application")
 
     def filter(self, record: logging.LogRecord) -> bool:
         import asyncio

@@ -192,3 +192,30 @@ def _scheduler_killed_then_resumed(tmp_path: Path, dask: DaskProcesses) -> None:
     assert done_markers(dst) == CHUNKS
     got = zarr.open_group(str(dst), mode="r")["output"][:].tobytes()
     assert got == clean_run(address, src, tmp_path / "clean.zarr")
+
+
+@pytest.mark.parametrize("logger, message", [
+    ("distributed.batched", "Batched Comm Closed %r"),   # a send in flight (seen in CI)
+    ("tornado.application", "Exception in callback %r"),  # a result being fetched
+    ("distributed.client", "Failed to reconnect to scheduler after 10.00 seconds"),
+])
+def test_the_lost_scheduler_noise_is_filtered_and_nothing_else(logger, message):
+    """``taskflow run`` ends a lost scheduler in one line: the tracebacks Dask's client logs
+    meanwhile, from whichever of its loggers, are dropped; other records pass."""
+    import logging
+    import sys
+
+    from distributed.comm import CommClosedError
+
+    from taskflow.cli import _ConnectionNoise
+
+    _ConnectionNoise.install()
+    log = logging.getLogger(logger)
+    try:
+        raise CommClosedError("in: Stream is closed")
+    except CommClosedError:
+        closed = log.makeRecord(logger, logging.INFO, __file__, 1, message, ("x",),
+                                sys.exc_info())
+    other = log.makeRecord(logger, logging.WARNING, __file__, 1, "a worker is slow", (), None)
+    assert not all(f.filter(closed) for f in log.filters)
+    assert all(f.filter(other) for f in log.filters)
