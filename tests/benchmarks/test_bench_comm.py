@@ -17,13 +17,15 @@ pytestmark = pytest.mark.timeout(120)
 def quick():
     from benchmarks import bench_comm as bc
 
-    return bc, bc.main(["--quick"])
+    # the pipeline-mode CNN only: the model-mode case adds as long again to CI for the same
+    # checks (the benchmark itself runs both)
+    return bc, bc.main(["--quick", "--cases", "cnn"])
 
 
 def test_quick_mode_runs_every_case_link_and_codec(quick):
     bc, results = quick
-    assert set(results) == {(case, link, codec) for case in ("cnn (pipeline)", "gemm (model)")
-                            for link in ("loopback", "slow") for codec in bc.CODECS}
+    assert set(results) == {("cnn (pipeline)", link, codec) for link in ("loopback", "slow")
+                            for codec in bc.CODECS}
     assert bc.check_outputs(results) == []
 
 
