@@ -450,6 +450,29 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path to an ONNX model")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
+                   help="where to write the pruned model")
+    p.add_argument("--sparsity", type=float, required=True,
+                   help="fraction in [0, 1) of each layer's channels (or weights) to remove")
+    p.add_argument("--unstructured", action="store_true",
+                   help="zero single weights instead of removing whole channels (dense kernels "
+                        "are kept, so the model does not get faster)")
+
+
+@command("prune", _prune_args)
+def prune(args: argparse.Namespace) -> int:
+    """Magnitude-prune a model's channels (or weights) and save it as ONNX."""
+    from taskflow.model import load
+
+    pruned = load(args.model).prune(args.sparsity, structured=not args.unstructured)
+    pruned.save(args.output)
+    print(pruned.prune_report)
+    print(f"saved {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from taskflow._version import __version__
 

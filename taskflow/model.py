@@ -470,6 +470,54 @@ class Model:
         # The source graph: fused taskflow-domain ops would not load in other runtimes.
         onnx.save(to_onnx(self.source_graph), os.fspath(path))
 
+    def prune(self, sparsity: float, structured: bool = True) -> Model:
+        """A new model with the smallest-magnitude weights removed (this one is untouched).
+
+        Structured pruning removes whole output channels (smallest L1 norm) of each Conv,
+        Gemm or MatMul whose output reaches exactly one other contraction through channel-wise
+        ops only, with the matching bias, BatchNorm parameters and the next layer's input
+        channels: the dense model shrinks and runs faster on the ordinary kernels. Layers
+        feeding a graph output, a residual Add, a Concat or a Reshape are skipped (listed in
+        the report with the reason). Unstructured pruning zeroes the smallest weights of each
+        Conv/Gemm/MatMul weight tensor and keeps the dense kernels: no sparse kernel has been
+        measured faster yet. No fine-tuning follows, so accuracy drops; measure it.
+
+        Parameters
+        ----------
+        sparsity : float
+            In [0, 1): fraction of each layer's channels (or of each weight's elements) removed;
+            structured pruning keeps at least one channel per layer.
+        structured : bool
+            Whole channels (True) or single weights (False).
+
+        Returns
+        -------
+        Model
+            The pruned model, with the :class:`taskflow.ir.prune.PruneReport` as
+            ``prune_report`` (per-layer channels kept, skipped layers, parameters).
+
+        Raises
+        ------
+        InputError
+            ``sparsity`` outside [0, 1).
+
+        Examples
+        --------
+        >>> from taskflow.frontend import nn
+        >>> model = nn.Sequential([nn.Dense(8, 6), nn.ReLU(), nn.Dense(6, 2)],
+        ...                       input_shape=(8,)).to_model()
+        >>> pruned = model.prune(0.5)
+        >>> pruned.prune_report.params_before, pruned.prune_report.params_after
+        (68, 35)
+        """
+        from taskflow.ir.prune import prune
+
+        graph, report = prune(self.source_graph, sparsity, structured=structured)
+        model = Model(graph, device=self.device, strict=self.strict,
+                      optimize=self.optimize_report is not None)
+        model.prune_report = report
+        return model
+
     def __repr__(self) -> str:
         return (f"Model({self.graph.name!r}, inputs={self.graph.input_names}, "
                 f"outputs={self.graph.output_names}, nodes={len(self.graph.nodes)})")
