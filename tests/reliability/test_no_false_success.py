@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+import taskflow as tf
 from taskflow.dask.threads import detect_cores
 from taskflow.stream.infer import EXIT_INCOMPLETE
 from tests.taskflow.stream.stream_helpers import (
@@ -42,18 +43,21 @@ def test_rerun_failed_after_a_kill_reports_the_missing_chunks(tmp_path):
     done = done_markers(dst)
     assert 3 <= done < 40
 
-    rerun = run_cli(*args, "--rerun-failed")      # nothing was quarantined: computes nothing
-    assert rerun.returncode == EXIT_INCOMPLETE, rerun.stdout + rerun.stderr
-    summary = summary_of(rerun.stdout)
-    assert not summary["ok"]
-    assert summary["chunks_skipped"] == done and summary["chunks_done"] == 0
-    assert summary["chunks_missing"] == 40 - done
-    assert done_markers(dst) == done
+    # the killed run took its embedded cluster with it; the two reruns share a new one
+    with tf.Cluster(n_workers=2, threads_per_worker=1, quiet=True) as cluster:
+        args += ["--scheduler", cluster.client.scheduler.address]
+        rerun = run_cli(*args, "--rerun-failed")  # nothing was quarantined: computes nothing
+        assert rerun.returncode == EXIT_INCOMPLETE, rerun.stdout + rerun.stderr
+        summary = summary_of(rerun.stdout)
+        assert not summary["ok"]
+        assert summary["chunks_skipped"] == done and summary["chunks_done"] == 0
+        assert summary["chunks_missing"] == 40 - done
+        assert done_markers(dst) == done
 
-    finished = run_cli(*args, "--resume")
-    assert finished.returncode == 0, finished.stderr
-    last = summary_of(finished.stdout)
-    assert last["ok"] and last["chunks_missing"] == 0 and done_markers(dst) == 40
+        finished = run_cli(*args, "--resume")
+        assert finished.returncode == 0, finished.stderr
+        last = summary_of(finished.stdout)
+        assert last["ok"] and last["chunks_missing"] == 0 and done_markers(dst) == 40
 
 
 def test_the_summary_says_what_is_missing_and_how_to_finish():
