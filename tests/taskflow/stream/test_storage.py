@@ -23,7 +23,7 @@ from taskflow.stream.stores import StoreNotFoundError
 
 from .stream_helpers import ROOT, digits_images, digits_model, reference, write_array
 
-moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
+moto_server = pytest.importorskip("moto.server", reason="needs moto with flask (the test extra)")
 pytest.importorskip("s3fs", reason="needs s3fs (the test extra)")
 boto3 = pytest.importorskip("boto3", reason="needs boto3 (installed with moto)")
 
