@@ -109,3 +109,22 @@ def job_args(p: argparse.ArgumentParser) -> None:
 def job_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"client": args.scheduler, "workers": args.workers, "batch_size": args.batch_size,
             "overwrite": args.overwrite, "quiet": args.quiet}
+
+
+def write_labelled(path: str | os.PathLike, images: Any, truth: Any, chunk: int) -> str:
+    """A Zarr group at ``path``: ``images`` (chunks of ``chunk`` rows) and their ``truth``."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("images", data=images, chunks=(chunk, *images.shape[1:]))
+    group.create_array("truth", data=truth, chunks=(chunk,))
+    return str(path)
+
+
+def top1_accuracy(target: str | os.PathLike, source: str | os.PathLike) -> float:
+    """Share of the top-1 ``labels`` in ``target`` equal to the ``truth`` in ``source``."""
+    import zarr
+
+    labels = zarr.open_group(str(target), mode="r")["labels"][:, 0]
+    truth = zarr.open_group(str(source), mode="r")["truth"][:]
+    return float((labels == truth).mean())

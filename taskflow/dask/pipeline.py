@@ -77,10 +77,7 @@ def _as_feed(pipe: Pipeline, x: Any, chunk_size: int | None) -> dict[str, da.Arr
             raise InputError(f"pipeline {pipe.name!r} has inputs {names}; pass a dict "
                              "name -> array")
         x = {names[0]: x}
-    missing = [n for n in names if n not in x]
-    extra = [n for n in x if n not in names]
-    if missing or extra:
-        raise InputError(f"pipeline {pipe.name!r} takes inputs {names}; given {list(x)}")
+    pipe.check_names(x)
     feed = {}
     for name, a in x.items():
         if not isinstance(a, da.Array):

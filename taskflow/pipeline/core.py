@@ -110,11 +110,15 @@ class Stage:
         if self.device not in (None, "cpu", "gpu"):
             raise PipelineError(f"stage {self.name!r}: device={self.device!r}; expected "
                                 "'cpu' or 'gpu'")
+        self._op_inputs = self._read_op_inputs()  # once: _call reads them for every batch
 
     # --- the op's own interface -------------------------------------------------------------
     def op_inputs(self) -> list[str] | None:
         """The op's input names (a function's parameters without defaults), or None for a
         function that takes ``*args``."""
+        return None if self._op_inputs is None else list(self._op_inputs)
+
+    def _read_op_inputs(self) -> list[str] | None:
         if self.kind == MODEL:
             return [v.name for v in self.op.get_inputs()]
         if self.kind == PIPELINE:
@@ -150,7 +154,7 @@ class Stage:
 
     def _call(self, args: list[np.ndarray]) -> list[np.ndarray]:
         if self.kind == MODEL:
-            feed = dict(zip(self.op_inputs(), args))
+            feed = dict(zip(self._op_inputs, args))
             return self.op.run(None, feed)
         if self.kind == PIPELINE:
             return self.op.run(None, dict(zip(self.op.input_names, args)))
@@ -264,13 +268,15 @@ class Pipeline:
                 raise PipelineError(f"pipeline {name!r}: two stages are named {s.name!r}")
             seen.add(s.name)
         self.input_names = self._wire(list(inputs) if inputs is not None else None)
-        produced = [v for s in self.stages for v in s.output_values]
-        known = set(self.input_names) | set(produced)
+        # the wiring, read by every run: which stage writes a value, the last one to read it
+        self._writer = {v: s for s in self.stages for v in s.output_values}
+        self._last_use = {v: i for i, s in enumerate(self.stages) for v in s.input_values}
+        self._values = set(self.input_names) | set(self._writer)
         self.output_names = list(outputs) if outputs else list(self.stages[-1].output_values)
-        bad = [v for v in self.output_names if v not in known]
+        bad = [v for v in self.output_names if v not in self._values]
         if bad:
             raise PipelineError(f"pipeline {name!r}: output(s) {bad} are no stage's value; "
-                                f"the values are {sorted(known)}")
+                                f"the values are {sorted(self._values)}")
 
     def _wire(self, inputs: list[str] | None) -> list[str]:
         first = self.stages[0]
@@ -341,19 +347,13 @@ class Pipeline:
         array([1, 3, 5])
         """
         wanted = list(output_names) if output_names else list(self.output_names)
-        missing = [n for n in self.input_names if n not in input_feed]
-        extra = [n for n in input_feed if n not in self.input_names]
-        if missing or extra:
-            raise InputError(f"pipeline {self.name!r} takes inputs {self.input_names}; "
-                             f"the feed has {list(input_feed)}")
+        self.check_names(input_feed)
         values: dict[str, Any] = dict(input_feed)
-        known = set(values) | {v for s in self.stages for v in s.output_values}
-        bad = [n for n in wanted if n not in known]
+        bad = [n for n in wanted if n not in self._values]
         if bad:
             raise InputError(f"unknown output name(s) {bad}; pipeline {self.name!r} has "
-                             f"values {sorted(known)}")
+                             f"values {sorted(self._values)}")
         needed = self._needed(wanted)
-        last_use = {v: i for i, s in enumerate(self.stages) for v in s.input_values}
         rows = {len(x) for x in values.values() if np.ndim(x)}
         for i, s in enumerate(self.stages):
             if s.name not in needed:
@@ -370,7 +370,7 @@ class Pipeline:
                                      "stage must keep the batch on axis 0, row for row")
                 values[v] = y
             for v in s.input_values:  # free what no later stage reads
-                if last_use.get(v) == i and v not in wanted:
+                if self._last_use.get(v) == i and v not in wanted:
                     values.pop(v, None)
         return [values[n] for n in wanted]
 
@@ -378,11 +378,7 @@ class Pipeline:
         """Check a feed's names, and the shapes and dtypes of inputs that go straight into a
         model stage (:meth:`taskflow.Model.check_feed`; it reads only ``shape`` and
         ``dtype``); what functions make of the rest shows when the pipeline runs."""
-        missing = [n for n in self.input_names if n not in input_feed]
-        extra = [n for n in input_feed if n not in self.input_names]
-        if missing or extra:
-            raise InputError(f"pipeline {self.name!r} takes inputs {self.input_names}; "
-                             f"the feed has {list(input_feed)}")
+        self.check_names(input_feed)
         for s in self.stages:
             if s.kind in (MODEL, PIPELINE) and all(v in input_feed for v in s.input_values):
                 names = s.op_inputs()
@@ -392,12 +388,17 @@ class Pipeline:
                     raise type(exc)(f"stage {s.name!r}: {exc}") from exc
         return dict(input_feed)
 
+    def check_names(self, given: Mapping[str, Any]) -> None:
+        """An :class:`InputError` unless ``given`` names exactly the pipeline's inputs."""
+        if set(given) != set(self.input_names):
+            raise InputError(f"pipeline {self.name!r} takes inputs {self.input_names}; "
+                             f"the feed has {list(given)}")
+
     def _needed(self, wanted: list[str]) -> set[str]:
         """Stages that ``wanted`` depends on (the others are skipped)."""
-        writer = {v: s for s in self.stages for v in s.output_values}
         need, todo = set(), list(wanted)
         while todo:
-            s = writer.get(todo.pop())
+            s = self._writer.get(todo.pop())
             if s is not None and s.name not in need:
                 need.add(s.name)
                 todo += s.input_values
@@ -474,15 +475,13 @@ class Pipeline:
     def fingerprint(self) -> str:
         """SHA-256 of the wiring, each model's graph and weights and each function's code and
         closure: ``infer_zarr``'s resume refuses a target written by another pipeline."""
-        from taskflow.ir.fingerprint import model_hash, update
+        from taskflow.ir.fingerprint import function_update, model_hash, update
 
         h = hashlib.sha256()
         update(h, [self.name, self.input_names, self.output_names])
         for s in self.stages:
             update(h, [s.name, s.kind, s.input_values, s.output_values, s.batch_size])
             if s.kind == FUNCTION:
-                from taskflow.ir.fingerprint import function_update
-
                 function_update(h, s.op)
             else:
                 h.update(model_hash(s.op).encode())

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from workflows._common import stream
+from workflows._common import stream, top1_accuracy, write_labelled
 
 HERE = Path(__file__).resolve().parent
 PIPELINE_FILE = HERE / "pipeline.yaml"
@@ -47,13 +47,8 @@ def training_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def make_data(path: str | os.PathLike, chunk: int = 64) -> str:
     """The test split as a Zarr group: ``images`` (chunks of ``chunk`` rows) and ``truth``."""
-    import zarr
-
     _, _, images, truth = training_split()
-    group = zarr.open_group(str(path), mode="w")
-    group.create_array("images", data=images, chunks=(chunk, *images.shape[1:]))
-    group.create_array("truth", data=truth, chunks=(chunk,))
-    return str(path)
+    return write_labelled(path, images, truth, chunk)
 
 
 def classify(source: str | os.PathLike, target: str | os.PathLike, *, pipe: Any = None,
@@ -63,13 +58,7 @@ def classify(source: str | os.PathLike, target: str | os.PathLike, *, pipe: Any 
     return stream(pipe if pipe is not None else build_pipeline(), source, target, **options)
 
 
-def accuracy(target: str | os.PathLike, source: str | os.PathLike) -> float:
-    """Share of the ``labels`` in ``target`` equal to the ``truth`` in ``source``."""
-    import zarr
-
-    labels = zarr.open_group(str(target), mode="r")["labels"][:, 0]
-    truth = zarr.open_group(str(source), mode="r")["truth"][:]
-    return float((labels == truth).mean())
+accuracy = top1_accuracy  # the streamed labels against the source's truth
 
 
 __all__ = ["PIPELINE_FILE", "accuracy", "build_pipeline", "classify", "make_data",

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from workflows._common import cached, stream
+from workflows._common import cached, stream, top1_accuracy, write_labelled
 
 HERE = Path(__file__).resolve().parent
 PIPELINE_FILE = HERE / "pipeline.yaml"
@@ -124,13 +124,8 @@ def make_data(path: str | os.PathLike, n: int = 256, chunk: int = 64, seed: int 
               **size: int) -> str:
     """A Zarr group at ``path``: ``images`` (:func:`make_images`, chunks of ``chunk`` rows) and
     ``truth``, the class of each."""
-    import zarr
-
     images, truth = make_images(n, seed=seed, **size)
-    group = zarr.open_group(str(path), mode="w")
-    group.create_array("images", data=images, chunks=(chunk, *images.shape[1:]))
-    group.create_array("truth", data=truth, chunks=(chunk,))
-    return str(path)
+    return write_labelled(path, images, truth, chunk)
 
 
 def classify(source: str | os.PathLike, target: str | os.PathLike, *, pipe: Any = None,
@@ -140,13 +135,7 @@ def classify(source: str | os.PathLike, target: str | os.PathLike, *, pipe: Any 
     return stream(pipe if pipe is not None else build_pipeline(), source, target, **options)
 
 
-def accuracy(target: str | os.PathLike, source: str | os.PathLike) -> float:
-    """Share of top-1 ``labels`` in ``target`` equal to ``truth`` in ``source``."""
-    import zarr
-
-    labels = zarr.open_group(str(target), mode="r")["labels"][:, 0]
-    truth = zarr.open_group(str(source), mode="r")["truth"][:]
-    return float((labels == truth).mean())
+accuracy = top1_accuracy  # the streamed labels against the source's truth
 
 
 __all__ = ["CLASSES", "PIPELINE_FILE", "accuracy", "build_cnn", "build_pipeline", "classify",
