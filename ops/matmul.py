@@ -72,9 +72,18 @@ def fused_gemm_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any], **attr
 @register("FusedGemm", "contraction", flops=fused_gemm_flops, domain="taskflow")
 def fused_gemm(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *,
                alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0,
-               activation: str = "",
-               activation_params: Sequence[float] | None = None) -> np.ndarray:
-    """Y = activation(alpha * A' @ B' + beta * C)."""
+               activation: str = "", activation_params: Sequence[float] | None = None,
+               precision: str = "", x_scale: float = 0.0, x_zero_point: int = 0) -> np.ndarray:
+    """Y = activation(alpha * A' @ B' + beta * C).
+
+    With ``precision`` "bf16" / "int8" (and, for int8, ``x_scale`` and ``x_zero_point``:
+    0 = dynamic), A and B are first fake-quantised (:func:`.quant.fake_quant_operands`), B per
+    output channel (axis 1, or 0 when ``transB``)."""
+    if precision:
+        from .quant import fake_quant_operands  # here: quant imports this module
+
+        A, B = fake_quant_operands("FusedGemm", A, B, 0 if transB else 1, precision, x_scale,
+                                   x_zero_point)
     y = gemm(A, B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
     return apply_activation(y, activation, activation_params)
 
@@ -108,9 +117,22 @@ def fused_matmul_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any],
 
 @register("FusedMatMul", "contraction", flops=fused_matmul_flops, domain="taskflow")
 def fused_matmul(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = None, *,
-                 activation: str = "",
-                 activation_params: Sequence[float] | None = None) -> np.ndarray:
-    """Y = activation(A @ B + bias)."""
+                 activation: str = "", activation_params: Sequence[float] | None = None,
+                 precision: str = "", x_scale: float = 0.0,
+                 x_zero_point: int = 0) -> np.ndarray:
+    """Y = activation(A @ B + bias).
+
+    With ``precision`` "bf16" / "int8" (and, for int8, ``x_scale`` and ``x_zero_point``:
+    0 = dynamic) and a 2-D B, A and B are first fake-quantised
+    (:func:`.quant.fake_quant_operands`), B per output channel (axis 1); a B of another rank
+    keeps float32."""
+    if precision:
+        from .quant import check_precision, fake_quant_operands  # quant imports this module
+
+        check_precision("FusedMatMul", precision, x_scale, x_zero_point)
+        if B.ndim == 2:
+            A, B = fake_quant_operands("FusedMatMul", A, B, 1, precision, x_scale,
+                                       x_zero_point)
     y = matmul(A, B)
     if bias is not None:
         y = y + bias.astype(y.dtype, copy=False)

@@ -134,15 +134,196 @@ def dequantize_linear(x: np.ndarray, x_scale: np.ndarray,
 def dynamic_quantize_linear(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """scale = (max(x, 0) - min(x, 0)) / 255; zp = round(clip(-min(x, 0) / scale, 0, 255));
     y = saturate(round_half_even(x / scale) + zp) as uint8"""
+    scale, zp = dynamic_qparams(x)
+    with np.errstate(invalid="ignore"):
+        y = _saturate(x.astype(np.float32) / scale, zp, np.dtype(np.uint8))
+    return y, np.asarray(scale, dtype=x.dtype), np.asarray(zp, dtype=np.uint8)
+
+
+# --- reduced precision of FusedConv / FusedGemm / FusedMatMul -----------------------------------
+# Their ``precision`` attribute ("bf16" or "int8") defines the op as the float32 op on
+# fake-quantised operands (what the cpu kernels compute with bf16 or int8 GEMMs, up to float32
+# summation order); the helpers below are that definition.
+
+#: Values of the ``precision`` attribute: float32 (the default), bfloat16, int8 (u8 x s8).
+PRECISIONS = ("", "bf16", "int8")
+#: Largest magnitude of a per-channel int8 weight: symmetric, so -128 is never used.
+INT8_WEIGHT_MAX = 127
+
+
+def dynamic_qparams(x: np.ndarray) -> tuple[np.float32, int]:
+    """``(scale, zero_point)`` of a uint8 quantisation of ``x``, as DynamicQuantizeLinear.
+
+    The range ``[min(0, min x), max(0, max x)]`` maps onto [0, 255]: ``scale = range / 255``
+    (1 for an all-zero ``x``), ``zero_point = round(clip(-min / scale, 0, 255))``.
+
+    Examples
+    --------
+    >>> dynamic_qparams(np.array([-1.0, 3.0], np.float32))
+    (np.float32(0.015686275), 64)
+    """
     f32 = np.float32
     hi = f32(max(0.0, np.max(x))) if x.size else f32(0)
     lo = f32(min(0.0, np.min(x))) if x.size else f32(0)
     # An all-zero x has no range: scale 1, as ONNX Runtime takes (the spec divides 0 by 255).
     scale = f32(1.0) if hi == lo else f32(hi - lo) / f32(255)
     zp = np.rint(np.clip(f32(0) - lo / scale, f32(0), f32(255)))
+    return scale, int(zp)
+
+
+def fake_quant_u8(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """``(saturate(round_half_even(x / scale) + zero_point, 0, 255) - zero_point) * scale``:
+    ``x`` through a uint8 QuantizeLinear/DequantizeLinear pair, in float32 (then ``x``'s dtype).
+
+    Examples
+    --------
+    >>> fake_quant_u8(np.array([-1.0, 0.26, 200.0], np.float32), 0.5, 2)  # 200 saturates
+    array([ -1. ,   0.5, 126.5], dtype=float32)
+    """
+    s = np.float32(scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(np.rint(x.astype(np.float32) / s) + np.float32(zero_point), 0, 255)
+        return ((q - np.float32(zero_point)) * s).astype(x.dtype, copy=False)
+
+
+def quantize_weight_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, scale)``: ``w`` quantised to int8, symmetric, one scale per index of ``axis``.
+
+    ``scale[c] = max|w[c]| / 127`` (1 for an all-zero channel), ``q = round_half_even(w /
+    scale)`` in [-127, 127]; ``q * scale`` (scale broadcast along ``axis``) approximates ``w``.
+    A channel that already lies exactly on a coarser symmetric grid, ``max|w[c]| / M`` for
+    some M < 127 (a dequantised int8 weight, e.g. ONNX Runtime's 7-bit ``reduce_range`` or a
+    per-tensor scale), keeps that grid (the largest such M): then ``q * scale == w`` exactly,
+    so a QDQ model's weights stay its own.
+
+    Examples
+    --------
+    >>> w = np.array([[0.7, -0.123, 0.35], [0.0, 0.0, 0.0]], np.float32)
+    >>> q, s = quantize_weight_per_channel(w, 0)
+    >>> q
+    array([[127, -22,  64],
+           [  0,   0,   0]], dtype=int8)
+    >>> s
+    array([0.00551181, 1.        ], dtype=float32)
+    >>> w = np.float32([[64, -3, 17]]) * np.float32(0.01)   # on a 64-level grid
+    >>> quantize_weight_per_channel(w, 0)
+    (array([[64, -3, 17]], dtype=int8), array([0.01], dtype=float32))
+    """
+    w32 = np.asarray(w, dtype=np.float32)
+    axis %= w32.ndim
+    rows = np.moveaxis(w32, axis, 0).reshape(w32.shape[axis], -1)
+    amax = np.max(np.abs(rows), axis=1) if rows.size else np.zeros(len(rows), np.float32)
+    scale = np.where(amax > 0, amax / np.float32(INT8_WEIGHT_MAX), np.float32(1))
+    scale = scale.astype(np.float32)
     with np.errstate(invalid="ignore"):
-        y = _saturate(x.astype(f32) / scale, zp, np.dtype(np.uint8))
-    return y, np.asarray(scale, dtype=x.dtype), np.asarray(zp, dtype=np.uint8)
+        q = np.clip(np.rint(rows / scale[:, None]), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX)
+        lossy = np.flatnonzero(np.any(q * scale[:, None] != rows, axis=1) & (amax > 0)
+                               & np.isfinite(amax))
+    for c, grid in _exact_grids(rows[lossy], amax[lossy]):
+        scale[lossy[c]] = grid
+        q[lossy[c]] = np.rint(rows[lossy[c]] / grid)
+    q = q.astype(np.int8).reshape(np.moveaxis(w32, axis, 0).shape)
+    return np.moveaxis(q, 0, axis), scale
+
+
+#: Elements of a channel on which every candidate grid is tried before a full check.
+_GRID_SAMPLE = 16
+
+
+def _exact_grids(rows: np.ndarray, amax: np.ndarray) -> list[tuple[int, np.float32]]:
+    """``(row, step)`` for each row of ``rows`` that is exactly ``round(row / step) * step``
+    with ``step = amax / M``, M < 127 the largest that works. Each M is tried on a sample of
+    the row first: a trained float weight fails them all there, at little cost."""
+    found: list[tuple[int, np.float32]] = []
+    levels = np.arange(INT8_WEIGHT_MAX - 1, 0, -1, dtype=np.float32)
+    for lo in range(0, len(rows), 256):  # bounded temporaries: 256 x 126 x 16
+        part = rows[lo:lo + 256]
+        steps = (amax[lo:lo + 256, None] / levels).astype(np.float32)
+        sample = part[:, None, :_GRID_SAMPLE]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = np.all(np.rint(sample / steps[..., None]) * steps[..., None] == sample, axis=2)
+        for r, m in zip(*np.nonzero(ok)):
+            if found and found[-1][0] == lo + r:
+                continue  # a larger M of this row already passed
+            step = steps[r, m]
+            if np.array_equal(np.rint(part[r] / step) * step, part[r]):
+                found.append((lo + r, step))
+    return found
+
+
+def fake_quant_bf16(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to bfloat16 (round to nearest, ties to even) and back, in ``x``'s dtype.
+
+    bfloat16 keeps float32's exponent and the top 7 of its 23 mantissa bits; NaN stays NaN.
+
+    Examples
+    --------
+    >>> fake_quant_bf16(np.array([1.0, 1.00390625, 1.01171875, 3.14159], np.float32))
+    array([1.      , 1.      , 1.015625, 3.140625], dtype=float32)
+    """
+    x32 = np.asarray(x, dtype=np.float32)
+    bits = x32.view(np.uint32).astype(np.uint64)  # 64-bit: the rounding carry cannot wrap
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    y = bits.astype(np.uint32).view(np.float32)
+    y = np.where(np.isnan(x32), x32, y)
+    return y.astype(np.asarray(x).dtype, copy=False)
+
+
+def check_precision(op: str, precision: str | bytes, x_scale: float = 0.0,
+                    x_zero_point: int = 0) -> str:
+    """The ``precision`` attribute as a str, after checking it and the int8 attributes.
+
+    Raises :class:`~taskflow.errors.UnsupportedOpError` naming the attribute and the values
+    it may take.
+
+    Examples
+    --------
+    >>> check_precision("FusedConv", b"bf16")
+    'bf16'
+    """
+    if isinstance(precision, bytes):
+        precision = precision.decode()
+    if precision not in PRECISIONS:
+        raise _quant_error(op, f"precision={precision!r} is not supported (allowed: "
+                               f"{', '.join(repr(p) for p in PRECISIONS)})")
+    if precision == "int8":
+        if not (math.isfinite(float(x_scale)) and float(x_scale) >= 0):
+            raise _quant_error(op, f"x_scale={x_scale!r}; expected a finite scale > 0, or 0 "
+                                   "for a dynamic (per call) quantisation of the input")
+        if int(x_zero_point) != x_zero_point or not 0 <= int(x_zero_point) <= 255:
+            raise _quant_error(op, f"x_zero_point={x_zero_point!r}; expected an integer in "
+                                   "[0, 255] (uint8 activations)")
+    return precision
+
+
+def fake_quant_operands(op: str, x: np.ndarray, w: np.ndarray, w_axis: int,
+                        precision: str | bytes, x_scale: float = 0.0,
+                        x_zero_point: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(x', w')``: the input and weight of a reduced-precision contraction as its reference
+    sees them (``x`` and ``w`` themselves for ``precision=""``).
+
+    bf16: both rounded to bfloat16. int8: ``x`` through uint8 (``x_scale = 0``: the scale and
+    zero point of :func:`dynamic_qparams` of the whole ``x``), ``w`` through symmetric int8
+    with one scale per index of ``w_axis`` (its output channels).
+
+    Examples
+    --------
+    >>> x, w = np.float32([[0.3, -0.2]]), np.float32([[0.7], [0.123]])
+    >>> xq, wq = fake_quant_operands("FusedGemm", x, w, 1, "int8", 0.25, 128)
+    >>> xq, wq.ravel()
+    (array([[ 0.25, -0.25]], dtype=float32), array([0.7       , 0.12125984], dtype=float32))
+    """
+    precision = check_precision(op, precision, x_scale, x_zero_point)
+    if precision == "bf16":
+        return fake_quant_bf16(x), fake_quant_bf16(w)
+    if precision == "int8":
+        scale, zp = (np.float32(x_scale), int(x_zero_point)) if x_scale else \
+            dynamic_qparams(x)
+        q, ws = quantize_weight_per_channel(w, w_axis)
+        shape = [-1 if d == w_axis % w.ndim else 1 for d in range(w.ndim)]
+        wq = (q.astype(np.float32) * ws.reshape(shape)).astype(w.dtype, copy=False)
+        return fake_quant_u8(x, scale, zp), wq
+    return x, w
 
 
 # --- integer products ---------------------------------------------------------------------------

@@ -11,6 +11,8 @@ the packed-weight cache; :mod:`.warmup` compiles them all (``taskflow warmup``).
     pool.py      MaxPool, AveragePool, Global*Pool, LRN                norm.py      BN(+act) LN IN
     eltwise.py   activations, Add/Sub/Mul/Div, Softmax, Gelu, Erf      movement.py  Concat, shuffle
     blas.py      the GEMM all of them call (oneMKL's sequential sgemm, else numpy's)
+    lowp.py      bf16 and int8 GEMMs of FusedConv/Gemm/MatMul's ``precision`` (oneMKL, else
+                 emulated); cpu_features, lowp_backend
     attention.py batched MatMul, FusedAttention (strided batch GEMMs per group of heads)
     skip_norm.py FusedAddLayerNorm (residual add + LayerNormalization, one pass per row)
     squeeze_excite.py  FusedSqueezeExcite (pool, two GEMVs, scale: one sweep per sample)

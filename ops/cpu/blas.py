@@ -11,6 +11,12 @@ threading layer: the kernels do their own threading.
 ``TASKFLOW_BLAS=numpy`` (read at import) keeps every GEMM on numpy; so does a missing or
 unusable MKL. Operands MKL cannot take (other dtypes, non-unit inner strides) go to numpy
 too, so the result is the same product either way, up to summation order.
+
+``TASKFLOW_ISA=avx2`` (or ``avx512``), read when MKL loads, caps the instruction sets MKL
+dispatches to (``MKL_ENABLE_INSTRUCTIONS`` set before MKL loads, and
+``MKL_Enable_Instructions`` before its first computation), so that an AMX or AVX-512 machine
+can run the AVX2 code paths; MKL honours it on Intel CPUs only. The reduced-precision GEMMs
+built on this library are in :mod:`.lowp`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _MKL_THREADING_SEQUENTIAL = 1
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+#: ``TASKFLOW_ISA`` values: the MKL_ENABLE_INSTRUCTIONS value and mkl_enable_instructions code
+#: (mkl.h: MKL_ENABLE_AVX2 = 2, MKL_ENABLE_AVX512 = 4) that cap MKL at that instruction set.
+ISA_CAPS = {"avx2": ("AVX2", 2), "avx512": ("AVX512", 4)}
 
 
 def _find_mkl() -> str | None:
@@ -53,11 +62,24 @@ def _load() -> Any:
     path = _find_mkl()
     if path is None:
         return None
+    isa = os.environ.get("TASKFLOW_ISA", "").strip().lower()
+    if isa and isa not in ISA_CAPS:
+        warnings.warn(f"taskflow: TASKFLOW_ISA={isa!r} is not one of {sorted(ISA_CAPS)}; "
+                      "MKL keeps its own choice", RuntimeWarning, stacklevel=2)
+    cap = ISA_CAPS.get(isa)
+    if cap is not None:  # MKL reads it once, when it first dispatches
+        os.environ["MKL_ENABLE_INSTRUCTIONS"] = cap[0]
     try:
         mkl = ctypes.CDLL(path)
         layer = mkl.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
         if layer != _MKL_THREADING_SEQUENTIAL:  # MKL was already set up by someone else
             raise OSError(f"MKL threading layer is {layer}, not sequential")
+        if cap is not None:
+            # the variable above is what MKL reads; the call (which must come before any
+            # computation, but after the threading layer: it initialises MKL) makes sure.
+            # Both are no-ops on non-Intel CPUs (the call returns 0 there).
+            mkl.MKL_Enable_Instructions(cap[1])
+            _state["isa"] = isa
         args = [ctypes.c_int] * 6
         for name, real in (("cblas_sgemm", ctypes.c_float), ("cblas_dgemm", ctypes.c_double)):
             fn = getattr(mkl, name)
@@ -83,6 +105,13 @@ def _load() -> Any:
 def backend() -> str:
     """``"mkl"`` or ``"numpy"``: what :func:`gemm` calls."""
     return "numpy" if _mkl() is None else "mkl"
+
+
+def isa_cap() -> str:
+    """The instruction-set cap MKL was loaded with (``TASKFLOW_ISA``: "avx2", "avx512"), or
+    "" for none (MKL's own choice, or no MKL)."""
+    _mkl()
+    return _state.get("isa", "")
 
 
 def _mkl() -> Any:

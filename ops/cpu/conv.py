@@ -14,6 +14,12 @@ All paths compute in NHWC (see :mod:`.common`) and return the logical NCHW view:
   straight into the output; columns are ordered (group, kh, kw, c) so each group's block is
   contiguous and BLAS reads it in place (:func:`.blas.gemm`: MKL's sgemm, or numpy's).
 
+FusedConv's ``precision`` ("bf16", "int8") swaps each GEMM of the 1x1 and im2col paths for
+:mod:`.lowp`'s reduced one on the weight packed once; an im2col slice is quantised after the
+copy, so padding (zeros) becomes the zero point, as in the reference. Winograd is skipped; a
+depthwise convolution runs its float32 loops on the fake-quantised input and weight (the
+reference's definition; the precision passes do not mark depthwise layers).
+
 Slices are the tasks the kernel threads share (:func:`.common.run_tasks`); after each
 slice's GEMM the epilogue (bias, residual, activation) runs on that slice while it is still in
 cache. Shapes or dtypes outside these paths (1-D/3-D convolutions, integer or half dtypes,
@@ -31,8 +37,9 @@ from numba import njit
 from ..conv import conv as conv_reference
 from ..conv import fused_conv as fused_conv_reference
 from ..conv import resolve_pads, spatial_attrs
+from ..quant import dynamic_qparams, fake_quant_bf16, fake_quant_u8, quantize_weight_per_channel
 from ..registry import register_kernel
-from . import winograd
+from . import lowp, winograd
 from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -206,16 +213,36 @@ def _geometry(x: np.ndarray, w: np.ndarray, group: int, auto_pad: str,
     return s, d, pb, out
 
 
+def _fake_quant_weight(w: np.ndarray, precision: str) -> np.ndarray:
+    """W as the reference sees it at ``precision``: bf16-rounded, or int8 per output channel."""
+    if precision == "bf16":
+        return fake_quant_bf16(w)
+    q, scale = quantize_weight_per_channel(w, 0)
+    return (q.astype(np.float32) * scale.reshape(-1, 1, 1, 1)).astype(w.dtype, copy=False)
+
+
 def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarray | None,
               group: int, s, d, pb, out, act: tuple[int, float, float],
-              shuffle: int = 0) -> np.ndarray:
+              shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
+              x_zp: int = 0) -> np.ndarray:
     """The NHWC convolution with epilogue (and, for ``shuffle`` > 1, its output channels
-    shuffled in that many groups); returns the logical NCHW view of the output."""
+    shuffled in that many groups); returns the logical NCHW view of the output.
+
+    ``precision`` "bf16" / "int8" (float32 ``x`` only) runs the reduced-precision GEMMs of
+    :mod:`.lowp`; for int8 with ``x_scale`` 0 the scale and zero point come from the whole
+    ``x`` (:func:`taskflow.ops.quant.dynamic_qparams`), before it is split into slices."""
     n, c = x.shape[:2]
     m, cg, kh, kw = w.shape
     ho, wo = out
     dtype = x.dtype
     xh = as_nhwc(x)
+    if precision == "int8" and not x_scale:
+        x_scale, x_zp = dynamic_qparams(xh)
+    if precision and group == c == m and group > 1:
+        # depthwise: the float32 loops on the fake-quantised operands (the definition)
+        xq = fake_quant_bf16(xh) if precision == "bf16" else fake_quant_u8(xh, x_scale, x_zp)
+        wq = packed(w, ("fake-quant", precision), lambda a: _fake_quant_weight(a, precision))
+        return conv_nhwc(nchw_view(xq), wq, bias, z, group, s, d, pb, out, act, shuffle)
     # Written into channels c0:c0 + m of ``full``: a Concat's buffer when the interpreter
     # offered one (taskflow.ir.placement), else a fresh output of m channels.
     full, c0 = output_buffer((n, ho, wo, m), dtype)
@@ -223,7 +250,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     if bias is not None:
         bias = vector(bias, dtype)
     zh = None if z is None else as_nhwc(z.astype(dtype, copy=False))
-    if shuffle > 1 and (group == c == m or winograd.usable(w, group, s, d)):
+    use_winograd = not precision and winograd.usable(w, group, s, d)
+    if shuffle > 1 and (group == c == m or use_winograd):
         # the shuffle rides along with the GEMM paths' epilogue; here it is its own pass
         y = conv_nhwc(x, w, bias, z, group, s, d, pb, out, act)
         return channel_shuffle_cpu(y, group=shuffle)
@@ -239,13 +267,23 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
 
         run_ranges(rows, n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * kh * kw)))
         return nchw_view(y)
-    if winograd.usable(w, group, s, d):
+    if use_winograd:
         winograd.conv3x3(xh, w, bias, zh, (pb[0], pb[1]), full, act, c0)
         return nchw_view(y)
     rows = n * ho * wo
     y2d = full.reshape(rows, full.shape[3])  # C-contiguous: our columns are c0:c0 + m
     z2d = None if zh is None else zh.reshape(rows, m)
     mg = m // group
+    # the GEMMs' right-hand sides, (group, K, M/group): float32/64 arrays, or with a
+    # precision one lowp-packed weight per group
+    pack = {"": None, "bf16": lowp.pack_bf16, "int8": lowp.pack_int8}[precision]
+
+    def weights(how: str, layout) -> object:
+        if pack is None:
+            return packed(w, (how, group, dtype.str), lambda a: layout(a.astype(dtype)))
+        return packed(w, (f"{how}-{precision}", group),
+                      lambda a: [pack(g) for g in layout(a.astype(np.float32))])
+
     if kh == kw == 1 and s == (1, 1) and not any(pb):
         # 1x1: the input is the column matrix; the weight's transpose is a view
         x2d = xh.reshape(rows, c)
@@ -255,15 +293,16 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             # per group, whose packing dominates at K = 3-16 (ShuffleNet's first 1x1 with
             # K = 6 per group: 1.6x faster), despite ``group`` times the multiply-adds. Only
             # for finite inputs: inf * 0 would put nan into the other groups' outputs.
-            wt = packed(w, ("dense1x1", group, dtype.str),
-                        lambda a: _block_diagonal(a.astype(dtype), group))
+            wt = weights("dense1x1", lambda a: _block_diagonal(a, group))
             group, mg, cg = 1, m, c
-        else:
+        elif pack is None:
             wt = w.astype(dtype, copy=False).reshape(group, mg, cg).transpose(0, 2, 1)
+        else:
+            wt = weights("1x1", lambda a: a.reshape(group, mg, cg).transpose(0, 2, 1))
         step = max(MIN_SLICE_ROWS, GEMM_SLICE_BYTES // (m * dtype.itemsize))
         kdim = cg
     else:
-        wt = packed(w, ("kxk", group, dtype.str), lambda a: _pack_kxk(a.astype(dtype), group))
+        wt = weights("kxk", lambda a: _pack_kxk(a, group))
         x2d = None
         kdim = kh * kw * cg
         step = max(MIN_SLICE_ROWS, min(IM2COL_SLICE_BYTES // (kdim * group * dtype.itemsize),
@@ -283,8 +322,13 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         else:
             src = x2d[r0:r1]
         for g in range(group):
-            gemm(src[:, g * kdim:(g + 1) * kdim], wt[g],
-                 y2d[r0:r1, c0 + g * mg:c0 + (g + 1) * mg])
+            a, dst = src[:, g * kdim:(g + 1) * kdim], y2d[r0:r1, c0 + g * mg:c0 + (g + 1) * mg]
+            if pack is None:
+                gemm(a, wt[g], dst)
+            elif precision == "bf16":
+                lowp.gemm_bf16(a, wt[g], dst)
+            else:
+                lowp.gemm_int8(a, wt[g], dst, x_scale, x_zp)
         apply_epilogue(y2d[r0:r1], bias, None if z2d is None else z2d[r0:r1], act,
                        parallel=False, c0=c0, width=m)
         if shuffle > 1:  # while the rows are in cache: no pass of its own over the output
@@ -306,9 +350,11 @@ def _shuffle_in_place(y, c0, m, group, tmp):
 
 
 def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act,
-          shuffle=0):
+          shuffle=0, lowp_attrs=("", 0.0, 0)):
     if act is None or not fast_dtype(X, W) or (B is not None and B.dtype != X.dtype):
         return None
+    if lowp_attrs is None or (lowp_attrs[0] and X.dtype != np.float32):
+        return None  # an invalid precision (the reference says why), or float64
     if Z is not None and (Z.dtype != X.dtype or Z.ndim != 4):
         return None
     geo = _geometry(X, W, group, auto_pad, dilations, kernel_shape, pads, strides)
@@ -321,7 +367,7 @@ def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, a
         return None
     if shuffle and (shuffle < 1 or W.shape[0] % shuffle):
         return None  # the reference says why
-    return conv_nhwc(X, W, B, Z, group, s, d, pb, out, act, shuffle)
+    return conv_nhwc(X, W, B, Z, group, s, d, pb, out, act, shuffle, *lowp_attrs)
 
 
 @register_kernel("Conv", "cpu")
@@ -346,19 +392,22 @@ def fused_conv_cpu(X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None,
                    pads: Sequence[int] | None = None, strides: Sequence[int] | None = None,
                    activation: str = "",
                    activation_params: Sequence[float] | None = None,
-                   channel_shuffle: int = 0) -> np.ndarray:
+                   channel_shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
+                   x_zero_point: int = 0) -> np.ndarray:
     """FusedConv: the convolution's GEMM output gets bias, residual and activation in place
-    (and the channel shuffle, row by row, while the rows are in cache)."""
+    (and the channel shuffle, row by row, while the rows are in cache); with a
+    ``precision``, the GEMMs are :mod:`.lowp`'s bf16 or int8 ones."""
     act = activation_code(activation, activation_params)
     shuffle = int(channel_shuffle) if int(channel_shuffle) > 1 else 0
     y = _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act,
-              shuffle)
+              shuffle, lowp.precision_attrs(precision, x_scale, x_zero_point))
     if y is None:
         return fused_conv_reference(X, W, B, Z, auto_pad=auto_pad, dilations=dilations,
                                     group=group, kernel_shape=kernel_shape, pads=pads,
                                     strides=strides, activation=activation,
                                     activation_params=activation_params,
-                                    channel_shuffle=channel_shuffle)
+                                    channel_shuffle=channel_shuffle, precision=precision,
+                                    x_scale=x_scale, x_zero_point=x_zero_point)
     return y
 
 

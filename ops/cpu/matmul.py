@@ -6,6 +6,9 @@ at these sizes), split into row blocks over the kernel threads with BLAS single-
 applied in one pass over the fresh output instead of a chain of temporaries. Other
 broadcasts of ``C``, half precision and FusedMatMul with a non-vector bias take the
 reference's route.
+
+FusedGemm and FusedMatMul (with a 2-D B) with a ``precision`` ("bf16", "int8") multiply with
+:mod:`.lowp`'s reduced GEMMs instead, on B packed once, in the same row blocks.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..matmul import fused_gemm, fused_matmul, gemm
+from ..quant import dynamic_qparams
 from ..registry import register_kernel
+from . import lowp
 from .blas import backend
 from .blas import gemm as blas_gemm
-from .common import TASKS_PER_THREAD, fast_dtype, run_tasks, threads, vector
+from .common import TASKS_PER_THREAD, fast_dtype, packed, run_tasks, threads, vector
 from .epilogue import activation_code, apply_epilogue
 
 #: Smallest block of a split GEMM: below it BLAS's per-call packing dominates.
@@ -73,6 +78,37 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return y
 
 
+def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
+                x_scale: float = 0.0, x_zp: int = 0) -> np.ndarray:
+    """``a @ w'`` (``w' = w.T`` when ``trans_w``) for a float32 2-D ``a`` and weight ``w``
+    with :mod:`.lowp`'s ``precision`` GEMM, row blocks over the kernel threads.
+
+    ``w`` is packed once (cached against the array itself: pass the weight, not a view made
+    per call); int8 with ``x_scale`` 0 quantises ``a`` with its own (dynamic) range.
+    """
+    pack = lowp.pack_bf16 if precision == "bf16" else lowp.pack_int8
+    wp = packed(w, (f"gemm-{precision}", bool(trans_w)),
+                lambda b: pack(b.T if trans_w else b))
+    if precision == "int8" and not x_scale:
+        x_scale, x_zp = dynamic_qparams(a)
+    m, n = a.shape[0], wp.n
+    y = np.empty((m, n), np.float32)
+
+    def rows(lo: int, hi: int) -> None:
+        if precision == "bf16":
+            lowp.gemm_bf16(a[lo:hi], wp, y[lo:hi])
+        else:
+            lowp.gemm_int8(a[lo:hi], wp, y[lo:hi], x_scale, x_zp)
+
+    if m * n * wp.k < SPLIT_GEMM or m < 2 * MIN_BLOCK or threads() == 1:
+        rows(0, m)
+        return y
+    parts = max(1, min(m // MIN_BLOCK, TASKS_PER_THREAD * threads()))
+    step = -(-m // parts)
+    run_tasks(lambda i: rows(i * step, min(m, (i + 1) * step)), -(-m // step))
+    return y
+
+
 def _row_vector(c: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray | None:
     """``c`` as a length-n vector if it broadcasts along rows of an (m, n) output."""
     if c is None or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
@@ -82,9 +118,12 @@ def _row_vector(c: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray | N
     return None
 
 
-def _gemm(A, B, C, alpha, beta, transA, transB, act) -> np.ndarray | None:
+def _gemm(A, B, C, alpha, beta, transA, transB, act,
+          lowp_attrs=("", 0.0, 0)) -> np.ndarray | None:
     if act is None or A.ndim != 2 or B.ndim != 2 or not fast_dtype(A, B):
         return None
+    if lowp_attrs is None or (lowp_attrs[0] and A.dtype != np.float32):
+        return None  # an invalid precision (the reference says why), or float64
     a = A.T if transA else A
     b = B.T if transB else B
     if a.shape[1] != b.shape[0] or (C is not None and C.dtype != A.dtype):
@@ -96,7 +135,7 @@ def _gemm(A, B, C, alpha, beta, transA, transB, act) -> np.ndarray | None:
             return None
         if beta != 1:
             bias = bias * A.dtype.type(beta)
-    y = parallel_matmul(a, b)
+    y = lowp_matmul(a, B, transB, *lowp_attrs) if lowp_attrs[0] else parallel_matmul(a, b)
     if alpha != 1:
         y *= A.dtype.type(alpha)
     apply_epilogue(y, bias, None, act)
@@ -116,26 +155,38 @@ def gemm_cpu(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *, alpha
 @register_kernel("FusedGemm", "cpu")
 def fused_gemm_cpu(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *,
                    alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0,
-                   activation: str = "",
-                   activation_params: Sequence[float] | None = None) -> np.ndarray:
-    """FusedGemm: ``C`` and the activation applied in one pass over the GEMM output."""
+                   activation: str = "", activation_params: Sequence[float] | None = None,
+                   precision: str = "", x_scale: float = 0.0,
+                   x_zero_point: int = 0) -> np.ndarray:
+    """FusedGemm: ``C`` and the activation applied in one pass over the GEMM output; with a
+    ``precision``, the product is :mod:`.lowp`'s bf16 or int8 GEMM."""
     y = _gemm(A, B, C, alpha, beta, transA, transB,
-              activation_code(activation, activation_params))
+              activation_code(activation, activation_params),
+              lowp.precision_attrs(precision, x_scale, x_zero_point))
     if y is None:
         return fused_gemm(A, B, C, alpha=alpha, beta=beta, transA=transA, transB=transB,
-                          activation=activation, activation_params=activation_params)
+                          activation=activation, activation_params=activation_params,
+                          precision=precision, x_scale=x_scale, x_zero_point=x_zero_point)
     return y
 
 
 @register_kernel("FusedMatMul", "cpu")
 def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = None, *,
-                     activation: str = "",
-                     activation_params: Sequence[float] | None = None) -> np.ndarray:
-    """FusedMatMul: bias over the last axis and the activation in one pass."""
+                     activation: str = "", activation_params: Sequence[float] | None = None,
+                     precision: str = "", x_scale: float = 0.0,
+                     x_zero_point: int = 0) -> np.ndarray:
+    """FusedMatMul: bias over the last axis and the activation in one pass; with a
+    ``precision`` and a 2-D B, the product is :mod:`.lowp`'s bf16 or int8 GEMM."""
     act = activation_code(activation, activation_params)
-    if act is not None and A.ndim >= 2 and B.ndim >= 2 and fast_dtype(A, B) \
-            and (bias is None or bias.dtype == A.dtype):
-        if A.ndim == 2 and B.ndim == 2:
+    attrs = lowp.precision_attrs(precision, x_scale, x_zero_point)
+    reduced = attrs is not None and attrs[0] and B.ndim == 2 and A.shape[-1:] == B.shape[:1]
+    if act is not None and attrs is not None and A.ndim >= 2 and B.ndim >= 2 \
+            and fast_dtype(A, B) and (bias is None or bias.dtype == A.dtype) \
+            and (not reduced or A.dtype == np.float32):
+        if reduced:
+            y = lowp_matmul(A.reshape(-1, A.shape[-1]), B, False, *attrs)
+            y = y.reshape(*A.shape[:-1], B.shape[1])
+        elif A.ndim == 2 and B.ndim == 2:
             y = parallel_matmul(A, B)
         elif B.ndim == 2 and A.flags.c_contiguous:
             y = parallel_matmul(A.reshape(-1, A.shape[-1]), B)
@@ -152,4 +203,5 @@ def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = Non
                 and (bias is None or bias.ndim <= y.ndim):
             apply_epilogue(y.reshape(-1, n), vec, None, act)
             return y
-    return fused_matmul(A, B, bias, activation=activation, activation_params=activation_params)
+    return fused_matmul(A, B, bias, activation=activation, activation_params=activation_params,
+                        precision=precision, x_scale=x_scale, x_zero_point=x_zero_point)

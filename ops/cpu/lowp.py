@@ -1,0 +1,423 @@
+"""Reduced-precision GEMMs of the cpu kernels: bfloat16 and int8 through oneMKL, else emulated.
+
+FusedConv, FusedGemm and FusedMatMul with ``precision="bf16"`` or ``"int8"`` end their GEMMs
+here instead of in :func:`.blas.gemm`. The weight (B, K x N) is converted once and cached
+with :func:`.common.packed`: :func:`pack_bf16` rounds it to bfloat16, :func:`pack_int8`
+quantises each column to int8 (symmetric, ``scale = max|column| / 127``) and keeps its
+column sums. Each call converts its slice of A in one Numba pass into a per-thread scratch
+buffer, then makes one oneMKL call:
+
+- :func:`gemm_bf16`: A rounded to bfloat16, ``cblas_gemm_bf16bf16f32`` accumulating in float32
+  straight into the output;
+- :func:`gemm_int8`: A quantised to uint8 with the given scale and zero point,
+  ``cblas_gemm_s8u8s32`` into int32, the zero point taken off exactly through MKL's
+  per-column offset (``-zero_point * column sum``), then one pass
+  ``out = acc * (x_scale * w_scale[n])``.
+
+These compute the references' definition (``ops/quant.py``: the float32 op on fake-quantised
+operands) up to float32 summation order: a product of two bfloat16 values is exact in float32,
+and the int8 accumulator is the exact integer sum.
+
+Packed B. MKL's ``*_pack`` / ``*_compute`` API lays B out once for its kernels (on AMX and
+VNNI machines, the tile and 4-byte-group layouts) instead of in every call. Measured on this
+machine (2-core AMD EPYC, AVX2 only, MKL 2026.2, one thread, min of 25 interleaved runs,
+GOP/s)::
+
+    rows x K x N       sgemm  bf16  bf16 packed  s8u8s32  s8u8s32 packed
+    3136 x 576 x 64     30.0  27.1     26.7        10.4      10.2
+    784 x 1152 x 128    33.9  31.4     31.3        13.6      13.4
+    196 x 2304 x 256    34.1  31.8     30.5        14.9      14.6
+    3136 x 64 x 256     28.9  28.2     28.7        10.5      10.7
+    12544 x 147 x 64    28.9  26.0     26.1         8.3       8.6
+    256 x 768 x 768     33.4  31.5     32.8        11.9      12.5
+    64 x 4096 x 1000    28.0  22.9     21.9        10.9      12.0
+    1024 x 256 x 1024   33.4  33.3     33.1        15.4      15.4
+    geometric mean      1.00  0.92     0.92        0.38      0.38   (x sgemm)
+
+Packed and plain calls run at the same speed here, so the packed API is used: it is what
+the matrix units of AMX/VNNI machines want, where these GEMMs are 3-5x sgemm. Here they are
+slower than sgemm (MKL has no VNNI or bf16 instructions to use on this CPU), which the
+per-layer precision choice (:mod:`taskflow.precision`) measures and takes into account.
+
+Emulation. Without MKL's reduced GEMMs (no ``mkl`` wheel, ``TASKFLOW_BLAS=numpy``, or
+``TASKFLOW_LOWP=emulate``, read per call) the same conversions feed the float32 GEMM of
+:func:`.blas.gemm` on the bfloat16-valued operands, and for int8 a float64 GEMM of the centred
+integers (exact below 2**53): the same products, int8 bit for bit.
+
+``TASKFLOW_ISA=avx2`` (or ``avx512``) caps the instruction sets MKL dispatches to, so that a
+machine with AMX can run and test the AVX2 path; it is read once, when MKL loads
+(:mod:`.blas` sets ``MKL_ENABLE_INSTRUCTIONS`` before loading MKL and calls
+``MKL_Enable_Instructions`` before its first computation; MKL honours both on Intel CPUs
+only).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import threading
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from taskflow.errors import ShapeError, UnsupportedOpError
+
+from ..quant import check_precision, quantize_weight_per_channel
+from . import blas
+from .common import scratch
+
+#: cblas enums of the packed API (mkl_cblas.h)
+_PACKED, _B_MATRIX, _ROW_OFFSET = 151, 162, 171
+#: Rows of A passed when packing B: MKL's packed B serves any number of rows (checked here
+#: from 1 to 12544 rows); this is only a typical slice height, should MKL tune to it.
+PACK_ROWS = 1024
+#: Largest K whose int8 products cannot overflow MKL's int32 accumulator (255 * 127 * K);
+#: beyond it (no such layer is known) the emulation's float64 GEMM runs instead.
+MAX_INT8_K = (2**31 - 1) // (255 * 127)
+#: The /proc/cpuinfo flags that decide which reduced-precision GEMM MKL can run.
+FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+            "amx_int8", "amx_bf16")
+#: What each ``TASKFLOW_ISA`` cap leaves of those features.
+_CAPPED = {"avx2": {"avx2", "fma"}, "avx512": {"avx2", "fma", "avx512f"}}
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> frozenset[str]:
+    """The :data:`FEATURES` this CPU has, from the flags of ``/proc/cpuinfo`` (empty where
+    there is none).
+
+    Examples
+    --------
+    >>> "avx2" in cpu_features()  # doctest: +SKIP
+    True
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return frozenset(name for name in FEATURES if name in flags)
+    except OSError:
+        pass
+    return frozenset()
+
+
+def lowp_backend(precision: str) -> str:
+    """What runs a GEMM of ``precision``: for "bf16" / "int8" ``"mkl-amx"``,
+    ``"mkl-avx512-bf16"``, ``"mkl-avx512-vnni"``, ``"mkl-avx-vnni"``, ``"mkl-avx512"``,
+    ``"mkl-avx2"`` (MKL's best path by CPU flags, after ``TASKFLOW_ISA``'s cap) or
+    ``"emulated"``; for "" (float32) :func:`.blas.backend`'s answer.
+
+    Examples
+    --------
+    >>> lowp_backend("int8")  # doctest: +SKIP
+    'mkl-avx2'
+    """
+    precision = check_precision("lowp_backend", precision)
+    if not precision:
+        return blas.backend()
+    if _bindings() is None:
+        return "emulated"
+    features = cpu_features()
+    cap = blas.isa_cap()
+    if cap:
+        features = features & _CAPPED[cap]
+    wanted = (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16")) if precision == "bf16" \
+        else (("amx_int8", "amx"), ("avx512_vnni", "avx512-vnni"), ("avx_vnni", "avx-vnni"))
+    for flag, name in (*wanted, ("avx512f", "avx512"), ("avx2", "avx2")):
+        if flag in features:
+            return f"mkl-{name}"
+    return "mkl"
+
+
+def precision_attrs(precision: str | bytes, x_scale: float,
+                    x_zero_point: int) -> tuple[str, float, int] | None:
+    """A kernel's ``(precision, x_scale, x_zero_point)`` attributes checked and normalised, or
+    None when they are invalid (the kernel then runs the reference, which says why).
+
+    Examples
+    --------
+    >>> precision_attrs(b"int8", 0.5, 3), precision_attrs("fp8", 0.0, 0)
+    (('int8', 0.5, 3), None)
+    """
+    try:
+        precision = check_precision("", precision, x_scale, x_zero_point)
+    except (UnsupportedOpError, TypeError, ValueError):
+        return None
+    return (precision, float(x_scale), int(x_zero_point)) if precision == "int8" else \
+        (precision, 0.0, 0)
+
+
+# --- oneMKL bindings ------------------------------------------------------------------------
+class _Mkl:
+    """The ctypes functions of MKL's reduced-precision packed GEMMs."""
+
+    def __init__(self, mkl: Any):
+        i, f, p, size = ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_size_t
+        i8 = ctypes.c_int8
+        for kind in ("bf16bf16f32", "s8u8s32"):
+            get_size = getattr(mkl, f"cblas_gemm_{kind}_pack_get_size")
+            get_size.argtypes, get_size.restype = [i] * 4, size
+            pack = getattr(mkl, f"cblas_gemm_{kind}_pack")
+            pack.argtypes, pack.restype = [i] * 6 + [p, i, p], None
+            setattr(self, f"{kind}_get_size", get_size)
+            setattr(self, f"{kind}_pack", pack)
+        self.bf16 = mkl.cblas_gemm_bf16bf16f32_compute
+        self.bf16.argtypes = [i] * 6 + [f, p, i, p, i, f, p, i]
+        self.bf16.restype = None
+        self.s8u8 = mkl.cblas_gemm_s8u8s32_compute
+        self.s8u8.argtypes = [i] * 7 + [f, p, i, i8, p, i, i8, f, p, i, p]
+        self.s8u8.restype = None
+
+
+def _bindings() -> _Mkl | None:
+    """MKL's reduced GEMMs, or None: emulate (no MKL, too old an MKL, or
+    ``TASKFLOW_LOWP=emulate``)."""
+    if os.environ.get("TASKFLOW_LOWP", "").lower() == "emulate":
+        return None
+    if "mkl" not in _state:
+        with _lock:
+            if "mkl" not in _state:
+                mkl = blas._mkl()
+                try:
+                    _state["mkl"] = None if mkl is None else _Mkl(mkl)
+                except AttributeError:  # an MKL before 2020 (bf16) / 2018 (packed int8)
+                    _state["mkl"] = None
+    return _state["mkl"]
+
+
+def _mkl_pack(get_size: Any, pack: Any, b: np.ndarray) -> np.ndarray:
+    """B (K, N) in MKL's packed layout, in a 64-byte aligned buffer that never moves."""
+    k, n = b.shape
+    size = get_size(_B_MATRIX, PACK_ROWS, n, k)
+    raw = np.empty(size + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    buf = raw[start:start + size]
+    pack(blas._ROW_MAJOR, _B_MATRIX, blas._NO_TRANS, PACK_ROWS, n, k, b.ctypes.data, n,
+         buf.ctypes.data)
+    return buf
+
+
+# --- packed weights -------------------------------------------------------------------------
+class PackedBF16:
+    """A weight B (K, N) for :func:`gemm_bf16`: its bfloat16 bits (``bits``, uint16), and on
+    first use MKL's packed copy or the emulation's float32 values."""
+
+    def __init__(self, bits: np.ndarray):
+        self.bits = bits
+        self.k, self.n = bits.shape
+        self._mkl: np.ndarray | None = None
+        self._f32: np.ndarray | None = None
+
+    def mkl(self, fns: _Mkl) -> np.ndarray:
+        if self._mkl is None:  # a race packs twice, harmlessly
+            self._mkl = _mkl_pack(fns.bf16bf16f32_get_size, fns.bf16bf16f32_pack, self.bits)
+        return self._mkl
+
+    def emulated(self) -> np.ndarray:
+        if self._f32 is None:
+            self._f32 = (self.bits.astype(np.uint32) << 16).view(np.float32)
+        return self._f32
+
+
+class PackedInt8:
+    """A weight B (K, N) for :func:`gemm_int8`: int8 ``values``, per-column float32 ``scale``
+    (B ~ values * scale), int64 column sums ``colsum``; on first use MKL's packed copy or the
+    emulation's float64 values."""
+
+    def __init__(self, values: np.ndarray, scale: np.ndarray):
+        self.values = values
+        self.scale = scale
+        self.colsum = values.sum(axis=0, dtype=np.int64)
+        self.k, self.n = values.shape
+        self._mkl: np.ndarray | None = None
+        self._f64: np.ndarray | None = None
+
+    def mkl(self, fns: _Mkl) -> np.ndarray:
+        if self._mkl is None:
+            self._mkl = _mkl_pack(fns.s8u8s32_get_size, fns.s8u8s32_pack, self.values)
+        return self._mkl
+
+    def emulated(self) -> np.ndarray:
+        if self._f64 is None:
+            self._f64 = self.values.astype(np.float64)
+        return self._f64
+
+
+def pack_bf16(w: np.ndarray) -> PackedBF16:
+    """B (K, N) rounded to bfloat16 (to nearest, ties to even) for :func:`gemm_bf16`.
+
+    Examples
+    --------
+    >>> pack_bf16(np.ones((3, 2), np.float32)).bits
+    array([[16256, 16256],
+           [16256, 16256],
+           [16256, 16256]], dtype=uint16)
+    """
+    w32 = np.asarray(w, dtype=np.float32)
+    if w32.ndim != 2:
+        raise ShapeError(f"pack_bf16 takes a 2-D (K, N) weight; got shape {w32.shape}")
+    bits = np.empty(w32.shape, np.uint16)
+    _to_bf16(w32.view(np.uint32), bits)
+    return PackedBF16(bits)
+
+
+def pack_int8(w: np.ndarray) -> PackedInt8:
+    """B (K, N) quantised to int8 for :func:`gemm_int8`, one symmetric scale per column
+    (:func:`taskflow.ops.quant.quantize_weight_per_channel` along axis 1).
+
+    Examples
+    --------
+    >>> p = pack_int8(np.array([[0.71, 0.35], [-1.37, 0.123]], np.float32))
+    >>> p.values, p.scale
+    (array([[  66,  127],
+           [-127,   45]], dtype=int8), array([0.0107874 , 0.00275591], dtype=float32))
+    """
+    w32 = np.asarray(w, dtype=np.float32)
+    if w32.ndim != 2:
+        raise ShapeError(f"pack_int8 takes a 2-D (K, N) weight; got shape {w32.shape}")
+    q, scale = quantize_weight_per_channel(w32, 1)
+    return PackedInt8(np.ascontiguousarray(q), scale)
+
+
+# --- the GEMMs ------------------------------------------------------------------------------
+def _operands(a: np.ndarray, packed: PackedBF16 | PackedInt8, out: np.ndarray,
+              name: str) -> np.ndarray:
+    if a.ndim != 2 or a.shape[1] != packed.k or out.shape != (a.shape[0], packed.n) \
+            or out.dtype != np.float32:
+        raise ShapeError(f"{name}: A of shape {a.shape} times a ({packed.k}, {packed.n}) "
+                         f"weight needs a float32 output of shape ({a.shape[0]}, {packed.n}); "
+                         f"got {out.dtype} {out.shape}")
+    return a if a.dtype == np.float32 else a.astype(np.float32)
+
+
+def _c_matrix(out: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(c, ldc)``: ``out`` itself when MKL can write it (contiguous rows), else scratch."""
+    m, n = out.shape
+    step = out.strides[0] // 4 if m > 1 else n
+    if out.strides[1] == 4 and out.strides[0] % 4 == 0 and step >= n and out.flags.writeable:
+        return out, step
+    return scratch("lowp-c", (m, n), np.float32), n
+
+
+def gemm_bf16(a: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndarray:
+    """``out[...] = bf16(a) @ B`` in float32, B from :func:`pack_bf16`; returns ``out``.
+
+    ``a`` (M, K) float32 of any strides; ``out`` (M, N) float32, a strided view if need be.
+    One call on the calling thread (the kernels split rows among their threads).
+
+    Examples
+    --------
+    >>> b = pack_bf16(np.eye(2, dtype=np.float32))
+    >>> gemm_bf16(np.float32([[1.0, 3.14159]]), b, np.empty((1, 2), np.float32))
+    array([[1.      , 3.140625]], dtype=float32)
+    """
+    a = _operands(a, packed, out, "gemm_bf16")
+    m, k = a.shape
+    if m == 0 or packed.n == 0:
+        return out
+    if k == 0:
+        out[...] = 0
+        return out
+    bits = scratch("lowp-a", (m, k), np.uint16)
+    _to_bf16(a.view(np.uint32), bits)
+    fns = _bindings()
+    if fns is None:
+        return blas.gemm((bits.astype(np.uint32) << 16).view(np.float32), packed.emulated(),
+                         out)
+    b = packed.mkl(fns)  # a local: the buffer stays alive through the call
+    c, ldc = _c_matrix(out)
+    fns.bf16(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, m, packed.n, k, 1.0, bits.ctypes.data,
+             k, b.ctypes.data, packed.n, 0.0, c.ctypes.data, ldc)
+    if c is not out:
+        out[...] = c
+    return out
+
+
+def gemm_int8(a: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
+              x_zp: int) -> np.ndarray:
+    """``out[...] = ((q - x_zp) @ B.values) * (x_scale * B.scale)``, ``q`` = ``a`` quantised
+    to uint8 (``saturate(round_half_even(a / x_scale) + x_zp)``), B from :func:`pack_int8`;
+    returns ``out``.
+
+    ``a`` (M, K) float32 of any strides; ``out`` (M, N) float32, a strided view if need be.
+    One call on the calling thread.
+
+    Examples
+    --------
+    >>> b = pack_int8(np.float32([[0.71, 0.35], [-1.37, 0.123]]))
+    >>> gemm_int8(np.float32([[2.0, 1.0]]), b, np.empty((1, 2), np.float32), 0.5, 10)
+    array([[0.05393701, 0.82401574]], dtype=float32)
+    """
+    a = _operands(a, packed, out, "gemm_int8")
+    m, k = a.shape
+    if m == 0 or packed.n == 0:
+        return out
+    if k == 0:
+        out[...] = 0
+        return out
+    xs, zp = np.float32(x_scale), int(x_zp)
+    q = scratch("lowp-a", (m, k), np.uint8)
+    _quantize_u8(a, q, xs, np.float32(zp))
+    multiplier = xs * packed.scale  # float32 (N,)
+    fns = _bindings()
+    if fns is None or k > MAX_INT8_K:
+        acc = np.matmul(q.astype(np.float64) - zp, packed.emulated())
+    else:
+        b = packed.mkl(fns)
+        acc = scratch("lowp-acc", (m, packed.n), np.int32)
+        offset = (-zp * packed.colsum).astype(np.int32)  # |.| <= 255 * 127 * K: fits
+        fns.s8u8(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, _ROW_OFFSET, m, packed.n, k, 1.0,
+                 q.ctypes.data, k, 0, b.ctypes.data, packed.n, 0, 0.0, acc.ctypes.data,
+                 packed.n, offset.ctypes.data)
+    _dequantize(acc, out, multiplier)
+    return out
+
+
+# --- Numba conversions ----------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _to_bf16(bits, out):
+    """out = the bfloat16 bits of the float32 values whose bits are ``bits`` (2-D uint32):
+    round to nearest, ties to even; a NaN stays a (quiet) NaN."""
+    for i in range(bits.shape[0]):
+        for j in range(bits.shape[1]):
+            b = np.int64(bits[i, j])
+            nan = (b & 0x7FFFFFFF) > 0x7F800000
+            r = ((b >> 16) | 0x40) if nan else (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+            out[i, j] = np.uint16(r)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _quantize_u8(a, q, xs, zp):
+    """q = saturate(round_half_even(a / xs) + zp) to [0, 255], in float32 as the reference.
+
+    Rounding adds and subtracts 1.5 * 2**23 (exact ties-to-even below 2**22) after clamping
+    to +-512, which changes nothing once saturated; it vectorises where np.rint (float64 in
+    Numba) does not.
+    """
+    magic = np.float32(12582912.0)
+    lo, hi = np.float32(-512.0), np.float32(512.0)
+    zero, top = np.float32(0.0), np.float32(255.0)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            v = a[i, j] / xs
+            v = lo if v < lo else v
+            v = hi if v > hi else v
+            v = (v + magic) - magic + zp
+            v = zero if v < zero else v
+            q[i, j] = np.uint8(top if v > top else v)
+
+
+@njit(cache=True, nogil=True)
+def _dequantize(acc, out, multiplier):
+    """out[i, j] = float32(acc[i, j]) * multiplier[j] (acc: MKL's int32 or the emulation's
+    float64, both exact integers)."""
+    for i in range(acc.shape[0]):
+        row = out[i]
+        for j in range(acc.shape[1]):
+            row[j] = np.float32(acc[i, j]) * multiplier[j]

@@ -1,0 +1,312 @@
+"""Reduced-precision kernels (``ops/cpu/lowp.py``): FusedConv, FusedGemm and FusedMatMul with
+``precision`` "bf16" / "int8" against their references (the float32 op on fake-quantised
+operands, ``ops/quant.py``), on oneMKL's bf16 and s8u8s32 GEMMs and on the emulation
+(``TASKFLOW_LOWP=emulate``). Then: the precision really applies (results differ from float32,
+within the format's error), MKL and the emulation agree, the attributes are checked, the CPU
+features are read, and ``TASKFLOW_ISA=avx2`` reaches MKL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import taskflow.ops as ops
+from taskflow.ops.cpu import blas, lowp
+from taskflow.ops.cpu.common import is_channels_last
+from taskflow.ops.cpu.warmup import channels_last
+from taskflow.ops.quant import (
+    dynamic_qparams,
+    fake_quant_bf16,
+    fake_quant_u8,
+    quantize_weight_per_channel,
+)
+
+from taskflow.errors import UnsupportedOpError
+
+from .oracles import assert_close
+
+#: kernel vs reference: the same fake-quantised operands, another float32 summation order
+#: (MKL's blocking, NHWC rows; int8: an exact integer sum scaled once against a float32 sum of
+#: float32 products), on outputs of O(sqrt(K)).
+TOL = (1e-4, 1e-4)
+#: (precision, x_scale, x_zero_point): bf16, static int8 (a zero point far from 0, so a
+#: padding mistake shows), dynamic int8
+PRECISIONS = {"bf16": ("bf16", 0.0, 0), "int8": ("int8", 0.03, 200),
+              "int8-dynamic": ("int8", 0.0, 0)}
+
+
+@pytest.fixture(params=["mkl", "emulate"])
+def mode(request, monkeypatch):
+    """Run on oneMKL's reduced GEMMs, then on the emulation (read per call)."""
+    if request.param == "emulate":
+        monkeypatch.setenv("TASKFLOW_LOWP", "emulate")
+        assert lowp.lowp_backend("int8") == "emulated"
+    else:
+        monkeypatch.delenv("TASKFLOW_LOWP", raising=False)
+        if lowp._bindings() is None:
+            pytest.skip("no oneMKL reduced-precision GEMMs (mkl wheel missing or "
+                        "TASKFLOW_BLAS=numpy)")
+        assert lowp.lowp_backend("bf16").startswith("mkl-")
+    return request.param
+
+
+def attrs_of(precision: str) -> dict:
+    p, scale, zp = PRECISIONS[precision]
+    return {"precision": p, "x_scale": scale, "x_zero_point": zp}
+
+
+def check(op: str, args: list, attrs: dict) -> np.ndarray:
+    """The cpu kernel against the reference (on C-ordered copies); returns the kernel's."""
+    spec = ops.get(op)
+    want = spec.reference(*[None if a is None else np.ascontiguousarray(a) for a in args],
+                          **attrs)
+    got = spec.kernels["cpu"](*args, **attrs)
+    assert_close(got, want, rtol=TOL[0], atol=TOL[1], what=f"{op} {attrs}")
+    return got
+
+
+def rand(rng, *shape, cl=False):
+    x = rng.standard_normal(shape).astype(np.float32)
+    return channels_last(x) if cl else x
+
+
+# --- kernel vs reference ------------------------------------------------------------------------
+CONVS = {  # (input shape, weight shape, attributes): each GEMM path of conv_nhwc
+    "1x1": ((2, 16, 7, 7), (24, 16, 1, 1), {}),
+    "3x3-pad": ((2, 8, 9, 9), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "3x3-stride2": ((2, 8, 9, 9), (16, 8, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "grouped": ((2, 16, 8, 8), (32, 4, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}),
+    # Winograd's shape (3x3, stride 1, >= 40 channels): skipped for im2col + reduced GEMM
+    "winograd-shape": ((1, 48, 6, 6), (16, 48, 3, 3), {"pads": [1, 1, 1, 1]}),
+}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("path", CONVS)
+def test_fused_conv_matches_the_reference(path, precision, mode):
+    rng = np.random.default_rng(len(path))
+    xs, ws, attrs = CONVS[path]
+    m = ws[0]
+    x, w, b = rand(rng, *xs, cl=True), rand(rng, *ws), rand(rng, m)
+    y0 = ops.get("Conv").reference(x, w, None, **attrs)
+    z = rand(rng, *y0.shape, cl=True)
+    y = check("FusedConv", [x, w, b, z],
+              {**attrs, **attrs_of(precision), "activation": "LeakyRelu",
+               "activation_params": [0.1]})
+    assert is_channels_last(y)
+
+
+def test_int8_padding_is_the_zero_point(mode):
+    """Padding reads as 0, which quantises to the zero point: an input far from 0 (every pixel
+    positive, zero point 0) against one whose zero point is 255 (every pixel negative)."""
+    rng = np.random.default_rng(1)
+    w = rand(rng, 8, 4, 3, 3)
+    for x, zp in ((np.abs(rand(rng, 1, 4, 6, 6)) + 1, 0), (-np.abs(rand(rng, 1, 4, 6, 6)) - 1,
+                                                           255)):
+        check("FusedConv", [x, w], {"pads": [1, 1, 1, 1], "precision": "int8",
+                                    "x_scale": 0.02, "x_zero_point": zp})
+
+
+def test_dynamic_int8_takes_its_range_from_the_whole_input(mode, kernel_threads):
+    """Big enough that the kernel splits rows over threads: one scale for all slices."""
+    rng = np.random.default_rng(2)
+    x = rand(rng, 2, 32, 28, 28, cl=True)
+    x[1] *= 10  # the second sample alone decides the range
+    w, b = rand(rng, 64, 32, 3, 3), rand(rng, 64)
+    check("FusedConv", [x, w, b], {"pads": [1, 1, 1, 1], "precision": "int8",
+                                   "activation": "Relu"})
+    a = rand(rng, 300, 128)
+    a[-1] *= 10
+    check("FusedGemm", [a, rand(rng, 128, 96), None], {"precision": "int8"})
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_fused_gemm_matches_the_reference(trans_b, precision, mode):
+    rng = np.random.default_rng(trans_b)
+    a, bias = rand(rng, 70, 40), rand(rng, 30)
+    b = rand(rng, 30, 40) if trans_b else rand(rng, 40, 30)
+    check("FusedGemm", [a, b, bias], {"transB": trans_b, "alpha": 0.5, "beta": 2.0,
+                                      "activation": "Sigmoid", **attrs_of(precision)})
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_fused_matmul_matches_the_reference(precision, mode):
+    rng = np.random.default_rng(3)
+    check("FusedMatMul", [rand(rng, 3, 20, 40), rand(rng, 40, 24), rand(rng, 24)],
+          {"activation": "Gelu", **attrs_of(precision)})
+    # a transposed (non-contiguous) A is copied to rows first
+    check("FusedMatMul", [rand(rng, 40, 20).T, rand(rng, 40, 24)], attrs_of(precision))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_depthwise_runs_float32_on_fake_quantised_operands(precision, mode):
+    rng = np.random.default_rng(4)
+    check("FusedConv", [rand(rng, 2, 8, 7, 7, cl=True), rand(rng, 8, 1, 3, 3), rand(rng, 8)],
+          {"group": 8, "pads": [1, 1, 1, 1], "precision": precision, "activation": "Relu"})
+
+
+def test_matmul_with_a_batched_weight_ignores_the_precision(mode):
+    rng = np.random.default_rng(5)
+    a, b = rand(rng, 2, 6, 16), rand(rng, 2, 16, 8)
+    y = check("FusedMatMul", [a, b], {"precision": "int8"})
+    assert_close(y, ops.get("FusedMatMul").reference(a, b), rtol=TOL[0], atol=TOL[1])
+
+
+def test_one_weight_packed_for_each_precision(mode):
+    rng = np.random.default_rng(6)
+    x, w = rand(rng, 2, 8, 6, 6, cl=True), rand(rng, 16, 8, 3, 3)
+    for precision in ("bf16", "int8", "", "bf16"):
+        check("FusedConv", [x, w], {"pads": [1, 1, 1, 1], "precision": precision})
+
+
+# --- the precision really applies ---------------------------------------------------------------
+def test_bf16_differs_from_float32_within_bf16_error(mode):
+    rng = np.random.default_rng(7)
+    a, b = rand(rng, 64, 256), rand(rng, 256, 48)
+    y = ops.get("FusedGemm").kernels["cpu"](a, b, precision="bf16")
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.abs(y - exact).max() > 1e-3  # float32 would be ~1e-5
+    # each operand is off by at most 2**-9 relatively, so each product by 2**-8
+    bound = 2.0 ** -8 * (np.abs(a) @ np.abs(b)) + 1e-4
+    assert np.all(np.abs(y - exact) <= bound)
+
+
+def test_int8_is_within_quantisation_error_of_float32(mode):
+    rng = np.random.default_rng(8)
+    a, b = rand(rng, 64, 256), rand(rng, 256, 48)
+    y = ops.get("FusedMatMul").kernels["cpu"](a, b, precision="int8")
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    xs, _ = dynamic_qparams(a)
+    _, ws = quantize_weight_per_channel(b, 1)
+    assert np.abs(y - exact).max() > 1e-2
+    # |x' - x| <= xs/2 (no saturation: the range is a's own), |w' - w| <= ws/2 per column
+    bound = (xs / 2 * np.abs(b).sum(0) + np.abs(a) @ (np.ones_like(b) * ws / 2)
+             + a.shape[1] * xs * ws / 4 + 1e-4)
+    assert np.all(np.abs(y - exact) <= bound)
+    assert np.linalg.norm(y - exact) / np.linalg.norm(exact) < 0.02
+
+
+def test_mkl_and_the_emulation_agree(monkeypatch):
+    """int8 bit for bit (both sum the same integers exactly); bf16 to summation order."""
+    if lowp._bindings() is None:
+        pytest.skip("no oneMKL reduced-precision GEMMs")
+    rng = np.random.default_rng(9)
+    a, b = rand(rng, 33, 70)[:, 3:], rand(rng, 67, 19)  # a strided A
+    p8, p16 = lowp.pack_int8(b), lowp.pack_bf16(b)
+    out = {}
+    for env in ("", "emulate"):
+        monkeypatch.setenv("TASKFLOW_LOWP", env)
+        c = np.zeros((33, 40), np.float32)[:, 5:24]  # a strided output, as a group's columns
+        out[env] = (lowp.gemm_int8(a, p8, c, 0.05, 17).copy(),
+                    lowp.gemm_bf16(a, p16, np.empty((33, 19), np.float32)))
+    np.testing.assert_array_equal(out[""][0], out["emulate"][0])
+    assert_close(out[""][1], out["emulate"][1], rtol=1e-5, atol=1e-5)
+    ref = fake_quant_u8(a, 0.05, 17) @ (p8.values * p8.scale)
+    assert_close(out[""][0], ref, rtol=1e-5, atol=1e-5)
+    assert_close(out[""][1], fake_quant_bf16(a) @ fake_quant_bf16(b), rtol=1e-5, atol=1e-5)
+
+
+def test_conversions_round_like_the_reference():
+    """bf16: ties to even, overflow to inf, NaN kept; uint8: ties to even, saturation."""
+    bits = np.array([0x3F808000, 0x3F818000, 0x7F7FFFFF, 0xFF800000, 0x7FC00001, 0x00018000],
+                    np.uint32)
+    out = np.empty((1, 6), np.uint16)
+    lowp._to_bf16(bits.reshape(1, 6), out)
+    np.testing.assert_array_equal(out[0], [0x3F80, 0x3F82, 0x7F80, 0xFF80, 0x7FC0, 0x0002])
+    ref = fake_quant_bf16(bits.view(np.float32))
+    got = (out[0].astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(got, ref)
+    a = np.float32([[-0.5, 0.5, 1.5, 2.5, -600.0, 600.0, 126.5, -1e30]])
+    q = np.empty(a.shape, np.uint8)
+    lowp._quantize_u8(a, q, np.float32(1.0), np.float32(128))
+    np.testing.assert_array_equal(q[0], np.clip(np.rint(a[0]) + 128, 0, 255))
+
+
+# --- attributes, features, backends -------------------------------------------------------------
+@pytest.mark.parametrize("op, args", [
+    ("FusedConv", lambda rng: [rand(rng, 1, 4, 5, 5), rand(rng, 8, 4, 3, 3)]),
+    ("FusedGemm", lambda rng: [rand(rng, 4, 6), rand(rng, 6, 3)]),
+    ("FusedMatMul", lambda rng: [rand(rng, 4, 6), rand(rng, 6, 3)]),
+])
+@pytest.mark.parametrize("bad, match", [
+    ({"precision": "fp8"}, r"precision='fp8' is not supported \(allowed: '', 'bf16', 'int8'\)"),
+    ({"precision": "int8", "x_zero_point": 300}, r"x_zero_point=300"),
+    ({"precision": "int8", "x_scale": -1.0}, r"x_scale=-1.0"),
+])
+def test_invalid_precision_attributes_are_named(op, args, bad, match):
+    spec = ops.get(op)
+    inputs = args(np.random.default_rng(0))
+    for fn in (spec.reference, spec.kernels["cpu"]):
+        with pytest.raises(UnsupportedOpError, match=match):
+            fn(*inputs, **bad)
+
+
+def test_cpu_features_come_from_proc_cpuinfo():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":")[1].split()) for line in f
+                          if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    assert lowp.cpu_features() == {name for name in lowp.FEATURES if name in flags}
+    if "avx2" in flags:  # this machine: AVX2 and FMA, no VNNI or AMX
+        assert "avx2" in lowp.cpu_features()
+
+
+def test_backends_name_what_runs(monkeypatch):
+    assert lowp.lowp_backend("") == blas.backend()
+    monkeypatch.setenv("TASKFLOW_LOWP", "emulate")
+    assert lowp.lowp_backend("bf16") == lowp.lowp_backend("int8") == "emulated"
+    with pytest.raises(UnsupportedOpError, match="precision='fp16'"):
+        lowp.lowp_backend("fp16")
+
+
+def test_isa_cap_reaches_mkl_before_it_loads():
+    """``TASKFLOW_ISA=avx2`` is read when MKL loads, so in a fresh process (that loads only
+    blas.py: importing taskflow would take seconds): MKL's variable is set, MKL still runs
+    sequentially, and its GEMMs are right."""
+    if lowp._bindings() is None:
+        pytest.skip("no oneMKL")
+    code = (
+        "import importlib.util, os, sys, numpy as np\n"
+        "spec = importlib.util.spec_from_file_location('blas', sys.argv[1])\n"
+        "blas = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(blas)\n"
+        "a, b = np.ones((5, 7), np.float32), np.arange(21, dtype=np.float32).reshape(7, 3)\n"
+        "y = blas.gemm(a, b, np.empty((5, 3), np.float32))\n"
+        "print(blas.isa_cap(), os.environ['MKL_ENABLE_INSTRUCTIONS'], blas.backend(),"
+        " np.array_equal(y, a @ b))\n")
+    env = {**os.environ, "TASKFLOW_ISA": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code, blas.__file__], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["avx2", "AVX2", "mkl", "True"], out.stderr[-2000:]
+
+
+def test_a_capped_mkl_reports_its_capped_path(monkeypatch):
+    if lowp._bindings() is None:
+        pytest.skip("no oneMKL")
+    monkeypatch.setitem(blas._state, "isa", "avx2")
+    assert lowp.lowp_backend("int8") == lowp.lowp_backend("bf16") == "mkl-avx2"
+
+
+def test_weights_quantise_per_channel_and_dequantised_ones_stay_exact():
+    """max|w| / 127 per output channel for a float weight; a channel already on a coarser
+    symmetric grid (ONNX Runtime's 7-bit reduce_range, a per-tensor scale) keeps it."""
+    rng = np.random.default_rng(10)
+    w = rand(rng, 6, 20)
+    q, scale = quantize_weight_per_channel(w, 1)
+    np.testing.assert_array_equal(scale, np.abs(w).max(0) / np.float32(127))
+    assert np.abs(q).max() == 127
+    on_grid = rng.integers(-64, 65, (6, 20)).astype(np.float32)
+    on_grid[0] = 64  # each column reaches 64 somewhere
+    step = rng.uniform(1e-3, 1e-2, 20).astype(np.float32)
+    for w in (on_grid * step, on_grid * np.float32(0.003)):
+        q, scale = quantize_weight_per_channel(w, 1)
+        np.testing.assert_array_equal(q * scale, w)
+        np.testing.assert_array_equal(lowp.pack_int8(w).values, q)
