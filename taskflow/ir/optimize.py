@@ -18,6 +18,7 @@ from taskflow.ir.fuse_gelu import fuse_gelu
 from taskflow.ir.fuse_layernorm import fuse_add_layernorm
 from taskflow.ir.fuse_squeeze_excite import fuse_squeeze_excite
 from taskflow.ir.graph import Graph, Node
+from taskflow.ir.quantize import fuse_qdq
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -495,6 +496,9 @@ PASSES: dict[str, Callable[[Graph], Graph]] = {
     "fuse_add_layernorm": fuse_add_layernorm,
     "fuse_epilogues": fuse_epilogues,
     "fuse_squeeze_excite": fuse_squeeze_excite,  # after fuse_epilogues: matches FusedConv
+    # after fuse_epilogues (a QDQ conv fuses its bias and activation first) and
+    # fuse_squeeze_excite (which would drop an int8 conv's precision into its fp32 op)
+    "fuse_qdq": fuse_qdq,
     "fuse_channel_shuffle": fuse_channel_shuffle,
     "fold_shuffle_into_conv": fold_shuffle_into_conv,
     "eliminate_dead": eliminate_dead,
