@@ -137,6 +137,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="Dask priority of the job's tasks: higher runs first when jobs share "
                         "a cluster (default 0; negative for background work)")
     p.add_argument("--outputs", help="comma-separated model outputs to write (default: all)")
+    _precision_arg(p)
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="a progress bar on stderr (plain lines every 10 s and 10%% where "
                         "stderr is not a terminal), JSON lines on stdout, or none")
@@ -160,6 +161,14 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-storage-options", metavar="JSON|@FILE",
                    help="fsspec options for the output only, instead of --storage-options")
     _cluster_args(p)
+
+
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="fp32", metavar="fp32|bf16|int8",
+                   help="run the convolutions and matrix products in bf16 or dynamic int8 where "
+                        "that is measured faster on this machine (default fp32). An int8 file "
+                        "from `taskflow quantize` runs int8 in every quantised layer; with "
+                        "int8, only where measured faster")
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
@@ -283,15 +292,19 @@ class _ConnectionNoise(logging.Filter):
                 logger.addFilter(cls())
 
 
-def _load_runnable(path: str) -> Any:
-    """An ONNX model, or a pipeline from its file."""
+def _load_runnable(path: str, precision: str = "fp32") -> Any:
+    """An ONNX model (at ``precision``), or a pipeline from its file."""
     from taskflow.pipeline.config import is_pipeline_file, load_pipeline
 
     if is_pipeline_file(path):
+        if precision != "fp32":
+            raise TaskflowError(f"--precision {precision} applies to an ONNX model; {path!r} "
+                                "is a pipeline file: quantize its models with `taskflow "
+                                "quantize` and name the int8 files in it")
         return load_pipeline(path)
     from taskflow.model import load
 
-    return load(path)
+    return load(path, precision=precision)
 
 
 @command("run", _run_args)
@@ -326,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
                                   ("--output-storage-options", args.output_storage_options))}
     src_options, dst_options = side_options(*options.values())
     policies = policies_from_names(args.policy) if args.policy else None
-    model, sources = _load_runnable(args.model), _sources(args.input)
+    model, sources = _load_runnable(args.model, args.precision), _sources(args.input)
     # bad input is refused before a cluster starts (infer_zarr checks again, on its own)
     validate_feed(model, sources, preprocess, location(args.output), src_options)
     target_exists(location(args.output), dst_options)  # denied, or a missing bucket
@@ -413,6 +426,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
                    help="timed runs per runtime, interleaved; medians reported (default 5)")
     p.add_argument("--seq-len", type=int,
                    help="length of a transformer's sequence dimension (default 128; GPT 64)")
+    _precision_arg(p)
     p.add_argument("--no-dask", dest="dask", action="store_false",
                    help="skip taskflow on Dask (an embedded one-worker cluster, started here; "
                         "one model only: a table never runs Dask)")
@@ -429,20 +443,23 @@ def bench(args: argparse.Namespace) -> int:
     from taskflow.bench import suite
     from taskflow.bench.harness import PEERS
     from taskflow.errors import InputError
+    from taskflow.precision import check_precision
 
     if not (args.model or args.all or args.suite):
         raise InputError("give a MODEL, several, --suite light|modern|all or --all")
+    check_precision(args.precision)
     cases = [suite.case_for(m, args.batch_size, args.seq_len) for m in args.model]
     if len(cases) == 1 and not (args.all or args.suite or args.json):
         print(suite.run_case(cases[0], threads=args.threads, repeat=args.repeat,
                              dask=args.dask, peers=PEERS, cache_dir=args.cache,
-                             measure_peak=True))
+                             measure_peak=True, precision=args.precision))
         return 0
     if args.all or args.suite:
         cases += suite.suite_cases("all" if args.all else args.suite)
     result = suite.run_suite(cases, threads=args.threads, repeat=args.repeat,
                              cache_dir=args.cache,
-                             progress=lambda line: print(line, file=sys.stderr, flush=True))
+                             progress=lambda line: print(line, file=sys.stderr, flush=True),
+                             precision=args.precision)
     print(result.table())
     if args.json:
         with open(args.json, "w") as f:
@@ -471,6 +488,60 @@ def prune(args: argparse.Namespace) -> int:
     print(pruned.prune_report)
     print(f"saved {args.output}")
     return 0
+
+
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path to an ONNX model (fp32)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
+                   help="where to write the int8 model (ONNX QDQ form, loadable by ONNX Runtime)")
+    p.add_argument("--calibration", metavar="DATA.zarr",
+                   help="Zarr array or group (path or fsspec URL) of representative input rows, "
+                        "as the model takes them (required for --mode static). Without --eval "
+                        "its last 20%% of rows are held out: calibration uses the rest, the "
+                        "report compares int8 with fp32 on them")
+    p.add_argument("--eval", metavar="DATA.zarr",
+                   help="held-out rows to compare int8 with fp32 on (the first 512); all "
+                        "--calibration rows then calibrate")
+    p.add_argument("--mode", choices=("static", "dynamic"), default="static",
+                   help="static: activations quantised with calibrated ranges (default); "
+                        "dynamic: weights only, activation ranges measured per call")
+    p.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="how each activation's range is chosen from the calibration data "
+                        "(default minmax)")
+    p.add_argument("--percentile", type=float, default=99.999,
+                   help="for --method percentile (default 99.999)")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="one scale per weight tensor instead of per output channel")
+    p.add_argument("--input-name", metavar="NAME",
+                   help="the model input the --calibration array feeds (default: the only one)")
+    p.add_argument("--batch-size", type=_positive, default=32,
+                   help="rows per model run and per calibration task (default 32)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="calibrate on this Dask scheduler (default: an embedded local cluster)")
+    _cluster_args(p)
+
+
+@command("quantize", _quantize_args)
+def quantize(args: argparse.Namespace) -> int:
+    """Quantise a model to int8 (calibrated on a Zarr dataset on Dask) and save it as ONNX."""
+    from taskflow.dask.calibrate import quantize_files
+
+    report = quantize_files(
+        args.model, args.output, calibration=args.calibration, eval_data=args.eval,
+        mode=args.mode, method=args.method, percentile=args.percentile,
+        per_channel=not args.per_tensor, input_name=args.input_name,
+        batch_size=args.batch_size, cluster=lambda: _cluster(args))
+    print(report)
+    print(f"saved {args.output}")
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    from taskflow.dask.cluster import Cluster
+
+    if not getattr(args, "debug", False):
+        _ConnectionNoise.install()
+    return Cluster(args.scheduler, quiet=True, **_cluster_options(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

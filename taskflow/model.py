@@ -518,6 +518,147 @@ class Model:
         model.prune_report = report
         return model
 
+    def with_precision(self, precision: str = "bf16", *, choose: str = "measure",
+                       sample: Any = None) -> Model:
+        """A new model whose convolutions and matrix products run in bf16 or int8 where that
+        is faster here (this one is untouched).
+
+        Every Conv, Gemm and MatMul with a constant weight is a candidate. With
+        ``choose="measure"`` each candidate's reduced kernel is timed against its fp32 kernel
+        on the layer's own inputs (the model run once on ``sample``) and kept only where it
+        is faster: on a CPU without bf16/int8 matrix units (AVX2 only) most layers stay fp32;
+        with AMX or VNNI most run reduced. ``choose="all"`` keeps every candidate reduced.
+        ``"int8"`` here is dynamic int8 (each input's range measured per call, no
+        calibration: see :meth:`quantize` for static int8). Weights stay fp32 in the graph;
+        the kernels convert them once.
+
+        :meth:`save` still writes the fp32 model (the source graph): bf16 and dynamic int8
+        are how this process runs it, not a file format. ``quantize`` writes int8 files.
+
+        Parameters
+        ----------
+        precision : {"bf16", "int8", "fp32"}
+            The reduced precision; ``"fp32"`` drops any reduced layers.
+        choose : {"measure", "all"}
+            Keep the reduced kernel only where measured faster, or everywhere.
+        sample : array or dict of str to array, optional
+            The batch the layers are timed on (default: 8 rows of random normal data at the
+            input shapes, other symbolic dims at the sizes :meth:`info` uses).
+
+        Returns
+        -------
+        Model
+            With ``precision_report``, a :class:`taskflow.precision.CompressionReport`: each
+            candidate's :class:`~taskflow.precision.LayerChoice` (both timings, what runs).
+            :func:`taskflow.precision.evaluate` adds accuracy and speed on held-out data.
+
+        Raises
+        ------
+        InputError
+            An unknown ``precision`` or ``choose``, or a ``sample`` that does not fit.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from taskflow.demo import load_digits_model
+        >>> model = load_digits_model()
+        >>> bf16 = model.with_precision("bf16", choose="all")
+        >>> [layer.precision for layer in bf16.precision_report.layers]
+        ['bf16', 'bf16', 'bf16', 'bf16']
+        >>> x = np.random.default_rng(0).random((4, 1, 8, 8), np.float32)
+        >>> bool(np.allclose(bf16.run(None, {"input": x})[0],
+        ...                  model.run(None, {"input": x})[0], atol=0.02))
+        True
+        """
+        from taskflow.precision import with_precision
+
+        return with_precision(self, precision, choose=choose, sample=sample)
+
+    def quantize(self, calibration: Any = None, *, mode: str = "static",
+                 per_channel: bool = True, method: str = "minmax",
+                 percentile: float = 99.999, client: Any = None, batch_size: int = 32,
+                 input_name: str | None = None, choose: str = "measure") -> Model:
+        """A new int8 model: ONNX QDQ form, calibrated on ``calibration`` (this one is
+        untouched).
+
+        Static (the default): the fp32 model runs over the calibration rows and records the
+        range of the input of every Conv, Gemm and MatMul with a constant weight (min/max, a
+        percentile or the entropy threshold); each such input is then quantised to u8 with
+        that range, and each weight to int8 (symmetric, per output channel unless
+        ``per_channel=False``). Dynamic: weights int8, each input's range measured per call
+        (no calibration). The new model's optimiser fuses each quantised layer into an int8
+        kernel; as in :meth:`with_precision` a layer whose int8 kernel is measured slower than
+        fp32 here runs fp32 (``choose="all"``: none does).
+
+        :meth:`save` writes the QDQ model (int8 weights: about 4x smaller, every layer
+        quantised whatever ran here), which ONNX Runtime loads too.
+
+        Parameters
+        ----------
+        calibration : array, dict of str to array, dask array, or str
+            Representative rows (a few hundred are usually enough): one array for a one-input
+            model, a dict by input name, a Dask array, or the path or URL of a Zarr array or
+            group (read by the workers of a Dask cluster: ``client``, else a temporary local
+            cluster; only statistics travel back). Not needed for ``mode="dynamic"``.
+        mode : {"static", "dynamic"}
+        per_channel : bool
+            One weight scale per output channel (True) or per tensor.
+        method : {"minmax", "percentile", "entropy"}
+            How a range is chosen from the calibration statistics
+            (:func:`taskflow.ir.calibrate.choose_ranges`).
+        percentile : float
+            For ``method="percentile"``.
+        client : distributed.Client, optional
+            The cluster a Dask array or Zarr store is calibrated on.
+        batch_size : int
+            Rows per model run (per task on a cluster).
+        input_name : str, optional
+            The input ``calibration`` feeds when it is one array (default: the only input).
+        choose : {"measure", "all"}
+            As in :meth:`with_precision`.
+
+        Returns
+        -------
+        Model
+            Its ``source_graph`` is the QDQ graph; ``precision_report`` a
+            :class:`taskflow.precision.CompressionReport` (sizes and per-layer choices;
+            :func:`taskflow.precision.evaluate` adds accuracy and speed).
+
+        Raises
+        ------
+        InputError
+            No calibration for static mode, an unknown option, or data that does not fit the
+            model's inputs.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from taskflow.demo import load_digits, load_digits_model
+        >>> images, labels, test_idx = load_digits()
+        >>> x = (images / 16).astype(np.float32)
+        >>> model = load_digits_model()
+        >>> int8 = model.quantize(x[:300])
+        >>> int8.precision_report.size_ratio > 3.5
+        True
+        >>> a = int8.run(None, {"input": x[test_idx]})[0].argmax(1)
+        >>> b = model.run(None, {"input": x[test_idx]})[0].argmax(1)
+        >>> bool((a == b).mean() > 0.98)
+        True
+        """
+        from taskflow.precision import quantize
+
+        return quantize(self, calibration, mode=mode, per_channel=per_channel, method=method,
+                        percentile=percentile, client=client, batch_size=batch_size,
+                        input_name=input_name, choose=choose)
+
+    def _derived(self, graph: Graph) -> Model:
+        """A model running ``graph`` as given (already optimised: no passes run again) that
+        keeps this model's source graph, device and optimisation report."""
+        model = Model(graph, device=self.device, strict=self.strict, optimize=False)
+        model.source_graph = self.source_graph
+        model.optimize_report = self.optimize_report
+        return model
+
     def __repr__(self) -> str:
         return (f"Model({self.graph.name!r}, inputs={self.graph.input_names}, "
                 f"outputs={self.graph.output_names}, nodes={len(self.graph.nodes)})")
@@ -569,7 +710,8 @@ class Model:
 
 
 def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
-         strict: bool = False, fix_batch: bool | None = None, optimize: bool = True) -> Model:
+         strict: bool = False, fix_batch: bool | None = None, optimize: bool = True,
+         precision: str = "fp32") -> Model:
     """Load an ONNX model (path, bytes or ``onnx.ModelProto``) as a :class:`Model`.
 
     Parameters
@@ -582,6 +724,11 @@ def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
         Make a batch-1 export's batch dimension symbolic (None: where sound).
     optimize : bool
         Run the graph optimisation passes (default, like ONNX Runtime).
+    precision : {"fp32", "bf16", "int8"}
+        Run the layers whose reduced kernel is measured faster here in bf16 or dynamic int8
+        (:meth:`Model.with_precision`). An int8 QDQ file (:meth:`Model.quantize`) runs every
+        quantised layer int8 with ``"fp32"``; with ``"int8"`` only those measured faster (its
+        calibration kept), the others fp32.
 
     Examples
     --------
@@ -592,5 +739,10 @@ def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
     """
     from taskflow.frontend.onnx_import import load_onnx
 
+    if precision != "fp32":
+        from taskflow.precision import check_precision
+
+        check_precision(precision)  # before the file is read
     graph = load_onnx(source, fix_batch=fix_batch)
-    return Model(graph, device=device, strict=strict, optimize=optimize)
+    model = Model(graph, device=device, strict=strict, optimize=optimize)
+    return model if precision == "fp32" else model.with_precision(precision)

@@ -42,6 +42,8 @@ DOCTEST_MODULES = [
     "taskflow.schedulers.plugin", "taskflow.schedulers.snapshot", "taskflow.stream.report",
     "taskflow.stream.infer", "taskflow.dashboard.extension", "taskflow.dask.cluster",
     "taskflow.pipeline.core", "taskflow.pipeline.steps", "taskflow.pipeline.config",
+    "taskflow.precision.report", "taskflow.precision.measure", "taskflow.precision.calibration",
+    "taskflow.dask.calibrate",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys

@@ -22,7 +22,7 @@ STAGES = [
     ("taskflow.ir",),
     ("taskflow.frontend",),
     ("taskflow.executor",),
-    ("taskflow.model",),
+    ("taskflow.model", "taskflow.precision"),
     ("taskflow.pipeline",),
     ("taskflow.dashboard",),
     ("taskflow.schedulers",),
@@ -39,6 +39,10 @@ UPWARD = {
         "Pipeline.predict lowers to Dask on first use, as Model.predict does",
     ("taskflow.frontend.nn", "taskflow.model"):
         "Sequential.to_model() wraps the graph it builds in a Model, a convenience",
+    ("taskflow.precision.calibration", "taskflow.dask.calibrate"):
+        "Model.quantize on a Dask array or Zarr store calibrates on a cluster, on first use",
+    ("taskflow.dask.calibrate", "taskflow.stream.sources"):
+        "a Zarr calibration source is resolved exactly as taskflow run resolves --input",
 }
 MAX_TOP_MODULES = 12
 

@@ -310,7 +310,7 @@ def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5
                 peers: Sequence[str] = PEERS, dask: bool = True, seed: int = 0,
                 seq: int = SEQUENCE, feed: Mapping[str, np.ndarray] | None = None,
                 extra_peers: Mapping[str, Callable[[Any], Any]] | None = None,
-                measure_peak: bool = True) -> BenchResult:
+                measure_peak: bool = True, precision: str = "fp32") -> BenchResult:
     """Throughput of ``spec`` (path or light-model name) in taskflow, in-process and (with
     ``dask``) on an embedded one-worker Dask cluster, and in its peers.
 
@@ -322,6 +322,8 @@ def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5
     interleaved with the rest, after the built-in ones (a model's own PyTorch module, for one).
     FLOPs per image are counted at the feed's sizes (:func:`feed_dims`). ``measure_peak``
     measures the sgemm peak for :attr:`BenchResult.gflops`' share (a suite measures it once).
+    ``precision`` ``"bf16"``/``"int8"`` runs taskflow's layers that are measured faster so
+    (:meth:`taskflow.Model.with_precision`); the peers stay fp32.
 
     Kernel threads are applied once for the whole run and restored at the end; the cluster is
     closed at the end, whatever happens.
@@ -342,7 +344,7 @@ def bench_model(spec: str, *, batch: int = 32, threads: int = 2, repeat: int = 5
             start = time.perf_counter()
             warmup()
             compile_s = time.perf_counter() - start
-            model = load(path)
+            model = load(path, precision=precision)
             first, warm = warmup_model(model)
             if feed is None:
                 feed = sample_feed(model.graph, batch, seq, seed)

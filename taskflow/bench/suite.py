@@ -209,6 +209,7 @@ def run_case(
     peers: Sequence[str] = SUITE_PEERS,
     cache_dir: str | os.PathLike | None = None,
     measure_peak: bool = False,
+    precision: str = "fp32",
 ) -> BenchResult:
     """Time one case: an export is made (or taken from the cache) and fed the registry's
     inputs, and PyTorch is its own module; anything else runs as :func:`bench_model` has it."""
@@ -222,6 +223,7 @@ def run_case(
             dask=dask,
             seq=case.seq or 128,
             measure_peak=measure_peak,
+            precision=precision,
         )
     models = export_registry()
     path = exported(case.name, cache_dir)
@@ -241,6 +243,7 @@ def run_case(
         feed=feed,
         extra_peers=extra,
         measure_peak=measure_peak,
+        precision=precision,
     )
     result.model = case.name
     return result
@@ -255,6 +258,7 @@ def run_suite(
     cache_dir: str | os.PathLike | None = None,
     peak_size: int = PEAK_GEMM_SIZE,
     progress: Callable[[str], None] | None = None,
+    precision: str = "fp32",
 ) -> SuiteResult:
     """Time every case (see :func:`run_case`) in one run; a case that cannot run becomes a
     row with the reason. ``progress`` gets a line per finished case."""
@@ -282,7 +286,8 @@ def run_suite(
                 case.label,
                 case.batch,
                 result=run_case(
-                    case, threads=threads, repeat=repeat, peers=peers, cache_dir=cache_dir
+                    case, threads=threads, repeat=repeat, peers=peers, cache_dir=cache_dir,
+                    precision=precision,
                 ),
             )
         except SkipCase as exc:
