@@ -7,6 +7,7 @@ on every worker, present and future, and the taskflow scheduler plugin once it e
 from __future__ import annotations
 
 import importlib
+import logging
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -58,6 +59,40 @@ class CompressionPlugin(WorkerPlugin):
 
     def setup(self, worker: Any, **kwargs: Any) -> None:
         dask.config.set({"distributed.comm.compression": check_compression(self.codec)})
+
+
+class _HeartbeatNoise(logging.Filter):
+    """Drops the traceback a worker logs when its heartbeat meets a scheduler already gone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from distributed.comm import CommClosedError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, CommClosedError)
+                    and str(record.msg).startswith("Failed to communicate with scheduler"))
+
+
+class QuietShutdownPlugin(WorkerPlugin):
+    """On the worker processes of a cluster taskflow started (and closes): no traceback when
+    closing races a heartbeat.
+
+    Closing a LocalCluster stops its scheduler, then its workers; a heartbeat in flight then
+    fails, and ``distributed.worker`` logs the ``CommClosedError`` with its traceback to the
+    stderr the worker shares with ``taskflow run`` (seen under load: a command that ends in one
+    error line printed a traceback after it). Only for owned clusters: there the scheduler
+    lives in this process, so its loss is the shutdown (or reported by the client in one line).
+
+    Examples
+    --------
+    >>> client.register_plugin(QuietShutdownPlugin())           # doctest: +SKIP
+    """
+
+    name = "taskflow-quiet-shutdown"
+
+    def setup(self, worker: Any, **kwargs: Any) -> None:
+        logger = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _HeartbeatNoise) for f in logger.filters):
+            logger.addFilter(_HeartbeatNoise())
 
 
 def _thread_report(dask_worker: Any) -> dict[str, Any] | None:
@@ -159,6 +194,7 @@ class Cluster:
         self.address = address
         self.compression = None if compression is None else check_compression(compression)
         self._owned: LocalCluster | None = None
+        self._processes = False  # an owned cluster of worker processes
         self.client: Client | None = None
         self._closed = False
         try:
@@ -229,6 +265,7 @@ class Cluster:
             # once at load, and Numba sizes its pool (the default of every thread) at import.
             k = str(plan.kernel_threads)
             extra["env"] = {**dict.fromkeys(KERNEL_ENV_VARS, k), "NUMBA_NUM_THREADS": k}
+        self._processes = processes
         self._owned = LocalCluster(
             n_workers=plan.workers, threads_per_worker=plan.threads_per_worker,
             processes=processes, dashboard_address=dashboard_address,
@@ -281,6 +318,8 @@ class Cluster:
             except Exception:  # noqa: BLE001 - not registered, or the scheduler is gone
                 pass
             raise
+        if self._owned is not None and self._processes:
+            self.client.register_plugin(QuietShutdownPlugin(), name=QuietShutdownPlugin.name)
         schedulers = importlib.import_module("taskflow.schedulers")
         scheduler_plugin = getattr(schedulers, "TaskflowSchedulerPlugin", None)
         if scheduler_plugin is not None:  # given policies replace a preloaded plugin
