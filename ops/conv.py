@@ -285,13 +285,14 @@ def fused_conv(X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None,
                strides: Sequence[int] | None = None, activation: str = "",
                activation_params: Sequence[float] | None = None,
                channel_shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
-               x_zero_point: int = 0) -> np.ndarray:
+               x_zero_point: int = 0, sparse: int = 0) -> np.ndarray:
     """Y = activation(Conv(X', W', B) + Z), its channels then shuffled in ``channel_shuffle``
     groups when that is > 1 (ShuffleNet's shuffle after a grouped convolution, folded in).
 
     X' = X and W' = W, or with ``precision`` "bf16" / "int8" (and, for int8, ``x_scale``
     and ``x_zero_point``: 0 = dynamic) the fake-quantised operands of
-    :func:`.quant.fake_quant_operands`, W per output channel (axis 0)."""
+    :func:`.quant.fake_quant_operands`, W per output channel (axis 0). ``sparse`` chooses a
+    kernel (1x1 convolutions by W's non-zeros only), not a result: the reference ignores it."""
     if precision:
         from .quant import fake_quant_operands  # here: quant imports this module
 

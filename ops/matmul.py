@@ -73,12 +73,14 @@ def fused_gemm_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any], **attr
 def fused_gemm(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *,
                alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0,
                activation: str = "", activation_params: Sequence[float] | None = None,
-               precision: str = "", x_scale: float = 0.0, x_zero_point: int = 0) -> np.ndarray:
+               precision: str = "", x_scale: float = 0.0, x_zero_point: int = 0,
+               sparse: int = 0) -> np.ndarray:
     """Y = activation(alpha * A' @ B' + beta * C).
 
     With ``precision`` "bf16" / "int8" (and, for int8, ``x_scale`` and ``x_zero_point``:
     0 = dynamic), A and B are first fake-quantised (:func:`.quant.fake_quant_operands`), B per
-    output channel (axis 1, or 0 when ``transB``)."""
+    output channel (axis 1, or 0 when ``transB``). ``sparse`` (1: multiply by B's non-zeros
+    only) chooses a kernel, not a result: the reference ignores it."""
     if precision:
         from .quant import fake_quant_operands  # here: quant imports this module
 
@@ -119,13 +121,13 @@ def fused_matmul_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any],
 def fused_matmul(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = None, *,
                  activation: str = "", activation_params: Sequence[float] | None = None,
                  precision: str = "", x_scale: float = 0.0,
-                 x_zero_point: int = 0) -> np.ndarray:
+                 x_zero_point: int = 0, sparse: int = 0) -> np.ndarray:
     """Y = activation(A @ B + bias).
 
     With ``precision`` "bf16" / "int8" (and, for int8, ``x_scale`` and ``x_zero_point``:
     0 = dynamic) and a 2-D B, A and B are first fake-quantised
     (:func:`.quant.fake_quant_operands`), B per output channel (axis 1); a B of another rank
-    keeps float32."""
+    keeps float32. ``sparse`` chooses a kernel, not a result: the reference ignores it."""
     if precision:
         from .quant import check_precision, fake_quant_operands  # quant imports this module
 

@@ -43,7 +43,8 @@ DOCTEST_MODULES = [
     "taskflow.stream.infer", "taskflow.dashboard.extension", "taskflow.dask.cluster",
     "taskflow.pipeline.core", "taskflow.pipeline.steps", "taskflow.pipeline.config",
     "taskflow.precision.report", "taskflow.precision.measure", "taskflow.precision.calibration",
-    "taskflow.dask.calibrate",
+    "taskflow.dask.calibrate", "taskflow.precision.sparse", "taskflow.ir.prune",
+    "taskflow.ops.cpu.sparse",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys

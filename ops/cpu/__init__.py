@@ -13,6 +13,8 @@ the packed-weight cache; :mod:`.warmup` compiles them all (``taskflow warmup``).
     blas.py      the GEMM all of them call (oneMKL's sequential sgemm, else numpy's)
     lowp.py      bf16 and int8 GEMMs of FusedConv/Gemm/MatMul's ``precision`` (oneMKL, else
                  emulated); cpu_features, lowp_backend
+    sparse.py    CSR weights of FusedConv/Gemm/MatMul's ``sparse`` (oneMKL's sparse BLAS, else
+                 a Numba loop); sparse_backend
     attention.py batched MatMul, FusedAttention (strided batch GEMMs per group of heads)
     skip_norm.py FusedAddLayerNorm (residual add + LayerNormalization, one pass per row)
     squeeze_excite.py  FusedSqueezeExcite (pool, two GEMVs, scale: one sweep per sample)

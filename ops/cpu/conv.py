@@ -19,6 +19,8 @@ FusedConv's ``precision`` ("bf16", "int8") swaps each GEMM of the 1x1 and im2col
 copy, so padding (zeros) becomes the zero point, as in the reference. Winograd is skipped; a
 depthwise convolution runs its float32 loops on the fake-quantised input and weight (the
 reference's definition; the precision passes do not mark depthwise layers).
+``sparse=1`` makes the 1x1 path (one group, float32, no precision) multiply by W in CSR
+(:mod:`.sparse`); other convolutions ignore it.
 
 Slices are the tasks the kernel threads share (:func:`.common.run_tasks`); after each
 slice's GEMM the epilogue (bias, residual, activation) runs on that slice while it is still in
@@ -39,7 +41,7 @@ from ..conv import fused_conv as fused_conv_reference
 from ..conv import resolve_pads, spatial_attrs
 from ..quant import dynamic_qparams, fake_quant_bf16, fake_quant_u8, quantize_weight_per_channel
 from ..registry import register_kernel
-from . import lowp, winograd
+from . import lowp, sparse, winograd
 from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -224,13 +226,14 @@ def _fake_quant_weight(w: np.ndarray, precision: str) -> np.ndarray:
 def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarray | None,
               group: int, s, d, pb, out, act: tuple[int, float, float],
               shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
-              x_zp: int = 0) -> np.ndarray:
+              x_zp: int = 0, use_sparse: int = 0) -> np.ndarray:
     """The NHWC convolution with epilogue (and, for ``shuffle`` > 1, its output channels
     shuffled in that many groups); returns the logical NCHW view of the output.
 
     ``precision`` "bf16" / "int8" (float32 ``x`` only) runs the reduced-precision GEMMs of
     :mod:`.lowp`; for int8 with ``x_scale`` 0 the scale and zero point come from the whole
-    ``x`` (:func:`taskflow.ops.quant.dynamic_qparams`), before it is split into slices."""
+    ``x`` (:func:`taskflow.ops.quant.dynamic_qparams`), before it is split into slices.
+    ``use_sparse`` runs a float32 1x1 one-group convolution's GEMMs on W in CSR."""
     n, c = x.shape[:2]
     m, cg, kh, kw = w.shape
     ho, wo = out
@@ -284,10 +287,14 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         return packed(w, (f"{how}-{precision}", group),
                       lambda a: [pack(g) for g in layout(a.astype(np.float32))])
 
+    csr = None
     if kh == kw == 1 and s == (1, 1) and not any(pb):
         # 1x1: the input is the column matrix; the weight's transpose is a view
         x2d = xh.reshape(rows, c)
-        if group > 1 and c <= DENSE_GROUPED_MAX_CHANNELS and cg < DENSE_GROUPED_MAX_PER_GROUP \
+        if use_sparse and group == 1 and pack is None and dtype == np.float32:
+            csr = packed(w, ("csr", False), lambda a: sparse.pack_csr(a.reshape(m, c)))
+            wt = None
+        elif group > 1 and c <= DENSE_GROUPED_MAX_CHANNELS and cg < DENSE_GROUPED_MAX_PER_GROUP \
                 and np.isfinite(np.sum(x2d)):
             # few, narrow groups: one GEMM with the block-diagonal weight beats one BLAS call
             # per group, whose packing dominates at K = 3-16 (ShuffleNet's first 1x1 with
@@ -323,7 +330,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             src = x2d[r0:r1]
         for g in range(group):
             a, dst = src[:, g * kdim:(g + 1) * kdim], y2d[r0:r1, c0 + g * mg:c0 + (g + 1) * mg]
-            if pack is None:
+            if csr is not None:
+                sparse.csr_matmul(a, csr, dst)
+            elif pack is None:
                 gemm(a, wt[g], dst)
             elif precision == "bf16":
                 lowp.gemm_bf16(a, wt[g], dst)
@@ -350,7 +359,7 @@ def _shuffle_in_place(y, c0, m, group, tmp):
 
 
 def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act,
-          shuffle=0, lowp_attrs=("", 0.0, 0)):
+          shuffle=0, lowp_attrs=("", 0.0, 0), use_sparse=0):
     if act is None or not fast_dtype(X, W) or (B is not None and B.dtype != X.dtype):
         return None
     if lowp_attrs is None or (lowp_attrs[0] and X.dtype != np.float32):
@@ -367,7 +376,7 @@ def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, a
         return None
     if shuffle and (shuffle < 1 or W.shape[0] % shuffle):
         return None  # the reference says why
-    return conv_nhwc(X, W, B, Z, group, s, d, pb, out, act, shuffle, *lowp_attrs)
+    return conv_nhwc(X, W, B, Z, group, s, d, pb, out, act, shuffle, *lowp_attrs, use_sparse)
 
 
 @register_kernel("Conv", "cpu")
@@ -393,21 +402,23 @@ def fused_conv_cpu(X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None,
                    activation: str = "",
                    activation_params: Sequence[float] | None = None,
                    channel_shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
-                   x_zero_point: int = 0) -> np.ndarray:
+                   x_zero_point: int = 0, sparse: int = 0) -> np.ndarray:
     """FusedConv: the convolution's GEMM output gets bias, residual and activation in place
     (and the channel shuffle, row by row, while the rows are in cache); with a
-    ``precision``, the GEMMs are :mod:`.lowp`'s bf16 or int8 ones."""
+    ``precision``, the GEMMs are :mod:`.lowp`'s bf16 or int8 ones; with ``sparse``, a 1x1
+    convolution's are the CSR products of :mod:`.sparse`."""
     act = activation_code(activation, activation_params)
     shuffle = int(channel_shuffle) if int(channel_shuffle) > 1 else 0
     y = _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act,
-              shuffle, lowp.precision_attrs(precision, x_scale, x_zero_point))
+              shuffle, lowp.precision_attrs(precision, x_scale, x_zero_point), int(sparse))
     if y is None:
         return fused_conv_reference(X, W, B, Z, auto_pad=auto_pad, dilations=dilations,
                                     group=group, kernel_shape=kernel_shape, pads=pads,
                                     strides=strides, activation=activation,
                                     activation_params=activation_params,
                                     channel_shuffle=channel_shuffle, precision=precision,
-                                    x_scale=x_scale, x_zero_point=x_zero_point)
+                                    x_scale=x_scale, x_zero_point=x_zero_point,
+                                    sparse=sparse)
     return y
 
 

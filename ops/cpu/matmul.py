@@ -8,7 +8,8 @@ broadcasts of ``C``, half precision and FusedMatMul with a non-vector bias take 
 reference's route.
 
 FusedGemm and FusedMatMul (with a 2-D B) with a ``precision`` ("bf16", "int8") multiply with
-:mod:`.lowp`'s reduced GEMMs instead, on B packed once, in the same row blocks.
+:mod:`.lowp`'s reduced GEMMs instead, on B packed once, in the same row blocks; with
+``sparse=1`` (and no precision, float32) by B in CSR (:mod:`.sparse`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .blas import backend
 from .blas import gemm as blas_gemm
 from .common import TASKS_PER_THREAD, fast_dtype, packed, run_tasks, threads, vector
 from .epilogue import activation_code, apply_epilogue
+from .sparse import sparse_matmul
 
 #: Smallest block of a split GEMM: below it BLAS's per-call packing dominates.
 MIN_BLOCK = 64
@@ -119,7 +121,7 @@ def _row_vector(c: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray | N
 
 
 def _gemm(A, B, C, alpha, beta, transA, transB, act,
-          lowp_attrs=("", 0.0, 0)) -> np.ndarray | None:
+          lowp_attrs=("", 0.0, 0), sparse=0) -> np.ndarray | None:
     if act is None or A.ndim != 2 or B.ndim != 2 or not fast_dtype(A, B):
         return None
     if lowp_attrs is None or (lowp_attrs[0] and A.dtype != np.float32):
@@ -135,7 +137,12 @@ def _gemm(A, B, C, alpha, beta, transA, transB, act,
             return None
         if beta != 1:
             bias = bias * A.dtype.type(beta)
-    y = lowp_matmul(a, B, transB, *lowp_attrs) if lowp_attrs[0] else parallel_matmul(a, b)
+    if lowp_attrs[0]:
+        y = lowp_matmul(a, B, transB, *lowp_attrs)
+    elif sparse and A.dtype == np.float32:
+        y = sparse_matmul(a, B, bool(transB))
+    else:
+        y = parallel_matmul(a, b)
     if alpha != 1:
         y *= A.dtype.type(alpha)
     apply_epilogue(y, bias, None, act)
@@ -157,16 +164,18 @@ def fused_gemm_cpu(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *,
                    alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0,
                    activation: str = "", activation_params: Sequence[float] | None = None,
                    precision: str = "", x_scale: float = 0.0,
-                   x_zero_point: int = 0) -> np.ndarray:
+                   x_zero_point: int = 0, sparse: int = 0) -> np.ndarray:
     """FusedGemm: ``C`` and the activation applied in one pass over the GEMM output; with a
-    ``precision``, the product is :mod:`.lowp`'s bf16 or int8 GEMM."""
+    ``precision``, the product is :mod:`.lowp`'s bf16 or int8 GEMM; with ``sparse``, the CSR
+    product of :mod:`.sparse`."""
     y = _gemm(A, B, C, alpha, beta, transA, transB,
               activation_code(activation, activation_params),
-              lowp.precision_attrs(precision, x_scale, x_zero_point))
+              lowp.precision_attrs(precision, x_scale, x_zero_point), int(sparse))
     if y is None:
         return fused_gemm(A, B, C, alpha=alpha, beta=beta, transA=transA, transB=transB,
                           activation=activation, activation_params=activation_params,
-                          precision=precision, x_scale=x_scale, x_zero_point=x_zero_point)
+                          precision=precision, x_scale=x_scale, x_zero_point=x_zero_point,
+                          sparse=sparse)
     return y
 
 
@@ -174,9 +183,10 @@ def fused_gemm_cpu(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *,
 def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = None, *,
                      activation: str = "", activation_params: Sequence[float] | None = None,
                      precision: str = "", x_scale: float = 0.0,
-                     x_zero_point: int = 0) -> np.ndarray:
+                     x_zero_point: int = 0, sparse: int = 0) -> np.ndarray:
     """FusedMatMul: bias over the last axis and the activation in one pass; with a
-    ``precision`` and a 2-D B, the product is :mod:`.lowp`'s bf16 or int8 GEMM."""
+    ``precision`` and a 2-D B, the product is :mod:`.lowp`'s bf16 or int8 GEMM; with
+    ``sparse`` (float32, 2-D B), the CSR product of :mod:`.sparse`."""
     act = activation_code(activation, activation_params)
     attrs = lowp.precision_attrs(precision, x_scale, x_zero_point)
     reduced = attrs is not None and attrs[0] and B.ndim == 2 and A.shape[-1:] == B.shape[:1]
@@ -185,6 +195,9 @@ def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = Non
             and (not reduced or A.dtype == np.float32):
         if reduced:
             y = lowp_matmul(A.reshape(-1, A.shape[-1]), B, False, *attrs)
+            y = y.reshape(*A.shape[:-1], B.shape[1])
+        elif sparse and B.ndim == 2 and A.shape[-1:] == B.shape[:1] and A.dtype == np.float32:
+            y = sparse_matmul(A.reshape(-1, A.shape[-1]), B)
             y = y.reshape(*A.shape[:-1], B.shape[1])
         elif A.ndim == 2 and B.ndim == 2:
             y = parallel_matmul(A, B)
@@ -204,4 +217,5 @@ def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = Non
             apply_epilogue(y.reshape(-1, n), vec, None, act)
             return y
     return fused_matmul(A, B, bias, activation=activation, activation_params=activation_params,
-                        precision=precision, x_scale=x_scale, x_zero_point=x_zero_point)
+                        precision=precision, x_scale=x_scale, x_zero_point=x_zero_point,
+                        sparse=sparse)

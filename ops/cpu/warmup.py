@@ -39,6 +39,15 @@ def _w(*shape: int):
     return lambda rng, dtype, batch: rng.standard_normal(shape).astype(dtype)
 
 
+def _pruned(*shape: int, sparsity: float = 0.9):
+    """A weight with ``sparsity`` of its elements zeroed (unstructured pruning's)."""
+    def make(rng: np.random.Generator, dtype: Any, batch: int | None) -> np.ndarray:
+        w = rng.standard_normal(shape).astype(dtype)
+        w[rng.random(shape) < sparsity] = 0
+        return w
+    return make
+
+
 def _positive(*shape: int):
     return lambda rng, dtype, batch: rng.uniform(0.5, 1.5, shape).astype(dtype)
 
@@ -79,6 +88,12 @@ CASES: list[Case] = [
      {"precision": "int8", "x_scale": 0.03, "x_zero_point": 128}),
     ("FusedGemm", _inputs(_x(4, 16), _w(8, 16), _w(8)), {"transB": 1, "precision": "int8"}),
     ("FusedMatMul", _inputs(_x(2, 4, 16), _w(16, 8), _w(8)), {"precision": "bf16"}),
+    # sparse weights (ops/cpu/sparse.py): the Numba CSR loop (small), MKL's (larger), 1x1 conv
+    ("FusedGemm", _inputs(_x(4, 16), _pruned(8, 16), _w(8)),
+     {"transB": 1, "activation": "Relu", "sparse": 1}),
+    ("FusedMatMul", _inputs(_x(2, 40, 64), _pruned(64, 48), _w(48)), {"sparse": 1}),
+    ("FusedConv", _inputs(_x(2, 32, 9, 9, cl=True), _pruned(24, 32, 1, 1), _w(24)),
+     {"activation": "Relu", "sparse": 1}),
     ("Gemm", _inputs(_x(4, 16), _w(8, 16), _w(8)), {"transB": 1}),
     ("FusedGemm", _inputs(_x(4, 16), _w(16, 8), _w(1, 8)), {"activation": "Sigmoid"}),
     ("FusedMatMul", _inputs(_x(2, 4, 16), _w(16, 8), _w(8)), {"activation": "Gelu"}),

@@ -4,8 +4,10 @@ Structured pruning removes whole output channels of a Conv/Gemm/MatMul (smallest
 together with everything that depends on them: the bias, the per-channel constants of the
 channel-wise ops in between (BatchNormalization, bias Add, activations, pooling, ...) and the
 matching input channels of the one contraction that reads them. The dense model shrinks, so it
-runs faster with the ordinary kernels. Unstructured pruning zeroes the smallest weights in place
-and keeps the dense kernels: no sparse kernel has been measured faster here yet.
+runs faster with the ordinary kernels. Unstructured pruning zeroes the smallest weights in place;
+the graph stays dense (standard ONNX). Which layers then multiply by their non-zeros only (CSR,
+:mod:`taskflow.ops.cpu.sparse`) is measured per layer by :meth:`taskflow.Model.prune`
+(:mod:`taskflow.precision.sparse`), which records each choice here as a :class:`SparseChoice`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ PRUNABLE = ("Conv", "Gemm", "MatMul")
 #: Window ops that mix channels (LRN sums over neighbouring channels); the rest pool per channel.
 _MIXING_WINDOWS = ("LRN",)
 
-UNSTRUCTURED_NOTE = ("dense kernels kept: no sparse kernel has been measured faster than the "
-                     "dense one yet, so zeros only shrink a compressed file")
+UNSTRUCTURED_NOTE = ("weights zeroed in dense tensors; Model.prune times a sparse (CSR) kernel "
+                     "against the dense one per layer and runs it where it is faster")
 
 
 @dataclass
@@ -48,8 +50,41 @@ class LayerPrune:
 
 
 @dataclass
+class SparseChoice:
+    """One layer's measured choice between the sparse (CSR) and the dense kernel after
+    unstructured pruning: ``kernel`` is ``"sparse"`` or ``"dense"``; ``dense_ms`` and
+    ``sparse_ms`` are the best time of one call of each (None: not measured, ``why`` says why).
+
+    Examples
+    --------
+    >>> c = SparseChoice("fc1", "FusedGemm", (64, 256), 0.9, 1.5, 0.5, "sparse")
+    >>> print(c)
+    fc1 (FusedGemm, weight (64, 256)): sparsity 0.90, dense 1.500 ms, sparse 0.500 ms: sparse
+    """
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    sparsity: float
+    dense_ms: float | None = None
+    sparse_ms: float | None = None
+    kernel: str = "dense"
+    why: str = ""
+
+    def __str__(self) -> str:
+        head = (f"{self.name} ({self.op}, weight {tuple(self.shape)}): "
+                f"sparsity {self.sparsity:.2f}")
+        if self.dense_ms is None or self.sparse_ms is None:
+            return f"{head}: {self.kernel} ({self.why})" if self.why else f"{head}: {self.kernel}"
+        return (f"{head}, dense {self.dense_ms:.3f} ms, sparse {self.sparse_ms:.3f} ms: "
+                f"{self.kernel}")
+
+
+@dataclass
 class PruneReport:
-    """What :func:`prune` did: per-layer channels kept, layers skipped and why, parameters.
+    """What :func:`prune` did: per-layer channels kept, layers skipped and why, parameters;
+    after unstructured pruning by :meth:`taskflow.Model.prune`, ``kernels``: each eligible
+    layer's :class:`SparseChoice`.
 
     Examples
     --------
@@ -65,6 +100,7 @@ class PruneReport:
     layers: list[LayerPrune] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kernels: list[SparseChoice] = field(default_factory=list)
 
     def __str__(self) -> str:
         kind = "structured" if self.structured else "unstructured"
@@ -75,6 +111,9 @@ class PruneReport:
         lines += [f"  {lay.name} ({lay.op}): kept {lay.kept}/{lay.total} {unit}"
                   for lay in self.layers]
         lines += [f"  {name}: skipped, {why}" for name, why in self.skipped]
+        if self.kernels:
+            lines.append("  kernels (executed graph):")
+            lines += [f"    {c}" for c in self.kernels]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -91,7 +130,8 @@ def prune(graph: Graph, sparsity: float, *, structured: bool = True) -> tuple[Gr
         or of each weight tensor's elements (unstructured) to remove.
     structured : bool
         Remove whole output channels (and the next layer's matching inputs) if True; zero the
-        smallest weights per tensor, keeping dense kernels, if False.
+        smallest weights per tensor, in dense tensors, if False (the kernel choice is
+        :meth:`taskflow.Model.prune`'s).
 
     Returns
     -------

@@ -12,7 +12,8 @@ layer's shape), calibrates (in process, or on a Dask cluster with
 
 Modules: :mod:`~taskflow.precision.measure` (per-layer choice, ``with_precision``),
 :mod:`~taskflow.precision.calibration` (calibration, ``quantize``),
-:mod:`~taskflow.precision.report` (the report, ``evaluate``).
+:mod:`~taskflow.precision.report` (the report, ``evaluate``),
+:mod:`~taskflow.precision.sparse` (sparse or dense kernels after unstructured pruning).
 """
 
 from __future__ import annotations

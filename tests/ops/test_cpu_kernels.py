@@ -28,6 +28,7 @@ from taskflow.ops.cpu import (
     norm,
     pool,
     skip_norm,
+    sparse,
     squeeze_excite,
     winograd,
 )
@@ -99,7 +100,7 @@ TOL: dict[str, tuple[float, float]] = {
 #: float64: the same orderings, 2^29 times finer.
 FLOAT64_TOL = (1e-11, 1e-11)
 CPU_MODULES = (attention, common, conv, eltwise, epilogue, lowp, matmul, movement, norm,
-               pool, skip_norm, squeeze_excite, winograd)
+               pool, skip_norm, sparse, squeeze_excite, winograd)
 #: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
 EDGE_BATCHES = (None, 0, 1, 3)
 

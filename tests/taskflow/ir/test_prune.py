@@ -142,7 +142,7 @@ def test_bad_sparsity_names_the_value(bad):
 def test_unstructured_exact_sparsity_and_same_output_as_zeroed():
     graph = _cnn()
     pruned, report = prune(graph, 0.9, structured=False)
-    assert "no sparse kernel" in str(report)
+    assert "sparse (CSR) kernel" in str(report) and report.kernels == []  # Model.prune's part
     ref = graph.copy()
     for name in ("0.weight", "3.weight", "7.weight"):
         w = graph.initializers[name]
@@ -188,7 +188,9 @@ def test_cli_prune(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1.5" in err
     assert main(["prune", str(src), "-o", str(out), "--sparsity", "0.9", "--unstructured"]) == 0
-    assert "no sparse kernel" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "kernels (executed graph):" in printed and "sparsity 0.90, dense " in printed
+    assert all(n.domain == "" for n in load(out).source_graph.nodes)  # standard ONNX saved
 
 
 def test_bench_quick(capsys):
@@ -196,6 +198,8 @@ def test_bench_quick(capsys):
 
     main(["--quick"])
     assert "ratio" in capsys.readouterr().out
+    main(["--unstructured", "--quick"])
+    assert "ratio dense/sparse" in capsys.readouterr().out
 
 
 def test_matmul_with_bias_add_and_flatten_of_spatial_dims():
@@ -232,3 +236,55 @@ def test_matmul_with_bias_add_and_flatten_of_spatial_dims():
         ref.initializers[name][drop] = 0
     x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(_run(pruned, x), _run(ref, x), rtol=1e-5, atol=1e-5)
+
+
+# --- unstructured: sparse kernels chosen by measurement ------------------------------------------
+
+
+def test_unstructured_model_times_each_layer_and_keeps_the_dense_results():
+    """Every eligible layer is timed both ways and listed; ``sparse=1`` sits exactly on the
+    layers measured faster; the outputs are the dense pruned model's, with the sparse kernel
+    on every layer too; the source graph (what save writes) stays standard ONNX."""
+    from taskflow.ir.quantize import layer_name
+
+    net = nn.Sequential([nn.Dense(256, 256), nn.ReLU(), nn.Dense(256, 128), nn.Tanh(),
+                         nn.Dense(128, 8)], input_shape=(256,), name="wide")
+    x = np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32)
+    pruned = Model(net.to_graph()).prune(0.9, structured=False, sample=x)
+    report = pruned.prune_report
+    assert [c.name for c in report.kernels] == ["0_Gemm", "2_Gemm", "4_Gemm"]
+    for c in report.kernels:
+        assert c.sparsity == pytest.approx(0.9, abs=1e-3) and c.dense_ms > 0 and c.sparse_ms > 0
+        assert c.kernel == ("sparse" if c.dense_ms > 1.03 * c.sparse_ms else "dense")
+        assert str(c) in str(report)
+    chosen = {layer_name(n) for n in pruned.graph.nodes if n.attrs.get("sparse")}
+    assert chosen == {c.name for c in report.kernels if c.kernel == "sparse"}
+    assert not any(n.attrs.get("sparse") or n.domain for n in pruned.source_graph.nodes)
+
+    dense = Model(pruned.source_graph).run(None, {"input": x})[0]
+    np.testing.assert_allclose(pruned.run(None, {"input": x})[0], dense, rtol=1e-4, atol=1e-5)
+    everywhere = pruned.graph.copy()
+    for n in everywhere.nodes:
+        if n.op in ("Gemm", "FusedGemm"):
+            n.op, n.domain, n.attrs = "FusedGemm", "taskflow", {"activation": "", **n.attrs,
+                                                                 "sparse": 1}
+    all_sparse = pruned._derived(everywhere).run(None, {"input": x})[0]
+    np.testing.assert_allclose(all_sparse, dense, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_without_a_sparse_kernel_are_listed_with_the_reason():
+    """3x3 convolutions have no sparse kernel, layers below 50% zeros are not timed, and a
+    model on the reference kernels measures nothing."""
+    from taskflow.precision.sparse import choose_sparse_kernels
+
+    pruned = Model(_cnn()).prune(0.9, structured=False)
+    why = {c.name: c.why for c in pruned.prune_report.kernels}
+    assert "3x3 convolution" in why["0_Conv"] and "3x3 convolution" in why["3_Conv"]
+    assert why["7_Gemm"] == ""
+    light, _ = prune(_mlp(), 0.3, structured=False)
+    _, choices = choose_sparse_kernels(Model(light))
+    assert {c.why for c in choices} == {"sparsity below 0.5"}
+    assert all(c.dense_ms is None and c.kernel == "dense" for c in choices)
+    _, choices = choose_sparse_kernels(Model(prune(_mlp(), 0.9, structured=False)[0],
+                                             device="reference"))
+    assert {c.why for c in choices} == {"device 'reference' has no sparse kernel"}
