@@ -19,8 +19,9 @@ Models (``--models``):
 Variants, timed interleaved (median of ``--repeat`` runs, 2 kernel threads each):
 ``taskflow-fp32``; ``taskflow-bf16`` (:meth:`Model.with_precision`, ``choose="measure"``: each
 layer's bf16 kernel is kept only where it is measured faster here); ``taskflow-int8`` (static:
-:meth:`Model.quantize` on the calibration rows, ``choose="measure"``); the same two forced on
-every layer (``-all``, ``choose="all"``: what reduced kernels cost or gain here);
+:meth:`Model.quantize` on the calibration rows, ``choose="measure"``; both measured on the
+benchmarked batch, ``sample=``); the same two forced on every layer (``-all``, ``choose="all"``:
+what reduced kernels cost or gain here);
 ``ort-fp32``; ``ort-int8`` (``quant_pre_process`` then ``quantize_static``: QDQ, per-channel,
 U8S8, MinMax over the same calibration rows, the contractions Conv/Gemm/MatMul); and
 ``openvino-default`` (OpenVINO at the precision it picks for this CPU: bf16 with AMX, else f32).
@@ -361,7 +362,8 @@ def bench_case(case: Case, threads: int, repeat: int) -> dict[str, Any]:
     reduced = {
         "taskflow-fp32": fp32,
         "taskflow-bf16": timed("taskflow-bf16", lambda: fp32.with_precision("bf16", sample=feed)),
-        "taskflow-int8": timed("taskflow-int8", lambda: fp32.quantize(case.calibration)),
+        "taskflow-int8": timed("taskflow-int8",
+                               lambda: fp32.quantize(case.calibration, sample=feed)),
         "taskflow-bf16-all": fp32.with_precision("bf16", choose="all"),
         "taskflow-int8-all": fp32.quantize(case.calibration, choose="all"),
     }

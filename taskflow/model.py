@@ -599,7 +599,8 @@ class Model:
     def quantize(self, calibration: Any = None, *, mode: str = "static",
                  per_channel: bool = True, method: str = "minmax",
                  percentile: float = 99.999, client: Any = None, batch_size: int = 32,
-                 input_name: str | None = None, choose: str = "measure") -> Model:
+                 input_name: str | None = None, choose: str = "measure",
+                 sample: Any = None) -> Model:
         """A new int8 model: ONNX QDQ form, calibrated on ``calibration`` (this one is
         untouched).
 
@@ -613,7 +614,9 @@ class Model:
         fp32 here runs fp32 (``choose="all"``: none does).
 
         :meth:`save` writes the QDQ model (int8 weights: about 4x smaller, every layer
-        quantised whatever ran here), which ONNX Runtime loads too.
+        quantised whatever ran here), which ONNX Runtime loads too. Large embedding tables
+        (a ``Gather`` of a constant table) are stored in int8 per row as well; they run as
+        their dequantised fp32 values.
 
         Parameters
         ----------
@@ -638,6 +641,11 @@ class Model:
             The input ``calibration`` feeds when it is one array (default: the only input).
         choose : {"measure", "all"}
             As in :meth:`with_precision`.
+        sample : array or dict of str to array, optional
+            The batch the layers are timed on with ``choose="measure"`` (as in
+            :meth:`with_precision`): give one of the size the model will run at, since whether
+            int8 pays depends on the GEMM sizes. Default: the first 8 calibration rows (static),
+            else 8 rows of random normal data at the input shapes.
 
         Returns
         -------
@@ -671,7 +679,7 @@ class Model:
 
         return quantize(self, calibration, mode=mode, per_channel=per_channel, method=method,
                         percentile=percentile, client=client, batch_size=batch_size,
-                        input_name=input_name, choose=choose)
+                        input_name=input_name, choose=choose, sample=sample)
 
     def _derived(self, graph: Graph) -> Model:
         """A model running ``graph`` as given (already optimised: no passes run again) that

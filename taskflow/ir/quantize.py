@@ -41,6 +41,9 @@ MODES = ("static", "dynamic")
 #: ONNX TensorProto element types QDQ nodes may name in ``output_dtype`` (0: from the inputs).
 _UINT8, _FLOAT = 2, 1
 _PRECISION_ATTRS = ("precision", "x_scale", "x_zero_point")
+#: Smallest embedding table (elements) :func:`quantize_graph` stores in int8: below it the
+#: scales and the DequantizeLinear node cost about what int8 saves.
+MIN_TABLE_ELEMENTS = 4096
 
 
 def layer_name(node: Node) -> str:
@@ -222,6 +225,12 @@ def quantize_graph(source_graph: Graph, ranges: Mapping[str, Any] | None = None,
     layer into an int8 node. Biases stay fp32 and outputs are not quantised, so no layer
     computes anything but fake-quantised fp32.
 
+    Embedding tables are stored in int8 too, in both modes: a ``Gather`` (axis 0) of a constant
+    2-D fp32 table of at least :data:`MIN_TABLE_ELEMENTS` elements reads it through a
+    ``DequantizeLinear`` (per row, ``axis=0``, unless ``per_channel=False``). Its indices are
+    not quantised: on load the table folds back to fp32, exactly the dequantised values, and
+    the Gather runs as before.
+
     Parameters
     ----------
     source_graph : Graph
@@ -239,10 +248,11 @@ def quantize_graph(source_graph: Graph, ranges: Mapping[str, Any] | None = None,
     Returns
     -------
     (Graph, dict)
-        The new graph, and per layer (by :func:`layer_name`, every Conv/Gemm/MatMul): ``op``,
+        The new graph, and per layer (by :func:`layer_name`, every Conv/Gemm/MatMul, and every
+        axis-0 Gather of a constant 2-D fp32 table, ``op`` ``"Gather"``): ``op``,
         ``quantized`` (bool) and either ``reason`` (skipped) or ``weight`` (its name),
         ``axis`` (None: per tensor), ``parameters`` (weight elements) and ``x_scale`` /
-        ``x_zero_point`` (None in dynamic mode).
+        ``x_zero_point`` (None in dynamic mode, and for a Gather).
 
     Raises
     ------
@@ -271,6 +281,23 @@ def quantize_graph(source_graph: Graph, ranges: Mapping[str, Any] | None = None,
     activations: dict[str, tuple[str, float, int]] = {}
     order = g.toposort()
     for node in order:
+        if node.op == "Gather" and not node.domain:
+            table = _embedding_table(g, node)
+            if table is None:
+                continue
+            name, why = layer_name(node), _table_skip_reason(g, node)
+            if why is not None:
+                report[name] = {"op": "Gather", "quantized": False, "reason": why}
+                continue
+            axis = 0 if per_channel else None
+            if (table, axis) not in weights:
+                weights[table, axis] = _dequantized_weight(g, table, axis,
+                                                           before.setdefault(id(node), []))
+            node.inputs = [weights[table, axis], *node.inputs[1:]]
+            report[name] = {"op": "Gather", "quantized": True, "weight": table, "axis": axis,
+                            "parameters": int(g.initializers[table].size),
+                            "x_scale": None, "x_zero_point": None}
+            continue
         if node.op not in CONTRACTIONS or node.domain:
             continue
         name, x = layer_name(node), node.inputs[0]
@@ -384,6 +411,23 @@ def _u8_qparams(g: Graph, names: list[str]) -> tuple[float, int] | None:
         return None
     scale = float(s.reshape(()))
     return (scale, int(z.reshape(()))) if np.isfinite(scale) and scale > 0 else None
+
+
+def _embedding_table(g: Graph, node: Node) -> str | None:
+    """The name of the Gather's data input if it is a constant 2-D fp32 table, else None."""
+    table = node.inputs[0] if node.inputs else ""
+    w = g.initializers.get(table) if table else None
+    return table if w is not None and w.dtype == np.float32 and w.ndim == 2 else None
+
+
+def _table_skip_reason(g: Graph, node: Node) -> str | None:
+    """Why the Gather's constant table stays fp32, or None if it is stored in int8."""
+    w = g.initializers[node.inputs[0]]
+    if int(node.attrs.get("axis", 0)) not in (0, -2):
+        return f"gathers along axis {node.attrs['axis']}; only axis 0 (rows) is quantised"
+    if w.size < MIN_TABLE_ELEMENTS:
+        return f"table {node.inputs[0]!r} has {w.size} elements (< {MIN_TABLE_ELEMENTS})"
+    return None
 
 
 def _range(r: Any, name: str) -> tuple[float, float]:

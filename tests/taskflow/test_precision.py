@@ -74,6 +74,17 @@ def test_measured_choice_records_every_candidate_with_both_timings(digits):
         print(chosen.precision_report)  # the measured choices, for the log
 
 
+def test_quantize_times_the_layers_on_the_sample_given(digits):
+    model, x, train, _ = digits
+    dynamic = model.quantize(mode="dynamic", sample=x[train[:3]])
+    static = model.quantize(x[train[:16]], sample=x[train[:5]])
+    default = model.quantize(x[train[:16]])  # the first 8 calibration rows
+    for int8, rows in ((dynamic, 3), (static, 5), (default, 8)):
+        layers = int8.precision_report.layers
+        assert len(layers) == 4 and all(c.fp32_ms and c.reduced_ms for c in layers)
+        assert {c.shapes[0][0] for c in layers} == {rows}  # the input's batch
+
+
 def test_fp32_precision_drops_every_reduced_layer(digits):
     model, *_ = digits
     back = model.with_precision("bf16", choose="all").with_precision("fp32")

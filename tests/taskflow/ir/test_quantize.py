@@ -295,3 +295,52 @@ def test_quantize_graph_refuses_bad_requests():
         quantize_graph(graph)
     with pytest.raises(InputError, match="range of value 'input'"):
         quantize_graph(graph, {"input": (1.0, -1.0)})
+
+
+def _embedding(rows: int = 1000) -> Graph:
+    """Gather of a rows x 16 table, then a 16 x 8 MatMul."""
+    rng = np.random.default_rng(0)
+    return Graph([Node("Gather", ["table", "ids"], ["emb"], {"axis": 0}, name="embed"),
+                  Node("MatMul", ["emb", "w"], ["y"], name="proj")],
+                 [Value("ids", np.int64, ("batch", 5))], [Value("y", np.float32, ("batch", 5, 8))],
+                 {"table": rng.standard_normal((rows, 16)).astype(np.float32),
+                  "w": rng.standard_normal((16, 8)).astype(np.float32)}, name="embedding")
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_quantize_graph_stores_an_embedding_table_in_int8_per_row(mode):
+    graph = _embedding()
+    ranges = {"emb": (-4.0, 4.0)} if mode == "static" else None
+    qgraph, report = quantize_graph(graph, ranges, mode=mode)
+    assert report["embed"] == {"op": "Gather", "quantized": True, "weight": "table", "axis": 0,
+                               "parameters": 16000, "x_scale": None, "x_zero_point": None}
+    assert report["proj"]["quantized"]
+    gather = next(n for n in qgraph.nodes if n.op == "Gather")
+    dq = next(n for n in qgraph.nodes if n.outputs[0] == gather.inputs[0])
+    q, s = qgraph.initializers[dq.inputs[0]], qgraph.initializers[dq.inputs[1]]
+    assert dq.attrs == {"axis": 0} and q.dtype == np.int8 and s.shape == (1000,)
+    assert np.abs(q).max() == 127 and not qgraph.initializers[dq.inputs[2]].any()
+    assert "table" not in qgraph.initializers
+    proto = to_onnx(qgraph)
+    onnx.checker.check_model(proto, full_check=True)
+    # 16 int8 values and one fp32 scale per row: 64 -> 20 bytes (wide rows approach 4x)
+    assert len(to_onnx(graph).SerializeToString()) >= 2.9 * len(proto.SerializeToString())
+    # on load the table folds back to fp32: exactly the dequantised rows
+    model = tf.Model(qgraph, device=DEVICE)
+    assert "DequantizeLinear" not in model.graph.op_counts()
+    gather = next(n for n in model.graph.nodes if n.op == "Gather")
+    np.testing.assert_array_equal(model.graph.initializers[gather.inputs[0]],
+                                  q.astype(np.float32) * s[:, None])
+    ids = np.array([[0, 5, 999, 5, 17], [3, 2, 1, 0, 998]], np.int64)
+    np.testing.assert_allclose(model.run(None, {"ids": ids})[0], _ort(proto, ids),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_graph_keeps_small_or_sideways_tables_fp32():
+    graph = _embedding(rows=100)  # 1600 elements
+    qgraph, report = quantize_graph(graph, mode="dynamic")
+    assert report["embed"]["quantized"] is False and "< 4096" in report["embed"]["reason"]
+    assert qgraph.initializers["table"].dtype == np.float32
+    graph = _embedding()
+    graph.nodes[0].attrs["axis"] = 1
+    assert "axis 1" in quantize_graph(graph, mode="dynamic")[1]["embed"]["reason"]
