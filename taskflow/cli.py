@@ -506,8 +506,7 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
                    help="static: activations quantised with calibrated ranges (default); "
                         "dynamic: weights only, activation ranges measured per call")
     p.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
-                   help="how each activation's range is chosen from the calibration data "
-                        "(default minmax)")
+                   help="how each activation's range is chosen (default minmax)")
     p.add_argument("--percentile", type=float, default=99.999,
                    help="for --method percentile (default 99.999)")
     p.add_argument("--per-tensor", action="store_true",

@@ -2,6 +2,11 @@
 
 ``Model.run(output_names, input_feed)`` behaves like ``onnxruntime.InferenceSession.run``;
 ``get_inputs()`` / ``get_outputs()`` return objects with ``name``, ``shape`` and ``type``.
+
+Over 600 lines on purpose: ``Model`` is the public face users read, and its methods that
+transform a model (``prune``, ``with_precision``, ``quantize``) are thin delegations to
+:mod:`taskflow.ir.prune` and :mod:`taskflow.precision` whose length is their numpydoc
+documentation; splitting the class over modules would scatter its reference, not its logic.
 """
 
 from __future__ import annotations

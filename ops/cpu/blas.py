@@ -25,6 +25,7 @@ import ctypes
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,21 @@ def _mkl() -> Any:
             if "mkl" not in _state:
                 _state["mkl"] = _load()
     return _state["mkl"]
+
+
+def bindings(name: str, make: Callable[[Any], Any]) -> Any:
+    """``make(mkl)`` (ctypes bindings of more MKL functions), built once per process under
+    ``name``; None without MKL or when this MKL lacks them (``make`` raises AttributeError).
+    What :mod:`.lowp` and :mod:`.sparse` bind their GEMMs with."""
+    if name not in _state:
+        mkl = _mkl()  # before the lock: loading MKL takes it too
+        with _lock:
+            if name not in _state:
+                try:
+                    _state[name] = None if mkl is None else make(mkl)
+                except AttributeError:  # an MKL too old for these functions
+                    _state[name] = None
+    return _state[name]
 
 
 def _layout(m: np.ndarray) -> tuple[int, int] | None:

@@ -56,7 +56,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import threading
 from typing import Any
 
 import numpy as np
@@ -81,9 +80,6 @@ FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", 
             "amx_int8", "amx_bf16")
 #: What each ``TASKFLOW_ISA`` cap leaves of those features.
 _CAPPED = {"avx2": {"avx2", "fma"}, "avx512": {"avx2", "fma", "avx512f"}}
-
-_lock = threading.Lock()
-_state: dict[str, Any] = {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -180,15 +176,8 @@ def _bindings() -> _Mkl | None:
     ``TASKFLOW_LOWP=emulate``)."""
     if os.environ.get("TASKFLOW_LOWP", "").lower() == "emulate":
         return None
-    if "mkl" not in _state:
-        with _lock:
-            if "mkl" not in _state:
-                mkl = blas._mkl()
-                try:
-                    _state["mkl"] = None if mkl is None else _Mkl(mkl)
-                except AttributeError:  # an MKL before 2020 (bf16) / 2018 (packed int8)
-                    _state["mkl"] = None
-    return _state["mkl"]
+    # None with an MKL before 2020 (bf16) / 2018 (packed int8)
+    return blas.bindings("lowp", _Mkl)
 
 
 def _mkl_pack(get_size: Any, pack: Any, b: np.ndarray) -> np.ndarray:
@@ -287,12 +276,19 @@ def pack_int8(w: np.ndarray) -> PackedInt8:
 
 # --- the GEMMs ------------------------------------------------------------------------------
 def _operands(a: np.ndarray, packed: PackedBF16 | PackedInt8, out: np.ndarray,
-              name: str) -> np.ndarray:
+              name: str) -> np.ndarray | None:
+    """``a`` as float32 after the shapes are checked, or None when ``out`` is already the
+    product (an empty product: nothing to write, or K = 0: zeros)."""
     if a.ndim != 2 or a.shape[1] != packed.k or out.shape != (a.shape[0], packed.n) \
             or out.dtype != np.float32:
         raise ShapeError(f"{name}: A of shape {a.shape} times a ({packed.k}, {packed.n}) "
                          f"weight needs a float32 output of shape ({a.shape[0]}, {packed.n}); "
                          f"got {out.dtype} {out.shape}")
+    if a.shape[0] == 0 or packed.n == 0:
+        return None
+    if a.shape[1] == 0:
+        out[...] = 0
+        return None
     return a if a.dtype == np.float32 else a.astype(np.float32)
 
 
@@ -318,12 +314,9 @@ def gemm_bf16(a: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndarray:
     array([[1.      , 3.140625]], dtype=float32)
     """
     a = _operands(a, packed, out, "gemm_bf16")
+    if a is None:
+        return out
     m, k = a.shape
-    if m == 0 or packed.n == 0:
-        return out
-    if k == 0:
-        out[...] = 0
-        return out
     bits = scratch("lowp-a", (m, k), np.uint16)
     _to_bf16(a.view(np.uint32), bits)
     fns = _bindings()
@@ -355,12 +348,9 @@ def gemm_int8(a: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float
     array([[0.05393701, 0.82401574]], dtype=float32)
     """
     a = _operands(a, packed, out, "gemm_int8")
+    if a is None:
+        return out
     m, k = a.shape
-    if m == 0 or packed.n == 0:
-        return out
-    if k == 0:
-        out[...] = 0
-        return out
     xs, zp = np.float32(x_scale), int(x_zp)
     q = scratch("lowp-a", (m, k), np.uint8)
     _quantize_u8(a, q, xs, np.float32(zp))

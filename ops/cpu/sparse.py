@@ -67,9 +67,6 @@ MIN_PARALLEL_WORK = 1 << 20
 #: Index arrays are int32 (MKL's LP64 interface): larger weights stay dense.
 MAX_NNZ = 2**31 - 1
 
-_lock = threading.Lock()
-_state: dict[str, Any] = {}
-
 
 class _Descr(ctypes.Structure):
     """``struct matrix_descr`` (passed by value)."""
@@ -98,15 +95,8 @@ def _bindings() -> _Mkl | None:
     """MKL's sparse BLAS, or None: the Numba loop (no MKL, or ``TASKFLOW_SPARSE=numba``)."""
     if os.environ.get("TASKFLOW_SPARSE", "").lower() == "numba":
         return None
-    if "mkl" not in _state:
-        with _lock:
-            if "mkl" not in _state:
-                mkl = blas._mkl()
-                try:
-                    _state["mkl"] = None if mkl is None else _Mkl(mkl)
-                except AttributeError:  # an MKL without the inspector-executor API (< 11.3)
-                    _state["mkl"] = None
-    return _state["mkl"]
+    # None with an MKL without the inspector-executor API (< 11.3)
+    return blas.bindings("sparse", _Mkl)
 
 
 def sparse_backend() -> str:
