@@ -22,8 +22,9 @@ RATE_WINDOW_S = 5.0
 MIN_SPAN_S = 0.1
 #: Points kept for the throughput plot: 10 minutes at the 500 ms update interval.
 HISTORY_POINTS = 1200
-#: Snapshots kept for ``/taskflow/json?tick=N`` (a page and a script can compare one tick).
-SNAPSHOTS_KEPT = 16
+#: Snapshots kept for ``/taskflow/json?tick=N`` (a page and a script can compare one tick):
+#: 30 s at the 500 ms update interval, so a page read on a loaded machine is still found.
+SNAPSHOTS_KEPT = 60
 #: Jobs shown; older finished jobs are dropped first.
 MAX_JOBS = 50
 #: Name under which the taskflow scheduler plugin registers (schedulers/plugin.py).

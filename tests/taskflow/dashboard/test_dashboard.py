@@ -280,6 +280,17 @@ def test_state_stays_bounded():
     assert snap["events"]["ignored"] == 1
 
 
+def test_a_tick_stays_findable_for_30_seconds_of_updates():
+    # A page read on a loaded machine may show a tick several seconds old; /json?tick=N must
+    # still serve it (CI once asked for one 8 s old when only 16 snapshots were kept).
+    state = TaskflowState()
+    per_s = 1000 // dashboard.UPDATE_INTERVAL_MS
+    for i in range(30 * per_s + 1):
+        state.tick(now=100.0 + i / per_s)
+    assert state.find(1) is None and state.find(2)["time"] == pytest.approx(100.5)
+    assert len(state.snapshots) == dashboard_state.SNAPSHOTS_KEPT
+
+
 def test_prometheus_collector_names():
     prometheus_client = pytest.importorskip("prometheus_client")
     from taskflow.dashboard.metrics import TaskflowCollector

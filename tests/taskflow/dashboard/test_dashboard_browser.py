@@ -121,8 +121,8 @@ def test_page_renders_live_data_equal_to_json(cluster, browser, tmp_path):
         return ok and page
     page = wait_for(rendered, timeout=60, interval=0.2, what="plots with live data")
     assert job.thread.is_alive(), "the job should still be running"
-    browser.save_screenshot(str(tmp_path / "taskflow-dashboard.png"))
     snap = get_json(f"{url}/json?tick={page['tf-meta']['tick'][0]}")
+    browser.save_screenshot(str(tmp_path / "taskflow-dashboard.png"))
     assert snap["tick"] == page["tf-meta"]["tick"][0]
 
     assert page["tf-meta"]["samples_per_s"][0] == pytest.approx(
