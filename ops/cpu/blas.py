@@ -87,6 +87,13 @@ def _load() -> Any:
             fn.argtypes = args + [real, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                   ctypes.c_int, real, ctypes.c_void_p, ctypes.c_int]
             fn.restype = None
+        # the same two as C function pointers that Numba-compiled kernels call
+        for name, real in (("sgemm", ctypes.c_float), ("dgemm", ctypes.c_double)):
+            proto = ctypes.CFUNCTYPE(None, *args, real, ctypes.c_void_p, ctypes.c_int,
+                                     ctypes.c_void_p, ctypes.c_int, real, ctypes.c_void_p,
+                                     ctypes.c_int)
+            _state[name] = proto(ctypes.cast(getattr(mkl, f"cblas_{name}"), ctypes.c_void_p)
+                                 .value)
         # batched products of attention (one call per group of heads); optional: an MKL
         # without it (before 2020.2) makes gemm_batch loop over numpy's matmul instead
         batch = getattr(mkl, "cblas_sgemm_batch_strided", None)
@@ -170,6 +177,15 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
                lb[1], 0.0, out.ctypes.data, ldc)
             return out
     return np.matmul(a, b, out=out)
+
+
+def gemm_pointer(dtype: Any) -> Any:
+    """MKL's sequential ``cblas_sgemm`` (float32) or ``cblas_dgemm`` (float64) as a ctypes
+    function pointer that Numba-compiled code can call (row-major cblas arguments; operands
+    as addresses), or None without MKL."""
+    if _mkl() is None or np.dtype(dtype).char not in "fd":
+        return None
+    return _state["sgemm" if np.dtype(dtype).char == "f" else "dgemm"]
 
 
 def _batch_layout(m: np.ndarray) -> tuple[int, int, int] | None:

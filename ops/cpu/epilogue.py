@@ -12,7 +12,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from .. import registry
 from ..activation import HARD_SWISH_ALPHA
@@ -50,6 +52,46 @@ def activation_code(activation: str | bytes,
         full = []
     full += [0.0] * (2 - len(full))
     return _CODES[activation], float(full[0]), float(full[1])
+
+
+@intrinsic
+def _f64_from_bits(typingctx, bits):
+    """The float64 whose IEEE bits are the int64 ``bits`` (a register move, vectorisable)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _bits_of_f64(typingctx, x):
+    """The IEEE bits of the float64 ``x`` as an int64."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+#: ln 2 split in two (Cody and Waite), 1 / ln 2, 1.5 * 2**52 (adding it rounds to an integer
+#: and leaves that integer in the low bits), and where float32 exp stops being normal.
+_LN2_HI, _LN2_LO, _INV_LN2 = 0.6931471803691238, 1.9082149292705877e-10, 1.4426950408889634
+_ROUNDER, _EXP_MIN = 6755399441055744.0, -87.0
+
+
+@njit(cache=True, inline="always")
+def exp_nonpositive(x):
+    """exp of a float64 ``x <= 0`` to 1e-9 relative (0.1 float32 ulp), for softmax rows:
+    ``x = n ln2 + r``, a degree-8 Taylor polynomial of exp(r) for |r| <= ln2 / 2, times 2**n
+    built from its bits. 0 below -87 (where float32 exp turns subnormal: the largest value
+    dropped is 1.6e-38); NaN stays NaN. Branch-free selects and no libm call, so a loop over
+    it vectorises."""
+    xc = x if x > _EXP_MIN else _EXP_MIN
+    t = xc * _INV_LN2 + _ROUNDER
+    n = t - _ROUNDER
+    r = xc - n * _LN2_HI - n * _LN2_LO
+    p = 1.0 + r * (1.0 + r * (0.5 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (
+        1 / 720 + r * (1 / 5040 + r * (1 / 40320))))))))
+    e = p * _f64_from_bits((_bits_of_f64(t) + 1023) << 52)
+    e = 0.0 if x < _EXP_MIN else e
+    return x if x != x else e
 
 
 @njit(cache=True, inline="always")

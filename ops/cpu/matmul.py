@@ -39,6 +39,10 @@ SMALL_GEMM = 1 << 24
 #: With MKL, multiply-adds from which a GEMM below SMALL_GEMM is still split into row blocks
 #: over the kernel threads (~0.2 ms of one core); smaller ones are one sequential MKL call.
 SPLIT_GEMM = 1 << 21
+#: Multiply-adds below which a split GEMM has one row block per kernel thread, not
+#: TASKS_PER_THREAD: each block's MKL call re-packs B, and GPT's (512, 128) @ (128, 384) ran at
+#: 45 GFLOP/s in 8 blocks, 57 in 2 (one core: 34), 2 threads on an AVX2 EPYC.
+BALANCED_GEMM = 1 << 27
 
 
 def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -73,7 +77,8 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         # thread; OpenBLAS's two threads took 17 ms for GPT's 512x128x128 under load
         return blas_gemm(a, b, np.empty((m, n), a.dtype))
     y = np.empty((m, n), np.result_type(a, b))
-    parts = max(1, min(m // MIN_BLOCK, TASKS_PER_THREAD * threads()))
+    per_thread = 1 if macs < BALANCED_GEMM else TASKS_PER_THREAD
+    parts = max(1, min(m // MIN_BLOCK, per_thread * threads()))
     step = max(1, -(-m // parts))
     run_tasks(lambda i: blas_gemm(a[i * step:(i + 1) * step], b, y[i * step:(i + 1) * step]),
               max(1, -(-m // step)))

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 from taskflow.ops.cpu.blas import gemm_batch
-from taskflow.ops.cpu.epilogue import erf_fast, tanh_fast
+from taskflow.ops.cpu import attention as attention_cpu
+from taskflow.ops.cpu.epilogue import erf_fast, exp_nonpositive, tanh_fast
 
 from taskflow import ops
 
@@ -154,6 +155,26 @@ def test_gemm_batch_interleaved_output_and_alpha():
     out = np.zeros((4, 3, 6), np.float32).transpose(1, 0, 2)  # heads interleaved per row
     gemm_batch(a, b.transpose(0, 2, 1), out, alpha=0.25)
     _close(out, 0.25 * np.matmul(a, b.transpose(0, 2, 1)))
+
+
+def test_exp_nonpositive_within_its_bound():
+    xs = np.concatenate([-np.linspace(0, 87, 200001), [-0.0, -1e-30, -86.99, -87.0]])
+    rel = max(abs(exp_nonpositive(v) - math.exp(v)) / math.exp(v) for v in xs)
+    assert rel <= 1e-8, rel
+    assert exp_nonpositive(-87.5) == 0.0 and exp_nonpositive(-math.inf) == 0.0
+    assert exp_nonpositive(-3.4e38) == 0.0 and math.isnan(exp_nonpositive(math.nan))
+
+
+@pytest.mark.parametrize("mask", [None, "bert", "causal"])
+def test_fused_attention_without_mkl_matches_reference(monkeypatch, mask):
+    # the per-head kernel needs MKL's sgemm; without it (TASKFLOW_BLAS=numpy, no MKL) the
+    # groups of heads go through gemm_batch and numpy's exp
+    monkeypatch.setattr(attention_cpu, "gemm_pointer", lambda dtype: None)
+    rng = np.random.default_rng(8)
+    q, k, v = _heads(rng, 2, 9, 3, 4, "views")
+    m = _mask(rng, mask, 2, 3, 9, False)
+    spec = ops.get("FusedAttention")
+    _close(spec.kernel("cpu")(q, k, v, m, scale=0.5), spec.reference(q, k, v, m, scale=0.5))
 
 
 def test_fast_erf_and_tanh_within_their_bounds():
