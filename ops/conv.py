@@ -46,7 +46,7 @@ ACTIVATIONS: dict[str, tuple[str, ...]] = {
     "Tanh": (),
     "Clip": ("min", "max"),
     "HardSigmoid": ("alpha", "beta"),
-    "Gelu": (),
+    "Gelu": ("approximate",),  # 0 (default): the erf form; 1: the tanh form
     "HardSwish": (),
 }
 
@@ -78,6 +78,8 @@ def apply_activation(y: np.ndarray, activation: str = "",
     reference = registry.get(activation).reference
     if activation == "Clip":
         return reference(y, *(np.asarray(v) for v in values))
+    if activation == "Gelu":  # ONNX's attribute is a string; the fused op's parameter 0 / 1
+        return reference(y, approximate="tanh" if params and params[0] else "none")
     return reference(y, **dict(zip(names, values)))
 
 

@@ -30,8 +30,8 @@ from ..attention import fused_attention
 from ..matmul import matmul
 from ..registry import register_kernel
 from .blas import _layout, gemm_batch, gemm_pointer
-from .epilogue import exp_nonpositive
 from .common import TASKS_PER_THREAD, new_output, run_tasks, scratch, threads
+from .epilogue import exp_nonpositive
 from .matmul import parallel_matmul
 
 #: Bytes of scores one task keeps (a group of heads' (S, T) tiles): about half an L2 cache,

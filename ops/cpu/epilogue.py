@@ -46,6 +46,8 @@ def activation_code(activation: str | bytes,
         full = params + [-math.inf, math.inf][len(params):]
     elif activation == "HardSwish":  # x * HardSigmoid(x) with the reference's fixed alpha
         full = [float(HARD_SWISH_ALPHA), 0.5]
+    elif activation == "Gelu":  # p0 = 1: the tanh form
+        full = [1.0 if params and params[0] else 0.0]
     elif names:
         full = params + _defaults(activation, names)[len(params):]
     else:
@@ -140,6 +142,63 @@ def tanh_fast(v):
     return -1.0 if v < -7.9 else r
 
 
+# Eigen's float32 coefficients of erf_fast and tanh_fast as float32 constants, for the float32
+# forms below: 8 lanes per AVX2 vector instead of 4, and vdivps instead of vdivpd.
+_ERF_P = tuple(np.float32(c) for c in (
+    -2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+    -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02))
+_ERF_Q = tuple(np.float32(c) for c in (
+    -1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+    -1.42647390514189e-02))
+_TANH_P = tuple(np.float32(c) for c in (
+    -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+    1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
+_TANH_Q = tuple(np.float32(c) for c in (
+    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
+_F32_1, _F32_HALF, _F32_4, _F32_TANH_MAX = (np.float32(1), np.float32(0.5), np.float32(4),
+                                            np.float32(7.90531110763549805))
+_F32_RSQRT2, _F32_SQRT_2_PI, _F32_GELU_C = (np.float32(0.7071067811865476),
+                                            np.float32(0.7978845608028654),
+                                            np.float32(0.044715))
+
+
+@njit(cache=True, inline="always")
+def _rational32(x, p, q):
+    x2 = x * x
+    a = x2 * p[0] + p[1]
+    for c in p[2:]:
+        a = x2 * a + c
+    b = x2 * q[0] + q[1]
+    for c in q[2:]:
+        b = x2 * b + c
+    return x * a / b
+
+
+@njit(cache=True, inline="always")
+def gelu_erf32(v):
+    """GELU (erf form) of a float32 ``v`` in float32 arithmetic: :func:`erf_fast`'s rational
+    evaluated in float32, about 1 ulp of ``v`` absolute (2x the float64 form's speed)."""
+    z = v * _F32_RSQRT2
+    x = -_F32_4 if z < -_F32_4 else z
+    x = _F32_4 if x > _F32_4 else x
+    r = _rational32(x, _ERF_P, _ERF_Q)
+    r = _F32_1 if z > _F32_4 else r
+    r = -_F32_1 if z < -_F32_4 else r
+    return _F32_HALF * v * (_F32_1 + r)
+
+
+@njit(cache=True, inline="always")
+def gelu_tanh32(v):
+    """GELU (tanh form) of a float32 ``v`` in float32 arithmetic, like :func:`gelu_erf32`."""
+    u = _F32_SQRT_2_PI * (v + _F32_GELU_C * v * v * v)
+    x = -_F32_TANH_MAX if u < -_F32_TANH_MAX else u
+    x = _F32_TANH_MAX if x > _F32_TANH_MAX else x
+    r = _rational32(x, _TANH_P, _TANH_Q)
+    r = _F32_1 if u > _F32_TANH_MAX else r
+    r = -_F32_1 if u < -_F32_TANH_MAX else r
+    return _F32_HALF * v * (_F32_1 + r)
+
+
 @njit(cache=True, inline="always")
 def activate_into(src, row, act, p0, p1, one):
     """row = act(src) for 1-D arrays (the same one for in place); p0, p1 and ``one`` (1) have
@@ -182,10 +241,17 @@ def activate_into(src, row, act, p0, p1, one):
             v = p0 * x + p1
             v = zero if v < zero else v
             row[j] = x * (one if v > one else v)
-    elif act == GELU and row.itemsize == 4:  # float32: erf_fast's 1e-7 is below its ulp
+    elif act == GELU and p0 != zero and row.itemsize == 4:  # tanh form, float32 arithmetic
         for j in range(n):
-            v = np.float64(src[j])  # float64: 1 + erf cancels for v << 0
-            row[j] = 0.5 * v * (1.0 + erf_fast(v * 0.7071067811865476))
+            row[j] = gelu_tanh32(src[j])
+    elif act == GELU and p0 != zero:
+        for j in range(n):
+            v = np.float64(src[j])
+            u = 0.7978845608028654 * (v + 0.044715 * v * v * v)
+            row[j] = 0.5 * v * (1.0 + math.tanh(u))
+    elif act == GELU and row.itemsize == 4:  # float32: the erf form in float32 arithmetic
+        for j in range(n):
+            row[j] = gelu_erf32(src[j])
     elif act == GELU:
         for j in range(n):
             v = np.float64(src[j])

@@ -234,9 +234,11 @@ FUSABLE_ACTIVATIONS: dict[str, Callable[[Node, Graph], list[float] | None]] = {
                                  float(n.attrs.get("beta", 0.5))],
     "Clip": lambda n, g: _clip_params(n, g),
     "HardSwish": lambda n, g: [],
-    # erf Gelu only: the epilogue has no tanh form (that one stays a Gelu node)
-    "Gelu": lambda n, g: [] if n.attrs.get("approximate", "none") in ("none", b"none")
-    else None,
+    # the erf form takes no parameter; the tanh form one parameter, 1
+    "Gelu": lambda n, g: {"none": [], "tanh": [1.0]}.get(
+        n.attrs.get("approximate", "none").decode()
+        if isinstance(n.attrs.get("approximate", "none"), bytes)
+        else n.attrs.get("approximate", "none")),
 }
 
 _FUSED = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul",

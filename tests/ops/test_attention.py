@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from taskflow.ops.cpu.blas import gemm_batch
 from taskflow.ops.cpu import attention as attention_cpu
+from taskflow.ops.cpu.blas import gemm_batch
 from taskflow.ops.cpu.epilogue import erf_fast, exp_nonpositive, tanh_fast
 
 from taskflow import ops
@@ -185,12 +185,20 @@ def test_fast_erf_and_tanh_within_their_bounds():
     assert math.isnan(erf_fast(math.nan)) and math.isnan(tanh_fast(math.nan))
 
 
+@pytest.mark.parametrize("form", [[], [1.0]], ids=["erf", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 17, 40), (64, 96)])
-def test_fused_matmul_gelu_epilogue_matches_reference(shape):
+def test_fused_matmul_gelu_epilogue_matches_reference(shape, dtype, form):
     rng = np.random.default_rng(6)
-    a = 2 * rng.standard_normal(shape, dtype=np.float32)
-    w = rng.standard_normal((shape[-1], 33), dtype=np.float32)
-    bias = rng.standard_normal(33, dtype=np.float32)
+    a = 2 * rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((shape[-1], 33)).astype(dtype)
+    bias = rng.standard_normal(33).astype(dtype)
     spec = ops.get("FusedMatMul")
-    want = spec.reference(a, w, bias, activation="Gelu")
-    _close(spec.kernel("cpu")(a, w, bias, activation="Gelu"), want)
+    want = spec.reference(a, w, bias, activation="Gelu", activation_params=form)
+    unfused = ops.get("Gelu").reference(np.matmul(a, w) + bias,
+                                        approximate="tanh" if form else "none")
+    _close(want, unfused)
+    _close(spec.kernel("cpu")(a, w, bias, activation="Gelu", activation_params=form), want)
+    if form:  # the two forms differ by up to ~1e-3 here: the parameter is really read
+        other = spec.kernel("cpu")(a, w, bias, activation="Gelu")
+        assert np.abs(other - want).max() > 1e-5
