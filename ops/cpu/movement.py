@@ -1,4 +1,5 @@
-"""Concat and ChannelShuffle: channel moves that keep channels-last inputs channels-last.
+"""Concat and ChannelShuffle: channel moves that keep channels-last inputs channels-last;
+Gather of one index as a view.
 
 ``np.concatenate`` (the reference) returns a C-ordered (NCHW) array, which would force the
 next convolution to transpose it back. Inception, SqueezeNet and DenseNet concatenate
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..movement import channel_shuffle, concat
+from ..movement import channel_shuffle, concat, gather
 from ..registry import register_kernel
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -106,3 +107,23 @@ def channel_shuffle_cpu(input: np.ndarray, *, group: int) -> np.ndarray:
     run_ranges(lambda lo, hi: _shuffle_rows(src[lo:hi], dst[lo:hi], group), dst.shape[0],
                max(1, 8 * MIN_TASK_ELEMENTS // c))
     return nchw_view(y)
+
+
+@register_kernel("Gather", "cpu")
+def gather_cpu(data: np.ndarray, indices: np.ndarray, *, axis: int = 0) -> np.ndarray:
+    """Gather: one in-range index (a 0-d ``indices``) selects a view, no copy; else the
+    reference (``np.take``).
+
+    Exporters split a fused QKV projection with ``Gather(axis=0)`` of index 0, 1 and 2 from a
+    permuted view (``nn.MultiheadAttention``): ``np.take`` gathers those strided rows at a
+    quarter of a plain copy's speed (ViT-tiny, batch 32: 6.2 ms per Gather), while the view
+    costs nothing and the consumer copies it only if it must.
+    """
+    if indices.ndim == 0 and indices.dtype.kind in "iu" and data.ndim > 0 \
+            and -data.ndim <= int(axis) < data.ndim:
+        ax = int(axis) % data.ndim
+        i = int(indices)
+        n = data.shape[ax]
+        if -n <= i < n:
+            return data[(slice(None),) * ax + (i % n,)]
+    return gather(data, indices, axis=axis)

@@ -52,6 +52,11 @@ def _positive(*shape: int):
     return lambda rng, dtype, batch: rng.uniform(0.5, 1.5, shape).astype(dtype)
 
 
+def _index(value: Any):
+    """An int64 index input (a 0-d one for a scalar)."""
+    return lambda rng, dtype, batch: np.asarray(value, np.int64)
+
+
 def _inputs(*makers: Callable[..., Any]):
     return lambda rng, dtype, batch=None: [m(rng, dtype, batch) for m in makers]
 
@@ -103,6 +108,9 @@ CASES: list[Case] = [
     ("FusedAttention", _inputs(_x(2, 3, 6, 5), _x(2, 3, 5, 6), _x(2, 3, 6, 4)), {"scale": 0.5}),
     ("FusedAttention", _inputs(_x(2, 3, 6, 5), _x(2, 3, 5, 6), _x(2, 3, 6, 4), _x(2, 1, 1, 6)),
      {"scale": 2.0, "divide": 1}),
+    # 5-D (and any run without MKL): groups of heads through gemm_batch and numpy's exp
+    ("FusedAttention", _inputs(_x(2, 2, 2, 6, 5), _x(2, 2, 2, 5, 6), _x(2, 2, 2, 6, 4),
+                               _x(2, 1, 1, 1, 6)), {"scale": 0.5}),
     ("FusedAddLayerNorm", _inputs(_x(4, 6, 16), _x(4, 6, 16), _w(16), _w(16)), {"axis": -1}),
     ("MaxPool", _inputs(_x(2, 8, 9, 9, cl=True)), {"kernel_shape": [3, 3], "strides": [2, 2],
                                                     "pads": [1, 1, 1, 1]}),
@@ -124,6 +132,8 @@ CASES: list[Case] = [
     ("Concat", _inputs(_x(4, 64, 32, 32, cl=True), _x(4, 32, 32, 32, cl=True)), {"axis": 1}),
     ("Concat", _inputs(_x(4, 64, 32, 32), _x(4, 32, 32, 32, cl=True)), {"axis": -3}),
     ("ChannelShuffle", _inputs(_x(4, 24, 16, 16, cl=True)), {"group": 3}),
+    ("Gather", _inputs(_x(3, 4, 5), _index(-2)), {"axis": 1}),  # one index: a view
+    ("Gather", _inputs(_x(3, 4, 5), _index([2, -1, 0])), {"axis": -1}),
     ("Relu", _inputs(_x(4, 16, 32, 32, cl=True)), {}),
     ("Sigmoid", _inputs(_x(4, 16, 32, 32)), {}),
     ("Tanh", _inputs(_x(4, 16, 32, 32, cl=True)), {}),
