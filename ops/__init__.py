@@ -1,7 +1,8 @@
 """Op registry and kernels, installed as ``taskflow.ops``.
 
-Importing this package registers every op family. GPU (CuPy) kernels register lazily, on the
-first request for a ``"gpu"`` kernel, so CuPy is never imported on CPU-only machines.
+Importing this package registers every op family. GPU (CuPy) kernels (``ops/gpu/``) register
+lazily, on the first request for a ``"gpu"`` kernel; they import no CuPy themselves, and
+:mod:`.device` imports it only when a gpu device is asked for, so CPU-only machines never do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from . import (  # noqa: F401  (imported to register their ops)
     skip_norm,
     squeeze_excite,
 )
+from .device import array_module, parse_device
 from .registry import (
     KINDS,
     OpSpec,
@@ -38,10 +40,12 @@ from .registry import (
 __all__ = [
     "KINDS",
     "OpSpec",
+    "array_module",
     "as_outputs",
     "get",
     "lookup",
     "names",
+    "parse_device",
     "register",
     "register_kernel",
     "register_lazy",
@@ -49,3 +53,5 @@ __all__ = [
 ]
 
 from . import cpu  # noqa: E402, F401  (Numba/BLAS "cpu" kernels register themselves)
+
+register_lazy("gpu", "taskflow.ops.gpu")  # array-module generic kernels: CuPy or numpy arrays

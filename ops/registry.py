@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .device import kernel_device, on_host
+
 #: Op kinds. Passes and the Dask lowering branch on these, never on op names.
 #:   elementwise  out[i] depends on in[i] only (with ONNX broadcasting): math, activations, Cast
 #:   reduce       reduces or normalises along attribute-given axes (ReduceMean, Softmax, ArgMax)
@@ -144,12 +146,16 @@ class OpSpec:
             return f"takes {self.min_inputs}..{hi} inputs, got {n_inputs}"
         return None
 
-    def kernel(self, device: str = "cpu", strict: bool = False) -> Callable[..., Any]:
+    def kernel(self, device: str = "cpu", strict: bool = False,
+               warn: bool = True) -> Callable[..., Any]:
         """The kernel for ``device``, falling back to the reference (warning once).
 
         ``"reference"`` is the numpy definition; ``"cpu"`` the Numba/BLAS kernel where one is
-        registered; ``"gpu"`` the CuPy kernel (imported on this first request). With
-        ``strict=True`` a missing GPU kernel raises :class:`~taskflow.UnsupportedOpError`.
+        registered; ``"gpu"`` (and ``"gpu:N"``) the CuPy kernel (imported on this first
+        request). With ``strict=True`` a missing GPU kernel raises
+        :class:`~taskflow.UnsupportedOpError`; otherwise the gpu fallback is the reference run
+        on the host (:func:`taskflow.ops.device.on_host`), with one warning per op unless
+        ``warn=False`` (the executor warns once per model instead).
 
         Examples
         --------
@@ -158,7 +164,10 @@ class OpSpec:
         'relu_cpu'
         >>> ops.get("Relu").kernel("reference").__name__
         'relu'
+        >>> ops.get("Relu").kernel("gpu:1").__name__
+        'relu_gpu'
         """
+        device = kernel_device(device)
         _load_lazy(device)
         fn = self.kernels.get(device)
         if fn is not None:
@@ -173,14 +182,28 @@ class OpSpec:
                 [(self.name, "")],
             )
         key = (self.name, device)
-        if key not in _warned:
+        if warn and key not in _warned:
             _warned.add(key)
             warnings.warn(
                 f"op {self.name!r} has no {device!r} kernel; using the numpy reference",
                 RuntimeWarning,
                 stacklevel=2,
             )
-        return self.reference
+        return on_host(self.reference) if device == "gpu" else self.reference
+
+    def has_kernel(self, device: str) -> bool:
+        """Whether ``device`` runs this op with a kernel of its own (``"cpu"`` and
+        ``"reference"`` always do: the cpu fallback is the reference itself).
+
+        Examples
+        --------
+        >>> from taskflow import ops
+        >>> ops.get("Conv").has_kernel("gpu"), ops.get("NonZero").has_kernel("gpu")
+        (True, False)
+        """
+        device = kernel_device(device)
+        _load_lazy(device)
+        return device in ("cpu", "reference") or device in self.kernels
 
     def __call__(self, *inputs: Any, device: str = "reference", **attrs: Any) -> tuple:
         """Run the op and always return a tuple of outputs."""

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from taskflow.errors import TaskflowError
+from taskflow.errors import InputError, TaskflowError
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {}
@@ -44,8 +44,6 @@ def _info_args(p: argparse.ArgumentParser) -> None:
 
 def _dims(pairs: Sequence[str]) -> dict[str, int]:
     """``["seq=128"]`` -> ``{"seq": 128}``; a malformed pair is a :class:`InputError`."""
-    from taskflow.errors import InputError
-
     dims = {}
     for pair in pairs:
         name, _, size = pair.partition("=")
@@ -137,13 +135,14 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="Dask priority of the job's tasks: higher runs first when jobs share "
                         "a cluster (default 0; negative for background work)")
     p.add_argument("--outputs", help="comma-separated model outputs to write (default: all)")
+    p.add_argument("--device", metavar="cpu|gpu|cuda|cuda:N|auto", help="the model's kernels: "
+                   "cpu (default), a CUDA gpu (CuPy), or auto (the gpu where CuPy finds one)")
     _precision_arg(p)
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="a progress bar on stderr (plain lines every 10 s and 10%% where "
                         "stderr is not a terminal), JSON lines on stdout, or none")
-    p.add_argument("--name", help="the job's name on the dashboard, in /metrics and in the "
-                                  "summary (default: the model file's stem and the start "
-                                  "time, e.g. squeezenet-20261205-2214)")
+    p.add_argument("--name", help="the job's name on the dashboard, in /metrics and the summary "
+                   "(default: the model's stem and start time, e.g. squeezenet-20261205-2214)")
     p.add_argument("--policy", metavar="NAMES",
                    help="scheduler policies, comma-separated (e.g. 'default', "
                         "'job-priority,throughput-balancer', 'dask' for Dask's own)")
@@ -261,15 +260,11 @@ def _sources(values: list[str]) -> str | dict[str, str]:
 
 
 class _ConnectionNoise(logging.Filter):
-    """A logging filter for the tracebacks Dask's client logs when its scheduler is lost.
-
-    The futures in flight are cancelled, a result being fetched fails in a background callback
-    (``CommClosedError``, logged by tornado), and closing the client ends its reconnect loop,
-    which logs either the ``CancelledError`` with a traceback or "Failed to reconnect to
-    scheduler after 10.00 seconds" however soon it was closed (distributed 2026.8). A message
-    the client's batched stream was sending when the socket closed is logged by
-    ``distributed.batched`` ("Batched Comm Closed", with its ``CommClosedError``; seen in CI).
-    ``taskflow run`` reports the loss in one line instead; ``--debug`` keeps them.
+    """Drops the tracebacks Dask's client logs when its scheduler is lost: the fetch failing in a
+    background callback (``CommClosedError``, via tornado), the reconnect loop's
+    ``CancelledError`` or "Failed to reconnect to scheduler after 10.00 seconds" however soon
+    it was closed (distributed 2026.8), and ``distributed.batched``'s "Batched Comm Closed"
+    (seen in CI). ``taskflow run`` reports the loss in one line instead; ``--debug`` keeps them.
     """
 
     LOGGERS = ("distributed.client", "distributed.batched", "tornado.application")
@@ -292,8 +287,8 @@ class _ConnectionNoise(logging.Filter):
                 logger.addFilter(cls())
 
 
-def _load_runnable(path: str, precision: str = "fp32") -> Any:
-    """An ONNX model (at ``precision``), or a pipeline from its file."""
+def _load_runnable(path: str, precision: str = "fp32", device: str | None = None) -> Any:
+    """An ONNX model (at ``precision``, on ``device``), or a pipeline from its file."""
     from taskflow.pipeline.config import is_pipeline_file, load_pipeline
 
     if is_pipeline_file(path):
@@ -301,10 +296,13 @@ def _load_runnable(path: str, precision: str = "fp32") -> Any:
             raise TaskflowError(f"--precision {precision} applies to an ONNX model; {path!r} "
                                 "is a pipeline file: quantize its models with `taskflow "
                                 "quantize` and name the int8 files in it")
+        if device:
+            raise TaskflowError(f"--device applies to an ONNX model; {path!r} is a pipeline "
+                                "file: give each model stage its device in it")
         return load_pipeline(path)
     from taskflow.model import load
 
-    return load(path, precision=precision)
+    return load(path, precision=precision, device=device or "cpu")
 
 
 @command("run", _run_args)
@@ -319,6 +317,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from taskflow.dashboard.extension import page_link, performance_report_context
     from taskflow.dask.cluster import Cluster
+    from taskflow.ops.device import resolve_device
     from taskflow.schedulers import policies_from_names
     from taskflow.stream.infer import (
         EXIT_INCOMPLETE,
@@ -332,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     from taskflow.stream.sources import location, validate_feed
     from taskflow.stream.stores import side_options, storage_options_from_text
 
+    device = args.device and resolve_device(args.device, argument="--device")  # first: no work
     preprocess = preprocess_from_text(args.preprocess) if args.preprocess else None
     options = {flag: storage_options_from_text(text, flag) if text else None
                for flag, text in (("--storage-options", args.storage_options),
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
                                   ("--output-storage-options", args.output_storage_options))}
     src_options, dst_options = side_options(*options.values())
     policies = policies_from_names(args.policy) if args.policy else None
-    model, sources = _load_runnable(args.model, args.precision), _sources(args.input)
+    model, sources = _load_runnable(args.model, args.precision, device), _sources(args.input)
     # bad input is refused before a cluster starts (infer_zarr checks again, on its own)
     validate_feed(model, sources, preprocess, location(args.output), src_options)
     target_exists(location(args.output), dst_options)  # denied, or a missing bucket
@@ -442,7 +442,6 @@ def bench(args: argparse.Namespace) -> int:
     """
     from taskflow.bench import suite
     from taskflow.bench.harness import PEERS
-    from taskflow.errors import InputError
     from taskflow.precision import check_precision
 
     if not (args.model or args.all or args.suite):

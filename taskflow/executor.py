@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,6 +22,7 @@ from taskflow import ops
 from taskflow.errors import ShapeError, TaskflowError, UnsupportedOpError
 from taskflow.ir.graph import Graph, Node
 from taskflow.ir.placement import Slot, concat_slots
+from taskflow.ops.device import DEVICE_DTYPE_KINDS, is_gpu, to_device, use_device
 
 #: Largest input a sample run (FLOP count, trace, warm-up) builds: a declared shape past this
 #: is a broken model, not a workload.
@@ -45,10 +47,15 @@ class ExecutionPlan:
     ----------
     graph : Graph
         A validated graph in canonical form.
-    device : {"cpu", "gpu", "reference"}
-        Which kernels to use; ops without a kernel for the device fall back to the reference.
+    device : {"cpu", "gpu", "gpu:N", "reference"}
+        Which kernels to use (a canonical name: :func:`taskflow.ops.device.parse_device`).
     strict : bool
-        Raise instead of falling back when a device kernel is missing.
+        With a gpu device, raise :class:`UnsupportedOpError` naming every op without a gpu
+        kernel; otherwise they run their numpy reference on the host, named in one warning.
+        (cpu ops without a cpu kernel always run their reference: it is the cpu kernel.)
+
+    With a gpu device the float (and bool) initializers are uploaded here, once; the integer
+    ones (shapes, axes, indices) stay on the host, where kernels read them.
     """
 
     def __init__(self, graph: Graph, device: str = "cpu", strict: bool = False):
@@ -58,12 +65,26 @@ class ExecutionPlan:
         unsupported = unsupported_nodes(graph)
         if unsupported:
             raise unsupported_error(unsupported)
+        missing = [n for n in order if not ops.get(n.op).has_kernel(device)]
+        if missing:
+            if strict:
+                raise missing_kernel_error(missing, device)
+            names = sorted({n.op for n in missing})
+            warnings.warn(f"device {device!r} has no kernel for op(s) {', '.join(names)}; "
+                          "they run their numpy reference on the host, with a copy to and from "
+                          "the device each (strict=False)", RuntimeWarning, stacklevel=3)
         releases = release_schedule([(n.inputs, n.outputs) for n in order],
                                     set(graph.output_names) | set(graph.initializers))
         self.steps = [
-            Step(node, ops.get(node.op).kernel(device, strict=strict), releases[k])
+            Step(node, ops.get(node.op).kernel(device, warn=False), releases[k])
             for k, node in enumerate(order)
         ]
+        #: The weights as the kernels get them: uploaded once for a gpu device.
+        self.constants: dict[str, Any] = graph.initializers
+        if is_gpu(device):
+            with use_device(device):
+                self.constants = {k: to_device(v) if v.dtype.kind in DEVICE_DTYPE_KINDS else v
+                                  for k, v in graph.initializers.items()}
         #: Convolutions that write into the Concat they feed (see :mod:`taskflow.ir.placement`).
         self.slots = {} if device != "cpu" else concat_slots(
             [(n.op, n.inputs, n.outputs, n.attrs) for n in order],
@@ -80,7 +101,7 @@ class ExecutionPlan:
         times = _NODE_TIMES.get()
         if times is not None:  # checked once per run: an untimed run pays nothing per node
             trace = _timing(times, trace)
-        env: dict[str, Any] = dict(self.graph.initializers)
+        env: dict[str, Any] = dict(self.constants)
         env.update(feed)
         buffers: dict[int, Any] = {}  # this run's Concat buffers, by Concat step
         for k, step in enumerate(self.steps):
@@ -230,6 +251,19 @@ def unsupported_error(bad: list[tuple[Node, str]]) -> UnsupportedOpError:
         + "\n".join(lines)
         + f"\nSupported ops: {', '.join(ops.names())}",
         [(n.op, n.name) for n, _ in bad],
+    )
+
+
+def missing_kernel_error(missing: list[Node], device: str) -> UnsupportedOpError:
+    """Every node whose op has no ``device`` kernel, in one error (``strict=True``)."""
+    names = sorted({n.op for n in missing})
+    return UnsupportedOpError(
+        f"device {device!r} has no kernel for op(s) {', '.join(names)} ({len(missing)} "
+        f"node(s): {', '.join(repr(n.name or n.op) for n in missing[:8])}"
+        f"{', ...' if len(missing) > 8 else ''}); pass strict=False to run them with their "
+        "numpy reference on the host (a copy to and from the device each), or use "
+        "device='cpu'",
+        [(n.op, n.name) for n in missing],
     )
 
 

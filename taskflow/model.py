@@ -22,6 +22,15 @@ from taskflow import ops
 from taskflow.errors import DTypeError, InputError
 from taskflow.executor import ExecutionPlan, dummy_feed, sample_array
 from taskflow.ir.graph import Graph, Node, Value
+from taskflow.ops.device import (
+    array_module,
+    is_device_array,
+    is_gpu,
+    resolve_device,
+    to_device,
+    to_host,
+    use_device,
+)
 
 
 @dataclass(frozen=True)
@@ -158,10 +167,15 @@ class Model:
     ----------
     graph : Graph
         Canonical-form graph (from :func:`taskflow.load` or :mod:`taskflow.frontend.nn`).
-    device : {"cpu", "reference"}
-        Kernels to run with. ``"reference"`` runs the numpy definitions.
-    strict : bool
-        Refuse to fall back to the reference when a device kernel is missing.
+    device : {"cpu", "gpu", "cuda", "cuda:N", "auto", "reference"}
+        Kernels to run with (checked first: :func:`taskflow.ops.parse_device`). ``"gpu"``
+        (``"cuda"``, ``"cuda:N"``) runs the CuPy kernels and needs CuPy and a CUDA device;
+        ``"auto"`` takes the gpu where there is one, else the cpu; ``"reference"`` runs the
+        numpy definitions.
+    strict : bool or None
+        With a gpu, refuse ops that have no gpu kernel (one :class:`UnsupportedOpError` naming
+        them all) instead of running their numpy reference on the host. None (the default):
+        True for a gpu; the cpu always has a kernel (its reference, where there is no other).
     optimize : bool
         Run the graph passes (constant and BatchNorm folding, Dropout/Identity removal,
         op+bias+activation fusion, dead-node elimination) first, like ONNX Runtime's default
@@ -189,8 +203,9 @@ class Model:
     Model('sequential', inputs=['input'], outputs=['output'], nodes=2)
     """
 
-    def __init__(self, graph: Graph, *, device: str = "cpu", strict: bool = False,
+    def __init__(self, graph: Graph, *, device: str = "cpu", strict: bool | None = None,
                  optimize: bool = True):
+        device = resolve_device(device)  # a bad name or a missing gpu, before any work
         graph.validate()
         self.source_graph = graph
         self.optimize_report = None
@@ -200,8 +215,10 @@ class Model:
             graph, self.optimize_report = run_passes(graph)
         self.graph = graph
         self.device = device
-        self.strict = strict
-        self._plan = ExecutionPlan(graph, device=device, strict=strict)
+        self._strict_given = strict
+        self.strict = _strict(device, strict)
+        self._plan = ExecutionPlan(graph, device=device, strict=self.strict)
+        self._plans = {device: self._plan}  # run(device=...) adds the others on first use
 
     # --- ONNX Runtime compatible surface ---------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -231,11 +248,15 @@ class Model:
                 for v in self.graph.outputs]
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
-            run_options: Any = None) -> list[np.ndarray]:
+            run_options: Any = None, *, device: str | None = None) -> list[Any]:
         """Compute ``output_names`` (all outputs if None) from ``input_feed``.
 
         The signature of ``onnxruntime.InferenceSession.run``, so code written for ONNX Runtime
         runs unchanged.
+
+        On a gpu, numpy inputs are copied to the device once, at the graph's inputs, and the
+        outputs copied back: numpy in, numpy out. CuPy inputs stay where they are and the
+        outputs are CuPy arrays.
 
         Parameters
         ----------
@@ -245,11 +266,14 @@ class Model:
             One array per model input, by name; dtypes must match exactly (no silent casts).
         run_options : optional
             Accepted for compatibility with ONNX Runtime and ignored.
+        device : str, optional
+            Run on this device instead of the model's (``"gpu"``, ``"cpu"``...); its kernels
+            are resolved on first use and kept.
 
         Returns
         -------
-        list of numpy.ndarray
-            One array per requested output (C-ordered).
+        list of numpy.ndarray or cupy.ndarray
+            One array per requested output (C-ordered); CuPy arrays where the inputs were.
 
         Raises
         ------
@@ -279,10 +303,19 @@ class Model:
             raise InputError(
                 f"unknown output name(s) {bad}; the model's outputs are {sorted(known)}"
             )
-        values = self._plan.run(feed, wanted)
+        plan = self._plan if device is None else self._plan_for(device)
+        if is_gpu(plan.device):
+            return _run_on_gpu(plan, feed, wanted)
+        values = plan.run(feed, wanted)
         # C order, as ONNX Runtime returns: cpu kernels may hand on channels-last views
-        return [np.asarray(values[n], order="C") if self.device != "gpu" else values[n]
-                for n in wanted]
+        return [np.asarray(values[n], order="C") for n in wanted]
+
+    def _plan_for(self, device: str) -> ExecutionPlan:
+        name = resolve_device(device)
+        if name not in self._plans:
+            self._plans[name] = ExecutionPlan(self.graph, device=name,
+                                              strict=_strict(name, self._strict_given))
+        return self._plans[name]
 
     def check_feed(self, input_feed: Mapping[str, Any]) -> dict[str, Any]:
         """Validate names, dtypes and shapes of a feed (symbolic dims must agree across inputs).
@@ -412,7 +445,8 @@ class Model:
                 for v in self.graph.inputs if v.shape is not None}
         if len(feed) < len(self.graph.inputs):
             feed = dummy_feed(self.graph, batch=1)  # raises, naming the input of no rank
-        self._plan.run(feed, trace=trace)
+        with use_device(self.device):
+            self._plan.run(feed, trace=trace)
         batch = max((sizes[_dim_name(v, 0)] for v in self.graph.inputs
                      if v.shape and not isinstance(v.shape[0], int)), default=1)
         flops_by_op = {k: f // batch for k, f in flops_by_op.items()}
@@ -744,8 +778,25 @@ class Model:
         return self
 
 
+def _strict(device: str, strict: bool | None) -> bool:
+    """``strict`` as given, or by default: True for a gpu (see :class:`Model`)."""
+    return is_gpu(device) if strict is None else bool(strict)
+
+
+def _run_on_gpu(plan: ExecutionPlan, feed: dict[str, Any], wanted: list[str]) -> list[Any]:
+    """``plan`` on ``feed``, the inputs moved to the device once; the outputs come back as
+    the inputs came (any CuPy input: CuPy outputs), C-ordered."""
+    on_device = any(is_device_array(x) for x in feed.values())
+    with use_device(plan.device):
+        values = plan.run({k: to_device(x) for k, x in feed.items()}, wanted)
+        if on_device:
+            out = [to_device(values[n]) for n in wanted]
+            return [array_module(v).ascontiguousarray(v) for v in out]
+    return [np.ascontiguousarray(to_host(values[n])) for n in wanted]
+
+
 def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
-         strict: bool = False, fix_batch: bool | None = None, optimize: bool = True,
+         strict: bool | None = None, fix_batch: bool | None = None, optimize: bool = True,
          precision: str = "fp32") -> Model:
     """Load an ONNX model (path, bytes or ``onnx.ModelProto``) as a :class:`Model`.
 
@@ -753,8 +804,10 @@ def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
     ----------
     source : path, bytes or onnx.ModelProto
         The model. External-data weights must lie inside the model's folder.
-    device : {"cpu", "reference"}
-        Kernels to run with.
+    device : {"cpu", "gpu", "cuda", "cuda:N", "auto", "reference"}
+        Kernels to run with, as in :class:`Model`; checked before the file is read.
+    strict : bool or None
+        As in :class:`Model`: None refuses ops without a gpu kernel on a gpu.
     fix_batch : bool or None
         Make a batch-1 export's batch dimension symbolic (None: where sound).
     optimize : bool
@@ -774,6 +827,7 @@ def load(source: str | os.PathLike | bytes | Any, *, device: str = "cpu",
     """
     from taskflow.frontend.onnx_import import load_onnx
 
+    device = resolve_device(device)  # before the file is read
     if precision != "fp32":
         from taskflow.precision import check_precision
 

@@ -44,7 +44,7 @@ DOCTEST_MODULES = [
     "taskflow.pipeline.core", "taskflow.pipeline.steps", "taskflow.pipeline.config",
     "taskflow.precision.report", "taskflow.precision.measure", "taskflow.precision.calibration",
     "taskflow.dask.calibrate", "taskflow.precision.sparse", "taskflow.ir.prune",
-    "taskflow.ops.cpu.sparse",
+    "taskflow.ops.cpu.sparse", "taskflow.ops.device",
 ]
 DOCTEST_RUNNER = """
 import doctest, importlib, sys
