@@ -171,6 +171,7 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
         n = b.shape[1]
         ldc = out.strides[0] // out.itemsize
         if la is not None and lb is not None and out.shape == (m, n) and ldc >= n \
+                and b.shape[0] == k \
                 and out.strides[0] % out.itemsize == 0 and out.flags.writeable:
             fn = mkl.cblas_sgemm if a.dtype.char == "f" else mkl.cblas_dgemm
             fn(_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, a.ctypes.data, la[1], b.ctypes.data,

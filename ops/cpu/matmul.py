@@ -14,7 +14,7 @@ FusedGemm and FusedMatMul (with a 2-D B) with a ``precision`` ("bf16", "int8") m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -24,8 +24,17 @@ from ..registry import register_kernel
 from . import lowp
 from .blas import backend
 from .blas import gemm as blas_gemm
-from .common import TASKS_PER_THREAD, fast_dtype, packed, run_tasks, threads, vector
-from .epilogue import activation_code, apply_epilogue
+from .common import (
+    MIN_TASK_ELEMENTS,
+    TASKS_PER_THREAD,
+    fast_dtype,
+    packed,
+    run_ranges,
+    run_tasks,
+    threads,
+    vector,
+)
+from .epilogue import NONE, activation_code, apply_epilogue
 from .sparse import sparse_matmul
 
 #: Smallest block of a split GEMM: below it BLAS's per-call packing dominates.
@@ -43,10 +52,16 @@ SPLIT_GEMM = 1 << 21
 #: TASKS_PER_THREAD: each block's MKL call re-packs B, and GPT's (512, 128) @ (128, 384) ran at
 #: 45 GFLOP/s in 8 blocks, 57 in 2 (one core: 34), 2 threads on an AVX2 EPYC.
 BALANCED_GEMM = 1 << 27
+#: Elements per task of an epilogue over a whole GEMM output: a GELU costs ~2 ns an element,
+#: so the memory-bound kernels' MIN_TASK_ELEMENTS would leave GPT's (512, 512) on one thread.
+EPILOGUE_TASK_ELEMENTS = MIN_TASK_ELEMENTS // 8
 
 
-def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for 2-D operands, blocks of output rows over the kernel threads.
+def parallel_matmul(a: np.ndarray, b: np.ndarray,
+                    post: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """``a @ b`` for 2-D operands, blocks of output rows over the kernel threads; then
+    ``post(rows)`` on each block of output rows (an epilogue, in place), inside the block's
+    task while it is in cache, or on the whole output where the product is one call.
 
     Rows are split: every output element is then computed by the same BLAS call shape as its
     neighbours. Splitting columns anywhere would let BLAS's edge kernels round some outputs
@@ -65,24 +80,46 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         step = -(-(n // COLUMN_BLOCK) // parts) * COLUMN_BLOCK
         run_tasks(lambda i: blas_gemm(a, b[:, i * step:(i + 1) * step],
                                       y[:, i * step:(i + 1) * step]), -(-n // step))
-        return y
+        return _whole(y, post)
     macs = m * n * a.shape[1]
     sequential = backend() == "mkl" and a.dtype == b.dtype and macs < SMALL_GEMM
     if not sequential and (macs < SMALL_GEMM or m < 2 * MIN_BLOCK):
         # small, or few rows (VGG's 25088x4096 weight): one call, with BLAS's own threads,
         # which split the weight's columns among themselves
-        return np.matmul(a, b)
+        return _whole(np.matmul(a, b), post)
     if sequential and (macs < SPLIT_GEMM or m < 2 * MIN_BLOCK or threads() == 1):
         # small (a transformer's projections at small batch): one sequential MKL call on this
         # thread; OpenBLAS's two threads took 17 ms for GPT's 512x128x128 under load
-        return blas_gemm(a, b, np.empty((m, n), a.dtype))
+        return _whole(blas_gemm(a, b, np.empty((m, n), a.dtype)), post)
     y = np.empty((m, n), np.result_type(a, b))
     per_thread = 1 if macs < BALANCED_GEMM else TASKS_PER_THREAD
     parts = max(1, min(m // MIN_BLOCK, per_thread * threads()))
     step = max(1, -(-m // parts))
-    run_tasks(lambda i: blas_gemm(a[i * step:(i + 1) * step], b, y[i * step:(i + 1) * step]),
-              max(1, -(-m // step)))
+
+    def block(i: int) -> None:
+        rows = y[i * step:(i + 1) * step]
+        blas_gemm(a[i * step:(i + 1) * step], b, rows)
+        if post is not None:
+            post(rows)
+
+    run_tasks(block, max(1, -(-m // step)))
     return y
+
+
+def _whole(y: np.ndarray, post: Callable[[np.ndarray], None] | None) -> np.ndarray:
+    """``post`` over all of ``y``'s rows, in row ranges over the kernel threads."""
+    if post is not None:
+        run_ranges(lambda lo, hi: post(y[lo:hi]), y.shape[0],
+                   max(1, EPILOGUE_TASK_ELEMENTS // max(1, y.shape[1])))
+    return y
+
+
+def _epilogue(bias: np.ndarray | None, act: tuple[int, float, float]
+              ) -> Callable[[np.ndarray], None] | None:
+    """The bias + activation epilogue of a block of rows, or None when there is nothing."""
+    if bias is None and act[0] == NONE:
+        return None
+    return lambda rows: apply_epilogue(rows, bias, None, act, parallel=False)
 
 
 def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
@@ -116,6 +153,13 @@ def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
     return y
 
 
+def _epilogue_fits(bias: np.ndarray | None, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether FusedMatMul's bias is a vector over the output's last axis (or absent), as
+    in every exported Linear layer, so the epilogue can run inside the GEMM's row blocks."""
+    return bias is None or (bias.size == b.shape[1] and 1 <= bias.ndim <= a.ndim
+                            and bias.shape[-1] == b.shape[1] and bias.dtype == b.dtype)
+
+
 def _row_vector(c: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray | None:
     """``c`` as a length-n vector if it broadcasts along rows of an (m, n) output."""
     if c is None or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
@@ -146,6 +190,8 @@ def _gemm(A, B, C, alpha, beta, transA, transB, act,
         y = lowp_matmul(a, B, transB, *lowp_attrs)
     elif sparse and A.dtype == np.float32:
         y = sparse_matmul(a, B, bool(transB))
+    elif alpha == 1:
+        return parallel_matmul(a, b, _epilogue(bias, act))
     else:
         y = parallel_matmul(a, b)
     if alpha != 1:
@@ -204,6 +250,12 @@ def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = Non
         elif sparse and B.ndim == 2 and A.shape[-1:] == B.shape[:1] and A.dtype == np.float32:
             y = sparse_matmul(A.reshape(-1, A.shape[-1]), B)
             y = y.reshape(*A.shape[:-1], B.shape[1])
+        elif B.ndim == 2 and (A.ndim == 2 or A.flags.c_contiguous) \
+                and A.shape[-1] == B.shape[0] and _epilogue_fits(bias, A, B):
+            # the epilogue inside the GEMM's row blocks
+            vec = None if bias is None else _row_vector(bias.reshape(-1), B.shape[1], A.dtype)
+            y = parallel_matmul(A.reshape(-1, A.shape[-1]), B, _epilogue(vec, act))
+            return y.reshape(*A.shape[:-1], B.shape[1])
         elif A.ndim == 2 and B.ndim == 2:
             y = parallel_matmul(A, B)
         elif B.ndim == 2 and A.flags.c_contiguous:

@@ -129,7 +129,7 @@ def fused_batch_normalization_cpu(X: np.ndarray, scale: np.ndarray, B: np.ndarra
     return y
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _standardize_rows(x, scale, bias, y, mean, inv_std, eps):
     """Per row r of x (R, D): y = (x - mean) * inv_std * scale + bias (scale, bias (D,) or
     length 1: broadcast); mean and inv_std (R,) in float64, rounded by the caller."""

@@ -13,7 +13,7 @@ from ..skip_norm import fused_add_layernorm
 from .common import MIN_TASK_ELEMENTS, fast_dtype, new_output, run_ranges, vector
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _add_standardize_rows(a, b, scale, bias, y, s, eps):
     """Per row r: s = a + b; y = (s - mean) / sqrt(var + eps) * scale + bias (bias may be
     empty), statistics in float64 as in the LayerNormalization kernel."""

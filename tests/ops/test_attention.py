@@ -202,3 +202,20 @@ def test_fused_matmul_gelu_epilogue_matches_reference(shape, dtype, form):
     if form:  # the two forms differ by up to ~1e-3 here: the parameter is really read
         other = spec.kernel("cpu")(a, w, bias, activation="Gelu")
         assert np.abs(other - want).max() > 1e-5
+
+
+@pytest.mark.parametrize("bias_shape", [None, (300,), (1, 1, 300)])
+def test_fused_matmul_epilogue_inside_split_gemm_blocks(bias_shape):
+    # big enough to be split into row blocks over 2 kernel threads: each block applies the
+    # bias and activation itself
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((4, 96, 128), dtype=np.float32)
+    w = rng.standard_normal((128, 300), dtype=np.float32) / 8
+    bias = None if bias_shape is None else rng.standard_normal(bias_shape, dtype=np.float32)
+    spec = ops.get("FusedMatMul")
+    for attrs in ({"activation": "Gelu", "activation_params": [1.0]}, {"activation": "Relu"},
+                  {}):
+        want = spec.reference(a, w, bias, **attrs)
+        got = spec.kernel("cpu")(a, w, bias, **attrs)
+        _close(got, want)
+        assert np.std(want) > 0.1

@@ -48,4 +48,7 @@ def test_fused_add_layernorm_outside_the_fast_path_runs_the_reference(case):
     scale = np.ones(8, np.float32)
     spec = ops.get("FusedAddLayerNorm")
     for g, w in zip(spec.kernel("cpu")(x, skip, scale), spec.reference(x, skip, scale)):
-        np.testing.assert_array_equal(g, w)
+        if case == "float64":  # compiled too: float64 sums in another order
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+        else:
+            np.testing.assert_array_equal(g, w)
