@@ -282,8 +282,40 @@ def _epilogue_row(y, r, c0, width, bias, z, act, p0, p1, one):
 def epilogue_rows(y, c0, width, bias, z, act, p0, p1, one):
     """``y[r, cols] = act(y[r, cols] + bias + z[r])`` for every row of 2-D ``y``, columns
     ``c0:c0 + width``; an empty ``bias`` or ``z`` (shape 0) is skipped."""
+    if width > 0 and bias.shape[0] == width and z.shape[0] != y.shape[0] \
+            and (act == NONE or act == RELU or act == CLIP or act == HARD_SWISH):
+        _bias_activation_rows(y, c0, width, bias, act, p0, p1, one)
+        return
     for r in range(y.shape[0]):
         _epilogue_row(y, r, c0, width, bias, z, act, p0, p1, one)
+
+
+@njit(cache=True, inline="always")
+def _bias_activation_rows(y, c0, width, bias, act, p0, p1, one):
+    """Bias and the convolutions' common activations (NONE, RELU, CLIP, HARD_SWISH) in one
+    pass per row, one loop per activation: in the general row function the same loops ran
+    at half this speed (MobileNetV3's 16 -> 72 1x1 with ReLU: two passes over each row)."""
+    zero = one - one
+    for r in range(y.shape[0]):
+        row = y[r, c0:c0 + width]
+        if act == NONE:
+            for j in range(width):
+                row[j] += bias[j]
+        elif act == RELU:
+            for j in range(width):
+                v = row[j] + bias[j]
+                row[j] = zero if v < zero else v
+        elif act == CLIP:
+            for j in range(width):
+                v = row[j] + bias[j]
+                v = p0 if v < p0 else v
+                row[j] = p1 if v > p1 else v
+        else:  # HARD_SWISH, as activate_into
+            for j in range(width):
+                x = row[j] + bias[j]
+                v = p0 * x + p1
+                v = zero if v < zero else v
+                row[j] = x * (one if v > one else v)
 
 
 _EMPTY = {}
