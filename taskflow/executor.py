@@ -27,6 +27,15 @@ from taskflow.ops.device import DEVICE_DTYPE_KINDS, is_gpu, to_device, use_devic
 #: Largest input a sample run (FLOP count, trace, warm-up) builds: a declared shape past this
 #: is a broken model, not a workload.
 MAX_SAMPLE_BYTES = 2**31
+#: Ops whose output depends on an input's shape only: where the shape-only subgraphs start.
+SHAPE_SOURCES = frozenset({"Shape", "Size"})
+#: Ops never served from the shape cache: their output is not a function of their inputs.
+NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform",
+                              "RandomUniformLike", "Multinomial", "Bernoulli"})
+#: Largest value (elements) the shape cache keeps: shape vectors, scalars, position ids.
+SHAPE_CACHE_MAX_ELEMENTS = 4096
+#: Input signatures (shapes and dtypes) a plan keeps shape-only values for.
+SHAPE_CACHE_KEYS = 16
 #: The list :func:`node_timer` fills, for runs in this thread; None: nobody is timing.
 _NODE_TIMES: ContextVar[list[tuple[Node, float]] | None] = ContextVar("taskflow_node_times",
                                                                       default=None)
@@ -85,6 +94,13 @@ class ExecutionPlan:
             with use_device(device):
                 self.constants = {k: to_device(v) if v.dtype.kind in DEVICE_DTYPE_KINDS else v
                                   for k, v in graph.initializers.items()}
+        #: Steps whose outputs depend on the inputs' shapes and constants only (the
+        #: Shape -> Gather -> Unsqueeze -> Concat chains of dynamic-axis exports): computed on
+        #: the first run with given input shapes, then served from :attr:`shape_cache`.
+        self.shape_steps = shape_only_steps([(n.op, n.inputs, n.outputs) for n in order],
+                                            set(graph.initializers))
+        #: input signature -> (the shape-only values, the steps they stand for)
+        self.shape_cache: dict[tuple, tuple[dict[str, Any], frozenset[int]]] = {}
         #: Convolutions that write into the Concat they feed (see :mod:`taskflow.ir.placement`).
         self.slots = {} if device != "cpu" else concat_slots(
             [(n.op, n.inputs, n.outputs, n.attrs) for n in order],
@@ -103,9 +119,22 @@ class ExecutionPlan:
             trace = _timing(times, trace)
         env: dict[str, Any] = dict(self.constants)
         env.update(feed)
+        key = self._signature(feed) if self.shape_steps and trace is None else None
+        cached = self.shape_cache.get(key) if key is not None else None
+        skip: frozenset[int] = frozenset()
+        record: dict[str, Any] | None = None
+        if cached is not None:
+            env.update(cached[0])
+            skip = cached[1]
+        elif key is not None:
+            record = {}
         buffers: dict[int, Any] = {}  # this run's Concat buffers, by Concat step
         for k, step in enumerate(self.steps):
             node = step.node
+            if k in skip:  # its outputs came from the shape cache
+                for name in step.release:
+                    env.pop(name, None)
+                continue
             args = [env[i] if i else None for i in node.inputs]
             try:
                 slot = self.slots.get(k)
@@ -130,13 +159,30 @@ class ExecutionPlan:
             for name, value in zip(node.outputs, results):
                 if name:
                     env[name] = value
+            if record is not None and k in self.shape_steps:
+                _record_shape_values(node, results, record, self.constants)
             if trace is not None:
                 trace(node, args, results)
             for name in step.release:
                 env.pop(name, None)
             buffers.pop(k, None)  # a Concat's buffer lives on in its output only
+        if record is not None and len(self.shape_cache) < SHAPE_CACHE_KEYS:
+            done = frozenset(k for k in self.shape_steps
+                             if all(o in record for o in self.steps[k].node.outputs if o))
+            self.shape_cache[key] = ({n: v for n, v in record.items() if v is not None}, done)
         wanted = outputs if outputs is not None else self.graph.output_names
         return {name: env[name] for name in wanted}
+
+    def _signature(self, feed: Mapping[str, Any]) -> tuple | None:
+        """The shapes and dtypes of the graph's inputs in ``feed``; None if one is not an
+        array (the shape cache then stays out of the way)."""
+        sig = []
+        for v in self.graph.inputs:
+            x = feed.get(v.name)
+            if x is None or not hasattr(x, "shape") or not hasattr(x, "dtype"):
+                return None
+            sig.append((v.name, tuple(x.shape), str(x.dtype)))
+        return tuple(sig)
 
 
 @contextmanager
@@ -185,6 +231,49 @@ def _timing(times: list[tuple[Node, float]],
         last = now
 
     return timed
+
+
+def shape_only_steps(nodes: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+                     constants: set[str]) -> frozenset[int]:
+    """Indices of the nodes (``(op, inputs, outputs)`` in execution order) whose outputs are
+    functions of the graph inputs' shapes and of constants only: Shape and Size, and every
+    deterministic node whose inputs are all constants or outputs of such nodes.
+
+    Examples
+    --------
+    >>> sorted(shape_only_steps([("Shape", ["x"], ["s"]), ("Gather", ["s", "i"], ["n"]),
+    ...                          ("Reshape", ["x", "n"], ["y"])], {"i"}))
+    [0, 1]
+    """
+    derived: set[str] = set()
+    steps = []
+    for k, (op, ins, outs) in enumerate(nodes):
+        if op in NONDETERMINISTIC:
+            continue
+        if op in SHAPE_SOURCES or (ins and any(i in derived for i in ins if i)
+                                   and all(not i or i in derived or i in constants
+                                           for i in ins)):
+            steps.append(k)
+            derived.update(o for o in outs if o)
+    return frozenset(steps)
+
+
+def _record_shape_values(node: Node, results: tuple, record: dict[str, Any],
+                         constants: Mapping[str, Any]) -> None:
+    """Keep a shape-only step's outputs for the shape cache when they are small numpy
+    arrays computed from recorded values; a missing input (a value too large to keep)
+    leaves the node and everything after it out."""
+    if node.op not in SHAPE_SOURCES and any(i and i not in record and i not in constants
+                                            for i in node.inputs):
+        return
+    for name, value in zip(node.outputs, results):
+        if not name:
+            continue
+        if not isinstance(value, np.ndarray) or value.size > SHAPE_CACHE_MAX_ELEMENTS:
+            return
+    for name, value in zip(node.outputs, results):
+        if name:
+            record[name] = value
 
 
 def release_schedule(nodes: Sequence[tuple[Sequence[str], Sequence[str]]],
