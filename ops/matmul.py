@@ -16,6 +16,7 @@ import numpy as np
 from taskflow.errors import ShapeError
 
 from .conv import apply_activation
+from .device import array_module
 from .registry import register
 
 #: Half-precision types numpy has no BLAS for: products accumulate in float32 and round
@@ -56,7 +57,8 @@ def gemm(A: np.ndarray, B: np.ndarray, C: np.ndarray | None = None, *, alpha: fl
         raise ShapeError(f"Gemm inner dimensions differ: A' is {a.shape}, B' is {b.shape} "
                          f"(transA={transA}, transB={transB})")
     acc = _accumulate_dtype(a.dtype)
-    y = _scaled(np.matmul(a.astype(acc, copy=False), b.astype(acc, copy=False)), alpha)
+    xp = array_module(a)  # numpy here; cupy when the gpu kernel hands CuPy arrays in
+    y = _scaled(xp.matmul(a.astype(acc, copy=False), b.astype(acc, copy=False)), alpha)
     y = y.astype(a.dtype, copy=False)
     if C is not None:
         y = y + _scaled(C.astype(y.dtype, copy=False), beta)

@@ -10,37 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from taskflow.errors import ShapeError
-
-from ..matmul import _accumulate_dtype
+from ..matmul import _accumulate_dtype, gemm
 from ..quant import check_precision
 from .activation import softmax_gpu
 from .common import apply_activation, gpu_kernel, operands
 from .quant import fake_quant_operands
 
 
-def _scaled(y: Any, factor: float) -> Any:
-    # Skip the multiply when factor is 1 so y is bit-identical to the plain product.
-    return y if factor == 1 else y * y.dtype.type(factor)
-
-
 @gpu_kernel("Gemm")
 def gemm_gpu(A: Any, B: Any, C: Any = None, *, alpha: float = 1.0, beta: float = 1.0,
              transA: int = 0, transB: int = 0) -> Any:
-    xp, (A, B, C) = operands(A, B, C)
-    if A.ndim != 2 or B.ndim != 2:
-        raise ShapeError(f"Gemm takes 2-D A and B; got shapes {A.shape} and {B.shape}")
-    a = A.T if transA else A
-    b = B.T if transB else B
-    if a.shape[1] != b.shape[0]:
-        raise ShapeError(f"Gemm inner dimensions differ: A' is {a.shape}, B' is {b.shape} "
-                         f"(transA={transA}, transB={transB})")
-    acc = _accumulate_dtype(a.dtype)
-    y = _scaled(xp.matmul(a.astype(acc, copy=False), b.astype(acc, copy=False)), alpha)
-    y = y.astype(a.dtype, copy=False)
-    if C is not None:
-        y = y + _scaled(C.astype(y.dtype, copy=False), beta)
-    return y
+    """The reference itself (array-module generic) on the device operands."""
+    _, (A, B, C) = operands(A, B, C)
+    return gemm(A, B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
 
 
 @gpu_kernel("FusedGemm")
