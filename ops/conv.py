@@ -132,21 +132,34 @@ def _batch_step(bytes_per_sample: int) -> int:
 # --------------------------------------------------------------------------------------------
 # Conv
 
+def check_groups(c: int, w_shape: Sequence[int], group: int) -> None:
+    """ShapeError unless ``c`` input channels and weight shape ``w_shape`` fit ``group``."""
+    if c != w_shape[1] * group or w_shape[0] % group:
+        raise ShapeError(f"Conv input has {c} channels and weight shape {tuple(w_shape)} with "
+                         f"group={group}; expected C = W.shape[1] * group and W.shape[0] % group "
+                         "== 0")
+
+
+def window_geometry(padded: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                    dilations: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(span of a dilated window, output size) per spatial axis of a padded input; a
+    ShapeError when the window does not fit."""
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    out = [(i - sp) // s + 1 for i, sp, s in zip(padded, span, strides)]
+    if any(o <= 0 for o in out):
+        raise ShapeError(f"Conv kernel span {span} does not fit the padded input "
+                         f"{tuple(padded)}")
+    return span, out
+
+
 def _conv(x: np.ndarray, w: np.ndarray, group: int, strides: tuple[int, ...],
           dilations: tuple[int, ...], pb: list[int], pe: list[int]) -> np.ndarray:
     n, c, nd = x.shape[0], x.shape[1], x.ndim - 2
     m, kernel = w.shape[0], w.shape[2:]
-    if c != w.shape[1] * group or m % group:
-        raise ShapeError(f"Conv input has {c} channels and weight shape {w.shape} with "
-                         f"group={group}; expected C = W.shape[1] * group and W.shape[0] % group "
-                         "== 0")
+    check_groups(c, w.shape, group)
     if any(pb) or any(pe):
         x = np.pad(x, [(0, 0), (0, 0), *zip(pb, pe)])
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    out = [(i - sp) // s + 1 for i, sp, s in zip(x.shape[2:], span, strides)]
-    if any(o <= 0 for o in out):
-        raise ShapeError(f"Conv kernel span {span} does not fit the padded input "
-                         f"{x.shape[2:]}")
+    span, out = window_geometry(x.shape[2:], kernel, strides, dilations)
     cg, mg, kp, p = c // group, m // group, math.prod(kernel), math.prod(out)
     wg = w.astype(x.dtype, copy=False).reshape(group, mg, cg * kp)
     y = np.empty((n, group, mg, p), dtype=x.dtype)

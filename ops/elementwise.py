@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper
 
+from .device import array_module
 from .registry import elementwise_flops, register
 
 BFLOAT16 = helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16)
@@ -110,12 +111,13 @@ def erfc_float32(z: np.ndarray, square_scale: float = 1.0) -> np.ndarray:
     top 12 bits of z, exact for s = 1 or 1/2: z * sqrt(s) rounded to float32 and then squared
     would carry an absolute error of up to ~1e-5 into the exponent near the underflow.
     """
-    z = np.asarray(z, dtype=np.float32)
+    xp = array_module(z)  # numpy here; cupy when the gpu kernels hand CuPy arrays in
+    z = xp.asarray(z, dtype=np.float32)
     s = np.float32(square_scale)
     one = np.float32(1)
     w = z if square_scale == 1 else z * np.float32(math.sqrt(square_scale))
     t = one / (one + np.float32(0.5) * w)
-    acc = np.full_like(z, np.float32(_ERFC_T[-1]))
+    acc = xp.full_like(z, np.float32(_ERFC_T[-1]))
     for c in reversed(_ERFC_T[:-1]):
         acc *= t
         acc += np.float32(c)
@@ -124,11 +126,11 @@ def erfc_float32(z: np.ndarray, square_scale: float = 1.0) -> np.ndarray:
     low *= s
     acc -= low
     with np.errstate(under="ignore", over="ignore"):
-        np.exp(acc, out=acc)
+        xp.exp(acc, out=acc)
         acc *= t
-        np.multiply(hi, hi, out=t)
+        xp.multiply(hi, hi, out=t)
         t *= -s
-        acc *= np.exp(t, out=t)
+        acc *= xp.exp(t, out=t)
     return acc
 
 

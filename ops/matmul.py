@@ -105,9 +105,10 @@ def matmul_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any], **attrs: A
 def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Y = A @ B (numpy matmul: 1-D operands promoted, batch dimensions broadcast)."""
     acc = _accumulate_dtype(A.dtype)
+    xp = array_module(A)  # numpy here; cupy when the gpu kernel hands CuPy arrays in
     if acc != A.dtype:
-        return np.matmul(A.astype(acc), B.astype(acc)).astype(A.dtype)
-    return np.matmul(A, B.astype(A.dtype, copy=False))
+        return xp.matmul(A.astype(acc), B.astype(acc)).astype(A.dtype)
+    return xp.matmul(A, B.astype(A.dtype, copy=False))
 
 
 def fused_matmul_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any],

@@ -16,6 +16,7 @@ import numpy as np
 
 from taskflow.errors import ShapeError, UnsupportedOpError
 
+from .device import array_module
 from .registry import register
 
 
@@ -222,12 +223,13 @@ def pad(data, pads, constant_value=None, axes=None, *, mode="constant"):
     # Negative pads crop first; the remaining (non-negative) pads then see the cropped data.
     data = data[tuple(slice(max(-b, 0), d - max(-e, 0)) for (b, e), d in zip(width, data.shape))]
     width = [(max(b, 0), max(e, 0)) for b, e in width]
+    xp = array_module(data)  # numpy here; cupy when the gpu kernel hands a CuPy array in
     if mode == "constant":
-        value = 0 if constant_value is None else np.asarray(constant_value).ravel()[0]
-        return np.pad(data, width, mode="constant", constant_values=value)
+        value = 0 if constant_value is None else np.asarray(constant_value).ravel()[0].item()
+        return xp.pad(data, width, mode="constant", constant_values=value)
     if mode not in ("reflect", "edge", "wrap"):
         raise ValueError(f"Pad mode {mode!r} is not 'constant', 'reflect', 'edge' or 'wrap'")
-    return np.pad(data, width, mode=mode)
+    return xp.pad(data, width, mode=mode)
 
 
 # ---------------------------------------------------------------------------- gathers

@@ -18,6 +18,7 @@ import numpy as np
 from taskflow.errors import ShapeError, UnsupportedOpError
 
 from .conv import apply_activation
+from .device import array_module
 from .registry import register
 
 #: ONNX TensorProto element types LayerNormalization's ``stash_type`` may name.
@@ -166,8 +167,9 @@ def rms_normalization(X: np.ndarray, scale: np.ndarray, *, axis: int = -1,
                          f"{X.shape}; expected {-X.ndim} <= axis < {X.ndim}")
     axes = tuple(range(axis % X.ndim, X.ndim))
     x = X.astype(_stash("RMSNormalization", X, stash_type), copy=False)
-    mean_sq = np.mean(x * x, axis=axes, keepdims=True)
-    z = x * (1 / np.sqrt(mean_sq + x.dtype.type(epsilon)))
+    xp = array_module(x)  # numpy here; cupy when the gpu kernel hands CuPy arrays in
+    mean_sq = xp.mean(x * x, axis=axes, keepdims=True)
+    z = x * (1 / xp.sqrt(mean_sq + x.dtype.type(epsilon)))
     try:
         return z.astype(X.dtype, copy=False) * scale.astype(X.dtype, copy=False)
     except ValueError as exc:

@@ -126,8 +126,8 @@ class ExecutionPlan:
         if cached is not None:
             env.update(cached[0])
             skip = cached[1]
-        elif key is not None:
-            record = {}
+        elif key is not None and len(self.shape_cache) < SHAPE_CACHE_KEYS:
+            record = {}  # kept at the end of the run
         buffers: dict[int, Any] = {}  # this run's Concat buffers, by Concat step
         for k, step in enumerate(self.steps):
             node = step.node
@@ -166,10 +166,10 @@ class ExecutionPlan:
             for name in step.release:
                 env.pop(name, None)
             buffers.pop(k, None)  # a Concat's buffer lives on in its output only
-        if record is not None and len(self.shape_cache) < SHAPE_CACHE_KEYS:
+        if record is not None:
             done = frozenset(k for k in self.shape_steps
                              if all(o in record for o in self.steps[k].node.outputs if o))
-            self.shape_cache[key] = ({n: v for n, v in record.items() if v is not None}, done)
+            self.shape_cache[key] = (record, done)
         wanted = outputs if outputs is not None else self.graph.output_names
         return {name: env[name] for name in wanted}
 

@@ -6,7 +6,9 @@
 Over 600 lines on purpose: ``Model`` is the public face users read, and its methods that
 transform a model (``prune``, ``with_precision``, ``quantize``) are thin delegations to
 :mod:`taskflow.ir.prune` and :mod:`taskflow.precision` whose length is their numpydoc
-documentation; splitting the class over modules would scatter its reference, not its logic.
+documentation; the device handling (a plan per device, host/device copies at the graph's
+edges) is a few lines over :mod:`taskflow.ops.device`. Splitting the class over modules
+would scatter its reference, not its logic.
 """
 
 from __future__ import annotations

@@ -153,11 +153,14 @@ def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
     return y
 
 
-def _epilogue_fits(bias: np.ndarray | None, a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether FusedMatMul's bias is a vector over the output's last axis (or absent), as
-    in every exported Linear layer, so the epilogue can run inside the GEMM's row blocks."""
-    return bias is None or (bias.size == b.shape[1] and 1 <= bias.ndim <= a.ndim
-                            and bias.shape[-1] == b.shape[1] and bias.dtype == b.dtype)
+def _bias_vector(bias: np.ndarray | None, n: int, ndim: int,
+                 dtype: np.dtype) -> tuple[bool, np.ndarray | None]:
+    """(whether FusedMatMul's bias is absent or a length-``n`` row vector of an output of
+    rank ``ndim``, as in every exported Linear layer; that vector)."""
+    if bias is None:
+        return True, None
+    vec = _row_vector(bias.reshape(-1) if bias.ndim > 2 and bias.size == n else bias, n, dtype)
+    return vec is not None and bias.ndim <= ndim, vec
 
 
 def _row_vector(c: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray | None:
@@ -251,28 +254,22 @@ def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = Non
             y = sparse_matmul(A.reshape(-1, A.shape[-1]), B)
             y = y.reshape(*A.shape[:-1], B.shape[1])
         elif B.ndim == 2 and (A.ndim == 2 or A.flags.c_contiguous) \
-                and A.shape[-1] == B.shape[0] and _epilogue_fits(bias, A, B):
-            # the epilogue inside the GEMM's row blocks
-            vec = None if bias is None else _row_vector(bias.reshape(-1), B.shape[1], A.dtype)
-            y = parallel_matmul(A.reshape(-1, A.shape[-1]), B, _epilogue(vec, act))
-            return y.reshape(*A.shape[:-1], B.shape[1])
-        elif A.ndim == 2 and B.ndim == 2:
-            y = parallel_matmul(A, B)
-        elif B.ndim == 2 and A.flags.c_contiguous:
-            y = parallel_matmul(A.reshape(-1, A.shape[-1]), B)
-            y = y.reshape(*A.shape[:-1], B.shape[1])
+                and A.shape[-1] == B.shape[0]:
+            fits, vec = _bias_vector(bias, B.shape[1], A.ndim, A.dtype)
+            if fits:  # the epilogue inside the GEMM's row blocks
+                y = parallel_matmul(A.reshape(-1, A.shape[-1]), B, _epilogue(vec, act))
+                return y.reshape(*A.shape[:-1], B.shape[1])
+            y = None  # a bias of another shape: the reference broadcasts it
         else:
             from .attention import batched_matmul  # here: attention imports this module
 
             y = batched_matmul(A, B)
             y = np.matmul(A, B) if y is None else y
-        n = y.shape[-1]
-        vec = None if bias is None else _row_vector(bias.reshape(-1) if bias.ndim > 2 and
-                                                    bias.size == n else bias, n, y.dtype)
-        if (bias is None or vec is not None) and y.flags.c_contiguous \
-                and (bias is None or bias.ndim <= y.ndim):
-            apply_epilogue(y.reshape(-1, n), vec, None, act)
-            return y
+        if y is not None:
+            fits, vec = _bias_vector(bias, y.shape[-1], y.ndim, y.dtype)
+            if fits and y.flags.c_contiguous:
+                apply_epilogue(y.reshape(-1, y.shape[-1]), vec, None, act)
+                return y
     return fused_matmul(A, B, bias, activation=activation, activation_params=activation_params,
                         precision=precision, x_scale=x_scale, x_zero_point=x_zero_point,
                         sparse=sparse)

@@ -13,9 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from taskflow.errors import ShapeError
-
-from ..conv import _check_kernel, resolve_pads, spatial_attrs
+from ..conv import _check_kernel, check_groups, resolve_pads, spatial_attrs, window_geometry
 from ..movement import channel_shuffle as channel_shuffle_ref
 from .common import apply_activation, gpu_kernel, operands, pad_spatial, windows
 from .quant import fake_quant_operands
@@ -32,16 +30,9 @@ def conv2col(x: Any, w: Any, group: int, strides: Sequence[int], dilations: Sequ
     xp = operands(x)[0]
     n, c, nd = x.shape[0], x.shape[1], x.ndim - 2
     m, kernel = w.shape[0], tuple(w.shape[2:])
-    if c != w.shape[1] * group or m % group:
-        raise ShapeError(f"Conv input has {c} channels and weight shape {tuple(w.shape)} with "
-                         f"group={group}; expected C = W.shape[1] * group and W.shape[0] % "
-                         "group == 0")
+    check_groups(c, w.shape, group)
     x = pad_spatial(x, pb, pe)
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    out = [(i - sp) // s + 1 for i, sp, s in zip(x.shape[2:], span, strides)]
-    if any(o <= 0 for o in out):
-        raise ShapeError(f"Conv kernel span {span} does not fit the padded input "
-                         f"{tuple(x.shape[2:])}")
+    _, out = window_geometry(x.shape[2:], kernel, strides, dilations)
     cg, mg, kp, p = c // group, m // group, math.prod(kernel), math.prod(out)
     wg = w.astype(x.dtype, copy=False).reshape(group, mg, cg * kp)
     if kp == 1:  # 1x1: the (strided) input already is the column matrix

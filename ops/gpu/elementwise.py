@@ -187,25 +187,7 @@ def erf_gpu(x: Any) -> Any:
 
 
 def erfc_float32(z: Any, square_scale: float = 1.0) -> Any:
-    """:func:`taskflow.ops.elementwise.erfc_float32` on any module (same steps, same
-    float32 roundings)."""
-    xp, (z,) = operands(z)
-    z = z.astype(np.float32, copy=False)
-    s = np.float32(square_scale)
-    one = np.float32(1)
-    w = z if square_scale == 1 else z * np.float32(math.sqrt(square_scale))
-    t = one / (one + np.float32(0.5) * w)
-    acc = xp.full_like(z, np.float32(ref._ERFC_T[-1]))
-    for c in reversed(ref._ERFC_T[:-1]):
-        acc *= t
-        acc += np.float32(c)
-    hi = (z.view(np.uint32) & ref._HIGH_BITS).view(np.float32)
-    low = (z - hi) * (z + hi)
-    low *= s
-    acc -= low
-    xp.exp(acc, out=acc)
-    acc *= t
-    xp.multiply(hi, hi, out=t)
-    t *= -s
-    acc *= xp.exp(t, out=t)
-    return acc
+    """:func:`taskflow.ops.elementwise.erfc_float32` itself (array-module generic) on the
+    device operand."""
+    _, (z,) = operands(z)
+    return ref.erfc_float32(z, square_scale)

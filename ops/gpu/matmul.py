@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..matmul import _accumulate_dtype, gemm
+from ..matmul import gemm, matmul
 from ..quant import check_precision
 from .activation import softmax_gpu
 from .common import apply_activation, gpu_kernel, operands
@@ -40,11 +40,9 @@ def fused_gemm_gpu(A: Any, B: Any, C: Any = None, *, alpha: float = 1.0, beta: f
 
 @gpu_kernel("MatMul")
 def matmul_gpu(A: Any, B: Any) -> Any:
-    xp, (A, B) = operands(A, B)
-    acc = _accumulate_dtype(A.dtype)
-    if acc != A.dtype:
-        return xp.matmul(A.astype(acc), B.astype(acc)).astype(A.dtype)
-    return xp.matmul(A, B.astype(A.dtype, copy=False))
+    """The reference itself (array-module generic) on the device operands."""
+    _, (A, B) = operands(A, B)
+    return matmul(A, B)
 
 
 @gpu_kernel("FusedMatMul")
