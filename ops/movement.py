@@ -184,7 +184,8 @@ def split(input, split=None, *, axis=0, num_outputs=None):
     else:
         # Opset < 18 split evenly into len(node.output); the importer must set num_outputs.
         raise ValueError("Split needs the 'split' input or the 'num_outputs' attribute")
-    return tuple(np.split(input, np.cumsum(sizes)[:-1], axis=axis))
+    # the module of the input: numpy here, cupy when the gpu kernel hands a CuPy array in
+    return tuple(array_module(input).split(input, np.cumsum(sizes)[:-1].tolist(), axis=axis))
 
 
 @register("Slice", "movement")
