@@ -92,7 +92,7 @@ def matmul_cpu(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return matmul(A, B) if y is None else y
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _shift_rows(s, mask, has_mask):
     """Rows of s (G, S, T) in place: s + mask, minus the row's maximum (NaN propagates)."""
     g, rows, t = s.shape
@@ -111,7 +111,7 @@ def _shift_rows(s, mask, has_mask):
                 row[j] -= top
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _normalize_rows(s, nan_to_zero):
     """Rows of s (G, S, T) in place: divided by their sum (float64 sums); NaN results as 0
     when ``nan_to_zero``."""

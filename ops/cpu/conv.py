@@ -108,7 +108,7 @@ DENSE_GROUPED_MAX_PER_GROUP = 24
 GEMM_SLICE_BYTES = SLICE_BYTES
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _im2col(x, cols, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, groups):
     """cols[i] = receptive field of output pixel r0 + i, columns ordered (g, kh, kw, c).
 
@@ -155,7 +155,7 @@ def _im2col(x, cols, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, groups):
                             cols[i, base + u(k)] = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _depthwise(x, w, bias, z, y, c0, sh, sw, dh, dw, ph, pw, act, p0, p1, one, lo, hi):
     """y[n, oh, ow, c0 + c] = act(sum_{a,b} x[n, ih, iw, c] * w[a, b, c] + bias[c] + z[...]).
 
@@ -372,7 +372,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     return nchw_view(y)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _shuffle_in_place(y, c0, m, group, tmp):
     """y[r, c0:c0 + m] channel-shuffled in ``group`` groups (see ChannelShuffle), per row
     through the (m,) scratch row ``tmp``."""

@@ -60,7 +60,7 @@ def unflat(y: np.ndarray, shape: tuple[int, ...], perm: tuple[int, ...]) -> np.n
 
 
 # --- unary activations -----------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _activate(x, y, act, p0, p1, one):
     activate_into(x, y, act, p0, p1, one)
 
@@ -160,7 +160,7 @@ def _apply(op, y, a, b):
             y[j] = a[j] / b[j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _binary_rows(x, v, y, op, swap, per_row, r0):
     """y[r] = x[r] (op) v (per_row False: v along the row) or v[(r0 + r) % len(v)] (per_row
     True); ``swap`` puts v on the left. A v of length 1 is a scalar."""
@@ -174,7 +174,7 @@ def _binary_rows(x, v, y, op, swap, per_row, r0):
             _apply(op, y[r], x[r], w)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _binary_same(a, b, y, op):
     _apply(op, y, a, b)
 
@@ -260,7 +260,7 @@ for _op in _BINARY:
 
 
 # --- Softmax, Gelu, Erf -----------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _softmax(x, y, lo, hi):
     """Softmax over axis 1 of x (pre, n, post), for rows t = (p, q) in [lo, hi); float64
     sums."""

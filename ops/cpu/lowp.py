@@ -370,7 +370,7 @@ def gemm_int8(a: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float
 
 
 # --- Numba conversions ----------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _to_bf16(bits, out):
     """out = the bfloat16 bits of the float32 values whose bits are ``bits`` (2-D uint32):
     round to nearest, ties to even; a NaN stays a (quiet) NaN."""
@@ -403,7 +403,7 @@ def _quantize_u8(a, q, xs, zp):
             q[i, j] = np.uint8(top if v > top else v)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _dequantize(acc, out, multiplier):
     """out[i, j] = float32(acc[i, j]) * multiplier[j] (acc: MKL's int32 or the emulation's
     float64, both exact integers)."""

@@ -27,7 +27,7 @@ from .common import (
 )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _concat_rows(srcs, dst):
     """dst[r] = concatenation of src[r] for src in ``srcs`` (a tuple of (rows, c_i) arrays).
 
@@ -85,7 +85,7 @@ def shuffle_row(s, d, group):
             d[u(k * group + i)] = s[u(i * per + k)]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _shuffle_rows(src, dst, group):
     """Each row of dst = the channel shuffle of that row of src."""
     for r in range(src.shape[0]):

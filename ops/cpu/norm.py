@@ -36,7 +36,7 @@ from .common import (
 from .epilogue import activate_row, activation_code
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _affine(x, a, b, y, per_row, r0, act, p0, p1, one):
     """y[r, j] = act(x[r, j] * a[k] + b[k]), k = j (per_row False) or (r0 + r) % len(a)."""
     rows, m = x.shape
@@ -191,7 +191,7 @@ def _standardize(x, scale, bias, y, mean, inv_std, eps) -> None:
     run_ranges(part, x.shape[0], max(1, MIN_TASK_ELEMENTS // max(1, x.shape[1])))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _instance_nhwc(x, scale, bias, y, eps):
     """Instance norm of x (N, P, C): statistics per (n, c) over the P pixels."""
     n_, p, c = x.shape

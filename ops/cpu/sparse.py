@@ -252,7 +252,7 @@ def sparse_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool = False) -> np.nda
 
 
 # --- Numba loops ----------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _transpose(src, dst):
     """dst[j, i] = src[i, j], in 8 x 8 tiles (both sides then touch whole cache lines)."""
     r, c = src.shape
@@ -265,7 +265,7 @@ def _transpose(src, dst):
                     dst[j, i] = src[i, j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _csr_rows(indptr, indices, values, xt, out):
     """out[:, n] = sum over row n's non-zeros (k, v) of v * xt[k, :]: one output channel at a
     time, vectorised along the block's rows (xt: the block of X transposed, (K, rows))."""

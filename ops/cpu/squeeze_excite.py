@@ -77,7 +77,7 @@ def _gemv(wt, b, v, out):
             out[r] += wr[r] * vj
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def squeeze_excite_samples(x, w1t, b1, w2t, b2, y, channels_last, act, p0, p1, gate, q0, q1,
                            one, lo, hi):
     """y[n] = x[n] * gate(w2 @ act(w1 @ mean(x[n]) + b1) + b2) for samples n in [lo, hi).

@@ -54,7 +54,7 @@ def _add(out, a, b):
         out[k] = a[k] + b[k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _input_transform(x, v, t0, tiles_h, tiles_w, pt, pl, zero, rows):
     """v[e, t, :] = (B^T d B)[e] for the 4x4 input patch d of tile t0 + t (zero outside x).
 
@@ -87,7 +87,7 @@ def _input_transform(x, v, t0, tiles_h, tiles_w, pt, pl, zero, rows):
             _sub(v[r + 3, t], rows[r + 1], rows[r + 3])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _output_transform(m, y, c0, t0, tiles_h, tiles_w, bias, z, act, p0, p1, one):
     """y's 2x2 block of tile t0 + t = act(A^T m[:, t] A + bias + z) (A^T = [[1,1,1,0],
     [0,1,-1,-1]]), in channels ``c0:c0 + M`` of y; pixels past the output's edge are

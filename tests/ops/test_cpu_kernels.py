@@ -340,3 +340,28 @@ def test_a_classifier_split_over_threads_keeps_equal_logits_equal(kernel_threads
     (y,) = check("Gemm", [a, w, np.full(1000, 0.02, np.float32)], {"transB": 1})
     assert (y == y[:, :1]).all()
     check("Gemm", [a, rng.standard_normal((1000, 1024), dtype=np.float32)], {"transB": 1})
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's own 1/0 and 0/0
+def test_non_finite_values_follow_numpy_through_the_compiled_loops():
+    """The compiled loops divide without Python's zero check (numpy's error model, so they
+    vectorise): x / 0 is +-inf and 0 / 0 nan, as in numpy, where Div's same-shape loop used
+    to raise ZeroDivisionError; MaxPool's vector max keeps nan, padded or not."""
+    rng = np.random.default_rng(13)
+    a = rng.standard_normal((4, 3000), dtype=np.float32)
+    b = rng.standard_normal((4, 3000), dtype=np.float32)
+    b[0, :3] = 0
+    a[0, 2] = 0
+    (q,) = check("Div", [a, b], {})
+    assert np.isinf(q[0, :2]).all() and np.isnan(q[0, 2]) and np.isfinite(q[1:]).all()
+    x = rng.standard_normal((2, 24, 9, 9), dtype=np.float32)
+    x[0, 3, 0, 0] = np.nan  # in a padded corner window
+    x[1, 5, 4, 4] = np.nan  # inside
+    x[1, 6] = -np.inf  # a channel of -inf: -inf inside, the padding's fill on the border
+    (y,) = check("MaxPool", [channels_last(x)], {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                 "pads": [1, 1, 1, 1]})
+    assert np.isnan(y[0, 3, 0, 0]) and np.isnan(y[1, 5, 2, 2])
+    assert (y[1, 6, 1:4, 1:4] == -np.inf).all() and (y[1, 6, 0] == np.finfo(np.float32).min).all()
+    assert np.isnan(y).sum() == 2  # each nan lies in one window (stride 2)
+    (g,) = check("GlobalMaxPool", [channels_last(x)], {})
+    assert np.isnan(g[:, :, 0, 0]).sum() == 2
