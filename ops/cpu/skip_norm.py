@@ -32,13 +32,15 @@ def _add_standardize_rows(a, b, scale, bias, y, s, eps):
             dev = sr[j] - mu
             sq += dev * dev
         inv = 1.0 / np.sqrt(sq / d + eps)
+        # the normalisation in y's dtype, as in the LayerNormalization kernel
+        mu_t, inv_t = y.dtype.type(mu), y.dtype.type(inv)
         yr = y[r]
         if nb > 0:
             for j in range(d):
-                yr[j] = (sr[j] - mu) * inv * scale[j] + bias[j]
+                yr[j] = (sr[j] - mu_t) * inv_t * scale[j] + bias[j]
         else:
             for j in range(d):
-                yr[j] = (sr[j] - mu) * inv * scale[j]
+                yr[j] = (sr[j] - mu_t) * inv_t * scale[j]
 
 
 @register_kernel("FusedAddLayerNorm", "cpu")
