@@ -365,3 +365,25 @@ def test_non_finite_values_follow_numpy_through_the_compiled_loops():
     assert np.isnan(y).sum() == 2  # each nan lies in one window (stride 2)
     (g,) = check("GlobalMaxPool", [channels_last(x)], {})
     assert np.isnan(g[:, :, 0, 0]).sum() == 2
+
+
+@pytest.mark.parametrize("skip_shape", [(1, 6, 16), (6, 16), (16,), (1, 1, 16)])
+def test_fused_add_layernorm_with_a_skip_broadcast_over_the_leading_axes(skip_shape,
+                                                                         kernel_threads,
+                                                                         monkeypatch):
+    """Position embeddings (1, S, D) added to (N, S, D) run the compiled kernel, each skip row
+    against its own rows of x, also when the rows are split into tasks (4 rows each here)."""
+    monkeypatch.setattr(skip_norm, "MIN_TASK_ELEMENTS", 4 * 16)
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the broadcast skip took the reference fallback")
+
+    monkeypatch.setattr(skip_norm, "fused_add_layernorm", no_fallback)
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((5, 6, 16), dtype=np.float32)
+    skip = rng.standard_normal(skip_shape, dtype=np.float32)
+    scale = rng.uniform(0.5, 1.5, 16).astype(np.float32)
+    bias = rng.standard_normal(16, dtype=np.float32)
+    y, s = check("FusedAddLayerNorm", [x, skip, scale, bias], {})
+    np.testing.assert_array_equal(s, x + skip)  # the sum output, exactly
+    assert np.std(y.reshape(-1, 16), axis=0).min() > 0.1  # every column varies over the rows
