@@ -43,7 +43,7 @@ from ..conv import fused_conv as fused_conv_reference
 from ..conv import resolve_pads, spatial_attrs
 from ..quant import dynamic_qparams, fake_quant_bf16, fake_quant_u8, quantize_weight_per_channel
 from ..registry import register_kernel
-from . import lowp, sparse, winograd
+from . import direct, lowp, sparse, winograd
 from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -263,6 +263,11 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     m, cg, kh, kw = w.shape
     ho, wo = out
     dtype = x.dtype
+    plain = not precision and not use_sparse and shuffle <= 1 and z is None \
+        and dtype == np.float32 and tuple(d) == (1, 1) and m % 8 == 0
+    if plain and group == 1 and c <= direct.FEW_CHANNELS_MAX \
+            and c * kh * kw <= direct.FEW_CHANNELS_MAX_TAPS and x.flags.c_contiguous:
+        return _few_channels(x, w, bias, s, pb, out, act)  # reads the NCHW input in place
     xh = as_nhwc(x)
     if precision == "int8" and not x_scale:
         x_scale, x_zp = dynamic_qparams(xh)
@@ -283,6 +288,14 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         # the shuffle rides along with the GEMM paths' epilogue; here it is its own pass
         y = conv_nhwc(x, w, bias, z, group, s, d, pb, out, act)
         return channel_shuffle_cpu(y, group=shuffle)
+    if plain and group == c == m and xh.flags.c_contiguous:  # depthwise, register-blocked
+        wd = packed(w, ("depthwise", dtype.str), lambda a: _pack_depthwise(a.astype(dtype)))
+        b_ = np.zeros(m, dtype) if bias is None else bias
+        t = dtype.type
+        run_ranges(lambda lo, hi: direct.depthwise_rows(
+            xh, wd, b_, full, c0, s[0], s[1], pb[0], pb[1], act[0], t(act[1]), t(act[2]),
+            t(1), lo, hi), n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * kh * kw)))
+        return nchw_view(y)
     if group == c and m == c and group > 1:  # depthwise: direct loops
         wd = packed(w, ("depthwise", dtype.str), lambda a: _pack_depthwise(a.astype(dtype)))
         t = dtype.type
@@ -370,6 +383,22 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
 
     run_tasks(work, -(-rows // step))
     return nchw_view(y)
+
+
+def _few_channels(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, s, pb, out,
+                  act: tuple[int, float, float]) -> np.ndarray:
+    """A first layer's few-channel convolution by :func:`.direct.few_channels_rows`."""
+    n, m, kh, kw = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
+    ho, wo = out
+    full, c0 = output_buffer((n, ho, wo, m), x.dtype)
+    wp = packed(w, ("few-channels", x.dtype.str),
+                lambda a: np.ascontiguousarray(a.astype(x.dtype).transpose(1, 2, 3, 0)).ravel())
+    b_ = np.zeros(m, x.dtype) if bias is None else vector(bias, x.dtype)
+    t = x.dtype.type
+    run_ranges(lambda lo, hi: direct.few_channels_rows(
+        x, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]), t(act[2]),
+        t(1), lo, hi), n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * x.shape[1] * kh * kw)))
+    return nchw_view(full[..., c0:c0 + m])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

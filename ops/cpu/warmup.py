@@ -84,6 +84,12 @@ CASES: list[Case] = [
      {"group": 2, "activation": "Relu", "channel_shuffle": 4}),
     ("FusedConv", _inputs(_x(2, 8, 9, 9), _w(8, 1, 3, 3), _w(8), _x(2, 8, 9, 9)),
      {"group": 8, "pads": [1, 1, 1, 1], "activation": "Clip", "activation_params": [0, 6]}),
+    # register-blocked direct kernels (ops/cpu/direct.py): a 5x5 depthwise without residual
+    # (7 columns: a block of 4 and 3 single ones), a 3-channel stem (24 = 16 + 8 channels)
+    ("FusedConv", _inputs(_x(2, 16, 7, 7, cl=True), _w(16, 1, 5, 5), _w(16)),
+     {"group": 16, "pads": [2, 2, 2, 2], "activation": "HardSwish"}),
+    ("FusedConv", _inputs(_x(2, 3, 13, 13), _w(24, 3, 3, 3), _w(24)),
+     {"strides": [2, 2], "pads": [1, 0, 1, 2], "activation": "Relu"}),
     # reduced precision (ops/cpu/lowp.py): bf16 im2col, static int8 1x1 with a residual,
     # dynamic int8 Gemm, bf16 MatMul
     ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 3, 3), _w(16)),

@@ -20,6 +20,7 @@ from taskflow.ops.cpu import (
     attention,
     common,
     conv,
+    direct,
     eltwise,
     epilogue,
     lowp,
@@ -100,8 +101,8 @@ TOL: dict[str, tuple[float, float]] = {
 }
 #: float64: the same orderings, 2^29 times finer.
 FLOAT64_TOL = (1e-11, 1e-11)
-CPU_MODULES = (attention, common, conv, eltwise, epilogue, lowp, matmul, movement, norm,
-               pool, skip_norm, sparse, squeeze_excite, winograd)
+CPU_MODULES = (attention, common, conv, direct, eltwise, epilogue, lowp, matmul, movement,
+               norm, pool, skip_norm, sparse, squeeze_excite, winograd)
 #: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
 EDGE_BATCHES = (None, 0, 1, 3)
 
@@ -160,6 +161,8 @@ CONV_PATHS = {
     "winograd-valid": ((16, 48, 3, 3), {}, 48, 8),
     "depthwise": ((16, 1, 3, 3), {"group": 16, "pads": [1, 1, 1, 1], "strides": [2, 2]}, 16, 9),
     "grouped": ((24, 4, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, 16, 6),
+    # direct.few_channels_rows on an NCHW input (channels-last input goes to im2col)
+    "few-channels": ((24, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 3, 11),
 }
 
 
@@ -175,7 +178,8 @@ def test_fused_conv_epilogues(path, activation, residual):
     y = ops.get("Conv").reference(x, w, **attrs)
     z = channels_last(rng.standard_normal(y.shape, dtype=np.float32)) if residual else None
     attrs = {**attrs, "activation": activation, "activation_params": PARAMS.get(activation, [])}
-    (out,) = check("FusedConv", [channels_last(x), w, b, z], attrs, what=path)
+    xin = x if path == "few-channels" else channels_last(x)
+    (out,) = check("FusedConv", [xin, w, b, z], attrs, what=path)
     assert is_channels_last(out)
 
 
@@ -387,3 +391,33 @@ def test_fused_add_layernorm_with_a_skip_broadcast_over_the_leading_axes(skip_sh
     y, s = check("FusedAddLayerNorm", [x, skip, scale, bias], {})
     np.testing.assert_array_equal(s, x + skip)  # the sum output, exactly
     assert np.std(y.reshape(-1, 16), axis=0).min() > 0.1  # every column varies over the rows
+
+
+@pytest.mark.parametrize("kind", ["depthwise", "few-channels"])
+def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
+    """The register-blocked kernels write channels c0:c0 + M of a Concat's buffer and leave
+    the others alone, with the activation applied pixel by pixel there."""
+    rng = np.random.default_rng(15)
+    if kind == "depthwise":
+        x = channels_last(rng.standard_normal((2, 16, 9, 10), dtype=np.float32))
+        w = rng.standard_normal((16, 1, 3, 3), dtype=np.float32)
+        attrs = {"group": 16, "pads": [1, 1, 1, 1], "strides": [2, 1]}
+    else:
+        x = rng.standard_normal((2, 3, 9, 10), dtype=np.float32)
+        w = rng.standard_normal((16, 3, 5, 5), dtype=np.float32)
+        attrs = {"pads": [2, 2, 2, 2], "strides": [1, 2]}
+    b = rng.standard_normal(16, dtype=np.float32)
+    want = ops.get("FusedConv").reference(x, w, b, activation="Relu", **attrs)
+    full = np.full((2, *want.shape[2:], 40), 7.0, np.float32)  # NHWC, 40 channels
+    t = np.float32
+    if kind == "depthwise":
+        wd = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
+        direct.depthwise_rows(x.transpose(0, 2, 3, 1), wd, b, full, 20, 2, 1, 1, 1,
+                              epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2])
+    else:
+        wp = np.ascontiguousarray(w.transpose(1, 2, 3, 0)).ravel()
+        direct.few_channels_rows(x, wp, b, full, 20, 5, 5, 1, 2, 2, 2, epilogue.RELU, t(0),
+                                 t(0), t(1), 0, 2 * want.shape[2])
+    assert_close(full[..., 20:36].transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5)
+    assert (full[..., :20] == 7).all() and (full[..., 36:] == 7).all()
+    assert (want > 0).mean() > 0.3  # the activation had something to do

@@ -1,0 +1,135 @@
+"""Eight-lane float32 vectors inside Numba kernels: a register-held type and five operations.
+
+Numba has no vector type, and LLVM keeps an accumulator in a register only when it is a
+plain SSA value. An accumulator that lives in an array (``acc[k] += x * w``) costs a load
+and a store for every multiply-add. So loops that sum many taps into few outputs run
+load-bound: depthwise convolutions and the 3-channel first convolutions. Keeping four output
+pixels' accumulators in registers is register blocking, and it needs a value that *is* a
+vector register.
+
+:data:`F32x8` is that value: a Numba type whose LLVM representation is ``<8 x float>``, so
+it travels through locals, loop-carried variables and phis as one register (a ymm on AVX2,
+a pair of xmm on SSE-only x86-64 or NEON: LLVM splits the type, nothing here assumes AVX).
+Five intrinsics make and use it:
+
+- :func:`load8` and :func:`store8`: 8 consecutive float32 of a C-contiguous 1-D array from a
+  flat index, unaligned;
+- :func:`splat8`: one float32 in every lane; :func:`broadcast8`: one array element in every
+  lane;
+- :func:`fma8`: ``a * b + c`` as ``llvm.fmuladd``, fused where the CPU has FMA, a multiply
+  and an add where it does not.
+
+They do no bounds checks: the caller guarantees ``0 <= i`` and ``i + 8 <= len(array)``.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, models, register_model
+
+_LANES = 8
+_VEC = ir.VectorType(ir.FloatType(), _LANES)
+_I32 = ir.IntType(32)
+
+
+class _Float32x8(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="float32x8")
+
+
+#: The 8-lane float32 vector type (a value, held in registers).
+F32x8 = _Float32x8()
+
+
+@register_model(_Float32x8)
+class _Float32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _element_pointer(context, builder, arrty, arr, idx):
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.gep(data, [idx], inbounds=True)
+
+
+def _is_flat_float32(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.ndim == 1 \
+        and arr.layout == "C"
+
+
+@intrinsic
+def load8(typingctx, arr, i):
+    """The 8 float32 ``arr[i:i + 8]`` as a vector."""
+    if not _is_flat_float32(arr) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], idx)
+        return builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+
+    return F32x8(arr, i), codegen
+
+
+@intrinsic
+def store8(typingctx, arr, i, v):
+    """``arr[i:i + 8] = v``."""
+    if not _is_flat_float32(arr) or not isinstance(i, types.Integer) or v != F32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], idx)
+        builder.store(args[2], builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, v), codegen
+
+
+@intrinsic
+def splat8(typingctx, x):
+    """``x`` (a float32) in all 8 lanes."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        one = builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[0],
+                                     ir.Constant(_I32, 0))
+        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, _LANES),
+                                                            [0] * _LANES))
+
+    return F32x8(x), codegen
+
+
+@intrinsic
+def broadcast8(typingctx, arr, i):
+    """``arr[i]`` in all 8 lanes (one broadcast load; no wrap-around check on ``i``)."""
+    if not _is_flat_float32(arr) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        value = builder.load(_element_pointer(context, builder, sig.args[0], args[0], idx))
+        one = builder.insert_element(ir.Constant(_VEC, ir.Undefined), value,
+                                     ir.Constant(_I32, 0))
+        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, _LANES),
+                                                            [0] * _LANES))
+
+    return F32x8(arr, i), codegen
+
+
+@intrinsic
+def fma8(typingctx, a, b, c):
+    """``a * b + c`` lane by lane."""
+    if not a == b == c == F32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        module = builder.module
+        fn = module.globals.get("llvm.fmuladd.v8f32")
+        if fn is None:
+            fn = ir.Function(module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fmuladd.v8f32")
+        return builder.call(fn, list(args))
+
+    return F32x8(a, b, c), codegen
