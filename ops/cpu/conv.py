@@ -263,8 +263,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     m, cg, kh, kw = w.shape
     ho, wo = out
     dtype = x.dtype
-    plain = not precision and not use_sparse and shuffle <= 1 and z is None \
-        and dtype == np.float32 and tuple(d) == (1, 1) and m % 8 == 0
+    simple = not precision and not use_sparse and shuffle <= 1 and dtype == np.float32 \
+        and tuple(d) == (1, 1) and m % 8 == 0
+    plain = simple and z is None
     if plain and group == 1 and c <= direct.FEW_CHANNELS_MAX \
             and c * kh * kw <= direct.FEW_CHANNELS_MAX_TAPS and x.flags.c_contiguous:
         return _few_channels(x, w, bias, s, pb, out, act)  # reads the NCHW input in place
@@ -329,6 +330,17 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     if kh == kw == 1 and s == (1, 1) and not any(pb):
         # 1x1: the input is the column matrix; the weight's transpose is a view
         x2d = xh.reshape(rows, c)
+        if simple and mg % 8 == 0 and cg * mg < direct.POINTWISE_MAX_WEIGHT \
+                and xh.flags.c_contiguous and (zh is None or zh.flags.c_contiguous):
+            wp = packed(w, ("pointwise", group, dtype.str), lambda a: np.ascontiguousarray(
+                a.astype(dtype).reshape(group, mg, cg).transpose(0, 2, 1)).ravel())
+            b_ = np.zeros(m, dtype) if bias is None else bias
+            z_ = np.zeros((0, m), dtype) if zh is None else zh.reshape(rows, m)
+            t = dtype.type
+            run_ranges(lambda lo, hi: direct.pointwise_rows(
+                x2d, wp, b_, z_, y2d, c0, group, act[0], t(act[1]), t(act[2]), t(1), lo, hi),
+                rows, max(4, MIN_TASK_ELEMENTS // (4 * m)))
+            return nchw_view(y)
         if use_sparse and group == 1 and pack is None and dtype == np.float32:
             csr = packed(w, ("csr", False), lambda a: sparse.pack_csr(a.reshape(m, c)))
             wt = None

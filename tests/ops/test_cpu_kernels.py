@@ -154,7 +154,9 @@ def test_kernel_matches_reference(case, batch, dtype, kernel_threads):
 PARAMS = {"LeakyRelu": [0.1], "Clip": [-0.5, 0.7], "HardSigmoid": [0.3, 0.4]}
 #: (weight shape, attributes, input channels, spatial size): each convolution path.
 CONV_PATHS = {
-    "1x1": ((24, 16, 1, 1), {}, 16, 6),
+    "1x1": ((24, 16, 1, 1), {}, 16, 6),  # direct.pointwise_rows
+    "1x1-grouped": ((32, 4, 1, 1), {"group": 4}, 16, 6),  # pointwise_rows, 8 per group
+    "1x1-gemm": ((20, 16, 1, 1), {}, 16, 6),  # 20 outputs: not a multiple of 8, the GEMM
     "1x1-strided": ((24, 16, 1, 1), {"strides": [2, 2]}, 16, 7),
     "im2col": ((24, 8, 5, 5), {"pads": [2, 1, 2, 1], "dilations": [1, 2]}, 8, 9),
     "winograd": ((24, 64, 3, 3), {"pads": [1, 1, 1, 1]}, 64, 9),
@@ -393,7 +395,7 @@ def test_fused_add_layernorm_with_a_skip_broadcast_over_the_leading_axes(skip_sh
     assert np.std(y.reshape(-1, 16), axis=0).min() > 0.1  # every column varies over the rows
 
 
-@pytest.mark.parametrize("kind", ["depthwise", "few-channels"])
+@pytest.mark.parametrize("kind", ["depthwise", "few-channels", "pointwise"])
 def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     """The register-blocked kernels write channels c0:c0 + M of a Concat's buffer and leave
     the others alone, with the activation applied pixel by pixel there."""
@@ -402,18 +404,29 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
         x = channels_last(rng.standard_normal((2, 16, 9, 10), dtype=np.float32))
         w = rng.standard_normal((16, 1, 3, 3), dtype=np.float32)
         attrs = {"group": 16, "pads": [1, 1, 1, 1], "strides": [2, 1]}
-    else:
+    elif kind == "few-channels":
         x = rng.standard_normal((2, 3, 9, 10), dtype=np.float32)
         w = rng.standard_normal((16, 3, 5, 5), dtype=np.float32)
         attrs = {"pads": [2, 2, 2, 2], "strides": [1, 2]}
+    else:  # two groups of 8 outputs, with a residual
+        x = channels_last(rng.standard_normal((2, 12, 9, 5), dtype=np.float32))
+        w = rng.standard_normal((16, 6, 1, 1), dtype=np.float32)
+        attrs = {"group": 2}
     b = rng.standard_normal(16, dtype=np.float32)
-    want = ops.get("FusedConv").reference(x, w, b, activation="Relu", **attrs)
+    z = rng.standard_normal((2, 16, 9, 5), dtype=np.float32) if kind == "pointwise" else None
+    want = ops.get("FusedConv").reference(x, w, b, z, activation="Relu", **attrs)
     full = np.full((2, *want.shape[2:], 40), 7.0, np.float32)  # NHWC, 40 channels
     t = np.float32
     if kind == "depthwise":
         wd = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
         direct.depthwise_rows(x.transpose(0, 2, 3, 1), wd, b, full, 20, 2, 1, 1, 1,
                               epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2])
+    elif kind == "pointwise":
+        wp = np.ascontiguousarray(w[:, :, 0, 0].reshape(2, 8, 6).transpose(0, 2, 1)).ravel()
+        zr = np.ascontiguousarray(z.transpose(0, 2, 3, 1)).reshape(-1, 16)
+        direct.pointwise_rows(x.transpose(0, 2, 3, 1).reshape(-1, 12), wp, b, zr,
+                              full.reshape(-1, 40), 20, 2, epilogue.RELU, t(0), t(0), t(1), 0,
+                              2 * 9 * 5)
     else:
         wp = np.ascontiguousarray(w.transpose(1, 2, 3, 0)).ravel()
         direct.few_channels_rows(x, wp, b, full, 20, 5, 5, 1, 2, 2, 2, epilogue.RELU, t(0),
