@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .epilogue import activate_row
-from .simd import broadcast8, fma8, load8, splat8, store8
+from .epilogue import CLIP, HARD_SIGMOID, HARD_SWISH, NONE, RELU, activate_row
+from .simd import add8, broadcast8, clamp8, fma8, load8, mul8, splat8, store8
 
 #: Few-channel first layers: at most this many input channels, and taps per output at most
 #: FEW_CHANNELS_MAX_TAPS (3x3 and 5x5 on 3 channels; measured no gain at 7x7).
@@ -40,10 +40,41 @@ POINTWISE_MAX_WEIGHT = 1 << 16
 
 
 @njit(cache=True, inline="always")
+def _in_registers(act):
+    """Whether :func:`_act8` applies ``act`` (the activations of CNNs); others run on the
+    stored row afterwards."""
+    return act == NONE or act == RELU or act == CLIP or act == HARD_SWISH \
+        or act == HARD_SIGMOID
+
+
+@njit(cache=True, inline="always")
+def _clamp_bounds(act, p0, p1, one):
+    """The (low, high) vectors of :func:`_act8`'s clamp for ``act``."""
+    zero = one - one
+    if act == RELU:
+        return splat8(zero), splat8(np.float32(np.inf))
+    if act == CLIP:
+        return splat8(p0), splat8(p1)
+    return splat8(zero), splat8(one)  # the hard sigmoid's [0, 1]
+
+
+@njit(cache=True, inline="always")
+def _act8(v, act, lo8, hi8, p08, p18):
+    """``act`` on a vector, in the arithmetic and order of :func:`.epilogue.activate_into`."""
+    if act == RELU or act == CLIP:
+        return clamp8(v, lo8, hi8)
+    if act == HARD_SWISH:
+        return mul8(v, clamp8(add8(mul8(p08, v), p18), lo8, hi8))
+    if act == HARD_SIGMOID:
+        return clamp8(add8(mul8(p08, v), p18), lo8, hi8)
+    return v
+
+
+@njit(cache=True, inline="always")
 def _activate_row_pixels(yf, y, n, oh, ybase, c0, width, act, p0, p1, one):
-    """The activation on output row (n, oh)'s ``width`` channels from c0: one pass over the
-    row when those are all its channels, else pixel by pixel."""
-    if act == 0:
+    """An activation :func:`_act8` does not do, on output row (n, oh)'s ``width`` channels
+    from c0: one pass over the row when those are all its channels, else pixel by pixel."""
+    if _in_registers(act):
         return
     wo, ctot = y.shape[2], y.shape[3]
     if c0 == 0 and width == ctot:
@@ -66,6 +97,8 @@ def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
     xf = x.reshape(-1)
     wf = w.reshape(-1)
     yf = y.reshape(-1)
+    lo8, hi8 = _clamp_bounds(act, p0, p1, one)
+    p08, p18 = splat8(p0), splat8(p1)
     zero8 = splat8(np.float32(0))
     for t in range(lo, hi):
         n = t // ho
@@ -105,10 +138,10 @@ def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
                             a2 = fma8(x2, w8, a2)
                             a3 = fma8(x3, w8, a3)
                 o = ybase + ow * ctot + k0
-                store8(yf, o, a0)
-                store8(yf, o + ctot, a1)
-                store8(yf, o + 2 * ctot, a2)
-                store8(yf, o + 3 * ctot, a3)
+                store8(yf, o, _act8(a0, act, lo8, hi8, p08, p18))
+                store8(yf, o + ctot, _act8(a1, act, lo8, hi8, p08, p18))
+                store8(yf, o + 2 * ctot, _act8(a2, act, lo8, hi8, p08, p18))
+                store8(yf, o + 3 * ctot, _act8(a3, act, lo8, hi8, p08, p18))
             ow += 4
         while ow < wo:  # the last < 4 pixels of the row, one at a time
             for k0 in range(0, c, 8):
@@ -120,7 +153,7 @@ def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
                         if 0 <= iw < wd:
                             a0 = fma8(load8(xf, (xrow + iw) * c + k0),
                                       load8(wf, (a * kw + b) * c + k0), a0)
-                store8(yf, ybase + ow * ctot + k0, a0)
+                store8(yf, ybase + ow * ctot + k0, _act8(a0, act, lo8, hi8, p08, p18))
             ow += 1
         _activate_row_pixels(yf, y, n, oh, ybase, c0, c, act, p0, p1, one)
 
@@ -139,6 +172,8 @@ def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, on
     m = bias.shape[0]
     xf = x.reshape(-1)
     yf = y.reshape(-1)
+    lo8, hi8 = _clamp_bounds(act, p0, p1, one)
+    p08, p18 = splat8(p0), splat8(p1)
     # output columns whose taps all lie inside the row: blocks of 4 there, the rest one by one
     first = min(wo, (pw + sw - 1) // sw)
     last = max(first, min(wo, (wd - kw + pw) // sw + 1))
@@ -183,15 +218,15 @@ def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, on
                                 b2 = fma8(x2, v8, b2)
                                 b3 = fma8(x3, v8, b3)
                 o = ybase + ow * ctot + m0
-                store8(yf, o, a0)
-                store8(yf, o + ctot, a1)
-                store8(yf, o + 2 * ctot, a2)
-                store8(yf, o + 3 * ctot, a3)
+                store8(yf, o, _act8(a0, act, lo8, hi8, p08, p18))
+                store8(yf, o + ctot, _act8(a1, act, lo8, hi8, p08, p18))
+                store8(yf, o + 2 * ctot, _act8(a2, act, lo8, hi8, p08, p18))
+                store8(yf, o + 3 * ctot, _act8(a3, act, lo8, hi8, p08, p18))
                 if wide:
-                    store8(yf, o + 8, b0)
-                    store8(yf, o + ctot + 8, b1)
-                    store8(yf, o + 2 * ctot + 8, b2)
-                    store8(yf, o + 3 * ctot + 8, b3)
+                    store8(yf, o + 8, _act8(b0, act, lo8, hi8, p08, p18))
+                    store8(yf, o + ctot + 8, _act8(b1, act, lo8, hi8, p08, p18))
+                    store8(yf, o + 2 * ctot + 8, _act8(b2, act, lo8, hi8, p08, p18))
+                    store8(yf, o + 3 * ctot + 8, _act8(b3, act, lo8, hi8, p08, p18))
                 m0 += 16 if wide else 8
         for ow in range(wo):  # the border columns (and the interior's last < 4)
             if first <= ow < blocked:
@@ -206,7 +241,7 @@ def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, on
                             if 0 <= iw < wd:
                                 a0 = fma8(broadcast8(xf, xrow + iw),
                                           load8(w, ((ci * kh + a) * kw + b) * m + m0), a0)
-                store8(yf, ybase + ow * ctot + m0, a0)
+                store8(yf, ybase + ow * ctot + m0, _act8(a0, act, lo8, hi8, p08, p18))
         _activate_row_pixels(yf, y, n, oh, ybase, c0, m, act, p0, p1, one)
 
 
@@ -228,6 +263,8 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
     has_z = z.shape[0] == x.shape[0] and z.shape[0] > 0
     xf = x.reshape(-1)
     yf = y.reshape(-1)
+    lo8, hi8 = _clamp_bounds(act, p0, p1, one)
+    p08, p18 = splat8(p0), splat8(p1)
     zf = z.reshape(-1)
     one8 = splat8(one)
     r = lo
@@ -285,19 +322,19 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
                             b2 = fma8(load8(zf, zr + 2 * m + 8), one8, b2)
                             b3 = fma8(load8(zf, zr + 3 * m + 8), one8, b3)
                 o = r * ctot + c0 + col
-                store8(yf, o, a0)
+                store8(yf, o, _act8(a0, act, lo8, hi8, p08, p18))
                 if wide:
-                    store8(yf, o + 8, b0)
+                    store8(yf, o + 8, _act8(b0, act, lo8, hi8, p08, p18))
                 if nr == 4:
-                    store8(yf, o + ctot, a1)
-                    store8(yf, o + 2 * ctot, a2)
-                    store8(yf, o + 3 * ctot, a3)
+                    store8(yf, o + ctot, _act8(a1, act, lo8, hi8, p08, p18))
+                    store8(yf, o + 2 * ctot, _act8(a2, act, lo8, hi8, p08, p18))
+                    store8(yf, o + 3 * ctot, _act8(a3, act, lo8, hi8, p08, p18))
                     if wide:
-                        store8(yf, o + ctot + 8, b1)
-                        store8(yf, o + 2 * ctot + 8, b2)
-                        store8(yf, o + 3 * ctot + 8, b3)
+                        store8(yf, o + ctot + 8, _act8(b1, act, lo8, hi8, p08, p18))
+                        store8(yf, o + 2 * ctot + 8, _act8(b2, act, lo8, hi8, p08, p18))
+                        store8(yf, o + 3 * ctot + 8, _act8(b3, act, lo8, hi8, p08, p18))
                 m0 += 16 if wide else 8
-        if act != 0:
+        if not _in_registers(act):
             if c0 == 0 and ctot == m:
                 activate_row(yf[r * ctot:(r + nr) * ctot], act, p0, p1, one)
             else:

@@ -1,4 +1,4 @@
-"""Eight-lane float32 vectors inside Numba kernels: a register-held type and five operations.
+"""Eight-lane float32 vectors inside Numba kernels: a register-held type and its operations.
 
 Numba has no vector type, and LLVM keeps an accumulator in a register only when it is a
 plain SSA value. An accumulator that lives in an array (``acc[k] += x * w``) costs a load
@@ -10,14 +10,15 @@ vector register.
 :data:`F32x8` is that value: a Numba type whose LLVM representation is ``<8 x float>``, so
 it travels through locals, loop-carried variables and phis as one register (a ymm on AVX2,
 a pair of xmm on SSE-only x86-64 or NEON: LLVM splits the type, nothing here assumes AVX).
-Five intrinsics make and use it:
+These intrinsics make and use it:
 
 - :func:`load8` and :func:`store8`: 8 consecutive float32 of a C-contiguous 1-D array from a
   flat index, unaligned;
 - :func:`splat8`: one float32 in every lane; :func:`broadcast8`: one array element in every
   lane;
 - :func:`fma8`: ``a * b + c`` as ``llvm.fmuladd``, fused where the CPU has FMA, a multiply
-  and an add where it does not.
+  and an add where it does not;
+- :func:`add8`, :func:`mul8` and :func:`clamp8`: what the fused activations need.
 
 They do no bounds checks: the caller guarantees ``0 <= i`` and ``i + 8 <= len(array)``.
 """
@@ -133,3 +134,38 @@ def fma8(typingctx, a, b, c):
         return builder.call(fn, list(args))
 
     return F32x8(a, b, c), codegen
+
+
+def _binary(name: str, op: str):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not a == b == F32x8:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return F32x8(a, b), codegen
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"``a {'+' if op == 'fadd' else '*'} b`` lane by lane."
+    return fn
+
+
+add8 = _binary("add8", "fadd")
+mul8 = _binary("mul8", "fmul")
+
+
+@intrinsic
+def clamp8(typingctx, v, lo, hi):
+    """``lo if v < lo``, then ``hi if v > hi``, else ``v``, lane by lane: the activations'
+    selects, so a nan lane stays nan (as ``zero if v < zero else v`` does)."""
+    if not v == lo == hi == F32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        v_, lo_, hi_ = args
+        low = builder.select(builder.fcmp_ordered("<", v_, lo_), lo_, v_)
+        return builder.select(builder.fcmp_ordered(">", low, hi_), hi_, low)
+
+    return F32x8(v, lo, hi), codegen
