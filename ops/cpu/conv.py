@@ -289,23 +289,20 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         # the shuffle rides along with the GEMM paths' epilogue; here it is its own pass
         y = conv_nhwc(x, w, bias, z, group, s, d, pb, out, act)
         return channel_shuffle_cpu(y, group=shuffle)
-    if plain and group == c == m and xh.flags.c_contiguous:  # depthwise, register-blocked
-        wd = packed(w, ("depthwise", dtype.str), lambda a: _pack_depthwise(a.astype(dtype)))
-        b_ = np.zeros(m, dtype) if bias is None else bias
-        t = dtype.type
-        run_ranges(lambda lo, hi: direct.depthwise_rows(
-            xh, wd, b_, full, c0, s[0], s[1], pb[0], pb[1], act[0], t(act[1]), t(act[2]),
-            t(1), lo, hi), n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * kh * kw)))
-        return nchw_view(y)
     if group == c and m == c and group > 1:  # depthwise: direct loops
         wd = packed(w, ("depthwise", dtype.str), lambda a: _pack_depthwise(a.astype(dtype)))
         t = dtype.type
         b_ = np.zeros(m, dtype) if bias is None else bias
         z_ = np.zeros((0, 0, 0, 0), dtype) if zh is None else zh
+        blocked = plain and xh.flags.c_contiguous  # 4 pixels x 8 channels in registers
 
         def rows(lo: int, hi: int) -> None:
-            _depthwise(xh, wd, b_, z_, full, c0, s[0], s[1], d[0], d[1], pb[0], pb[1], act[0],
-                       t(act[1]), t(act[2]), t(1), lo, hi)
+            if blocked:
+                direct.depthwise_rows(xh, wd, b_, full, c0, s[0], s[1], pb[0], pb[1], act[0],
+                                      t(act[1]), t(act[2]), t(1), lo, hi)
+            else:
+                _depthwise(xh, wd, b_, z_, full, c0, s[0], s[1], d[0], d[1], pb[0], pb[1],
+                           act[0], t(act[1]), t(act[2]), t(1), lo, hi)
 
         run_ranges(rows, n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * kh * kw)))
         return nchw_view(y)

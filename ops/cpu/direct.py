@@ -71,6 +71,15 @@ def _act8(v, act, lo8, hi8, p08, p18):
 
 
 @njit(cache=True, inline="always")
+def _store4(yf, o, step, v0, v1, v2, v3, act, lo8, hi8, p08, p18):
+    """The activated v0..v3 at yf[o], yf[o + step], yf[o + 2 step], yf[o + 3 step]."""
+    store8(yf, o, _act8(v0, act, lo8, hi8, p08, p18))
+    store8(yf, o + step, _act8(v1, act, lo8, hi8, p08, p18))
+    store8(yf, o + 2 * step, _act8(v2, act, lo8, hi8, p08, p18))
+    store8(yf, o + 3 * step, _act8(v3, act, lo8, hi8, p08, p18))
+
+
+@njit(cache=True, inline="always")
 def _activate_row_pixels(yf, y, n, oh, ybase, c0, width, act, p0, p1, one):
     """An activation :func:`_act8` does not do, on output row (n, oh)'s ``width`` channels
     from c0: one pass over the row when those are all its channels, else pixel by pixel."""
@@ -138,10 +147,7 @@ def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
                             a2 = fma8(x2, w8, a2)
                             a3 = fma8(x3, w8, a3)
                 o = ybase + ow * ctot + k0
-                store8(yf, o, _act8(a0, act, lo8, hi8, p08, p18))
-                store8(yf, o + ctot, _act8(a1, act, lo8, hi8, p08, p18))
-                store8(yf, o + 2 * ctot, _act8(a2, act, lo8, hi8, p08, p18))
-                store8(yf, o + 3 * ctot, _act8(a3, act, lo8, hi8, p08, p18))
+                _store4(yf, o, ctot, a0, a1, a2, a3, act, lo8, hi8, p08, p18)
             ow += 4
         while ow < wo:  # the last < 4 pixels of the row, one at a time
             for k0 in range(0, c, 8):
@@ -218,15 +224,9 @@ def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, on
                                 b2 = fma8(x2, v8, b2)
                                 b3 = fma8(x3, v8, b3)
                 o = ybase + ow * ctot + m0
-                store8(yf, o, _act8(a0, act, lo8, hi8, p08, p18))
-                store8(yf, o + ctot, _act8(a1, act, lo8, hi8, p08, p18))
-                store8(yf, o + 2 * ctot, _act8(a2, act, lo8, hi8, p08, p18))
-                store8(yf, o + 3 * ctot, _act8(a3, act, lo8, hi8, p08, p18))
+                _store4(yf, o, ctot, a0, a1, a2, a3, act, lo8, hi8, p08, p18)
                 if wide:
-                    store8(yf, o + 8, _act8(b0, act, lo8, hi8, p08, p18))
-                    store8(yf, o + ctot + 8, _act8(b1, act, lo8, hi8, p08, p18))
-                    store8(yf, o + 2 * ctot + 8, _act8(b2, act, lo8, hi8, p08, p18))
-                    store8(yf, o + 3 * ctot + 8, _act8(b3, act, lo8, hi8, p08, p18))
+                    _store4(yf, o + 8, ctot, b0, b1, b2, b3, act, lo8, hi8, p08, p18)
                 m0 += 16 if wide else 8
         for ow in range(wo):  # the border columns (and the interior's last < 4)
             if first <= ow < blocked:
@@ -322,17 +322,14 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
                             b2 = fma8(load8(zf, zr + 2 * m + 8), one8, b2)
                             b3 = fma8(load8(zf, zr + 3 * m + 8), one8, b3)
                 o = r * ctot + c0 + col
-                store8(yf, o, _act8(a0, act, lo8, hi8, p08, p18))
-                if wide:
-                    store8(yf, o + 8, _act8(b0, act, lo8, hi8, p08, p18))
                 if nr == 4:
-                    store8(yf, o + ctot, _act8(a1, act, lo8, hi8, p08, p18))
-                    store8(yf, o + 2 * ctot, _act8(a2, act, lo8, hi8, p08, p18))
-                    store8(yf, o + 3 * ctot, _act8(a3, act, lo8, hi8, p08, p18))
+                    _store4(yf, o, ctot, a0, a1, a2, a3, act, lo8, hi8, p08, p18)
                     if wide:
-                        store8(yf, o + ctot + 8, _act8(b1, act, lo8, hi8, p08, p18))
-                        store8(yf, o + 2 * ctot + 8, _act8(b2, act, lo8, hi8, p08, p18))
-                        store8(yf, o + 3 * ctot + 8, _act8(b3, act, lo8, hi8, p08, p18))
+                        _store4(yf, o + 8, ctot, b0, b1, b2, b3, act, lo8, hi8, p08, p18)
+                else:
+                    store8(yf, o, _act8(a0, act, lo8, hi8, p08, p18))
+                    if wide:
+                        store8(yf, o + 8, _act8(b0, act, lo8, hi8, p08, p18))
                 m0 += 16 if wide else 8
         if not _in_registers(act):
             if c0 == 0 and ctot == m:

@@ -49,9 +49,18 @@ class _Float32x8Model(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _VEC)
 
 
-def _element_pointer(context, builder, arrty, arr, idx):
-    data = context.make_array(arrty)(context, builder, arr).data
+def _element_pointer(context, builder, sig, args):
+    """The address of ``arr[i]`` for an intrinsic called as ``(arr, i, ...)``."""
+    idx = context.cast(builder, args[1], sig.args[1], types.intp)
+    data = context.make_array(sig.args[0])(context, builder, args[0]).data
     return builder.gep(data, [idx], inbounds=True)
+
+
+def _splat(builder, value):
+    """``value`` (a float) in every lane."""
+    one = builder.insert_element(ir.Constant(_VEC, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, _LANES),
+                                                        [0] * _LANES))
 
 
 def _is_flat_float32(arr) -> bool:
@@ -66,8 +75,7 @@ def load8(typingctx, arr, i):
         return None
 
     def codegen(context, builder, sig, args):
-        idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], idx)
+        ptr = _element_pointer(context, builder, sig, args)
         return builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=4)
 
     return F32x8(arr, i), codegen
@@ -80,8 +88,7 @@ def store8(typingctx, arr, i, v):
         return None
 
     def codegen(context, builder, sig, args):
-        idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], idx)
+        ptr = _element_pointer(context, builder, sig, args)
         builder.store(args[2], builder.bitcast(ptr, _VEC.as_pointer()), align=4)
         return context.get_dummy_value()
 
@@ -95,10 +102,7 @@ def splat8(typingctx, x):
         return None
 
     def codegen(context, builder, sig, args):
-        one = builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[0],
-                                     ir.Constant(_I32, 0))
-        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, _LANES),
-                                                            [0] * _LANES))
+        return _splat(builder, args[0])
 
     return F32x8(x), codegen
 
@@ -110,12 +114,7 @@ def broadcast8(typingctx, arr, i):
         return None
 
     def codegen(context, builder, sig, args):
-        idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        value = builder.load(_element_pointer(context, builder, sig.args[0], args[0], idx))
-        one = builder.insert_element(ir.Constant(_VEC, ir.Undefined), value,
-                                     ir.Constant(_I32, 0))
-        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, _LANES),
-                                                            [0] * _LANES))
+        return _splat(builder, builder.load(_element_pointer(context, builder, sig, args)))
 
     return F32x8(arr, i), codegen
 
