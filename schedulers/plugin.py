@@ -5,7 +5,8 @@ see docs/notes/dask-scheduler-plugins.md): ``update_graph`` runs while new tasks
 ``released``, so priorities and restrictions set there count; ``transition`` measures compute
 times (processing -> memory) and lets Locality pin dependents of weights as they land; a
 ``PeriodicCallback`` runs the policies with an ``interval``; moves go through the stealing
-handshake, whose outcome arrives through ``log_event("stealing", ...)``.
+handshake, whose outcome arrives through ``log_event("stealing", ...)``; the Active Memory
+Manager's ``ReduceReplicas`` is swapped for :class:`KeepWeightReplicas` while the plugin runs.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from statistics import median
 from types import MappingProxyType
 from typing import Any
 
+from distributed.active_memory_manager import ReduceReplicas
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from .apply import RESTRICTABLE, SuggestionApplier
 from .base import Policy
 from .config import setting
-from .policies import policies_from_names
+from .policies import Locality, policies_from_names
 from .snapshot import EMPTY, LazyMapping, LazySet, Snapshot, TaskView, WorkerView, task_kind
 
 logger = logging.getLogger("taskflow.schedulers")
@@ -50,6 +52,39 @@ class _Tasks(Mapping):
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+class KeepWeightReplicas(ReduceReplicas):
+    """Dask's ``ReduceReplicas``, less the keys of model weights.
+
+    :meth:`taskflow.Model.to_cluster` broadcasts the weights so that every worker runs its
+    chunks without first fetching them (about 100 MB for ResNet-50). ``ReduceReplicas`` drops
+    every replica but one of a key no queued task waits for, every 2 s by default: between two
+    jobs all weights ended up on single workers, the next job moved them again, and Locality
+    pinned each reader to the one holder, so 2 workers ran at the speed of one. Weights stay
+    replicated until their futures are released; every other key is reduced as before. Once
+    no taskflow plugin is left on the scheduler, the policy puts ``replaced`` back.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...], replaced: ReduceReplicas):
+        super().__init__()
+        self.prefixes, self.replaced = prefixes, replaced
+
+    def run(self) -> Iterator[Any]:
+        if not any(isinstance(p, TaskflowSchedulerPlugin)
+                   for p in self.manager.scheduler.plugins.values()):
+            self.give_back()  # the plugin was removed (Dask does not close it)
+            return
+        for suggestion in super().run():  # drops only: the manager sends nothing it reads
+            if not suggestion.ts.prefix.name.startswith(self.prefixes):
+                yield suggestion
+
+    def give_back(self) -> None:
+        """Put Dask's ``ReduceReplicas`` back in this policy's place."""
+        manager = self.manager
+        if self in manager.policies:
+            manager.policies.discard(self)
+            manager.add_policy(self.replaced)
 
 
 class TaskflowSchedulerPlugin(SuggestionApplier, SchedulerPlugin):
@@ -123,6 +158,24 @@ class TaskflowSchedulerPlugin(SuggestionApplier, SchedulerPlugin):
             scheduler.periodic_callbacks[self._pc_name] = pc
             pc.start()
         scheduler.handlers["taskflow_metrics"] = self._metrics_handler
+        self._keep_weight_replicas()
+
+    def _keep_weight_replicas(self) -> None:
+        """Swap the Active Memory Manager's ``ReduceReplicas`` for :class:`KeepWeightReplicas`,
+        or adopt the one a predecessor plugin put there (nothing to do where the AMM or its
+        policy is off)."""
+        amm = self.scheduler.extensions.get("amm")
+        policies = getattr(amm, "policies", ())
+        prefixes = next((p.weight_prefixes for p in self.policies if isinstance(p, Locality)),
+                        None) or tuple(setting("locality", "weight-prefixes"))
+        keeper = next((p for p in policies if isinstance(p, KeepWeightReplicas)), None)
+        theirs = next((p for p in policies if type(p) is ReduceReplicas), None)
+        if keeper is None and theirs is not None:
+            keeper = KeepWeightReplicas(prefixes, theirs)
+            amm.policies.discard(theirs)
+            amm.add_policy(keeper)
+        if keeper is not None:
+            keeper.prefixes = prefixes
 
     async def close(self) -> None:
         self._detach()
@@ -157,7 +210,17 @@ class TaskflowSchedulerPlugin(SuggestionApplier, SchedulerPlugin):
 
                 asyncio.ensure_future(ext.start())
         self._paused_stealing = False
+        self._give_back_replicas(s)
         self.scheduler = None
+
+    def _give_back_replicas(self, s: Any) -> None:
+        """Put Dask's ``ReduceReplicas`` back unless another taskflow plugin still runs."""
+        if any(isinstance(p, TaskflowSchedulerPlugin) and p is not self
+               for p in s.plugins.values()):
+            return
+        policies = getattr(s.extensions.get("amm"), "policies", ())
+        for keeper in [p for p in policies if isinstance(p, KeepWeightReplicas)]:
+            keeper.give_back()
 
     def _stealing(self) -> Any:
         ext = self.scheduler.extensions.get("stealing") or self._own_stealing

@@ -23,6 +23,7 @@ from taskflow.schedulers import (
     job,
     metrics,
 )
+from taskflow.schedulers.plugin import KeepWeightReplicas
 
 pytestmark = pytest.mark.timeout(60)
 LOCAL = "127.0.0.1"
@@ -163,7 +164,11 @@ async def test_pins_are_lifted_when_their_worker_is_lost(c, s, a, b):
 @pytest.mark.filterwarnings("ignore:Scheduler already contains a plugin:UserWarning")
 @gen_cluster(client=True, nthreads=[(LOCAL, 1)] * 2)
 async def test_replaced_or_removed_plugin_cleans_up(c, s, a, b):
+    amm = s.extensions["amm"].policies
+    (dasks,) = amm
     first = await use(c, s, [ThroughputBalancer()])
+    (keeper,) = amm  # Dask's ReduceReplicas swapped for one that keeps weights replicated
+    assert isinstance(keeper, KeepWeightReplicas) and keeper.replaced is dasks
     await async_poll_for(lambda: "stealing" not in s.periodic_callbacks, 5)
     assert first._pc_name in s.periodic_callbacks
     second = await use(c, s, [ThroughputBalancer()])
@@ -171,12 +176,15 @@ async def test_replaced_or_removed_plugin_cleans_up(c, s, a, b):
     await async_poll_for(lambda: first._pc_name not in s.periodic_callbacks, 5)
     assert first.scheduler is None and s.handlers["taskflow_metrics"].__self__ is second
     assert "stealing" not in s.periodic_callbacks  # the successor still wants it paused
+    assert amm == {keeper}  # adopted, not swapped twice
     await c.register_plugin(TaskflowSchedulerPlugin())  # idempotent: keeps the one there
     assert s.plugins["taskflow"] is second
     await c.unregister_scheduler_plugin("taskflow")
     await async_poll_for(lambda: second._pc_name not in s.periodic_callbacks, 5)
     await async_poll_for(lambda: "stealing" in s.periodic_callbacks, 5)  # Dask's is back
     assert "taskflow_metrics" not in s.handlers
+    s.extensions["amm"].run_once()  # the keeper sees no plugin left and puts Dask's back
+    assert amm == {dasks}
     third = await use(c, s, [ThroughputBalancer()])
     await third.close()
     assert third._pc_name not in s.periodic_callbacks

@@ -4,14 +4,17 @@ references their keys."""
 
 from __future__ import annotations
 
+import time
+
 import cloudpickle
 import dask
 import dask.array as da
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 
 import taskflow as tf
+from taskflow.dask.parallel import _state
 from taskflow.dask.units import INLINE_CONST_BYTES
 
 from . import lower_models as lm
@@ -29,7 +32,7 @@ def sent_bytes(y: da.Array) -> int:
 @pytest.fixture(scope="module")
 def client():
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+                      dashboard_address=":0") as cluster, Client(cluster) as c:
         yield c
 
 
@@ -68,3 +71,41 @@ def test_a_model_with_equal_weights_reuses_them(client):
     np.testing.assert_allclose(y.compute(), model.run(None, {"x": np.ones((8, 64),
                                                                           np.float32)})[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def holders(client: Client, futures: list) -> list[int]:
+    return [len(v) for v in client.who_has(futures).values()]
+
+
+def wait_for(check, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_broadcast_weights_outlive_the_active_memory_manager():
+    """Dask's Active Memory Manager reduces every idle key to one replica. With the taskflow
+    plugin on, the weights ``to_cluster`` broadcast stay on every worker between jobs, and the
+    next job's chunks run on both workers (they ran on one: Locality pinned them to the one
+    holder left). Without the plugin, Dask's own policy is back and reduces them."""
+    model = lm.mlp((64, 512, 512, 10))
+    x = np.random.default_rng(1).random((64, 64), dtype=np.float32)
+    with dask.config.set({"distributed.scheduler.active-memory-manager.interval": "50ms"}):
+        cluster = tf.Cluster(n_workers=2, threads_per_worker=1, processes=False, quiet=True)
+    with cluster, cluster.client as c:
+        model.to_cluster(c)
+        weights = [f for f in _state(model).placed.values() if f.client is c]
+        assert len(weights) == 5 and holders(c, weights) == [2] * 5
+        control = c.scatter(np.ones(4096), broadcast=True, hash=False)
+        assert wait_for(lambda: holders(c, [control]) == [1])  # the AMM runs...
+        assert holders(c, weights) == [2] * 5  # ...and leaves the weights alone
+        with get_task_stream(c) as ts:
+            y = c.compute(model.predict(da.from_array(x, chunks=(8, 64)), client=c)).result()
+        used = {r["worker"] for r in ts.data if str(r["key"]).startswith("('tf-")}
+        assert len(used) == 2, used
+        np.testing.assert_allclose(y, model.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+        c.unregister_scheduler_plugin("taskflow")
+        assert wait_for(lambda: holders(c, weights) == [1] * 5)  # Dask's policy is back
