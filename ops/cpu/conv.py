@@ -306,6 +306,16 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
 
         run_ranges(rows, n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * kh * kw)))
         return nchw_view(y)
+    if plain and group == 1 and kh * kw > 1 and not use_winograd and xh.flags.c_contiguous \
+            and wo >= direct.DENSE_MIN_WIDTH \
+            and (max(s) > 1 or kh * kw * c <= direct.DENSE_MAX_TAPS):
+        wp = packed(w, ("dense", dtype.str), lambda a: direct.pack_dense(a.astype(dtype)))
+        b_ = np.zeros(m, dtype) if bias is None else bias
+        t = dtype.type
+        run_ranges(lambda lo, hi: direct.dense_rows(
+            xh, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]),
+            t(act[2]), t(1), lo, hi), n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * c * kh * kw)))
+        return nchw_view(y)
     if use_winograd:
         winograd.conv3x3(xh, w, bias, zh, (pb[0], pb[1]), full, act, c0)
         return nchw_view(y)

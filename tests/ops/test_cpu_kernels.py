@@ -163,6 +163,10 @@ CONV_PATHS = {
     "winograd-valid": ((16, 48, 3, 3), {}, 48, 8),
     "depthwise": ((16, 1, 3, 3), {"group": 16, "pads": [1, 1, 1, 1], "strides": [2, 2]}, 16, 9),
     "grouped": ((24, 4, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, 16, 6),
+    # direct.dense_rows: 22 / 21 columns wide (blocks of 4, border columns one by one), 24
+    # outputs (a block of 16 and one of 8); strided with uneven pads
+    "dense": ((24, 8, 3, 3), {"pads": [1, 1, 1, 1]}, 8, 22),
+    "dense-strided": ((16, 12, 3, 3), {"pads": [1, 0, 1, 1], "strides": [2, 2]}, 12, 41),
     # direct.few_channels_rows on an NCHW input (channels-last input goes to im2col)
     "few-channels": ((24, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 3, 11),
 }
@@ -395,7 +399,7 @@ def test_fused_add_layernorm_with_a_skip_broadcast_over_the_leading_axes(skip_sh
     assert np.std(y.reshape(-1, 16), axis=0).min() > 0.1  # every column varies over the rows
 
 
-@pytest.mark.parametrize("kind", ["depthwise", "few-channels", "pointwise"])
+@pytest.mark.parametrize("kind", ["depthwise", "few-channels", "pointwise", "dense"])
 def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     """The register-blocked kernels write channels c0:c0 + M of a Concat's buffer and leave
     the others alone, with the activation applied pixel by pixel there."""
@@ -408,6 +412,10 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
         x = rng.standard_normal((2, 3, 9, 10), dtype=np.float32)
         w = rng.standard_normal((16, 3, 5, 5), dtype=np.float32)
         attrs = {"pads": [2, 2, 2, 2], "strides": [1, 2]}
+    elif kind == "dense":
+        x = channels_last(rng.standard_normal((2, 6, 9, 23), dtype=np.float32))
+        w = rng.standard_normal((16, 6, 3, 3), dtype=np.float32)
+        attrs = {"pads": [1, 1, 1, 1], "strides": [1, 1]}
     else:  # two groups of 8 outputs, with a residual
         x = channels_last(rng.standard_normal((2, 12, 9, 5), dtype=np.float32))
         w = rng.standard_normal((16, 6, 1, 1), dtype=np.float32)
@@ -427,6 +435,9 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
         direct.pointwise_rows(x.transpose(0, 2, 3, 1).reshape(-1, 12), wp, b, zr,
                               full.reshape(-1, 40), 20, 2, epilogue.RELU, t(0), t(0), t(1), 0,
                               2 * 9 * 5)
+    elif kind == "dense":
+        direct.dense_rows(x.transpose(0, 2, 3, 1), direct.pack_dense(w), b, full, 20, 3, 3, 1,
+                          1, 1, 1, epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2])
     else:
         wp = np.ascontiguousarray(w.transpose(1, 2, 3, 0)).ravel()
         direct.few_channels_rows(x, wp, b, full, 20, 5, 5, 1, 2, 2, 2, epilogue.RELU, t(0),
