@@ -42,13 +42,15 @@ FEW_CHANNELS_MAX_TAPS = 75
 #: 256 -> 1024 and 1024 -> 256 (where MKL's blocking pays), level at 128 -> 512.
 POINTWISE_MAX_WEIGHT = 1 << 16
 #: Dense KxK convolutions (one group) that Winograd does not take run :func:`dense_rows` where
-#: the output is at least DENSE_MIN_WIDTH wide and, at stride 1, a pixel has at most
-#: DENSE_MAX_TAPS taps (KH x KW x C). Measured against im2col + GEMM on 2 threads: 1.1-1.7x
-#: faster at stride 1 from 8 to 32 channels (3x3) and 16 (5x5), 1.2-1.6x at stride 2 up to
-#: 128 channels; 0.7-0.8x at 13-14 columns (the border columns go one by one) and at 5x5 on
-#: 32-64 channels.
+#: the output is at least DENSE_MIN_WIDTH wide and a pixel has at most DENSE_MAX_TAPS taps
+#: (KH x KW x C; DENSE_MAX_STRIDED_TAPS when strided). Measured against im2col + GEMM on 2
+#: threads: 1.1-1.7x faster at stride 1 from 8 to 32 channels (3x3) and 16 (5x5), 1.2-1.6x at
+#: stride 2 up to 128 channels (3x3), 1.2x on ResNet's 7x7 stem; 0.7-0.8x at 13-14 columns
+#: (the border columns go one by one), at 5x5 on 32-64 channels, and 0.83x on ZFNet's
+#: strided 5x5 on 96 channels (2400 taps).
 DENSE_MIN_WIDTH = 20
 DENSE_MAX_TAPS = 400
+DENSE_MAX_STRIDED_TAPS = 1200
 
 
 @njit(cache=True, inline="always")
