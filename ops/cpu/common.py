@@ -440,9 +440,12 @@ def run_ranges(fn: Callable[[int, int], None], n: int,
     Chunks hold at least ``min_chunk`` items, and there are at most ``TASKS_PER_THREAD`` per
     kernel thread; a small ``n`` is one call on the calling thread.
     """
-    parts = min(-(-n // max(1, min_chunk)), TASKS_PER_THREAD * threads())
-    if parts <= 1 or threads() <= 1:
+    t = threads()
+    parts = min(-(-n // max(1, min_chunk)), TASKS_PER_THREAD * t)
+    if parts <= 1 or t <= 1:
         fn(0, n)
         return
+    # a multiple of the threads: 3 chunks on 2 threads took 2/3 of the serial time, not 1/2
+    parts = min(n, -(-parts // t) * t)
     step = -(-n // parts)
     run_tasks(lambda i: fn(i * step, min(n, (i + 1) * step)), -(-n // step))
