@@ -340,8 +340,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         x2d = xh.reshape(rows, c)
         if simple and mg % 8 == 0 and cg * mg < direct.POINTWISE_MAX_WEIGHT \
                 and xh.flags.c_contiguous and (zh is None or zh.flags.c_contiguous):
-            wp = packed(w, ("pointwise", group, dtype.str), lambda a: np.ascontiguousarray(
-                a.astype(dtype).reshape(group, mg, cg).transpose(0, 2, 1)).ravel())
+            wp = packed(w, ("pointwise", group, dtype.str),
+                        lambda a: direct.pack_pointwise(a.astype(dtype), group))
             b_ = np.zeros(m, dtype) if bias is None else bias
             z_ = np.zeros((0, m), dtype) if zh is None else zh.reshape(rows, m)
             t = dtype.type

@@ -265,9 +265,9 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
     of x[r, g*Kg + k] * w[g, k, m]).
 
     x (R, C) and z (R, M) C-contiguous float32 (an empty z: no residual); w the weight packed
-    as (groups, Kg, Mg) and flattened, Mg % 8 == 0; y (R, Ctot) C-contiguous, the output in
-    channels c0:c0 + M. Rows [lo, hi), 4 at a time: per input channel 4 broadcasts and two
-    weight vectors make 8 multiply-adds into registers.
+    by :func:`pack_pointwise`, Mg % 8 == 0; y (R, Ctot) C-contiguous, the output in channels
+    c0:c0 + M. Rows [lo, hi), 4 at a time: per input channel 4 broadcasts and two weight
+    vectors make 8 multiply-adds into registers.
     """
     cin = x.shape[1]
     ctot = y.shape[1]
@@ -290,6 +290,8 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
             m0 = 0
             while m0 < mg:
                 wide = m0 + 16 <= mg
+                width = 16 if wide else 8
+                wb = wg + m0 * kg  # this block of output channels: (Kg, width)
                 col = g * mg + m0
                 a0 = load8(bias, col)
                 a1 = a0
@@ -305,13 +307,13 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
                         x1 = broadcast8(xf, xr + cin + k)
                         x2 = broadcast8(xf, xr + 2 * cin + k)
                         x3 = broadcast8(xf, xr + 3 * cin + k)
-                        w8 = load8(w, wg + k * mg + m0)
+                        w8 = load8(w, wb + k * width)
                         a0 = fma8(x0, w8, a0)
                         a1 = fma8(x1, w8, a1)
                         a2 = fma8(x2, w8, a2)
                         a3 = fma8(x3, w8, a3)
                         if wide:
-                            v8 = load8(w, wg + k * mg + m0 + 8)
+                            v8 = load8(w, wb + k * width + 8)
                             b0 = fma8(x0, v8, b0)
                             b1 = fma8(x1, v8, b1)
                             b2 = fma8(x2, v8, b2)
@@ -319,9 +321,9 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
                 else:
                     for k in range(kg):
                         x0 = broadcast8(xf, xr + k)
-                        a0 = fma8(x0, load8(w, wg + k * mg + m0), a0)
+                        a0 = fma8(x0, load8(w, wb + k * width), a0)
                         if wide:
-                            b0 = fma8(x0, load8(w, wg + k * mg + m0 + 8), b0)
+                            b0 = fma8(x0, load8(w, wb + k * width + 8), b0)
                 if has_z:  # the residual, added exactly (1 * z + acc)
                     zr = r * m + col
                     a0 = fma8(load8(zf, zr), one8, a0)
@@ -352,6 +354,15 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
                 for i in range(nr):
                     activate_row(y[r + i, c0:c0 + m], act, p0, p1, one)
         r += nr
+
+
+def pack_pointwise(w: np.ndarray, groups: int) -> np.ndarray:
+    """A (M, C / groups, 1, 1) weight for :func:`pointwise_rows`: per group, the blocks of
+    :func:`pack_dense` (each block of 16 output channels' (Kg, 16) contiguous). The
+    (groups, Kg, Mg) layout it replaces read a 576 -> 96 projection's weight 384 bytes apart
+    per input channel: as fast in most runs, up to 1.3x slower in others."""
+    mg = w.shape[0] // groups
+    return np.concatenate([pack_dense(w[g * mg:(g + 1) * mg]) for g in range(groups)])
 
 
 def pack_dense(w: np.ndarray) -> np.ndarray:

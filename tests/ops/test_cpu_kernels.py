@@ -430,7 +430,7 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
         direct.depthwise_rows(x.transpose(0, 2, 3, 1), wd, b, full, 20, 2, 1, 1, 1,
                               epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2])
     elif kind == "pointwise":
-        wp = np.ascontiguousarray(w[:, :, 0, 0].reshape(2, 8, 6).transpose(0, 2, 1)).ravel()
+        wp = direct.pack_pointwise(w, 2)
         zr = np.ascontiguousarray(z.transpose(0, 2, 3, 1)).reshape(-1, 16)
         direct.pointwise_rows(x.transpose(0, 2, 3, 1).reshape(-1, 12), wp, b, zr,
                               full.reshape(-1, 40), 20, 2, epilogue.RELU, t(0), t(0), t(1), 0,
