@@ -2,13 +2,16 @@
 
 All paths compute in NHWC (see :mod:`.common`) and return the logical NCHW view:
 
-- **1x1, stride 1, no padding**: the NHWC input already is the ``(N*H*W, C)`` column matrix,
-  so the convolution is a plain GEMM with the weight (a view, no copy); with few narrow
-  groups, one GEMM with the block-diagonal weight;
+- **register-blocked direct kernels** (:mod:`.direct`, float32): depthwise; 1x1 whose
+  weight per group is under 64K elements (any group width, ShuffleNet's folded channel
+  shuffle included); few-channel stems read in NCHW; dense KxK on few channels or strided;
+- **1x1, stride 1, no padding**, larger weights: the NHWC input already is the
+  ``(N*H*W, C)`` column matrix, so the convolution is a plain GEMM with the weight (a view,
+  no copy); with few narrow groups, one GEMM with the block-diagonal weight;
 - **3x3, stride 1, >= 40 channels**: Winograd F(2x2, 3x3) (:mod:`.winograd`), 2.25x fewer
   multiplies in 16 GEMMs;
-- **depthwise** (``group == C == M``): a direct loop, vectorised along channels, with the
-  epilogue applied to each output pixel while it is in registers;
+- **depthwise** in other dtypes or with a residual: a direct loop, vectorised along
+  channels, with the epilogue applied to each output pixel while it is in registers;
 - **everything else** (KxK, strided 1x1, grouped): im2col into a per-thread scratch buffer,
   one slice of output rows at a time, and one BLAS GEMM per slice (and group) written
   straight into the output; columns are ordered (group, kh, kw, c) so each group's block is
@@ -263,8 +266,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     m, cg, kh, kw = w.shape
     ho, wo = out
     dtype = x.dtype
-    simple = not precision and not use_sparse and shuffle <= 1 and dtype == np.float32 \
-        and tuple(d) == (1, 1) and m % 8 == 0
+    vec_ok = not precision and not use_sparse and dtype == np.float32 and tuple(d) == (1, 1)
+    simple = vec_ok and shuffle <= 1 and m % 8 == 0
     plain = simple and z is None
     if plain and group == 1 and c <= direct.FEW_CHANNELS_MAX \
             and c * kh * kw <= direct.FEW_CHANNELS_MAX_TAPS and x.flags.c_contiguous:
@@ -338,16 +341,16 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     if kh == kw == 1 and s == (1, 1) and not any(pb):
         # 1x1: the input is the column matrix; the weight's transpose is a view
         x2d = xh.reshape(rows, c)
-        if simple and mg % 8 == 0 and cg * mg < direct.POINTWISE_MAX_WEIGHT \
+        if vec_ok and cg * mg < direct.POINTWISE_MAX_WEIGHT \
                 and xh.flags.c_contiguous and (zh is None or zh.flags.c_contiguous):
             wp = packed(w, ("pointwise", group, dtype.str),
                         lambda a: direct.pack_pointwise(a.astype(dtype), group))
-            b_ = np.zeros(m, dtype) if bias is None else bias
+            bp = direct.pad_groups(bias, group, m, dtype)
             z_ = np.zeros((0, m), dtype) if zh is None else zh.reshape(rows, m)
             t = dtype.type
             run_ranges(lambda lo, hi: direct.pointwise_rows(
-                x2d, wp, b_, z_, y2d, c0, group, act[0], t(act[1]), t(act[2]), t(1), lo, hi),
-                rows, max(4, MIN_TASK_ELEMENTS // (4 * m)))
+                x2d, wp, bp, z_, y2d, c0, group, m, max(shuffle, 1), act[0], t(act[1]),
+                t(act[2]), t(1), lo, hi), rows, max(4, MIN_TASK_ELEMENTS // (4 * m)))
             return nchw_view(y)
         if use_sparse and group == 1 and pack is None and dtype == np.float32:
             csr = packed(w, ("csr", False), lambda a: sparse.pack_csr(a.reshape(m, c)))

@@ -12,8 +12,11 @@ the row's pixels while they are in cache.
   it replaces did a load, a load and a store per multiply-add. It runs 1.2-2.8x faster on
   MobileNetV3's layers (2-core AVX2 EPYC).
 - :func:`pointwise_rows` (1x1, stride 1, small weights: MobileNet's expansions and
-  projections, SqueezeNet's squeeze and expand layers): 4 rows x 16 output channels per
-  block, as the stems. K = 16-96 is where a BLAS call's packing costs most.
+  projections, SqueezeNet's squeeze and expand layers, ShuffleNet's grouped layers): 4 rows
+  x 16 output channels per block, as the stems. K = 16-96 is where a BLAS call's packing
+  costs most. Groups of any width (34 outputs: a last block of 8 holding 2) and a folded
+  channel shuffle: ShuffleNet's grouped 1x1 layers, one BLAS call per group before, ran
+  1.3-1.7x slower, and the model 12% slower.
 - :func:`few_channels_rows` (C <= 4, one group, the stem of MobileNet, ShuffleNet and
   SqueezeNet): 4 output pixels x 16 output channels per block, each tap a broadcast input
   value times two weight vectors. It reads the NCHW input in place, so there is no NHWC copy,
@@ -31,6 +34,7 @@ import numpy as np
 from numba import njit
 
 from .epilogue import CLIP, HARD_SIGMOID, HARD_SWISH, NONE, RELU, activate_row
+from .movement import shuffle_row
 from .simd import add8, broadcast8, clamp8, fma8, load8, mul8, splat8, store8
 
 #: Few-channel first layers: at most this many input channels, and taps per output at most
@@ -260,20 +264,24 @@ def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, on
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
-    """A 1x1 convolution on NHWC rows: y[r, c0 + g*Mg + m] = act(bias + z[r, ...] + sum over k
-    of x[r, g*Kg + k] * w[g, k, m]).
+def pointwise_rows(x, w, bias, z, y, c0, groups, m, shuffle, act, p0, p1, one, lo, hi):
+    """A 1x1 convolution on NHWC rows: y[r, c0 + g*Mg + j] = act(bias + z[r, ...] + sum over k
+    of x[r, g*Kg + k] * W[g*Mg + j, k]), M = groups * Mg output channels.
 
-    x (R, C) and z (R, M) C-contiguous float32 (an empty z: no residual); w the weight packed
-    by :func:`pack_pointwise`, Mg % 8 == 0; y (R, Ctot) C-contiguous, the output in channels
-    c0:c0 + M. Rows [lo, hi), 4 at a time: per input channel 4 broadcasts and two weight
-    vectors make 8 multiply-adds into registers.
+    x (R, C) and z (R, M) C-contiguous float32 (an empty z: no residual); w and bias packed
+    by :func:`pack_pointwise` (each group's outputs padded to a multiple of 8); y (R, Ctot)
+    C-contiguous, the output in channels c0:c0 + M. Rows [lo, hi), 4 at a time: per input
+    channel 4 broadcasts and two weight vectors make 8 multiply-adds into registers. A
+    group's last block of 8 may hold fewer outputs (ShuffleNet's 34 per group): it goes
+    through a small buffer, so nothing past its outputs is read or written. ``shuffle`` > 1
+    channel-shuffles each row's M outputs in that many groups (ShuffleNet's folded shuffle)
+    while the rows are in cache.
     """
     cin = x.shape[1]
     ctot = y.shape[1]
     kg = cin // groups
-    m = bias.shape[0]
     mg = m // groups
+    mgp = (mg + 7) // 8 * 8
     has_z = z.shape[0] == x.shape[0] and z.shape[0] > 0
     xf = x.reshape(-1)
     yf = y.reshape(-1)
@@ -281,23 +289,25 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
     p08, p18 = splat8(p0), splat8(p1)
     zf = z.reshape(-1)
     one8 = splat8(one)
+    tmp = np.zeros(8, np.float32)
+    srow = np.empty(m if shuffle > 1 else 0, np.float32)
     r = lo
     while r < hi:
         nr = 4 if r + 4 <= hi else 1
         for g in range(groups):
-            wg = g * kg * mg
             xr = r * cin + g * kg
             m0 = 0
             while m0 < mg:
                 wide = m0 + 16 <= mg
                 width = 16 if wide else 8
-                wb = wg + m0 * kg  # this block of output channels: (Kg, width)
+                part = 16 if wide else min(8, mg - m0)  # outputs of this block
+                wb = g * kg * mgp + m0 * kg  # this block of output channels: (Kg, width)
                 col = g * mg + m0
-                a0 = load8(bias, col)
+                a0 = load8(bias, g * mgp + m0)
                 a1 = a0
                 a2 = a0
                 a3 = a0
-                b0 = load8(bias, col + 8) if wide else a0
+                b0 = load8(bias, g * mgp + m0 + 8) if wide else a0
                 b1 = b0
                 b2 = b0
                 b3 = b0
@@ -324,7 +334,7 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
                         a0 = fma8(x0, load8(w, wb + k * width), a0)
                         if wide:
                             b0 = fma8(x0, load8(w, wb + k * width + 8), b0)
-                if has_z:  # the residual, added exactly (1 * z + acc)
+                if has_z and part >= 8:  # the residual, added exactly (1 * z + acc)
                     zr = r * m + col
                     a0 = fma8(load8(zf, zr), one8, a0)
                     if wide:
@@ -338,7 +348,17 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
                             b2 = fma8(load8(zf, zr + 2 * m + 8), one8, b2)
                             b3 = fma8(load8(zf, zr + 3 * m + 8), one8, b3)
                 o = r * ctot + c0 + col
-                if nr == 4:
+                if part < 8:  # a partial block: through tmp, the residual lane by lane
+                    for i in range(nr):
+                        v = a0 if i == 0 else (a1 if i == 1 else (a2 if i == 2 else a3))
+                        if has_z:
+                            for j in range(part):
+                                tmp[j] = zf[(r + i) * m + col + j]
+                            v = fma8(load8(tmp, 0), one8, v)
+                        store8(tmp, 0, _act8(v, act, lo8, hi8, p08, p18))
+                        for j in range(part):
+                            yf[o + i * ctot + j] = tmp[j]
+                elif nr == 4:
                     _store4(yf, o, ctot, a0, a1, a2, a3, act, lo8, hi8, p08, p18)
                     if wide:
                         _store4(yf, o + 8, ctot, b0, b1, b2, b3, act, lo8, hi8, p08, p18)
@@ -346,23 +366,53 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, act, p0, p1, one, lo, hi):
                     store8(yf, o, _act8(a0, act, lo8, hi8, p08, p18))
                     if wide:
                         store8(yf, o + 8, _act8(b0, act, lo8, hi8, p08, p18))
-                m0 += 16 if wide else 8
+                m0 += width
         if not _in_registers(act):
             if c0 == 0 and ctot == m:
                 activate_row(yf[r * ctot:(r + nr) * ctot], act, p0, p1, one)
             else:
                 for i in range(nr):
                     activate_row(y[r + i, c0:c0 + m], act, p0, p1, one)
+        if shuffle > 1:
+            for i in range(nr):
+                row = y[r + i, c0:c0 + m]
+                srow[:] = row
+                shuffle_row(srow, row, shuffle)
         r += nr
 
 
 def pack_pointwise(w: np.ndarray, groups: int) -> np.ndarray:
-    """A (M, C / groups, 1, 1) weight for :func:`pointwise_rows`: per group, the blocks of
-    :func:`pack_dense` (each block of 16 output channels' (Kg, 16) contiguous). The
-    (groups, Kg, Mg) layout it replaces read a 576 -> 96 projection's weight 384 bytes apart
-    per input channel: as fast in most runs, up to 1.3x slower in others."""
-    mg = w.shape[0] // groups
-    return np.concatenate([pack_dense(w[g * mg:(g + 1) * mg]) for g in range(groups)])
+    """A (M, C / groups, 1, 1) weight for :func:`pointwise_rows`.
+
+    Each group's outputs are padded with zeros to a multiple of 8, then cut into blocks of
+    16 outputs while 16 remain, else 8; each block's (Kg, width) is contiguous. The
+    (groups, Kg, Mg) layout this replaces read a 576 -> 96 projection's weight 384 bytes
+    apart per input channel: as fast in most runs, up to 1.3x slower in others.
+    """
+    m, kg = w.shape[0], w.shape[1]
+    mg = m // groups
+    w2 = np.zeros((groups, -(-mg // 8) * 8, kg), w.dtype)
+    w2[:, :mg] = w.reshape(groups, mg, kg)
+    blocks = []
+    for g in range(groups):
+        m0 = 0
+        while m0 < mg:
+            width = 16 if m0 + 16 <= mg else 8
+            blocks.append(np.ascontiguousarray(w2[g, m0:m0 + width].T).ravel())
+            m0 += width
+    return np.concatenate(blocks)
+
+
+def pad_groups(bias: np.ndarray | None, groups: int, m: int, dtype: np.dtype) -> np.ndarray:
+    """``bias`` (None: zeros) for :func:`pointwise_rows`: each group's padded to a multiple
+    of 8 with zeros (the array itself where nothing is padded)."""
+    mg = m // groups
+    if mg % 8 == 0:
+        return np.zeros(m, dtype) if bias is None else bias
+    out = np.zeros((groups, -(-mg // 8) * 8), dtype)
+    if bias is not None:
+        out[:, :mg] = bias.reshape(groups, mg)
+    return out.ravel()
 
 
 def pack_dense(w: np.ndarray) -> np.ndarray:

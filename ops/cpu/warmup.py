@@ -78,10 +78,12 @@ CASES: list[Case] = [
      {"pads": [1, 1, 1, 1], "activation": "Relu"}),
     ("FusedConv", _inputs(_x(2, 8, 9, 9), _w(8, 2, 1, 1), _w(8)),
      {"group": 4, "activation": "LeakyRelu", "activation_params": [0.1]}),
-    # grouped 1x1 with wide groups: one GEMM per group (narrow ones: block-diagonal, above),
-    # and ShuffleNet's channel shuffle folded into it
+    # grouped 1x1 with ShuffleNet's channel shuffle folded in (direct.pointwise_rows), and
+    # a grouped 3x3 with it (im2col, one GEMM per group, then the rows shuffled in place)
     ("FusedConv", _inputs(_x(2, 64, 5, 5, cl=True), _w(64, 32, 1, 1), _w(64)),
      {"group": 2, "activation": "Relu", "channel_shuffle": 4}),
+    ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(8, 4, 3, 3), _w(8)),
+     {"group": 2, "pads": [1, 1, 1, 1], "activation": "Relu", "channel_shuffle": 2}),
     ("FusedConv", _inputs(_x(2, 8, 9, 9), _w(8, 1, 3, 3), _w(8), _x(2, 8, 9, 9)),
      {"group": 8, "pads": [1, 1, 1, 1], "activation": "Clip", "activation_params": [0, 6]}),
     # register-blocked direct kernels (ops/cpu/direct.py): a 5x5 depthwise without residual

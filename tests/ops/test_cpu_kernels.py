@@ -156,7 +156,9 @@ PARAMS = {"LeakyRelu": [0.1], "Clip": [-0.5, 0.7], "HardSigmoid": [0.3, 0.4]}
 CONV_PATHS = {
     "1x1": ((24, 16, 1, 1), {}, 16, 6),  # direct.pointwise_rows
     "1x1-grouped": ((32, 4, 1, 1), {"group": 4}, 16, 6),  # pointwise_rows, 8 per group
-    "1x1-gemm": ((20, 16, 1, 1), {}, 16, 6),  # 20 outputs: not a multiple of 8, the GEMM
+    # 2 groups of 20 outputs: blocks of 16 and of 8 holding 4 (pointwise_rows' partial block)
+    "1x1-partial": ((40, 12, 1, 1), {"group": 2}, 24, 6),
+    "1x1-gemm": ((264, 256, 1, 1), {}, 256, 3),  # a weight of 64K elements and more: the GEMM
     "1x1-strided": ((24, 16, 1, 1), {"strides": [2, 2]}, 16, 7),
     "im2col": ((24, 8, 5, 5), {"pads": [2, 1, 2, 1], "dilations": [1, 2]}, 8, 9),
     "winograd": ((24, 64, 3, 3), {"pads": [1, 1, 1, 1]}, 64, 9),
@@ -433,8 +435,8 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
         wp = direct.pack_pointwise(w, 2)
         zr = np.ascontiguousarray(z.transpose(0, 2, 3, 1)).reshape(-1, 16)
         direct.pointwise_rows(x.transpose(0, 2, 3, 1).reshape(-1, 12), wp, b, zr,
-                              full.reshape(-1, 40), 20, 2, epilogue.RELU, t(0), t(0), t(1), 0,
-                              2 * 9 * 5)
+                              full.reshape(-1, 40), 20, 2, 16, 1, epilogue.RELU, t(0), t(0),
+                              t(1), 0, 2 * 9 * 5)
     elif kind == "dense":
         direct.dense_rows(x.transpose(0, 2, 3, 1), direct.pack_dense(w), b, full, 20, 3, 3, 1,
                           1, 1, 1, epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2])
@@ -445,3 +447,26 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     assert_close(full[..., 20:36].transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5)
     assert (full[..., :20] == 7).all() and (full[..., 36:] == 7).all()
     assert (want > 0).mean() > 0.3  # the activation had something to do
+
+
+@pytest.mark.parametrize("shuffle", [1, 4])
+def test_pointwise_partial_blocks_write_only_their_channels(shuffle):
+    """Groups of 10 outputs (a block of 8 holding 2, read and written through a buffer), with
+    a residual and a folded channel shuffle, into channels 12:52 of a wider buffer: the
+    channels around them and the rows past the range stay as they were."""
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((37, 12), dtype=np.float32)  # 37 rows: blocks of 4 and one single
+    w = rng.standard_normal((40, 3, 1, 1), dtype=np.float32)  # 4 groups of 10 outputs
+    b = rng.standard_normal(40, dtype=np.float32)
+    z = rng.standard_normal((37, 40), dtype=np.float32)
+    want = np.maximum(np.concatenate([x[:, 3 * g:3 * g + 3] @ w[10 * g:10 * g + 10, :, 0, 0].T
+                                      for g in range(4)], axis=1) + b + z, 0)
+    if shuffle > 1:
+        want = want.reshape(37, shuffle, 40 // shuffle).transpose(0, 2, 1).reshape(37, 40)
+    full = np.full((38, 64), 7.0, np.float32)
+    t = np.float32
+    direct.pointwise_rows(x, direct.pack_pointwise(w, 4), direct.pad_groups(b, 4, 40, t), z,
+                          full, 12, 4, 40, shuffle, epilogue.RELU, t(0), t(0), t(1), 0, 37)
+    assert_close(full[:37, 12:52], want, rtol=1e-5, atol=1e-5)
+    assert (full[:, :12] == 7).all() and (full[:, 52:] == 7).all() and (full[37] == 7).all()
+    assert (want > 0).mean() > 0.3

@@ -203,7 +203,8 @@ GPU_CASES: list[tuple[str, Maker, dict[str, Any]]] = [
     ("ReduceSum", inputs(x(3, 4, 5), const([], np.int64)), {"noop_with_empty_axes": 1}),
     ("ReduceSum", inputs(ints(3, 4, dtype=np.int32), const([0])), {}),
     ("ReduceMean", inputs(ints(3, 4, low=-9, high=9), const([1])), {}),
-    ("ReduceL2", inputs(ints(3, 4), const([1])), {}),
+    ("ReduceL2", inputs(ints(3, 4, low=-50, high=50), const([1])), {}),  # wide: integer norms of
+    # small values coincide between two seeds
     ("ReduceMax", inputs(x(3, 0, 4), const([1])), {}),
     ("ReduceMin", inputs(ints(3, 0, 4), const([1])), {"keepdims": 0}),
     ("ArgMax", inputs(ints(3, 4, 5, low=0, high=3)), {"axis": 1, "select_last_index": 1}),
