@@ -111,6 +111,25 @@ def _activate_row_pixels(yf, y, n, oh, ybase, c0, width, act, p0, p1, one):
             activate_row(y[n, oh, ow, c0:c0 + width], act, p0, p1, one)
 
 
+@njit(cache=True, inline="always")
+def _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph):
+    """Output row ``t`` = (n, oh): n, oh, the flat offset of its first output, and the kernel
+    rows [a_lo, a_hi) whose input rows exist."""
+    n = t // ho
+    oh = t % ho
+    return (n, oh, (n * ho + oh) * wo * ctot + c0, max(0, ph - oh * sh),
+            min(kh, h + ph - oh * sh))
+
+
+@njit(cache=True, inline="always")
+def _interior_columns(wo, wd, kw, sw, pw):
+    """(first, blocked): output columns first..blocked - 1 have all their taps inside the
+    input row, in whole blocks of 4; the others go one by one."""
+    first = min(wo, (pw + sw - 1) // sw)
+    last = max(first, min(wo, (wd - kw + pw) // sw + 1))
+    return first, first + (last - first) // 4 * 4
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
     """y[n, oh, ow, c0 + k] = act(bias[k] + sum over taps of x[n, ih, iw, k] * w[a, b, k]).
@@ -128,11 +147,7 @@ def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
     p08, p18 = splat8(p0), splat8(p1)
     zero8 = splat8(np.float32(0))
     for t in range(lo, hi):
-        n = t // ho
-        oh = t % ho
-        ybase = (n * ho + oh) * wo * ctot + c0
-        a_lo = max(0, ph - oh * sh)
-        a_hi = min(kh, h + ph - oh * sh)
+        n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
         ow = 0
         while ow + 4 <= wo:
             interior = ow * sw - pw >= 0 and (ow + 3) * sw - pw + kw <= wd
@@ -198,16 +213,9 @@ def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, on
     yf = y.reshape(-1)
     lo8, hi8 = _clamp_bounds(act, p0, p1, one)
     p08, p18 = splat8(p0), splat8(p1)
-    # output columns whose taps all lie inside the row: blocks of 4 there, the rest one by one
-    first = min(wo, (pw + sw - 1) // sw)
-    last = max(first, min(wo, (wd - kw + pw) // sw + 1))
-    blocked = first + (last - first) // 4 * 4
+    first, blocked = _interior_columns(wo, wd, kw, sw, pw)
     for t in range(lo, hi):
-        n = t // ho
-        oh = t % ho
-        ybase = (n * ho + oh) * wo * ctot + c0
-        a_lo = max(0, ph - oh * sh)
-        a_hi = min(kh, h + ph - oh * sh)
+        n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
         for ow in range(first, blocked, 4):
             m0 = 0
             while m0 < m:
@@ -443,18 +451,12 @@ def dense_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one, lo, 
     yf = y.reshape(-1)
     lo8, hi8 = _clamp_bounds(act, p0, p1, one)
     p08, p18 = splat8(p0), splat8(p1)
-    first = min(wo, (pw + sw - 1) // sw)
-    last = max(first, min(wo, (wd - kw + pw) // sw + 1))
-    blocked = first + (last - first) // 4 * 4
+    first, blocked = _interior_columns(wo, wd, kw, sw, pw)
     taps = kh * kw * c
     u = np.uint64  # unsigned offsets: no wrap-around checks in the inner loop
     step = u(sw * c)
     for t in range(lo, hi):
-        n = t // ho
-        oh = t % ho
-        ybase = (n * ho + oh) * wo * ctot + c0
-        a_lo = max(0, ph - oh * sh)
-        a_hi = min(kh, h + ph - oh * sh)
+        n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
         for m0 in range(0, m, 16):
             wide = m0 + 16 <= m
             width = 16 if wide else 8
