@@ -138,9 +138,11 @@ def reference(model: tf.Model, feed: dict[str, np.ndarray], batch: int, preproce
 
 
 def done_markers(target: Path | str) -> int:
-    """Chunks marked done in a target's manifest (files under .taskflow/done/c/)."""
+    """Chunks marked done in a target's manifest (files under .taskflow/done/c/ named by the
+    chunk, as :func:`taskflow.stream.manifest.done_chunks` reads them: a marker write that a
+    kill interrupted can leave a temporary file there, which marks nothing)."""
     folder = Path(target) / ".taskflow" / "done" / "c"
-    return len(os.listdir(folder)) if folder.exists() else 0
+    return sum(n.isdigit() for n in os.listdir(folder)) if folder.exists() else 0
 
 
 def cli() -> list[str]:
