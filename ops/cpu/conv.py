@@ -314,7 +314,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             and kh * kw * c <= (direct.DENSE_MAX_TAPS if max(s) == 1
                                 else direct.DENSE_MAX_STRIDED_TAPS):
         wp = packed(w, ("dense", dtype.str), lambda a: direct.pack_dense(a.astype(dtype)))
-        b_ = np.zeros(m, dtype) if bias is None else bias
+        b_ = direct.pad_groups(bias, 1, m, dtype)
         t = dtype.type
         run_ranges(lambda lo, hi: direct.dense_rows(
             xh, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]),

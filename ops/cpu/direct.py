@@ -77,6 +77,13 @@ def _clamp_bounds(act, p0, p1, one):
 
 
 @njit(cache=True, inline="always")
+def _act_vectors(act, p0, p1, one):
+    """The four vectors :func:`_act8` takes for ``act``: its clamp bounds, p0 and p1."""
+    lo8, hi8 = _clamp_bounds(act, p0, p1, one)
+    return lo8, hi8, splat8(p0), splat8(p1)
+
+
+@njit(cache=True, inline="always")
 def _act8(v, act, lo8, hi8, p08, p18):
     """``act`` on a vector, in the arithmetic and order of :func:`.epilogue.activate_into`."""
     if act == RELU or act == CLIP:
@@ -143,8 +150,7 @@ def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
     xf = x.reshape(-1)
     wf = w.reshape(-1)
     yf = y.reshape(-1)
-    lo8, hi8 = _clamp_bounds(act, p0, p1, one)
-    p08, p18 = splat8(p0), splat8(p1)
+    lo8, hi8, p08, p18 = _act_vectors(act, p0, p1, one)
     zero8 = splat8(np.float32(0))
     for t in range(lo, hi):
         n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
@@ -211,8 +217,7 @@ def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, on
     m = bias.shape[0]
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    lo8, hi8 = _clamp_bounds(act, p0, p1, one)
-    p08, p18 = splat8(p0), splat8(p1)
+    lo8, hi8, p08, p18 = _act_vectors(act, p0, p1, one)
     first, blocked = _interior_columns(wo, wd, kw, sw, pw)
     for t in range(lo, hi):
         n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
@@ -293,8 +298,7 @@ def pointwise_rows(x, w, bias, z, y, c0, groups, m, shuffle, act, p0, p1, one, l
     has_z = z.shape[0] == x.shape[0] and z.shape[0] > 0
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    lo8, hi8 = _clamp_bounds(act, p0, p1, one)
-    p08, p18 = splat8(p0), splat8(p1)
+    lo8, hi8, p08, p18 = _act_vectors(act, p0, p1, one)
     zf = z.reshape(-1)
     one8 = splat8(one)
     tmp = np.zeros(8, np.float32)
@@ -449,8 +453,7 @@ def dense_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one, lo, 
     m = bias.shape[0]
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    lo8, hi8 = _clamp_bounds(act, p0, p1, one)
-    p08, p18 = splat8(p0), splat8(p1)
+    lo8, hi8, p08, p18 = _act_vectors(act, p0, p1, one)
     first, blocked = _interior_columns(wo, wd, kw, sw, pw)
     taps = kh * kw * c
     u = np.uint64  # unsigned offsets: no wrap-around checks in the inner loop
