@@ -6,7 +6,9 @@ Used by ``taskflow bench`` and ``benchmarks/bench_cpu_kernels.py``. One call of
 BLAS through :func:`taskflow.dask.threads.apply_kernel_threads`; ONNX Runtime's
 ``intra_op_num_threads``; ``torch.set_num_threads``), warms every runtime up, then times the
 runtimes *interleaved* (taskflow, taskflow-dask, ORT, torch, taskflow, ...) and reports
-medians, so load from other processes on a shared machine hits every runtime alike.
+medians, so load from other processes on a shared machine hits every runtime alike; each
+runtime's timed call comes after ~0.1 s of its own untimed calls (:func:`interleaved`), so it
+is timed in its steady state, not in the slow start a core has after another's turn.
 
 ``taskflow`` is :meth:`Model.run` in this process. ``taskflow-dask`` is :meth:`Model.predict`
 on an embedded :class:`taskflow.dask.cluster.Cluster` of one worker process with one task thread
@@ -281,14 +283,40 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def interleaved(runners: dict[str, Callable[[], Any]], repeat: int) -> dict[str, list[float]]:
-    """Seconds per call of each runner, calling them in turn ``repeat`` times."""
+#: Untimed calls of a runtime before each of its timed calls add up to this much (seconds).
+#: On a shared VM a core that idled, even for a few milliseconds, comes back slow for the next
+#: 10-50 ms (the host's frequency and scheduling): GPT's first call after another runtime's
+#: took 47-54 ms, its next ones 28-34. Runtimes whose pools spin (ONNX Runtime, OpenMP, TBB)
+#: keep both cores busy and pay it less, so timing calls back to back in turn measured that,
+#: not what a batch job runs at. Settling first times every runtime in its steady state.
+SETTLE_S = 0.1
+#: A call this long (seconds) is timed without settling: the slow start is a few percent of it.
+SETTLE_MAX_CALL_S = 0.5
+
+
+def interleaved(runners: dict[str, Callable[[], Any]], repeat: int,
+                settle_s: float = SETTLE_S) -> dict[str, list[float]]:
+    """Seconds per call of each runner, taking them in turn ``repeat`` times.
+
+    Each turn first calls the runner untimed until ``settle_s`` has passed (at least once,
+    unless its last call took ``SETTLE_MAX_CALL_S`` or more), then times one call: the
+    runtimes alternate, so load from other processes hits each alike, and each is timed in
+    its steady state, as a batch job runs it, not in the slow start after another's turn.
+    """
     times: dict[str, list[float]] = {name: [] for name in runners}
+    last: dict[str, float] = {}
     for _ in range(repeat):
         for name, fn in runners.items():
+            if settle_s > 0 and last.get(name, 0.0) < SETTLE_MAX_CALL_S:
+                start = time.perf_counter()
+                while True:
+                    fn()
+                    if time.perf_counter() - start >= settle_s:
+                        break
             start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
+            last[name] = time.perf_counter() - start
+            times[name].append(last[name])
     return times
 
 

@@ -123,7 +123,8 @@ class SuiteResult:
         )
         lines = [
             f"taskflow bench: {len(self.rows)} models, {self.threads} kernel thread(s) for "
-            f"taskflow and every peer, medians of {self.repeat} interleaved runs; ratios "
+            f"taskflow and every peer, medians of {self.repeat} interleaved runs, each after "
+            f"~0.1 s of untimed ones (steady state); ratios "
             f"are peer time / taskflow time (above 1: taskflow faster)",
             f"machine: {self.cpu}; measured sgemm peak {self.peak}, best of "
             f"{len(self.peak_samples) or 1} sample(s) over the run",

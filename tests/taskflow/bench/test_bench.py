@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from taskflow import cli
-from taskflow.bench.harness import DASK_TOLERANCE, bench_model, check_outputs
+from taskflow.bench import harness
+from taskflow.bench.harness import DASK_TOLERANCE, bench_model, check_outputs, interleaved
 from taskflow.errors import TaskflowError
 from tests.taskflow.test_cli import taskflow
 
@@ -72,3 +73,36 @@ def test_cli_bench_no_dask_starts_no_cluster(ort, capsys):
     out = capsys.readouterr().out
     assert "taskflow / onnxruntime" in out
     assert "taskflow-dask" not in out and "Dask overhead" not in out
+
+
+def test_interleaved_settles_each_runtime_before_its_timed_call(monkeypatch):
+    """Each turn runs a runtime untimed for ``settle_s`` first, then times one call; the
+    turns alternate between runtimes; a call past SETTLE_MAX_CALL_S is not settled."""
+    import itertools
+    import time
+
+    monkeypatch.setattr(harness, "SETTLE_MAX_CALL_S", 0.015)
+    log: list[str] = []
+
+    def runner(name: str, seconds: float):
+        def call() -> None:
+            log.append(name)
+            time.sleep(seconds)
+        return call
+
+    times = interleaved({"fast": runner("fast", 0.002), "slow": runner("slow", 0.02)},
+                        repeat=3, settle_s=0.01)
+    assert [len(v) for v in times.values()] == [3, 3]
+    assert min(times["slow"]) >= 0.02 > max(times["fast"])
+    # turns alternate: fast's calls, slow's calls, fast's ...
+    turns = [name for k, name in enumerate(log) if k == 0 or log[k - 1] != name]
+    assert turns == ["fast", "slow"] * 3
+    # fast: untimed calls until 10 ms have passed, then 1 timed, per turn; slow: settled in
+    # its first turn only (1 untimed + 1 timed), then timed alone once its call is known long
+    runs = [sum(1 for _ in group) for name, group in itertools.groupby(log) if name == "fast"]
+    assert len(runs) == 3 and min(runs) >= 2
+    assert sum(runs) >= 3 * 6 or max(times["fast"]) > 0.004  # fewer only if sleeps ran long
+    assert log.count("slow") == 2 + 1 + 1
+    log.clear()
+    assert len(interleaved({"x": runner("x", 0)}, repeat=2, settle_s=0)["x"]) == 2
+    assert log == ["x", "x"]  # settle_s=0: timed calls only
