@@ -276,7 +276,10 @@ def fused_attention_cpu(Q: np.ndarray, K: np.ndarray, V: np.ndarray,
             and y4 is not None and _heads_readable(q4[0, 0], k4[0, 0], v4[0, 0]):
         m4 = _NO_MASK if full is None else full.reshape((1,) * (4 - full.ndim) + full.shape)
         heads = q4.shape[0] * q4.shape[1]
-        parts = max(1, min(heads, TASKS_PER_THREAD * threads()))
+        # a task's two products; small ones (decoding a few tokens) stay on this thread
+        per_head = s * t * (q4.shape[3] + dv)
+        parts = max(1, min(heads, TASKS_PER_THREAD * threads(),
+                           heads * per_head // MIN_TASK_MACS))
         step = -(-heads // parts)
         run_tasks(lambda i: _attention_heads(
             sgemm, q4, k4, v4, m4, full is not None, alpha, bool(nan_to_zero), y4, i * step,

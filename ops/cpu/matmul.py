@@ -70,8 +70,9 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
     is split only into whole COLUMN_BLOCKs, on MKL.
     """
     m, n = a.shape[0], b.shape[1]
+    macs = m * n * a.shape[1]
     if m < 2 * MIN_BLOCK and n >= 2 * COLUMN_BLOCK and threads() > 1 and backend() == "mkl" \
-            and a.dtype == b.dtype:
+            and a.dtype == b.dtype and macs >= SPLIT_GEMM:
         # few rows (a classifier at small batch): column blocks of whole COLUMN_BLOCKs over
         # the kernel threads, MKL's sequential sgemm in each (1.2-1.6x OpenBLAS's own
         # threads on a (8, 1024-4096) x (., 1000) classifier)
@@ -81,7 +82,6 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
         run_tasks(lambda i: blas_gemm(a, b[:, i * step:(i + 1) * step],
                                       y[:, i * step:(i + 1) * step]), -(-n // step))
         return _whole(y, post)
-    macs = m * n * a.shape[1]
     sequential = backend() == "mkl" and a.dtype == b.dtype and macs < SMALL_GEMM
     if not sequential and (macs < SMALL_GEMM or m < 2 * MIN_BLOCK):
         # small, or few rows (VGG's 25088x4096 weight): one call, with BLAS's own threads,
