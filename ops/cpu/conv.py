@@ -311,8 +311,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         return nchw_view(y)
     if plain and group == 1 and kh * kw > 1 and not use_winograd and xh.flags.c_contiguous \
             and wo >= direct.DENSE_MIN_WIDTH \
-            and kh * kw * c <= (direct.DENSE_MAX_TAPS if max(s) == 1
-                                else direct.DENSE_MAX_STRIDED_TAPS):
+            and (kh * kw * c <= direct.DENSE_MAX_TAPS
+                 and kh * kw * c * m <= direct.DENSE_MAX_TAPS_X_M if max(s) == 1
+                 else kh * kw * c <= direct.DENSE_MAX_STRIDED_TAPS):
         wp = packed(w, ("dense", dtype.str), lambda a: direct.pack_dense(a.astype(dtype)))
         b_ = direct.pad_groups(bias, 1, m, dtype)
         t = dtype.type

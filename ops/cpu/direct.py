@@ -51,9 +51,14 @@ POINTWISE_MAX_WEIGHT = 1 << 16
 #: threads: 1.1-1.7x faster at stride 1 from 8 to 32 channels (3x3) and 16 (5x5), 1.2-1.6x at
 #: stride 2 up to 128 channels (3x3), 1.2x on ResNet's 7x7 stem; 0.7-0.8x at 13-14 columns
 #: (the border columns go one by one), at 5x5 on 32-64 channels, and 0.83x on ZFNet's
-#: strided 5x5 on 96 channels (2400 taps).
+#: strided 5x5 on 96 channels (2400 taps). At stride 1 the GEMM's efficiency grows with the
+#: output channels too, so taps x M is capped at DENSE_MAX_TAPS_X_M as well: dense / im2col
+#: (time, 1 and 2 threads) was 0.75-0.77 at 16 -> 32 channels (4608), 0.92 at 32 -> 32
+#: (9216), 0.95-1.09 around 18432 (16 -> 128, 32 -> 64, 24 -> 96), 1.18-1.19 at 32 -> 128
+#: (36864: SqueezeNet's fire 3x3s, 56.8 against 45.5 ms on one thread), 1.13-1.17 at 40 -> 160.
 DENSE_MIN_WIDTH = 20
 DENSE_MAX_TAPS = 400
+DENSE_MAX_TAPS_X_M = 1 << 14
 DENSE_MAX_STRIDED_TAPS = 1200
 
 

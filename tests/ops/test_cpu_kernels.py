@@ -169,6 +169,8 @@ CONV_PATHS = {
     # outputs (a block of 16 and one of 8); strided with uneven pads
     "dense": ((24, 8, 3, 3), {"pads": [1, 1, 1, 1]}, 8, 22),
     "dense-strided": ((16, 12, 3, 3), {"pads": [1, 0, 1, 1], "strides": [2, 2]}, 12, 41),
+    # wide enough for dense_rows, but 288 taps x 64 outputs: im2col + GEMM
+    "im2col-3x3": ((64, 32, 3, 3), {"pads": [1, 1, 1, 1]}, 32, 22),
     # direct.few_channels_rows on an NCHW input (channels-last input goes to im2col)
     "few-channels": ((24, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 3, 11),
 }
