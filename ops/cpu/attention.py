@@ -9,10 +9,10 @@ strides: the head split ``Transpose`` views the exporters put before the product
 
 FusedAttention, with MKL, runs each task's heads in one Numba call (:func:`_attention_heads`):
 per head MKL's sgemm through a function pointer for Q·Kᵀ into a tile that stays in cache,
-mask, softmax (:func:`.epilogue.exp_nonpositive`, vectorised) and the product with V straight
-into the output, with no Python between the steps: 1.3-1.8x the per-group ``gemm_batch`` +
-numpy ``exp`` route on one AVX2 core (GPT, MiniLM and ViT-tiny heads), which remains where
-MKL is missing.
+mask, softmax (:func:`.epilogue.exp32_nonpositive`, 8 lanes wide: the float64 exp took half
+of GPT's attention) and the product with V straight into the output, with no Python between
+the steps: 1.3-1.8x the per-group ``gemm_batch`` + numpy ``exp`` route on one AVX2 core (GPT,
+MiniLM and ViT-tiny heads), which remains where MKL is missing.
 A 4-D output is written as (B, S, H, D) memory and returned as its (B, H, S, D) view: the
 ``Transpose(0, 2, 1, 3)`` and ``Reshape`` that merge the heads after attention then are views
 too, as for the channels-last convolutions.
@@ -31,7 +31,7 @@ from ..matmul import matmul
 from ..registry import register_kernel
 from .blas import _layout, gemm_batch, gemm_pointer
 from .common import TASKS_PER_THREAD, new_output, run_tasks, scratch, threads
-from .epilogue import exp_nonpositive
+from .epilogue import exp32_nonpositive
 from .matmul import parallel_matmul
 
 #: Bytes of scores one task keeps (a group of heads' (S, T) tiles): about half an L2 cache,
@@ -236,7 +236,7 @@ def _attention_heads(sgemm, q, k, v, mask, has_mask, alpha, nan_to_zero, y, g0, 
                     row[j] += mrow[j]
             top = _row_max(row)
             for j in range(t):
-                row[j] = exp_nonpositive(np.float64(row[j] - top))
+                row[j] = exp32_nonpositive(row[j] - top)
             inv = np.float32(1.0 / _row_sum(row))
             for j in range(t):
                 x = row[j] * inv
