@@ -269,6 +269,8 @@ def fused_attention_cpu(Q: np.ndarray, K: np.ndarray, V: np.ndarray,
         y = new_output(lead + (s, dv), Q.dtype)
     full = None if mask is None else np.broadcast_to(mask, lead + (s, t))
     alpha = 1.0 / scale if divide else scale
+    # both products' multiply-adds: small ones (decoding a few tokens) stay on this thread
+    macs = math.prod(lead) * s * t * (Q.shape[-1] + dv)
     sgemm = gemm_pointer(np.float32)
     q4, k4, v4, y4 = (x if x.ndim == 4 else x.reshape((1,) * (4 - x.ndim) + x.shape)
                       if x.ndim < 4 else None for x in (Q, K, V, y))
@@ -276,10 +278,7 @@ def fused_attention_cpu(Q: np.ndarray, K: np.ndarray, V: np.ndarray,
             and y4 is not None and _heads_readable(q4[0, 0], k4[0, 0], v4[0, 0]):
         m4 = _NO_MASK if full is None else full.reshape((1,) * (4 - full.ndim) + full.shape)
         heads = q4.shape[0] * q4.shape[1]
-        # a task's two products; small ones (decoding a few tokens) stay on this thread
-        per_head = s * t * (q4.shape[3] + dv)
-        parts = max(1, min(heads, TASKS_PER_THREAD * threads(),
-                           heads * per_head // MIN_TASK_MACS))
+        parts = max(1, min(heads, TASKS_PER_THREAD * threads(), macs // MIN_TASK_MACS))
         step = -(-heads // parts)
         run_tasks(lambda i: _attention_heads(
             sgemm, q4, k4, v4, m4, full is not None, alpha, bool(nan_to_zero), y4, i * step,
@@ -296,7 +295,7 @@ def fused_attention_cpu(Q: np.ndarray, K: np.ndarray, V: np.ndarray,
         _masked_softmax(scores, m, full is not None, bool(nan_to_zero))
         gemm_batch(scores, V[idx][sl], y[idx][sl])
 
-    if math.prod(lead) * s * t * (Q.shape[-1] + dv) < MIN_TASK_MACS:  # a decoding step
+    if macs < MIN_TASK_MACS:
         for i in range(len(tasks)):
             run(i)
     else:

@@ -304,10 +304,9 @@ def interleaved(runners: dict[str, Callable[[], Any]], repeat: int,
     its steady state, as a batch job runs it, not in the slow start after another's turn.
     """
     times: dict[str, list[float]] = {name: [] for name in runners}
-    last: dict[str, float] = {}
     for _ in range(repeat):
         for name, fn in runners.items():
-            if settle_s > 0 and last.get(name, 0.0) < SETTLE_MAX_CALL_S:
+            if settle_s > 0 and (times[name] or [0.0])[-1] < SETTLE_MAX_CALL_S:
                 start = time.perf_counter()
                 while True:
                     fn()
@@ -315,8 +314,7 @@ def interleaved(runners: dict[str, Callable[[], Any]], repeat: int,
                         break
             start = time.perf_counter()
             fn()
-            last[name] = time.perf_counter() - start
-            times[name].append(last[name])
+            times[name].append(time.perf_counter() - start)
     return times
 
 

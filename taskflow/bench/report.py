@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskflow.bench.harness import BenchResult
+from taskflow.bench.harness import SETTLE_S, BenchResult
 from taskflow.bench.peak import SgemmPeak
 
 #: Issue 13's targets: every model at least this fast as ONNX Runtime ...
@@ -124,7 +124,7 @@ class SuiteResult:
         lines = [
             f"taskflow bench: {len(self.rows)} models, {self.threads} kernel thread(s) for "
             f"taskflow and every peer, medians of {self.repeat} interleaved runs, each after "
-            f"~0.1 s of untimed ones (steady state); ratios "
+            f"{SETTLE_S:g} s of untimed ones (steady state); ratios "
             f"are peer time / taskflow time (above 1: taskflow faster)",
             f"machine: {self.cpu}; measured sgemm peak {self.peak}, best of "
             f"{len(self.peak_samples) or 1} sample(s) over the run",

@@ -19,8 +19,11 @@ from onnx import TensorProto, helper, numpy_helper
 import taskflow as tf
 from taskflow.dask import threads
 from taskflow.demo import load_digits
+from taskflow.stream.manifest import done_chunks
 
 ROOT = Path(__file__).resolve().parents[3]
+#: More chunks than any test dataset has: the count :func:`done_markers` reads markers up to.
+MAX_TEST_CHUNKS = 1 << 16
 RNG = np.random.default_rng(7)
 #: Seconds the ``slow`` preprocess sleeps per chunk: long enough to kill things mid-job.
 SLOW_S = 0.08
@@ -138,11 +141,10 @@ def reference(model: tf.Model, feed: dict[str, np.ndarray], batch: int, preproce
 
 
 def done_markers(target: Path | str) -> int:
-    """Chunks marked done in a target's manifest (files under .taskflow/done/c/ named by the
-    chunk, as :func:`taskflow.stream.manifest.done_chunks` reads them: a marker write that a
-    kill interrupted can leave a temporary file there, which marks nothing)."""
-    folder = Path(target) / ".taskflow" / "done" / "c"
-    return sum(n.isdigit() for n in os.listdir(folder)) if folder.exists() else 0
+    """Chunks marked done in a target's manifest, read as a resume reads them
+    (:func:`taskflow.stream.manifest.done_chunks`: a marker write that a kill interrupted can
+    leave a temporary file there, which marks nothing)."""
+    return int(done_chunks(str(target), MAX_TEST_CHUNKS).sum())
 
 
 def cli() -> list[str]:
