@@ -29,10 +29,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 #: cblas enums
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _MKL_THREADING_SEQUENTIAL = 1
+#: dtype char -> the name of its GEMM pointer in _state
+_POINTERS = {"f": "sgemm", "d": "dgemm"}
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
 #: ``TASKFLOW_ISA`` values: the MKL_ENABLE_INSTRUCTIONS value and mkl_enable_instructions code
@@ -156,37 +159,59 @@ def _layout(m: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+@njit(cache=True, inline="always")
+def _ld(rows: int, cols: int, s0: int, s1: int, item: int) -> tuple[int, int]:
+    """(cblas transpose flag, leading dimension) of a matrix of these byte strides, or
+    (0, 0) where MKL cannot read it (the Numba twin of :func:`_layout`)."""
+    if s1 == item and s0 % item == 0 and s0 >= max(1, cols) * item:
+        return _NO_TRANS, s0 // item
+    if s0 == item and s1 % item == 0 and s1 >= max(1, rows) * item:
+        return _TRANS, s1 // item
+    return 0, 0
+
+
+@njit(cache=True, nogil=True)
+def gemm_rows(fn, a, b, out, lo: int, hi: int) -> bool:
+    """``out[lo:hi] = a[lo:hi] @ b`` through ``fn`` (:func:`gemm_pointer` of their dtype),
+    without the GIL; False (nothing done) where MKL cannot take the operands.
+
+    From Numba, a call costs ~5 us against ~25 us through ctypes from Python: a kernel
+    task's Python before its GEMM is time the other kernel threads wait for the GIL."""
+    m, k = hi - lo, a.shape[1]
+    n = b.shape[1]
+    item = a.itemsize
+    ta, lda = _ld(m, k, a.strides[0], a.strides[1], item)
+    tb, ldb = _ld(k, n, b.strides[0], b.strides[1], item)
+    if ta == 0 or tb == 0 or out.strides[1] != item or out.strides[0] % item \
+            or out.strides[0] < max(1, n) * item or b.shape[0] != k or out.shape[1] != n \
+            or m <= 0 or n == 0 or k == 0:
+        return False
+    fn(_ROW_MAJOR, ta, tb, m, n, k, 1.0, a[lo:hi].ctypes.data, lda, b.ctypes.data, ldb, 0.0,
+       out[lo:hi].ctypes.data, out.strides[0] // item)
+    return True
+
+
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out[...] = a @ b`` for 2-D arrays; returns ``out``.
 
     ``out`` may be a strided view (a block of a larger row-major array: a Concat's buffer,
     a group's columns) as long as its rows are contiguous.
     """
-    mkl = _mkl()
-    if mkl is not None and a.dtype == b.dtype == out.dtype and a.dtype.char in "fd" \
-            and a.ndim == b.ndim == out.ndim == 2 and out.strides[1] == out.itemsize \
-            and min(a.shape + b.shape) > 0:
-        la, lb = _layout(a), _layout(b)
-        m, k = a.shape
-        n = b.shape[1]
-        ldc = out.strides[0] // out.itemsize
-        if la is not None and lb is not None and out.shape == (m, n) and ldc >= n \
-                and b.shape[0] == k \
-                and out.strides[0] % out.itemsize == 0 and out.flags.writeable:
-            fn = mkl.cblas_sgemm if a.dtype.char == "f" else mkl.cblas_dgemm
-            fn(_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, a.ctypes.data, la[1], b.ctypes.data,
-               lb[1], 0.0, out.ctypes.data, ldc)
-            return out
+    fn = gemm_pointer(a.dtype)
+    if fn is not None and a.dtype == b.dtype == out.dtype and a.ndim == b.ndim == out.ndim == 2 \
+            and out.shape[0] == a.shape[0] and out.flags.writeable \
+            and gemm_rows(fn, a, b, out, 0, a.shape[0]):
+        return out
     return np.matmul(a, b, out=out)
 
 
 def gemm_pointer(dtype: Any) -> Any:
     """MKL's sequential ``cblas_sgemm`` (float32) or ``cblas_dgemm`` (float64) as a ctypes
     function pointer that Numba-compiled code can call (row-major cblas arguments; operands
-    as addresses), or None without MKL."""
-    if _mkl() is None or np.dtype(dtype).char not in "fd":
+    as addresses), or None without MKL (or for another dtype)."""
+    if _mkl() is None:
         return None
-    return _state["sgemm" if np.dtype(dtype).char == "f" else "dgemm"]
+    return _state.get(_POINTERS.get(np.dtype(dtype).char, ""))
 
 
 def _batch_layout(m: np.ndarray) -> tuple[int, int, int] | None:

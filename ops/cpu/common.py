@@ -23,13 +23,14 @@ caller may do them all), and a small op runs as one task on the caller.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import queue
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -305,7 +306,6 @@ def packed(weight: np.ndarray, how: Hashable, pack: Callable[[np.ndarray], Any])
 
 
 # --- kernel threads ---------------------------------------------------------------------------
-_POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 _BLAS_LOCK = threading.Lock()
 _blas: dict[str, Any] = {"users": 0, "saved": []}
@@ -379,23 +379,21 @@ def blas_single_threaded() -> Iterator[None]:
                         set_(n)
 
 
-def _pool(helpers: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < helpers:
-            _POOL = ThreadPoolExecutor(helpers, thread_name_prefix="taskflow-kernel")
-        return _POOL
-
-
 class _Tasks:
-    """``fn(i)`` for i in range(n), handed out from a shared counter."""
+    """``fn(i)`` for i in range(n), handed out from a shared counter; :meth:`wait` returns
+    when all n have ended. Lean on purpose: it is made for every parallel kernel call, and on
+    a decoder's small layers each microsecond of Python here is a microsecond the helper
+    waits for the GIL."""
+
+    __slots__ = ("fn", "todo", "n", "ended", "finished", "error")
 
     def __init__(self, fn: Callable[[int], None], n: int):
         self.fn = fn
         self.todo = iter(range(n))  # next() on it is atomic under the GIL
-        self.left = n
-        self.lock = threading.Lock()
-        self.finished = threading.Event()
+        self.n = n
+        self.ended = itertools.count(1)  # so is this
+        self.finished = threading.Lock()  # held until the last task ends
+        self.finished.acquire()
         self.error: BaseException | None = None
 
     def drain(self) -> None:
@@ -405,10 +403,48 @@ class _Tasks:
                     self.fn(i)
             except BaseException as exc:  # re-raised on the calling thread
                 self.error = exc
-            with self.lock:
-                self.left -= 1
-                if self.left == 0:
-                    self.finished.set()
+            if next(self.ended) == self.n:
+                self.finished.release()
+
+    def wait(self) -> None:
+        self.finished.acquire()
+
+
+class _Pool:
+    """The kernel threads: daemon threads that drain whatever :class:`_Tasks` they are
+    given, one queue for all callers (a Dask worker's task threads share it)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[_Tasks] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+
+    def submit(self, work: _Tasks, helpers: int) -> None:
+        """``work`` offered to ``helpers`` pool threads (started on first need)."""
+        if len(self.threads) < helpers:
+            with _POOL_LOCK:
+                while len(self.threads) < helpers:
+                    thread = threading.Thread(target=self._loop, daemon=True,
+                                              name=f"taskflow-kernel_{len(self.threads)}")
+                    thread.start()
+                    self.threads.append(thread)
+        for _ in range(helpers):
+            self.jobs.put(work)
+
+    def _loop(self) -> None:
+        get = self.jobs.get
+        while True:
+            get().drain()
+
+
+_POOL = _Pool()
+
+
+def _new_pool_in_child() -> None:  # a forked child has none of the parent's threads
+    global _POOL
+    _POOL = _Pool()
+
+
+os.register_at_fork(after_in_child=_new_pool_in_child)
 
 
 def run_tasks(fn: Callable[[int], None], tasks: int) -> None:
@@ -424,11 +460,9 @@ def run_tasks(fn: Callable[[int], None], tasks: int) -> None:
                 fn(i)
             return
         work = _Tasks(fn, tasks)
-        pool = _pool(helpers)
-        for _ in range(helpers):
-            pool.submit(work.drain)
+        _POOL.submit(work, helpers)
         work.drain()
-        work.finished.wait()
+        work.wait()
     if work.error is not None:
         raise work.error
 

@@ -15,14 +15,16 @@ FusedGemm and FusedMatMul (with a 2-D B) with a ``precision`` ("bf16", "int8") m
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
+from numba import njit
 
 from ..matmul import fused_gemm, fused_matmul, gemm
 from ..quant import dynamic_qparams
 from ..registry import register_kernel
 from . import lowp
-from .blas import backend
+from .blas import backend, gemm_pointer, gemm_rows
 from .blas import gemm as blas_gemm
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -34,7 +36,7 @@ from .common import (
     threads,
     vector,
 )
-from .epilogue import NONE, activation_code, apply_epilogue
+from .epilogue import NONE, activation_code, apply_epilogue, empty_operand, epilogue_rows
 from .sparse import sparse_matmul
 
 #: Smallest block of a split GEMM: below it BLAS's per-call packing dominates.
@@ -90,7 +92,14 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
     if sequential and (macs < SPLIT_GEMM or m < 2 * MIN_BLOCK or threads() == 1):
         # small (a transformer's projections at small batch): one sequential MKL call on this
         # thread; OpenBLAS's two threads took 17 ms for GPT's 512x128x128 under load
-        return _whole(blas_gemm(a, b, np.empty((m, n), a.dtype)), post)
+        y = np.empty((m, n), a.dtype)
+        if isinstance(post, Epilogue) and m * n <= EPILOGUE_TASK_ELEMENTS:
+            # and its epilogue in the same Numba call (a decoding step's few rows)
+            bias, code, p0, p1 = post.operands(y.dtype)
+            if _gemm_epilogue_rows(gemm_pointer(a.dtype), a, b, y, 0, m, bias,
+                                   empty_operand(y.dtype, 2), code, p0, p1):
+                return y
+        return _whole(blas_gemm(a, b, y), post)
     y = np.empty((m, n), np.result_type(a, b))
     per_thread = 1 if macs < BALANCED_GEMM else TASKS_PER_THREAD
     parts = max(1, min(m // MIN_BLOCK, per_thread * threads()))
@@ -102,8 +111,51 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
         if post is not None:
             post(rows)
 
-    run_tasks(block, max(1, -(-m // step)))
+    fn = gemm_pointer(a.dtype) if a.dtype == b.dtype == y.dtype else None
+    if isinstance(post, Epilogue) and fn is not None:
+        # the whole task in one Numba call (GEMM, then the epilogue while the rows are in
+        # cache), no Python in it to hold the GIL while the other kernel threads wait
+        bias, code, p0, p1 = post.operands(y.dtype)
+        no_z = empty_operand(y.dtype, 2)
+
+        def native(i: int) -> None:
+            lo, hi = i * step, min(m, (i + 1) * step)
+            if not _gemm_epilogue_rows(fn, a, b, y, lo, hi, bias, no_z, code, p0, p1):
+                block(i)
+
+        run_tasks(native, -(-m // step))
+        return y
+
+    run_tasks(block, -(-m // step))
     return y
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gemm_epilogue_rows(fn, a, b, y, lo, hi, bias, no_z, code, p0, p1) -> bool:
+    """Rows ``lo:hi`` of ``y = act(a @ b + bias)``: MKL through ``fn``, then the epilogue;
+    False (nothing done) where MKL cannot take the operands."""
+    if not gemm_rows(fn, a, b, y, lo, hi):
+        return False
+    epilogue_rows(y[lo:hi], 0, y.shape[1], bias, no_z, code, p0, p1, y.dtype.type(1))
+    return True
+
+
+class Epilogue(NamedTuple):
+    """``rows = act(rows + bias)`` in place, over blocks of GEMM output rows: callable from
+    Python, and run inside the GEMM's own Numba call by :func:`parallel_matmul`."""
+
+    bias: np.ndarray | None
+    act: tuple[int, float, float]
+
+    def operands(self, dtype: np.dtype) -> tuple[np.ndarray, int, Any, Any]:
+        """(bias or an empty vector, activation code, its two parameters) for
+        :func:`.epilogue.epilogue_rows` on ``dtype`` rows."""
+        t = np.dtype(dtype).type
+        bias = empty_operand(dtype, 1) if self.bias is None else self.bias
+        return bias, self.act[0], t(self.act[1]), t(self.act[2])
+
+    def __call__(self, rows: np.ndarray) -> None:
+        apply_epilogue(rows, self.bias, None, self.act, parallel=False)
 
 
 def _whole(y: np.ndarray, post: Callable[[np.ndarray], None] | None) -> np.ndarray:
@@ -114,12 +166,11 @@ def _whole(y: np.ndarray, post: Callable[[np.ndarray], None] | None) -> np.ndarr
     return y
 
 
-def _epilogue(bias: np.ndarray | None, act: tuple[int, float, float]
-              ) -> Callable[[np.ndarray], None] | None:
+def _epilogue(bias: np.ndarray | None, act: tuple[int, float, float]) -> Epilogue | None:
     """The bias + activation epilogue of a block of rows, or None when there is nothing."""
     if bias is None and act[0] == NONE:
         return None
-    return lambda rows: apply_epilogue(rows, bias, None, act, parallel=False)
+    return Epilogue(bias, act)
 
 
 def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,

@@ -18,6 +18,7 @@ from numba.core.registry import CPUDispatcher as Dispatcher
 from taskflow.ops.conv import ACTIVATIONS
 from taskflow.ops.cpu import (
     attention,
+    blas,
     common,
     conv,
     direct,
@@ -101,7 +102,7 @@ TOL: dict[str, tuple[float, float]] = {
 }
 #: float64: the same orderings, 2^29 times finer.
 FLOAT64_TOL = (1e-11, 1e-11)
-CPU_MODULES = (attention, common, conv, direct, eltwise, epilogue, lowp, matmul, movement,
+CPU_MODULES = (attention, blas, common, conv, direct, eltwise, epilogue, lowp, matmul, movement,
                norm, pool, skip_norm, sparse, squeeze_excite, winograd)
 #: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
 EDGE_BATCHES = (None, 0, 1, 3)

@@ -1,0 +1,132 @@
+"""The kernel pool (``run_tasks``) and the GEMM row tasks that run without Python in them.
+
+The pool hands a call's tasks to the caller and the kernel threads from one counter; the GEMM
+row blocks of FusedMatMul/FusedGemm run MKL and the epilogue in one Numba call per task
+(``_gemm_epilogue_rows``), falling back to the Python block where MKL cannot read an operand.
+These check the results on both routes, in float32 and float64, and the pool's contract:
+every task exactly once, errors raised on the caller, concurrent callers, nested calls.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import taskflow.ops as ops
+from taskflow.ops.cpu import blas, common
+from taskflow.ops.cpu import matmul as matmul_cpu
+
+from taskflow.dask import threads
+
+
+@pytest.fixture
+def two_threads():
+    threads.apply_kernel_threads(2)
+    yield
+    threads.reset_kernel_threads()
+
+
+def reference(op: str, args: list, attrs: dict) -> np.ndarray:
+    return ops.get(op).reference(*[np.array(a, order="C") for a in args], **attrs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", ["", "Relu", "Gelu", "HardSwish"])
+def test_split_gemm_with_its_epilogue_matches_the_reference(two_threads, monkeypatch, dtype,
+                                                           act):
+    """A (512, 128) x (128, 384) product is split into row blocks, each a GEMM and the bias and
+    activation in one task; every block's rows must be the reference's."""
+    tasks: list[int] = []
+    real = matmul_cpu.run_tasks
+    monkeypatch.setattr(matmul_cpu, "run_tasks",
+                        lambda fn, n: (tasks.append(n), real(fn, n))[1])
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((8, 64, 128)).astype(dtype)
+    w = rng.standard_normal((128, 384)).astype(dtype) / 8
+    bias = rng.standard_normal(384).astype(dtype)
+    attrs = {"activation": act} if act else {}
+    got = ops.get("FusedMatMul").kernels["cpu"](a, w, bias, **attrs)
+    want = reference("FusedMatMul", [a, w, bias], attrs)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    assert tasks and tasks[0] > 1  # it was split
+    assert np.ptp(got[:, 0]) > 0.1  # the rows differ: each block wrote its own
+
+
+def test_gemm_rows_refuses_what_mkl_cannot_read_and_the_block_route_takes_it(two_threads):
+    """Columns of A two elements apart are not a cblas matrix: ``gemm_rows`` must do nothing
+    and say so, and FusedGemm must still be right (the Python block route)."""
+    fn = blas.gemm_pointer(np.float32)
+    if fn is None:
+        pytest.skip("MKL is not loaded (TASKFLOW_BLAS=numpy or no mkl wheel)")
+    rng = np.random.default_rng(4)
+    wide = rng.standard_normal((512, 256)).astype(np.float32)
+    a = wide[:, ::2]  # (512, 128), strides (1024, 8)
+    w = rng.standard_normal((128, 256)).astype(np.float32)
+    out = np.full((512, 256), 7.0, np.float32)
+    assert not blas.gemm_rows(fn, a, w, out, 0, 512)
+    assert (out == 7.0).all()
+    assert blas.gemm_rows(fn, np.ascontiguousarray(a), w, out, 100, 300)
+    np.testing.assert_allclose(out[100:300], a[100:300] @ w, rtol=1e-4, atol=1e-4)
+    assert (out[:100] == 7.0).all() and (out[300:] == 7.0).all()
+    bias = rng.standard_normal(256).astype(np.float32)
+    got = ops.get("FusedGemm").kernels["cpu"](a, w, bias, activation="Relu")
+    np.testing.assert_allclose(got, np.maximum(a @ w + bias, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_transposed_and_strided_operands_through_gemm(two_threads):
+    """``blas.gemm`` on a transposed A, a transposed B and an output that is a column block of
+    a wider array (a Concat's buffer) leaves the other columns alone."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((64, 300)).astype(np.float32).T  # (300, 64), column-major
+    b = rng.standard_normal((48, 64)).astype(np.float32).T  # (64, 48), column-major
+    buf = np.zeros((300, 100), np.float32)
+    blas.gemm(a, b, buf[:, 20:68])
+    np.testing.assert_allclose(buf[:, 20:68], a @ b, rtol=1e-4, atol=1e-4)
+    assert not buf[:, :20].any() and not buf[:, 68:].any()
+
+
+def test_every_task_runs_once_and_errors_reach_the_caller(two_threads):
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def task(i: int) -> None:
+        with lock:
+            seen.append(i)
+
+    common.run_tasks(task, 37)
+    assert sorted(seen) == list(range(37))
+
+    def failing(i: int) -> None:
+        if i == 5:
+            raise ValueError("task 5")
+
+    with pytest.raises(ValueError, match="task 5"):
+        common.run_tasks(failing, 8)
+    common.run_tasks(task, 3)  # the pool still works after a failure
+    assert sorted(seen[37:]) == [0, 1, 2]
+
+
+def test_concurrent_and_nested_callers_share_the_pool(two_threads):
+    """Two caller threads (a Dask worker's task threads) at once, each task itself calling
+    ``run_tasks`` (a kernel inside a kernel): nothing deadlocks, every task runs once."""
+    counts = np.zeros((2, 16, 4), np.int64)
+
+    def caller(c: int) -> None:
+        threads.apply_kernel_threads(2)
+
+        def outer(i: int) -> None:
+            def inner(j: int) -> None:
+                counts[c, i, j] += 1
+            common.run_tasks(inner, 4)
+        for _ in range(20):
+            common.run_tasks(outer, 16)
+
+    workers = [threading.Thread(target=caller, args=(c,)) for c in range(2)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    assert not any(t.is_alive() for t in workers)
+    assert (counts == 20).all()
