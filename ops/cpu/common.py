@@ -424,28 +424,68 @@ class _Tasks:
 
 class _Pool:
     """The kernel threads: daemon threads that drain whatever :class:`_Tasks` they are
-    given, one queue for all callers (a Dask worker's task threads share it)."""
+    given, one queue for all callers (a Dask worker's task threads share it).
+
+    Between tasks a helper first runs :attr:`poll` when one is set (:mod:`.native_pool`'s:
+    it runs GEMM blocks without the GIL and returns when a Python job is posted, i.e. when
+    :attr:`posted` changes, or after a while idle), then sleeps until a caller posts again.
+    The same threads serve both kinds of job, so polling never takes a core from a Python
+    task."""
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[_Tasks] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
+        #: [0]: Python jobs posted (what ``poll`` watches, with atomic loads)
+        self.posted = np.zeros(8, np.int64)
+        self.poll: Callable[[int, int], None] | None = None
+        #: ``pending()``: whether a job ``poll`` would run is waiting (checked before sleeping)
+        self.pending: Callable[[], bool] = lambda: False
+        self.wake = threading.Condition(threading.Lock())
+        self.asleep = 0
 
-    def submit(self, work: _Tasks, helpers: int) -> None:
-        """``work`` offered to ``helpers`` pool threads (started on first need)."""
+    def grow(self, helpers: int) -> None:
+        """At least ``helpers`` pool threads."""
         if len(self.threads) < helpers:
             with _POOL_LOCK:
                 while len(self.threads) < helpers:
-                    thread = threading.Thread(target=self._loop, daemon=True,
+                    thread = threading.Thread(target=self._loop, args=(len(self.threads),),
+                                              daemon=True,
                                               name=f"taskflow-kernel_{len(self.threads)}")
                     thread.start()
                     self.threads.append(thread)
+
+    def submit(self, work: _Tasks, helpers: int) -> None:
+        """``work`` offered to ``helpers`` pool threads (started on first need)."""
+        self.grow(helpers)
         for _ in range(helpers):
             self.jobs.put(work)
+        self.posted[0] += 1
+        self.notify()
 
-    def _loop(self) -> None:
-        get = self.jobs.get
+    def notify(self) -> None:
+        """Wake the sleeping helpers (after a job was posted)."""
+        if self.asleep:
+            with self.wake:
+                self.wake.notify_all()
+
+    def _loop(self, index: int) -> None:
+        jobs = self.jobs
         while True:
-            get().drain()
+            try:
+                jobs.get_nowait().drain()
+                continue
+            except queue.Empty:
+                pass
+            if self.poll is not None:
+                self.poll(index, int(self.posted[0]))
+                if not jobs.empty():
+                    continue
+            with self.wake:
+                # counted asleep before the last look: a job posted after it notifies us
+                self.asleep += 1
+                if jobs.empty() and not self.pending():
+                    self.wake.wait()
+                self.asleep -= 1
 
 
 _POOL = _Pool()

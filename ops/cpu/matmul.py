@@ -23,7 +23,7 @@ from numba import njit
 from ..matmul import fused_gemm, fused_matmul, gemm
 from ..quant import dynamic_qparams
 from ..registry import register_kernel
-from . import lowp
+from . import lowp, native_pool
 from .blas import backend, gemm_pointer, gemm_rows
 from .blas import gemm as blas_gemm
 from .common import (
@@ -112,18 +112,25 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
             post(rows)
 
     fn = gemm_pointer(a.dtype) if a.dtype == b.dtype == y.dtype else None
+    native = native_pool.pool() if fn is not None and a.dtype == np.float32 \
+        and (post is None or isinstance(post, Epilogue)) else None
+    if native is not None:
+        ep = post if isinstance(post, Epilogue) else Epilogue(None, (NONE, 0.0, 0.0))
+        tasks = -(-m // step)
+        if native.gemm(a, b, y, ep.bias, ep.act, step, min(threads(), tasks) - 1):
+            return y
     if isinstance(post, Epilogue) and fn is not None:
         # the whole task in one Numba call (GEMM, then the epilogue while the rows are in
         # cache), no Python in it to hold the GIL while the other kernel threads wait
         bias, code, p0, p1 = post.operands(y.dtype)
         no_z = empty_operand(y.dtype, 2)
 
-        def native(i: int) -> None:
+        def rows(i: int) -> None:
             lo, hi = i * step, min(m, (i + 1) * step)
             if not _gemm_epilogue_rows(fn, a, b, y, lo, hi, bias, no_z, code, p0, p1):
                 block(i)
 
-        run_tasks(native, -(-m // step))
+        run_tasks(rows, -(-m // step))
         return y
 
     run_tasks(block, -(-m // step))

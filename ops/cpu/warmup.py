@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import registry
+from . import native_pool
 from .common import as_nhwc, nchw_view
 
 Case = tuple[str, Callable[..., list[Any]], dict[str, Any]]
@@ -192,4 +193,7 @@ def warmup(dtypes: tuple[Any, ...] = (np.float32,), *,
             spent[op] = spent.get(op, 0.0) + time.perf_counter() - start
             if verbose:
                 print(f"  {op:22s} {time.perf_counter() - start:7.2f} s")
+    start = time.perf_counter()
+    native_pool.warm()  # its blocks run only in GEMMs bigger than the cases'
+    spent["native pool"] = time.perf_counter() - start
     return spent

@@ -10,11 +10,12 @@ every task exactly once, errors raised on the caller, concurrent callers, nested
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 import taskflow.ops as ops
-from taskflow.ops.cpu import blas, common
+from taskflow.ops.cpu import blas, common, native_pool
 from taskflow.ops.cpu import matmul as matmul_cpu
 
 from taskflow.dask import threads
@@ -31,16 +32,27 @@ def reference(op: str, args: list, attrs: dict) -> np.ndarray:
     return ops.get(op).reference(*[np.array(a, order="C") for a in args], **attrs)
 
 
+@pytest.mark.parametrize("route", ["python", "native"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act", ["", "Relu", "Gelu", "HardSwish"])
 def test_split_gemm_with_its_epilogue_matches_the_reference(two_threads, monkeypatch, dtype,
-                                                           act):
+                                                           act, route):
     """A (512, 128) x (128, 384) product is split into row blocks, each a GEMM and the bias and
-    activation in one task; every block's rows must be the reference's."""
+    activation in one task (a Python pool task, or a block of the native pool's job, float32
+    only); every block's rows must be the reference's."""
     tasks: list[int] = []
     real = matmul_cpu.run_tasks
     monkeypatch.setattr(matmul_cpu, "run_tasks",
                         lambda fn, n: (tasks.append(n), real(fn, n))[1])
+    jobs: list[bool] = []
+    if route == "python":
+        monkeypatch.setattr(native_pool, "ENABLED", False)
+    else:
+        shared = native_pool.pool()
+        if shared is None:
+            pytest.skip("no native pool without MKL")
+        gemm = shared.gemm
+        monkeypatch.setattr(shared, "gemm", lambda *args: (jobs.append(gemm(*args)), jobs[-1])[1])
     rng = np.random.default_rng(3)
     a = rng.standard_normal((8, 64, 128)).astype(dtype)
     w = rng.standard_normal((128, 384)).astype(dtype) / 8
@@ -50,8 +62,33 @@ def test_split_gemm_with_its_epilogue_matches_the_reference(two_threads, monkeyp
     want = reference("FusedMatMul", [a, w, bias], attrs)
     tol = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
-    assert tasks and tasks[0] > 1  # it was split
+    if route == "native" and dtype == np.float32:
+        assert jobs == [True] and not tasks  # one native job, no Python pool tasks
+    else:
+        assert not any(jobs) and tasks and tasks[0] > 1  # split over the Python pool
     assert np.ptp(got[:, 0]) > 0.1  # the rows differ: each block wrote its own
+
+
+def test_native_pool_blocks_run_once_and_helpers_take_some(two_threads):
+    """Jobs of varied shapes in a row: every result right (no block lost, none run on a
+    stale job's operands), and the helper thread ran some of the blocks."""
+    shared = native_pool.pool()
+    if shared is None:
+        pytest.skip("no native pool without MKL")
+    rng = np.random.default_rng(6)
+    helped, start = 0, time.perf_counter()
+    for i in range(400):
+        m, k, n = 256 + 8 * (i % 40), 64 + i % 50, 96 + 4 * (i % 7)
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((k, n)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        y = np.full((m, n + 3), np.nan, np.float32)[:, :n]  # a block of a wider buffer
+        assert shared.gemm(a, w, y, bias, (0, 0.0, 0.0), 32, 1)
+        np.testing.assert_allclose(y, a @ w + bias, rtol=1e-4, atol=1e-3)
+        helped += -(-m // 32) - shared.caller_blocks
+        if helped and i >= 40 or time.perf_counter() - start > 20:
+            break
+    assert helped > 0
 
 
 def test_gemm_rows_refuses_what_mkl_cannot_read_and_the_block_route_takes_it(two_threads):

@@ -1,0 +1,292 @@
+"""Kernel threads that take float32 GEMM row blocks without the GIL.
+
+:func:`.common.run_tasks` hands a call's tasks to Python helper threads. Each helper has to
+take the GIL to start its task, and the caller holds it until its own task's Numba call
+releases it: on a 2-core VM that hand-off (a futex wake of the helper, then the GIL's) made
+every split GEMM of a transformer wait ~0.1 ms for its second half. A 512 x 128 x 384 product
+takes ~0.8 ms on two threads, so that was 12% of every projection of GPT at batch 8 x 64.
+
+Here the helpers wait in Numba code, without the GIL, polling a shared task counter (and
+pausing between polls) for up to :data:`SPIN_S` after their last task, as ONNX Runtime's and
+OpenMP's threads do; only then do they go back to sleep in Python. A job is one GEMM with its
+epilogue, ``y = act(a @ b + bias)``, in row blocks: its operands are passed as addresses in a
+shared int64 array, and both the caller and the helpers claim blocks with an atomic
+fetch-and-add, run MKL's sgemm through its function pointer and then the epilogue on the
+rows, and count the blocks done. The caller takes blocks too and returns when every block is
+done, so a helper that is late (or asleep) only means the caller does more of the work.
+
+Safety: a block is only ever claimed once (the fetch-and-add), the caller does not return
+while a claimed block runs, and the next job's operands are written before its counter is
+reset, so a helper that claims late reads the job it claimed. One job at a time: a second
+caller (another Dask task thread) takes the ordinary pool instead of waiting.
+
+``TASKFLOW_NATIVE_POOL=0`` (read at import) turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from . import common
+from .epilogue import NONE, epilogue_rows
+
+#: How long an idle helper keeps polling (without the GIL) before it sleeps.
+SPIN_S = 2e-3
+ENABLED = os.environ.get("TASKFLOW_NATIVE_POOL", "1") != "0"
+
+# the control words, a cache line apart (no false sharing between the two counters)
+_NEXT, _DONE, _TASKS, _HELPERS = 0, 8, 16, 24
+#: The task counter between jobs: a helper's claim then fails whatever the next job's size.
+_CLOSED = 1 << 62
+# job fields (int64)
+(_A, _B, _Y, _BIAS, _M, _N, _K, _TA, _LDA, _TB, _LDB, _LDC, _STEP, _CODE, _NBIAS,
+ _JOB_FIELDS) = range(16)
+
+
+@intrinsic
+def _atomic_add(typingctx, arr, i, value):
+    """``arr[i] += value`` atomically (sequentially consistent); returns the old value."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [args[1]], inbounds=True)
+        return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
+    return types.int64(arr, types.intp, types.int64), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, i):
+    """``arr[i]`` read with acquire ordering, never hoisted out of a polling loop."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [args[1]], inbounds=True)
+        return builder.load_atomic(ptr, ordering="acquire", align=8)
+    return types.int64(arr, types.intp), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, arr, i, value):
+    """``arr[i] = value`` with release ordering (earlier writes are seen first)."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [args[1]], inbounds=True)
+        builder.store_atomic(args[2], ptr, ordering="release", align=8)
+        return context.get_dummy_value()
+    return types.void(arr, types.intp, types.int64), codegen
+
+
+@intrinsic
+def _pause_clock(typingctx):
+    """A ``pause`` (a polling loop's courtesy to the core's other thread), then the TSC."""
+    def codegen(context, builder, sig, args):
+        pause = builder.module.declare_intrinsic(
+            "llvm.x86.sse2.pause", fnty=ir.FunctionType(ir.VoidType(), []))
+        builder.call(pause, [])
+        clock = builder.module.declare_intrinsic(
+            "llvm.readcyclecounter", fnty=ir.FunctionType(ir.IntType(64), []))
+        return builder.call(clock, [])
+    return types.int64(), codegen
+
+
+@intrinsic
+def _f32_at(typingctx, address):
+    """The int64 ``address`` as a float32 pointer (for :func:`numba.carray`)."""
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
+    return types.CPointer(types.float32)(types.int64), codegen
+
+
+@njit(cache=True, inline="always")
+def _run_block(job, p, sgemm, no_z, i):
+    """Rows ``i * step ..`` of the job: sgemm, then the epilogue on them."""
+    m, n, step = job[_M], job[_N], job[_STEP]
+    lo = i * step
+    hi = min(m, lo + step)
+    a = job[_A] + (lo * job[_LDA] if job[_TA] == 111 else lo) * 4
+    ldc = job[_LDC]
+    y = job[_Y] + lo * ldc * 4
+    sgemm(101, job[_TA], job[_TB], hi - lo, n, job[_K], 1.0, a, job[_LDA], job[_B],
+          job[_LDB], 0.0, y, ldc)
+    if job[_CODE] != NONE or job[_NBIAS] > 0:
+        bias = numba.carray(_f32_at(job[_BIAS]), (job[_NBIAS],))
+        p0, p1, one = np.float32(p[0]), np.float32(p[1]), np.float32(1)
+        if ldc == n:  # C-contiguous rows: the epilogue's vectorised loops
+            epilogue_rows(numba.carray(_f32_at(y), (hi - lo, n)), 0, n, bias, no_z,
+                          job[_CODE], p0, p1, one)
+        else:  # a block of a wider buffer: its first n columns
+            epilogue_rows(numba.carray(_f32_at(y), (hi - lo, ldc)), 0, n, bias, no_z,
+                          job[_CODE], p0, p1, one)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _take_blocks(ctl, job, p, sgemm, no_z) -> int:
+    """Claim and run blocks until none is left; returns how many this thread ran."""
+    ran = 0
+    while True:
+        i = _atomic_add(ctl, _NEXT, 1)
+        if i >= _atomic_load(ctl, _TASKS):
+            return ran
+        _run_block(job, p, sgemm, no_z, i)
+        _atomic_add(ctl, _DONE, 1)
+        ran += 1
+
+
+@njit(cache=True, nogil=True)
+def _wait_done(ctl, tasks) -> None:
+    """Poll until ``tasks`` blocks are done (blocks that helpers claimed and are running)."""
+    while _atomic_load(ctl, _DONE) < tasks:
+        _pause_clock()
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _helper(ctl, job, p, sgemm, no_z, index, ticks, posted, seen) -> None:
+    """A helper's polling: run blocks whenever there are some (and the job wants this
+    helper); return when a Python job is posted (``posted[0] != seen``) or after ``ticks``
+    TSC ticks with nothing."""
+    end = _pause_clock() + ticks
+    while _atomic_load(posted, 0) == seen:
+        if _atomic_load(ctl, _NEXT) < _atomic_load(ctl, _TASKS) \
+                and index < _atomic_load(ctl, _HELPERS):
+            _take_blocks(ctl, job, p, sgemm, no_z)
+            end = _pause_clock() + ticks
+        elif _pause_clock() > end:
+            return
+
+
+def _tsc_per_second() -> float:
+    @njit
+    def clock():
+        return _pause_clock()
+    c0, t0 = clock(), time.perf_counter()
+    time.sleep(0.01)
+    return (clock() - c0) / (time.perf_counter() - t0)
+
+
+class NativePool:
+    """The one job the kernel threads share (see the module docstring); the threads are
+    :mod:`.common`'s pool, whose :attr:`~.common._Pool.poll` this installs."""
+
+    def __init__(self, sgemm) -> None:
+        self.sgemm = sgemm
+        self.ctl = np.zeros(32, np.int64)
+        self.ctl[_NEXT] = _CLOSED
+        self.job = np.zeros(_JOB_FIELDS, np.int64)
+        self.params = np.zeros(2, np.float64)
+        self.no_z = np.zeros((0, 0), np.float32)
+        self.busy = threading.Lock()  # one job at a time
+        self.ticks = int(SPIN_S * _tsc_per_second())
+        self.keep = ()  # the running job's arrays, alive until it ends
+        #: Blocks of the last job that its caller ran (the rest: the helpers)
+        self.caller_blocks = 0
+
+    def install(self, threads) -> None:
+        """Make ``threads`` (a :class:`.common._Pool`) poll for this pool's jobs."""
+        threads.pending = self.pending
+        threads.poll = self.poll
+
+    def pending(self) -> bool:
+        return bool(self.ctl[_NEXT] < self.ctl[_TASKS])
+
+    def poll(self, index: int, seen: int) -> None:
+        _helper(self.ctl, self.job, self.params, self.sgemm, self.no_z, index, self.ticks,
+                common._POOL.posted, seen)
+
+    def gemm(self, a: np.ndarray, b: np.ndarray, y: np.ndarray, bias: np.ndarray | None,
+             act: tuple[int, float, float], step: int, helpers: int) -> bool:
+        """``y = act(a @ b + bias)`` in blocks of ``step`` rows over this thread and up to
+        ``helpers`` helpers; False (nothing done) if another job is running or MKL cannot
+        read the operands (float32, y's rows contiguous)."""
+        from .blas import _layout
+
+        la, lb = _layout(a), _layout(b)
+        if la is None or lb is None or y.strides[1] != 4 or y.strides[0] % 4 \
+                or (bias is not None and not bias.flags.c_contiguous):
+            return False
+        if not self.busy.acquire(blocking=False):
+            return False
+        try:
+            m, n = y.shape
+            tasks = -(-m // step)
+            job, ctl = self.job, self.ctl
+            job[:] = (a.ctypes.data, b.ctypes.data, y.ctypes.data,
+                      0 if bias is None else bias.ctypes.data, m, n, a.shape[1], la[0], la[1],
+                      lb[0], lb[1], y.strides[0] // 4, step, act[0],
+                      0 if bias is None else bias.shape[0])
+            self.params[:] = act[1], act[2]
+            self.keep = (a, b, y, bias)
+            threads = common._POOL
+            if threads.poll is None:
+                self.install(threads)
+            threads.grow(helpers)
+            ctl[_DONE] = 0
+            ctl[_HELPERS] = helpers
+            ctl[_TASKS] = tasks
+            _publish(ctl)  # the counter last: a helper that claims reads this job
+            threads.notify()
+            self.caller_blocks = _take_blocks(ctl, job, self.params, self.sgemm, self.no_z)
+            _wait_done(ctl, tasks)  # every block claimed (by now) and done
+            _close(ctl)
+            self.keep = ()
+            return True
+        finally:
+            self.busy.release()
+
+
+@njit(cache=True, nogil=True)
+def _publish(ctl) -> None:
+    _atomic_store(ctl, _NEXT, 0)
+
+
+@njit(cache=True, nogil=True)
+def _close(ctl) -> None:
+    _atomic_store(ctl, _NEXT, _CLOSED)
+
+
+_GROW = threading.Lock()
+_POOL: list[NativePool] = []
+
+
+def pool() -> NativePool | None:
+    """The process's native pool (made on first use), or None when it is off or MKL is not
+    loaded."""
+    if not ENABLED:
+        return None
+    if not _POOL:
+        from .blas import gemm_pointer
+
+        sgemm = gemm_pointer(np.float32)
+        if sgemm is None:
+            return None
+        with _GROW:
+            if not _POOL:
+                _POOL.append(NativePool(sgemm))
+    return _POOL[0]
+
+
+def warm() -> None:
+    """Compile (or load) this module's Numba functions: a small job on the caller alone,
+    and one helper poll that returns at once."""
+    shared = pool()
+    if shared is None:
+        return
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((8, 4), dtype=np.float32), np.ones((4, 8), np.float32)
+    for bias, act in ((None, (NONE, 0.0, 0.0)), (np.ones(8, np.float32), (1, 0.0, 0.0))):
+        for y in (np.empty((8, 8), np.float32), np.empty((8, 9), np.float32)[:, :8]):
+            shared.gemm(a, b, y, bias, act, 4, 0)
+    _helper(shared.ctl, shared.job, shared.params, shared.sgemm, shared.no_z, 0, 0,
+            np.ones(1, np.int64), 0)
+
+
+def _new_in_child() -> None:  # a forked child has none of the parent's helper threads
+    _POOL.clear()
+
+
+os.register_at_fork(after_in_child=_new_in_child)
