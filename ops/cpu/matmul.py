@@ -84,6 +84,8 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
         run_tasks(lambda i: blas_gemm(a, b[:, i * step:(i + 1) * step],
                                       y[:, i * step:(i + 1) * step]), -(-n // step))
         return _whole(y, post)
+    # MKL's GEMM for this dtype as a pointer Numba calls (the tasks below), or None
+    fn = gemm_pointer(a.dtype) if a.dtype == b.dtype else None
     sequential = backend() == "mkl" and a.dtype == b.dtype and macs < SMALL_GEMM
     if not sequential and (macs < SMALL_GEMM or m < 2 * MIN_BLOCK):
         # small, or few rows (VGG's 25088x4096 weight): one call, with BLAS's own threads,
@@ -93,17 +95,18 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
         # small (a transformer's projections at small batch): one sequential MKL call on this
         # thread; OpenBLAS's two threads took 17 ms for GPT's 512x128x128 under load
         y = np.empty((m, n), a.dtype)
-        if isinstance(post, Epilogue) and m * n <= EPILOGUE_TASK_ELEMENTS:
+        if isinstance(post, Epilogue) and fn is not None and m * n <= EPILOGUE_TASK_ELEMENTS:
             # and its epilogue in the same Numba call (a decoding step's few rows)
             bias, code, p0, p1 = post.operands(y.dtype)
-            if _gemm_epilogue_rows(gemm_pointer(a.dtype), a, b, y, 0, m, bias,
-                                   empty_operand(y.dtype, 2), code, p0, p1):
+            if _gemm_epilogue_rows(fn, a, b, y, 0, m, bias, empty_operand(y.dtype, 2), code,
+                                   p0, p1):
                 return y
         return _whole(blas_gemm(a, b, y), post)
     y = np.empty((m, n), np.result_type(a, b))
     per_thread = 1 if macs < BALANCED_GEMM else TASKS_PER_THREAD
     parts = max(1, min(m // MIN_BLOCK, per_thread * threads()))
     step = max(1, -(-m // parts))
+    tasks = -(-m // step)
 
     def block(i: int) -> None:
         rows = y[i * step:(i + 1) * step]
@@ -111,12 +114,10 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
         if post is not None:
             post(rows)
 
-    fn = gemm_pointer(a.dtype) if a.dtype == b.dtype == y.dtype else None
     native = native_pool.pool() if fn is not None and a.dtype == np.float32 \
         and (post is None or isinstance(post, Epilogue)) else None
     if native is not None:
         ep = post if isinstance(post, Epilogue) else Epilogue(None, (NONE, 0.0, 0.0))
-        tasks = -(-m // step)
         if native.gemm(a, b, y, ep.bias, ep.act, step, min(threads(), tasks) - 1):
             return y
     if isinstance(post, Epilogue) and fn is not None:
@@ -130,10 +131,10 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
             if not _gemm_epilogue_rows(fn, a, b, y, lo, hi, bias, no_z, code, p0, p1):
                 block(i)
 
-        run_tasks(rows, -(-m // step))
+        run_tasks(rows, tasks)
         return y
 
-    run_tasks(block, -(-m // step))
+    run_tasks(block, tasks)
     return y
 
 

@@ -36,6 +36,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import common
+from .blas import _NO_TRANS, _ROW_MAJOR, _layout, gemm_pointer
 from .epilogue import NONE, epilogue_rows
 
 #: How long an idle helper keeps polling (without the GIL) before it sleeps.
@@ -109,20 +110,17 @@ def _run_block(job, p, sgemm, no_z, i):
     m, n, step = job[_M], job[_N], job[_STEP]
     lo = i * step
     hi = min(m, lo + step)
-    a = job[_A] + (lo * job[_LDA] if job[_TA] == 111 else lo) * 4
+    a = job[_A] + (lo * job[_LDA] if job[_TA] == _NO_TRANS else lo) * 4
     ldc = job[_LDC]
     y = job[_Y] + lo * ldc * 4
-    sgemm(101, job[_TA], job[_TB], hi - lo, n, job[_K], 1.0, a, job[_LDA], job[_B],
+    sgemm(_ROW_MAJOR, job[_TA], job[_TB], hi - lo, n, job[_K], 1.0, a, job[_LDA], job[_B],
           job[_LDB], 0.0, y, ldc)
     if job[_CODE] != NONE or job[_NBIAS] > 0:
-        bias = numba.carray(_f32_at(job[_BIAS]), (job[_NBIAS],))
-        p0, p1, one = np.float32(p[0]), np.float32(p[1]), np.float32(1)
-        if ldc == n:  # C-contiguous rows: the epilogue's vectorised loops
-            epilogue_rows(numba.carray(_f32_at(y), (hi - lo, n)), 0, n, bias, no_z,
-                          job[_CODE], p0, p1, one)
-        else:  # a block of a wider buffer: its first n columns
-            epilogue_rows(numba.carray(_f32_at(y), (hi - lo, ldc)), 0, n, bias, no_z,
-                          job[_CODE], p0, p1, one)
+        # the rows as a C-contiguous (rows, ldc) array, the epilogue on its first n columns
+        # (a C array keeps the epilogue's loops vectorised; an [:, :n] view did not)
+        epilogue_rows(numba.carray(_f32_at(y), (hi - lo, ldc)), 0, n,
+                      numba.carray(_f32_at(job[_BIAS]), (job[_NBIAS],)), no_z, job[_CODE],
+                      np.float32(p[0]), np.float32(p[1]), np.float32(1))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -182,7 +180,6 @@ class NativePool:
         self.no_z = np.zeros((0, 0), np.float32)
         self.busy = threading.Lock()  # one job at a time
         self.ticks = int(SPIN_S * _tsc_per_second())
-        self.keep = ()  # the running job's arrays, alive until it ends
         #: Blocks of the last job that its caller ran (the rest: the helpers)
         self.caller_blocks = 0
 
@@ -203,8 +200,6 @@ class NativePool:
         """``y = act(a @ b + bias)`` in blocks of ``step`` rows over this thread and up to
         ``helpers`` helpers; False (nothing done) if another job is running or MKL cannot
         read the operands (float32, y's rows contiguous)."""
-        from .blas import _layout
-
         la, lb = _layout(a), _layout(b)
         if la is None or lb is None or y.strides[1] != 4 or y.strides[0] % 4 \
                 or (bias is not None and not bias.flags.c_contiguous):
@@ -220,7 +215,6 @@ class NativePool:
                       lb[0], lb[1], y.strides[0] // 4, step, act[0],
                       0 if bias is None else bias.shape[0])
             self.params[:] = act[1], act[2]
-            self.keep = (a, b, y, bias)
             threads = common._POOL
             if threads.poll is None:
                 self.install(threads)
@@ -228,25 +222,20 @@ class NativePool:
             ctl[_DONE] = 0
             ctl[_HELPERS] = helpers
             ctl[_TASKS] = tasks
-            _publish(ctl)  # the counter last: a helper that claims reads this job
+            _store_next(ctl, 0)  # the counter last: a helper that claims reads this job
             threads.notify()
             self.caller_blocks = _take_blocks(ctl, job, self.params, self.sgemm, self.no_z)
             _wait_done(ctl, tasks)  # every block claimed (by now) and done
-            _close(ctl)
-            self.keep = ()
+            _store_next(ctl, _CLOSED)
             return True
         finally:
             self.busy.release()
 
 
 @njit(cache=True, nogil=True)
-def _publish(ctl) -> None:
-    _atomic_store(ctl, _NEXT, 0)
-
-
-@njit(cache=True, nogil=True)
-def _close(ctl) -> None:
-    _atomic_store(ctl, _NEXT, _CLOSED)
+def _store_next(ctl, value) -> None:
+    """Open a job's blocks (0) or close them (_CLOSED), after every earlier write."""
+    _atomic_store(ctl, _NEXT, value)
 
 
 _GROW = threading.Lock()
@@ -259,8 +248,6 @@ def pool() -> NativePool | None:
     if not ENABLED:
         return None
     if not _POOL:
-        from .blas import gemm_pointer
-
         sgemm = gemm_pointer(np.float32)
         if sgemm is None:
             return None
