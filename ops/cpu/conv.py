@@ -112,8 +112,9 @@ GEMM_SLICE_BYTES = SLICE_BYTES
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _im2col(x, cols, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, groups):
-    """cols[i] = receptive field of output pixel r0 + i, columns ordered (g, kh, kw, c).
+def _im2col(x, cols, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, groups, pad):
+    """cols[i] = receptive field of output pixel r0 + i, columns ordered (g, kh, kw, c); taps
+    outside the image are ``pad`` (0, or an int8 layer's zero point on quantised ``x``).
 
     With one group and no horizontal dilation, a kernel row's taps are kw * C contiguous
     input floats: one copy instead of kw (what makes a 3-channel first layer affordable).
@@ -144,7 +145,7 @@ def _im2col(x, cols, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, groups):
                             cols[i, base + u(k)] = rows[n, ih, src + u(k)]
                     else:
                         for k in range(run):
-                            cols[i, base + u(k)] = 0
+                            cols[i, base + u(k)] = pad
                     continue
                 for b in range(kw):
                     iw = iw0 + b * dw
@@ -155,7 +156,7 @@ def _im2col(x, cols, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, groups):
                             cols[i, base + u(k)] = x[n, ih, iw, src + u(k)]
                     else:
                         for k in range(cg):
-                            cols[i, base + u(k)] = 0
+                            cols[i, base + u(k)] = pad
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -326,6 +327,16 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         return nchw_view(y)
     rows = n * ho * wo
     y2d = full.reshape(rows, full.shape[3])  # C-contiguous: our columns are c0:c0 + m
+    # A reduced layer converts its input once (bf16 bits, or uint8 at the layer's scale),
+    # before the im2col: a kxk layer's columns repeat each input value kh * kw times, and
+    # its copies then move half (bf16) or a quarter (int8) of the bytes
+    src_x, pad = xh, dtype.type(0)
+    if precision == "bf16":
+        src_x, pad = _reduced_input(xh, lambda a, o: lowp.to_bf16(a, o), np.uint16), \
+            np.uint16(0)
+    elif precision == "int8":
+        src_x, pad = _reduced_input(xh, lambda a, o: lowp.quantize_u8(a, x_scale, x_zp, o),
+                                    np.uint8), np.uint8(x_zp)
     z2d = None if zh is None else zh.reshape(rows, m)
     mg = m // group
     # the GEMMs' right-hand sides, (group, K, M/group): float32/64 arrays, or with a
@@ -341,7 +352,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     csr = None
     if kh == kw == 1 and s == (1, 1) and not any(pb):
         # 1x1: the input is the column matrix; the weight's transpose is a view
-        x2d = xh.reshape(rows, c)
+        x2d = src_x.reshape(rows, c)
         if vec_ok and cg * mg < direct.POINTWISE_MAX_WEIGHT \
                 and xh.flags.c_contiguous and (zh is None or zh.flags.c_contiguous):
             wp = packed(w, ("pointwise", group, dtype.str),
@@ -357,7 +368,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             csr = packed(w, ("csr", False), lambda a: sparse.pack_csr(a.reshape(m, c)))
             wt = None
         elif group > 1 and c <= DENSE_GROUPED_MAX_CHANNELS and cg < DENSE_GROUPED_MAX_PER_GROUP \
-                and np.isfinite(np.sum(x2d)):
+                and np.isfinite(np.sum(xh)):
             # few, narrow groups: one GEMM with the block-diagonal weight beats one BLAS call
             # per group, whose packing dominates at K = 3-16 (ShuffleNet's first 1x1 with
             # K = 6 per group: 1.6x faster), despite ``group`` times the multiply-adds. Only
@@ -374,7 +385,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         wt = weights("kxk", lambda a: _pack_kxk(a, group))
         x2d = None
         kdim = kh * kw * cg
-        step = max(MIN_SLICE_ROWS, min(IM2COL_SLICE_BYTES // (kdim * group * dtype.itemsize),
+        step = max(MIN_SLICE_ROWS, min(IM2COL_SLICE_BYTES // (kdim * group * src_x.itemsize),
                                        GEMM_SLICE_BYTES // (m * dtype.itemsize)))
 
     # BLAS packs the weight once per call: a big weight gets proportionally taller slices
@@ -386,8 +397,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         r0 = i * step
         r1 = min(rows, r0 + step)
         if x2d is None:
-            src = scratch("im2col", (r1 - r0, kdim * group), dtype)
-            _im2col(xh, src, r0, kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo, group)
+            src = scratch("im2col", (r1 - r0, kdim * group), src_x.dtype)
+            _im2col(src_x, src, r0, kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo, group,
+                    pad)
         else:
             src = x2d[r0:r1]
         for g in range(group):
@@ -397,9 +409,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             elif pack is None:
                 gemm(a, wt[g], dst)
             elif precision == "bf16":
-                lowp.gemm_bf16(a, wt[g], dst)
+                lowp.gemm_bf16_bits(a, wt[g], dst)
             else:
-                lowp.gemm_int8(a, wt[g], dst, x_scale, x_zp)
+                lowp.gemm_u8(a, wt[g], dst, x_scale, x_zp)
         apply_epilogue(y2d[r0:r1], bias, None if z2d is None else z2d[r0:r1], act,
                        parallel=False, c0=c0, width=m)
         if shuffle > 1:  # while the rows are in cache: no pass of its own over the output
@@ -407,6 +419,17 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
 
     run_tasks(work, -(-rows // step))
     return nchw_view(y)
+
+
+def _reduced_input(xh: np.ndarray, convert, dtype) -> np.ndarray:
+    """C-contiguous NHWC ``xh`` converted by ``convert(rows, out_rows)`` into a new ``dtype``
+    array of its shape, image rows over the kernel threads."""
+    out = np.empty(xh.shape, dtype)
+    n, h = xh.shape[:2]
+    x3, o3 = xh.reshape(n * h, -1), out.reshape(n * h, -1)
+    run_ranges(lambda lo, hi: convert(x3[lo:hi], o3[lo:hi]), n * h,
+               max(1, MIN_TASK_ELEMENTS // max(1, x3.shape[1])))
+    return out
 
 
 def _few_channels(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, s, pb, out,

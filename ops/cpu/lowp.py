@@ -66,6 +66,7 @@ from taskflow.errors import ShapeError, UnsupportedOpError
 from ..quant import check_precision, quantize_weight_per_channel
 from . import blas
 from .common import scratch
+from .epilogue import empty_operand, epilogue_rows
 
 #: cblas enums of the packed API (mkl_cblas.h)
 _PACKED, _B_MATRIX, _ROW_OFFSET = 151, 162, 171
@@ -117,7 +118,7 @@ def lowp_backend(precision: str) -> str:
     precision = check_precision("lowp_backend", precision)
     if not precision:
         return blas.backend()
-    if _bindings() is None:
+    if (_bindings() if precision == "bf16" else _int8_bindings()) is None:
         return "emulated"
     features = cpu_features()
     cap = blas.isa_cap()
@@ -169,6 +170,13 @@ class _Mkl:
         self.s8u8 = mkl.cblas_gemm_s8u8s32_compute
         self.s8u8.argtypes = [i] * 7 + [f, p, i, i8, p, i, i8, f, p, i, p]
         self.s8u8.restype = None
+        # the same two compute functions as C function pointers for the Numba row blocks
+        # (:func:`bf16_rows`, :func:`int8_rows`): a call from Numba costs a few us against
+        # ~20 through ctypes from Python, and holds no GIL
+        self.bf16_ptr = ctypes.CFUNCTYPE(None, *self.bf16.argtypes)(
+            ctypes.cast(self.bf16, ctypes.c_void_p).value)
+        self.s8u8_ptr = ctypes.CFUNCTYPE(None, *self.s8u8.argtypes)(
+            ctypes.cast(self.s8u8, ctypes.c_void_p).value)
 
 
 def _bindings() -> _Mkl | None:
@@ -178,6 +186,34 @@ def _bindings() -> _Mkl | None:
         return None
     # None with an MKL before 2020 (bf16) / 2018 (packed int8)
     return blas.bindings("lowp", _Mkl)
+
+
+def _int8_bindings() -> _Mkl | None:
+    """:func:`_bindings` where MKL's int8 GEMM sums exactly on this CPU (:func:`_int8_exact`),
+    else None: the int8 GEMMs then run the emulation."""
+    fns = _bindings()
+    return fns if fns is not None and _int8_exact() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _int8_exact() -> bool:
+    """Whether MKL's ``cblas_gemm_s8u8s32`` gives the exact integer sums here.
+
+    Without VNNI (an Intel CPU with AVX2 or AVX-512F only, or ``TASKFLOW_ISA=avx2`` on a newer
+    one) MKL multiplies pairs of u8 x s8 into int16 with saturation (``vpmaddubsw``): a pair of
+    255 * 127 products, 64770, is clipped to 32767, and quantised layers came out wrong by up
+    to half their range (seen on this suite's int8 tests under ``TASKFLOW_ISA=avx2``). Probed
+    once with such a product, a (64, 64) x (64, 64) of 255s and 127s."""
+    fns = _bindings()
+    k = 64
+    a = np.full((k, k), 255, np.uint8)
+    b = _mkl_pack(fns.s8u8s32_get_size, fns.s8u8s32_pack, np.full((k, k), 127, np.int8))
+    acc = np.zeros((k, k), np.int32)
+    offset = np.zeros(k, np.int32)
+    fns.s8u8(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, _ROW_OFFSET, k, k, k, 1.0,
+             a.ctypes.data, k, 0, b.ctypes.data, k, 0, 0.0, acc.ctypes.data, k,
+             offset.ctypes.data)
+    return bool(np.all(acc == 255 * 127 * k))
 
 
 def _mkl_pack(get_size: Any, pack: Any, b: np.ndarray) -> np.ndarray:
@@ -316,9 +352,77 @@ def gemm_bf16(a: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndarray:
     a = _operands(a, packed, out, "gemm_bf16")
     if a is None:
         return out
-    m, k = a.shape
-    bits = scratch("lowp-a", (m, k), np.uint16)
+    bits = scratch("lowp-a", a.shape, np.uint16)
     _to_bf16(a.view(np.uint32), bits)
+    return _gemm_bits(bits, packed, out)
+
+
+def to_bf16(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The bfloat16 bits (uint16, same shape) of float32 ``a`` (any rank; rounded to nearest,
+    ties to even), into ``out`` if given: what :func:`gemm_bf16_bits` multiplies.
+
+    Examples
+    --------
+    >>> to_bf16(np.float32([1.0, 3.14159]))
+    array([16256, 16457], dtype=uint16)
+    """
+    a = np.asarray(a, np.float32)
+    out = np.empty(a.shape, np.uint16) if out is None else out
+    flat = a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
+    _to_bf16(flat.view(np.uint32), out.reshape(flat.shape))
+    return out
+
+
+def quantize_u8(a: np.ndarray, x_scale: float, x_zp: int,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """float32 ``a`` (any rank) quantised to uint8 as :func:`gemm_int8` does, into ``out`` if
+    given: what :func:`gemm_u8` multiplies.
+
+    Examples
+    --------
+    >>> quantize_u8(np.float32([2.0, -1.0, 400.0]), 0.5, 10)
+    array([ 14,   8, 255], dtype=uint8)
+    """
+    a = np.asarray(a, np.float32)
+    out = np.empty(a.shape, np.uint8) if out is None else out
+    flat = a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
+    _quantize_u8(flat, out.reshape(flat.shape), np.float32(x_scale), np.float32(int(x_zp)))
+    return out
+
+
+def _narrow_operand(a: np.ndarray, packed: PackedBF16 | PackedInt8, out: np.ndarray,
+                    dtype: Any, name: str) -> np.ndarray | None:
+    """:func:`_operands` for an already converted A (uint16 bits / uint8 values): ``a`` with
+    contiguous rows, or None when ``out`` is already the product."""
+    if a.ndim != 2 or a.dtype != dtype or a.shape[1] != packed.k \
+            or out.shape != (a.shape[0], packed.n) or out.dtype != np.float32:
+        raise ShapeError(f"{name}: A {a.dtype} {a.shape} times a ({packed.k}, {packed.n}) "
+                         f"weight needs {np.dtype(dtype)} A and a float32 output of shape "
+                         f"({a.shape[0]}, {packed.n}); got {out.dtype} {out.shape}")
+    if a.shape[0] == 0 or packed.n == 0:
+        return None
+    if a.shape[1] == 0:
+        out[...] = 0
+        return None
+    return a if a.strides[1] == a.itemsize and a.strides[0] % a.itemsize == 0 \
+        else np.ascontiguousarray(a)
+
+
+def _lda(a: np.ndarray) -> int:
+    """The leading dimension (elements) of a 2-D array with contiguous rows."""
+    return a.strides[0] // a.itemsize if a.shape[0] > 1 else a.shape[1]
+
+
+def gemm_bf16_bits(bits: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndarray:
+    """``out[...] = A @ B`` in float32 for A given as its bfloat16 bits (M, K) uint16
+    (:func:`to_bf16`; a column block of a wider array is read in place), B from
+    :func:`pack_bf16`; returns ``out``."""
+    bits = _narrow_operand(bits, packed, out, np.uint16, "gemm_bf16_bits")
+    return out if bits is None else _gemm_bits(bits, packed, out)
+
+
+def _gemm_bits(bits: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndarray:
+    m, k = bits.shape
     fns = _bindings()
     if fns is None:
         return blas.gemm((bits.astype(np.uint32) << 16).view(np.float32), packed.emulated(),
@@ -326,7 +430,7 @@ def gemm_bf16(a: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndarray:
     b = packed.mkl(fns)  # a local: the buffer stays alive through the call
     c, ldc = _c_matrix(out)
     fns.bf16(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, m, packed.n, k, 1.0, bits.ctypes.data,
-             k, b.ctypes.data, packed.n, 0.0, c.ctypes.data, ldc)
+             _lda(bits), b.ctypes.data, packed.n, 0.0, c.ctypes.data, ldc)
     if c is not out:
         out[...] = c
     return out
@@ -350,12 +454,25 @@ def gemm_int8(a: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float
     a = _operands(a, packed, out, "gemm_int8")
     if a is None:
         return out
-    m, k = a.shape
-    xs, zp = np.float32(x_scale), int(x_zp)
-    q = scratch("lowp-a", (m, k), np.uint8)
-    _quantize_u8(a, q, xs, np.float32(zp))
-    multiplier = xs * packed.scale  # float32 (N,)
-    fns = _bindings()
+    q = scratch("lowp-a", a.shape, np.uint8)
+    _quantize_u8(a, q, np.float32(x_scale), np.float32(int(x_zp)))
+    return _gemm_q(q, packed, out, x_scale, x_zp)
+
+
+def gemm_u8(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
+            x_zp: int) -> np.ndarray:
+    """:func:`gemm_int8` for A already quantised (:func:`quantize_u8`; uint8 (M, K), a
+    column block of a wider array read in place); returns ``out``."""
+    q = _narrow_operand(q, packed, out, np.uint8, "gemm_u8")
+    return out if q is None else _gemm_q(q, packed, out, x_scale, x_zp)
+
+
+def _gemm_q(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
+            x_zp: int) -> np.ndarray:
+    m, k = q.shape
+    zp = int(x_zp)
+    multiplier = np.float32(x_scale) * packed.scale  # float32 (N,)
+    fns = _int8_bindings()
     if fns is None or k > MAX_INT8_K:
         acc = np.matmul(q.astype(np.float64) - zp, packed.emulated())
     else:
@@ -363,10 +480,71 @@ def gemm_int8(a: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float
         acc = scratch("lowp-acc", (m, packed.n), np.int32)
         offset = (-zp * packed.colsum).astype(np.int32)  # |.| <= 255 * 127 * K: fits
         fns.s8u8(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, _ROW_OFFSET, m, packed.n, k, 1.0,
-                 q.ctypes.data, k, 0, b.ctypes.data, packed.n, 0, 0.0, acc.ctypes.data,
+                 q.ctypes.data, _lda(q), 0, b.ctypes.data, packed.n, 0, 0.0, acc.ctypes.data,
                  packed.n, offset.ctypes.data)
     _dequantize(acc, out, multiplier)
     return out
+
+
+def row_blocks(precision: str, a: np.ndarray, packed: PackedBF16 | PackedInt8, y: np.ndarray,
+               x_scale: float, x_zp: int,
+               epilogue: tuple[np.ndarray, int, Any, Any]) -> Any:
+    """A function ``(lo, hi)`` that computes rows ``lo:hi`` of ``y = act(R(a) @ B + bias)``
+    (``R``: the bf16 rounding or the int8 quantisation of :func:`gemm_bf16` /
+    :func:`gemm_int8`) in one Numba call without the GIL: the conversion of those rows of
+    ``a``, MKL's reduced GEMM, the dequantisation and the epilogue while the rows are in cache.
+    ``epilogue`` is ``(bias or an empty vector, activation code, p0, p1)`` in float32.
+
+    None where this does not apply: no MKL reduced GEMMs (the emulation), an int8 K beyond
+    :data:`MAX_INT8_K`, an empty product, or ``y`` not a C-contiguous float32 (M, N).
+    The conversion buffers are the calling thread's scratch: the function is for one
+    :func:`.common.run_tasks` call of that thread, its row blocks disjoint.
+    """
+    fns = _bindings() if precision == "bf16" else _int8_bindings()
+    m, k = a.shape
+    n = packed.n
+    if fns is None or a.dtype != np.float32 or k != packed.k or y.shape != (m, n) \
+            or y.dtype != np.float32 or not y.flags.c_contiguous or m == 0 or k == 0 or n == 0 \
+            or (precision == "int8" and k > MAX_INT8_K):
+        return None
+    bias, code, p0, p1 = epilogue
+    no_z = empty_operand(np.float32, 2)
+    src = a.view(np.uint32) if precision == "bf16" else a
+    if precision == "bf16":
+        bits, b = scratch("lowp-rows", (m, k), np.uint16), packed.mkl(fns)
+        return lambda lo, hi: _bf16_rows(fns.bf16_ptr, src, bits, b, y, lo, hi, bias, no_z,
+                                         code, p0, p1)
+    q, acc = scratch("lowp-rows", (m, k), np.uint8), scratch("lowp-rows-acc", (m, n), np.int32)
+    b = packed.mkl(fns)
+    offset = (-int(x_zp) * packed.colsum).astype(np.int32)
+    xs, zp = np.float32(x_scale), np.float32(int(x_zp))
+    multiplier = xs * packed.scale
+    return lambda lo, hi: _int8_rows(fns.s8u8_ptr, src, q, b, acc, offset, y, lo, hi, xs, zp,
+                                     multiplier, bias, no_z, code, p0, p1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bf16_rows(fn, bits, a16, b, y, lo, hi, bias, no_z, code, p0, p1):
+    """Rows lo:hi: ``a16 = bf16(bits)``, MKL's packed bf16 GEMM into ``y``, the epilogue."""
+    m, k, n = hi - lo, bits.shape[1], y.shape[1]
+    _to_bf16(bits[lo:hi], a16[lo:hi])
+    fn(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, m, n, k, np.float32(1.0),
+       a16[lo:hi].ctypes.data, k, b.ctypes.data, n, np.float32(0.0), y[lo:hi].ctypes.data, n)
+    epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _int8_rows(fn, a, q, b, acc, offset, y, lo, hi, xs, zp, multiplier, bias, no_z, code, p0,
+               p1):
+    """Rows lo:hi: ``q = u8(a)``, MKL's packed s8u8s32 GEMM into ``acc`` (the zero point taken
+    off through the column offsets), ``y = acc * multiplier``, the epilogue."""
+    m, k, n = hi - lo, a.shape[1], y.shape[1]
+    _quantize_u8(a[lo:hi], q[lo:hi], xs, zp)
+    fn(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, _ROW_OFFSET, m, n, k, np.float32(1.0),
+       q[lo:hi].ctypes.data, k, np.int8(0), b.ctypes.data, n, np.int8(0), np.float32(0.0),
+       acc[lo:hi].ctypes.data, n, offset.ctypes.data)
+    _dequantize(acc[lo:hi], y[lo:hi], multiplier)
+    epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
 
 
 # --- Numba conversions ----------------------------------------------------------------------

@@ -182,12 +182,17 @@ def _epilogue(bias: np.ndarray | None, act: tuple[int, float, float]) -> Epilogu
 
 
 def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
-                x_scale: float = 0.0, x_zp: int = 0) -> np.ndarray:
-    """``a @ w'`` (``w' = w.T`` when ``trans_w``) for a float32 2-D ``a`` and weight ``w``
-    with :mod:`.lowp`'s ``precision`` GEMM, row blocks over the kernel threads.
+                x_scale: float = 0.0, x_zp: int = 0,
+                post: Epilogue | None = None) -> np.ndarray:
+    """``post(a @ w')`` (``w' = w.T`` when ``trans_w``; ``post`` a bias + activation
+    epilogue, or none) for a float32 2-D ``a`` and weight ``w`` with :mod:`.lowp`'s
+    ``precision`` GEMM, row blocks over the kernel threads.
 
     ``w`` is packed once (cached against the array itself: pass the weight, not a view made
-    per call); int8 with ``x_scale`` 0 quantises ``a`` with its own (dynamic) range.
+    per call); int8 with ``x_scale`` 0 quantises ``a`` with its own (dynamic) range. With
+    MKL, each row block is one Numba call (:func:`.lowp.row_blocks`): conversion, GEMM and
+    epilogue with the rows in cache, one block per kernel thread below BALANCED_GEMM (each
+    call re-reads the packed weight; MKL's AMX kernels want tall blocks).
     """
     pack = lowp.pack_bf16 if precision == "bf16" else lowp.pack_int8
     wp = packed(w, (f"gemm-{precision}", bool(trans_w)),
@@ -196,17 +201,25 @@ def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
         x_scale, x_zp = dynamic_qparams(a)
     m, n = a.shape[0], wp.n
     y = np.empty((m, n), np.float32)
+    ep = post if post is not None else Epilogue(None, (NONE, 0.0, 0.0))
+    fused = lowp.row_blocks(precision, a, wp, y, x_scale, x_zp, ep.operands(np.float32))
 
     def rows(lo: int, hi: int) -> None:
+        if fused is not None:
+            fused(lo, hi)
+            return
         if precision == "bf16":
             lowp.gemm_bf16(a[lo:hi], wp, y[lo:hi])
         else:
             lowp.gemm_int8(a[lo:hi], wp, y[lo:hi], x_scale, x_zp)
+        if post is not None:
+            post(y[lo:hi])
 
     if m * n * wp.k < SPLIT_GEMM or m < 2 * MIN_BLOCK or threads() == 1:
         rows(0, m)
         return y
-    parts = max(1, min(m // MIN_BLOCK, TASKS_PER_THREAD * threads()))
+    per_thread = 1 if m * n * wp.k < BALANCED_GEMM else TASKS_PER_THREAD
+    parts = max(1, min(m // MIN_BLOCK, per_thread * threads()))
     step = -(-m // parts)
     run_tasks(lambda i: rows(i * step, min(m, (i + 1) * step)), -(-m // step))
     return y
@@ -248,6 +261,8 @@ def _gemm(A, B, C, alpha, beta, transA, transB, act,
             return None
         if beta != 1:
             bias = bias * A.dtype.type(beta)
+    if lowp_attrs[0] and alpha == 1:
+        return lowp_matmul(a, B, transB, *lowp_attrs, post=_epilogue(bias, act))
     if lowp_attrs[0]:
         y = lowp_matmul(a, B, transB, *lowp_attrs)
     elif sparse and A.dtype == np.float32:
@@ -307,8 +322,12 @@ def fused_matmul_cpu(A: np.ndarray, B: np.ndarray, bias: np.ndarray | None = Non
             and fast_dtype(A, B) and (bias is None or bias.dtype == A.dtype) \
             and (not reduced or A.dtype == np.float32):
         if reduced:
-            y = lowp_matmul(A.reshape(-1, A.shape[-1]), B, False, *attrs)
+            fits, vec = _bias_vector(bias, B.shape[1], A.ndim, A.dtype)
+            y = lowp_matmul(A.reshape(-1, A.shape[-1]), B, False, *attrs,
+                            post=_epilogue(vec, act) if fits else None)
             y = y.reshape(*A.shape[:-1], B.shape[1])
+            if fits:
+                return y
         elif sparse and B.ndim == 2 and A.shape[-1:] == B.shape[:1] and A.dtype == np.float32:
             y = sparse_matmul(A.reshape(-1, A.shape[-1]), B)
             y = y.reshape(*A.shape[:-1], B.shape[1])

@@ -191,6 +191,23 @@ def test_int8_is_within_quantisation_error_of_float32(mode):
     assert np.linalg.norm(y - exact) / np.linalg.norm(exact) < 0.02
 
 
+def test_int8_sums_exactly_where_pairs_of_products_overflow_int16(mode):
+    """A row of 255s times a column of 127s: each pair of products (64770) overflows int16,
+    which MKL's s8u8s32 saturates on CPUs without VNNI (an Intel CPU capped at AVX2:
+    ``TASKFLOW_ISA=avx2``); the int8 GEMM must then run the emulation, and
+    ``lowp_backend`` say so."""
+    k, n = 256, 48
+    w = np.full((k, n), 0.5, np.float32)
+    w[:, 1::2] = -0.5  # int8 +-127 in every column
+    packed = lowp.pack_int8(w)
+    x = np.full((70, k), 2.55, np.float32)  # x_scale 0.01, zero point 0: u8 255
+    got = lowp.gemm_int8(x, packed, np.empty((70, n), np.float32), 0.01, 0)
+    want = (255 * 0.01) * (np.where(np.arange(n) % 2, -127, 127) * packed.scale) * k
+    assert_close(got, np.broadcast_to(want.astype(np.float32), got.shape), rtol=1e-5, atol=0)
+    assert (lowp.lowp_backend("int8") == "emulated") == (mode == "emulate"
+                                                         or not lowp._int8_exact())
+
+
 def test_mkl_and_the_emulation_agree(monkeypatch):
     """int8 bit for bit (both sum the same integers exactly); bf16 to summation order."""
     if lowp._bindings() is None:
@@ -292,7 +309,9 @@ def test_a_capped_mkl_reports_its_capped_path(monkeypatch):
     if lowp._bindings() is None:
         pytest.skip("no oneMKL")
     monkeypatch.setitem(blas._state, "isa", "avx2")
-    assert lowp.lowp_backend("int8") == lowp.lowp_backend("bf16") == "mkl-avx2"
+    assert lowp.lowp_backend("bf16") == "mkl-avx2"
+    # MKL's int8 saturates without VNNI on Intel CPUs: the emulation runs it there
+    assert lowp.lowp_backend("int8") == ("mkl-avx2" if lowp._int8_exact() else "emulated")
 
 
 def test_weights_quantise_per_channel_and_dequantised_ones_stay_exact():
