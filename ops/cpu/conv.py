@@ -61,7 +61,7 @@ from .common import (
     threads,
     vector,
 )
-from .epilogue import activate_row, activation_code, apply_epilogue
+from .epilogue import activate_row, activation_code, apply_epilogue, empty_operand, epilogue_rows
 from .movement import channel_shuffle_cpu, shuffle_row
 
 
@@ -107,6 +107,10 @@ MIN_TASK_FLOPS = 20_000_000
 #: slower from 30 per group on).
 DENSE_GROUPED_MAX_CHANNELS = 64
 DENSE_GROUPED_MAX_PER_GROUP = 24
+#: Elements per task of a reduced layer's input conversion (~0.2 ns each): handing a task to a
+#: kernel thread costs ~100 us on a 2-core VM (the wake-up and the GIL), a 7x7 or 14x14
+#: layer's whole input
+CONVERT_TASK_ELEMENTS = 1 << 19
 #: Output slice for the plain-GEMM path: the epilogue re-reads the slice from cache.
 GEMM_SLICE_BYTES = SLICE_BYTES
 
@@ -393,9 +397,19 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     # at least one slice per kernel thread, unless slices would get tiny
     step = max(MIN_TASK_FLOPS // (2 * kdim * m), min(step, -(-rows // threads())))
 
+    fused = None
+    if pack is not None and group == 1 and csr is None:
+        fused = _reduced_rows(precision, src_x, x2d, wt[0], kdim, step, (kh, kw, s, d, pb, ho, wo),
+                              pad, y2d, c0, m, bias, z2d, act, x_scale, x_zp)
+
     def work(i: int) -> None:
         r0 = i * step
         r1 = min(rows, r0 + step)
+        if fused is not None:
+            fused(r0, r1)
+            if shuffle > 1:
+                _shuffle_in_place(y2d[r0:r1], c0, m, shuffle, scratch("shuffle", (m,), dtype))
+            return
         if x2d is None:
             src = scratch("im2col", (r1 - r0, kdim * group), src_x.dtype)
             _im2col(src_x, src, r0, kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo, group,
@@ -421,6 +435,80 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     return nchw_view(y)
 
 
+def _reduced_rows(precision: str, x4: np.ndarray, x2d: np.ndarray | None, w, kdim: int,
+                  step: int, geometry: tuple, pad, y2d: np.ndarray, c0: int, m: int,
+                  bias: np.ndarray | None, z2d: np.ndarray | None, act: tuple[int, float, float],
+                  x_scale: float, x_zp: int):
+    """A function ``(r0, r1)`` computing output rows ``r0:r1`` of a one-group bf16 / int8
+    convolution in one Numba call without the GIL (:func:`_bf16_conv_rows`,
+    :func:`_int8_conv_rows`): the im2col of the converted input ``x4`` (or the rows of the
+    1x1 input ``x2d``), MKL's reduced GEMM into ``y2d``'s columns ``c0:c0 + m``, and the
+    epilogue; None where MKL does not run this GEMM (the emulation)."""
+    fns = lowp.mkl_functions(precision, kdim)
+    if fns is None:
+        return None
+    kh, kw, s, d, pb, ho, wo = geometry
+    b = w.mkl(fns)
+    f32 = np.float32
+    bias_ = empty_operand(f32, 1) if bias is None else bias
+    z_ = empty_operand(f32, 2) if z2d is None else z2d
+    code, p0, p1 = act[0], f32(act[1]), f32(act[2])
+    x2 = empty_operand(x4.dtype, 2) if x2d is None else x2d
+    shape = (0, kdim) if x2d is not None else (step, kdim)
+    geo = (kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo)
+    if precision == "bf16":
+        return lambda r0, r1: _bf16_conv_rows(
+            fns.bf16_ptr, x4, x2, scratch("im2col", shape, np.uint16), r0, r1, *geo, b, y2d,
+            c0, m, bias_, z_, z2d is not None, code, p0, p1)
+    offset = (-int(x_zp) * w.colsum).astype(np.int32)
+    multiplier = f32(x_scale) * w.scale
+    return lambda r0, r1: _int8_conv_rows(
+        fns.s8u8_ptr, x4, x2, scratch("im2col", shape, np.uint8), pad, r0, r1, *geo, b,
+        scratch("lowp-acc", (step, m), np.int32), offset, multiplier, y2d, c0, m, bias_, z_,
+        z2d is not None, code, p0, p1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad):
+    """A (r1 - r0, K) GEMM operand: rows r0:r1 of the 1x1 input ``x2``, or (``x2`` empty) the
+    im2col of ``x4`` written into ``cols``."""
+    if x2.shape[0] > 0:
+        return x2[r0:r1]
+    a = cols[:r1 - r0]
+    _im2col(x4, a, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, 1, pad)
+    return a
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bf16_conv_rows(fn, x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b, y2d,
+                    c0, m, bias, z2d, has_z, code, p0, p1):
+    """Rows r0:r1 of a bf16 convolution (see :func:`_reduced_rows`)."""
+    a = _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
+                       np.uint16(0))
+    k = a.shape[1]
+    fn(101, 111, lowp.PACKED, r1 - r0, m, k, np.float32(1.0), a.ctypes.data, k, b.ctypes.data,
+       m, np.float32(0.0), y2d[r0:r1, c0:].ctypes.data, y2d.shape[1])
+    epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
+                  np.float32(1))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _int8_conv_rows(fn, x4, x2, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b,
+                    acc, offset, multiplier, y2d, c0, m, bias, z2d, has_z, code, p0, p1):
+    """Rows r0:r1 of an int8 convolution on the quantised input (see :func:`_reduced_rows`):
+    MKL's s8u8s32 into ``acc``, the zero point taken off through the column ``offset``, then
+    ``acc * multiplier`` and the epilogue."""
+    a = _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad)
+    k, rows = a.shape[1], r1 - r0
+    out = acc[:rows]
+    fn(101, 111, lowp.PACKED, lowp.ROW_OFFSET, rows, m, k, np.float32(1.0), a.ctypes.data, k,
+       np.int8(0), b.ctypes.data, m, np.int8(0), np.float32(0.0), out.ctypes.data, m,
+       offset.ctypes.data)
+    lowp._dequantize(out, y2d[r0:r1, c0:c0 + m], multiplier)
+    epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
+                  np.float32(1))
+
+
 def _reduced_input(xh: np.ndarray, convert, dtype) -> np.ndarray:
     """C-contiguous NHWC ``xh`` converted by ``convert(rows, out_rows)`` into a new ``dtype``
     array of its shape, image rows over the kernel threads."""
@@ -428,7 +516,7 @@ def _reduced_input(xh: np.ndarray, convert, dtype) -> np.ndarray:
     n, h = xh.shape[:2]
     x3, o3 = xh.reshape(n * h, -1), out.reshape(n * h, -1)
     run_ranges(lambda lo, hi: convert(x3[lo:hi], o3[lo:hi]), n * h,
-               max(1, MIN_TASK_ELEMENTS // max(1, x3.shape[1])))
+               max(1, CONVERT_TASK_ELEMENTS // max(1, x3.shape[1])))
     return out
 
 

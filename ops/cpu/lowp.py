@@ -69,7 +69,7 @@ from .common import scratch
 from .epilogue import empty_operand, epilogue_rows
 
 #: cblas enums of the packed API (mkl_cblas.h)
-_PACKED, _B_MATRIX, _ROW_OFFSET = 151, 162, 171
+PACKED, B_MATRIX, ROW_OFFSET = 151, 162, 171
 #: Rows of A passed when packing B: MKL's packed B serves any number of rows (checked here
 #: from 1 to 12544 rows); this is only a typical slice height, should MKL tune to it.
 PACK_ROWS = 1024
@@ -210,20 +210,28 @@ def _int8_exact() -> bool:
     b = _mkl_pack(fns.s8u8s32_get_size, fns.s8u8s32_pack, np.full((k, k), 127, np.int8))
     acc = np.zeros((k, k), np.int32)
     offset = np.zeros(k, np.int32)
-    fns.s8u8(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, _ROW_OFFSET, k, k, k, 1.0,
+    fns.s8u8(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, ROW_OFFSET, k, k, k, 1.0,
              a.ctypes.data, k, 0, b.ctypes.data, k, 0, 0.0, acc.ctypes.data, k,
              offset.ctypes.data)
     return bool(np.all(acc == 255 * 127 * k))
 
 
+def mkl_functions(precision: str, k: int) -> _Mkl | None:
+    """MKL's bindings that run a ``precision`` ("bf16" / "int8") GEMM of depth ``k`` here, or
+    None where the emulation runs it."""
+    if precision == "bf16":
+        return _bindings()
+    return _int8_bindings() if k <= MAX_INT8_K else None
+
+
 def _mkl_pack(get_size: Any, pack: Any, b: np.ndarray) -> np.ndarray:
     """B (K, N) in MKL's packed layout, in a 64-byte aligned buffer that never moves."""
     k, n = b.shape
-    size = get_size(_B_MATRIX, PACK_ROWS, n, k)
+    size = get_size(B_MATRIX, PACK_ROWS, n, k)
     raw = np.empty(size + 64, np.uint8)
     start = -raw.ctypes.data % 64
     buf = raw[start:start + size]
-    pack(blas._ROW_MAJOR, _B_MATRIX, blas._NO_TRANS, PACK_ROWS, n, k, b.ctypes.data, n,
+    pack(blas._ROW_MAJOR, B_MATRIX, blas._NO_TRANS, PACK_ROWS, n, k, b.ctypes.data, n,
          buf.ctypes.data)
     return buf
 
@@ -429,7 +437,7 @@ def _gemm_bits(bits: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndar
                          out)
     b = packed.mkl(fns)  # a local: the buffer stays alive through the call
     c, ldc = _c_matrix(out)
-    fns.bf16(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, m, packed.n, k, 1.0, bits.ctypes.data,
+    fns.bf16(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, m, packed.n, k, 1.0, bits.ctypes.data,
              _lda(bits), b.ctypes.data, packed.n, 0.0, c.ctypes.data, ldc)
     if c is not out:
         out[...] = c
@@ -479,7 +487,7 @@ def _gemm_q(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
         b = packed.mkl(fns)
         acc = scratch("lowp-acc", (m, packed.n), np.int32)
         offset = (-zp * packed.colsum).astype(np.int32)  # |.| <= 255 * 127 * K: fits
-        fns.s8u8(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, _ROW_OFFSET, m, packed.n, k, 1.0,
+        fns.s8u8(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, ROW_OFFSET, m, packed.n, k, 1.0,
                  q.ctypes.data, _lda(q), 0, b.ctypes.data, packed.n, 0, 0.0, acc.ctypes.data,
                  packed.n, offset.ctypes.data)
     _dequantize(acc, out, multiplier)
@@ -500,12 +508,11 @@ def row_blocks(precision: str, a: np.ndarray, packed: PackedBF16 | PackedInt8, y
     The conversion buffers are the calling thread's scratch: the function is for one
     :func:`.common.run_tasks` call of that thread, its row blocks disjoint.
     """
-    fns = _bindings() if precision == "bf16" else _int8_bindings()
     m, k = a.shape
     n = packed.n
+    fns = mkl_functions(precision, k)
     if fns is None or a.dtype != np.float32 or k != packed.k or y.shape != (m, n) \
-            or y.dtype != np.float32 or not y.flags.c_contiguous or m == 0 or k == 0 or n == 0 \
-            or (precision == "int8" and k > MAX_INT8_K):
+            or y.dtype != np.float32 or not y.flags.c_contiguous or m == 0 or k == 0 or n == 0:
         return None
     bias, code, p0, p1 = epilogue
     no_z = empty_operand(np.float32, 2)
@@ -528,7 +535,7 @@ def _bf16_rows(fn, bits, a16, b, y, lo, hi, bias, no_z, code, p0, p1):
     """Rows lo:hi: ``a16 = bf16(bits)``, MKL's packed bf16 GEMM into ``y``, the epilogue."""
     m, k, n = hi - lo, bits.shape[1], y.shape[1]
     _to_bf16(bits[lo:hi], a16[lo:hi])
-    fn(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, m, n, k, np.float32(1.0),
+    fn(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, m, n, k, np.float32(1.0),
        a16[lo:hi].ctypes.data, k, b.ctypes.data, n, np.float32(0.0), y[lo:hi].ctypes.data, n)
     epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
 
@@ -540,7 +547,7 @@ def _int8_rows(fn, a, q, b, acc, offset, y, lo, hi, xs, zp, multiplier, bias, no
     off through the column offsets), ``y = acc * multiplier``, the epilogue."""
     m, k, n = hi - lo, a.shape[1], y.shape[1]
     _quantize_u8(a[lo:hi], q[lo:hi], xs, zp)
-    fn(blas._ROW_MAJOR, blas._NO_TRANS, _PACKED, _ROW_OFFSET, m, n, k, np.float32(1.0),
+    fn(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, ROW_OFFSET, m, n, k, np.float32(1.0),
        q[lo:hi].ctypes.data, k, np.int8(0), b.ctypes.data, n, np.int8(0), np.float32(0.0),
        acc[lo:hi].ctypes.data, n, offset.ctypes.data)
     _dequantize(acc[lo:hi], y[lo:hi], multiplier)

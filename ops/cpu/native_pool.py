@@ -25,6 +25,7 @@ caller (another Dask task thread) takes the ordinary pool instead of waiting.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -41,6 +42,8 @@ from .epilogue import NONE, epilogue_rows
 
 #: How long an idle helper keeps polling (without the GIL) before it sleeps.
 SPIN_S = 2e-3
+#: How long a caller whose own tasks are done polls for a helper's last one before it blocks.
+JOIN_SPIN_S = 2e-4
 ENABLED = os.environ.get("TASKFLOW_NATIVE_POOL", "1") != "0"
 
 # the control words, a cache line apart (no false sharing between the two counters)
@@ -137,6 +140,15 @@ def _take_blocks(ctl, job, p, sgemm, no_z) -> int:
 
 
 @njit(cache=True, nogil=True)
+def _spin_until(done, ticks) -> None:
+    """Poll until ``done[0]`` is set or ``ticks`` TSC ticks have passed."""
+    end = _pause_clock() + ticks
+    while _atomic_load(done, 0) == 0:
+        if _pause_clock() > end:
+            return
+
+
+@njit(cache=True, nogil=True)
 def _wait_done(ctl, tasks) -> None:
     """Poll until ``tasks`` blocks are done (blocks that helpers claimed and are running)."""
     while _atomic_load(ctl, _DONE) < tasks:
@@ -158,6 +170,7 @@ def _helper(ctl, job, p, sgemm, no_z, index, ticks, posted, seen) -> None:
             return
 
 
+@functools.lru_cache(maxsize=1)
 def _tsc_per_second() -> float:
     @njit
     def clock():
@@ -257,6 +270,19 @@ def pool() -> NativePool | None:
     return _POOL[0]
 
 
+def _join_spin(done: np.ndarray) -> None:
+    """:func:`.common.set_join_spin`'s function: poll ``done[0]`` (a Python job's end)
+    without the GIL for up to :data:`JOIN_SPIN_S`."""
+    if not _JOIN_TICKS:
+        _JOIN_TICKS.append(int(JOIN_SPIN_S * _tsc_per_second()))
+    _spin_until(done, _JOIN_TICKS[0])
+
+
+_JOIN_TICKS: list[int] = []
+if ENABLED:
+    common.set_join_spin(_join_spin)
+
+
 def warm() -> None:
     """Compile (or load) this module's Numba functions: a small job on the caller alone,
     and one helper poll that returns at once."""
@@ -268,6 +294,7 @@ def warm() -> None:
     for bias, act in ((None, (NONE, 0.0, 0.0)), (np.ones(8, np.float32), (1, 0.0, 0.0))):
         for y in (np.empty((8, 8), np.float32), np.empty((8, 9), np.float32)[:, :8]):
             shared.gemm(a, b, y, bias, act, 4, 0)
+    _spin_until(np.ones(1, np.int64), 0)
     _helper(shared.ctl, shared.job, shared.params, shared.sgemm, shared.no_z, 0, 0,
             np.ones(1, np.int64), 0)
 

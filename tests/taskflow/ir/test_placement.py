@@ -77,6 +77,11 @@ PATHS = {
     "winograd": ((64, 48, 3, 3), {"pads": [1, 1, 1, 1]}, 48),
     "depthwise": ((64, 1, 3, 3), {"group": 64, "pads": [1, 1, 1, 1]}, 64),
     "grouped": ((64, 8, 1, 1), {"group": 2}, 16),
+    # reduced precision: MKL's bf16 / int8 GEMMs write the slot's columns from Numba
+    "im2col-bf16": ((64, 8, 3, 3), {"pads": [1, 1, 1, 1], "precision": "bf16"}, 8),
+    "1x1-int8": ((64, 16, 1, 1), {"precision": "int8", "x_scale": 0.03, "x_zero_point": 200}, 16),
+    "im2col-int8": ((64, 8, 3, 3), {"pads": [1, 1, 1, 1], "precision": "int8", "x_scale": 0.03,
+                                    "x_zero_point": 200}, 8),
 }
 
 
