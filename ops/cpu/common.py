@@ -433,9 +433,9 @@ class _Tasks:
 
     def wait(self) -> None:
         """Return once every task has ended. A helper still running one is first waited for
-        by :func:`set_join_spin`'s function (polling :attr:`done` without the GIL, briefly), then on the
-        lock: waking a thread blocked on a lock took 50-60 us on a 2-core VM, a third of a
-        small reduced-precision layer."""
+        by :func:`set_join_spin`'s function (polling :attr:`done` without the GIL, briefly),
+        then on the lock: waking a thread blocked on a lock took 50-60 us on a 2-core VM, a
+        third of a small reduced-precision layer."""
         if _JOIN_SPIN and not self.done[0]:
             _JOIN_SPIN[0](self.done)
         self.finished.acquire()
