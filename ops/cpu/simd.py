@@ -18,7 +18,10 @@ These intrinsics make and use it:
   lane;
 - :func:`fma8`: ``a * b + c`` as ``llvm.fmuladd``, fused where the CPU has FMA, a multiply
   and an add where it does not;
-- :func:`add8`, :func:`mul8` and :func:`clamp8`: what the fused activations need.
+- :func:`add8`, :func:`mul8` and :func:`clamp8`: what the fused activations need;
+- :func:`max8` and :func:`lane8`: lane-wise maxima and one lane's value, for row reductions
+  (softmax's maximum and sum) that LLVM does not vectorise by itself (a float reduction in
+  order is a chain of dependent operations).
 
 They do no bounds checks: the caller guarantees ``0 <= i`` and ``i + 8 <= len(array)``.
 """
@@ -168,3 +171,28 @@ def clamp8(typingctx, v, lo, hi):
         return builder.select(builder.fcmp_ordered(">", low, hi_), hi_, low)
 
     return F32x8(v, lo, hi), codegen
+
+
+@intrinsic
+def max8(typingctx, a, b):
+    """``a if a > b else b`` lane by lane (``maxps``: where either lane is nan, ``b``'s)."""
+    if not a == b == F32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
+
+    return F32x8(a, b), codegen
+
+
+@intrinsic
+def lane8(typingctx, v, k):
+    """Lane ``k`` (0-7) of ``v`` as a float32."""
+    if v != F32x8 or not isinstance(k, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], context.cast(builder, args[1], sig.args[1],
+                                                             types.int32))
+
+    return types.float32(v, k), codegen

@@ -93,6 +93,23 @@ def test_fully_masked_row_is_nan_as_in_the_reference():
     _close(got, want)
 
 
+@pytest.mark.parametrize("t", [5, 8, 67, 130])
+def test_rows_with_nan_or_inf_scores_and_ragged_lengths_follow_the_reference(t):
+    """The row maximum and sum run 8 lanes wide (a tail of t % 8, blocks of 64): a nan score
+    anywhere in a row (first lane, a vector, the tail) makes the row nan, a +inf score too
+    (inf - inf), a -inf one a zero weight; the other rows are untouched."""
+    rng = np.random.default_rng(t)
+    q, k, v = _heads(rng, 1, t, 2, 4, "contiguous")
+    m = np.zeros((1, 1, t, t), np.float32)
+    bad = {0: np.nan, t - 1: np.nan, t // 2: np.inf, min(9, t - 1): -np.inf}
+    for row, (col, value) in enumerate(bad.items()):
+        m[0, 0, row + 1, col] = value
+    want = ops.get("FusedAttention").reference(q, k, v, m)
+    got = ops.get("FusedAttention").kernel("cpu")(q, k, v, m)
+    assert np.isnan(want).any() and np.isfinite(want[:, :, 0]).all()
+    _close(got, want)
+
+
 @pytest.mark.parametrize("layout", ["views", "merged"])
 def test_nan_to_zero_gives_fully_masked_rows_zero_weights(layout):
     rng = np.random.default_rng(7)
