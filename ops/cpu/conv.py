@@ -315,8 +315,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         run_ranges(rows, n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * kh * kw)))
         return nchw_view(y)
     if plain and group == 1 and kh * kw > 1 and not use_winograd and xh.flags.c_contiguous \
-            and wo >= direct.DENSE_MIN_WIDTH \
-            and (kh * kw * c <= direct.DENSE_MAX_TAPS
+            and wo >= direct.DENSE_MIN_WIDTH and direct.dense_max_taps() \
+            and (kh * kw * c <= direct.dense_max_taps()
                  and kh * kw * c * m <= direct.DENSE_MAX_TAPS_X_M if max(s) == 1
                  else kh * kw * c <= direct.DENSE_MAX_STRIDED_TAPS):
         wp = packed(w, ("dense", dtype.str), lambda a: direct.pack_dense(a.astype(dtype)))
@@ -357,7 +357,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     if kh == kw == 1 and s == (1, 1) and not any(pb):
         # 1x1: the input is the column matrix; the weight's transpose is a view
         x2d = src_x.reshape(rows, c)
-        if vec_ok and cg * mg < direct.POINTWISE_MAX_WEIGHT \
+        if vec_ok and cg * mg < direct.pointwise_max_weight() \
                 and xh.flags.c_contiguous and (zh is None or zh.flags.c_contiguous):
             wp = packed(w, ("pointwise", group, dtype.str),
                         lambda a: direct.pack_pointwise(a.astype(dtype), group))

@@ -26,14 +26,29 @@ the row's pixels while they are in cache.
   16 -> 64 3x3, strided 3x3, 5x5 on few channels): 4 output pixels x 16 output channels per
   block, the weight in blocks of 16 output channels. 1.1-1.7x faster than im2col + GEMM where
   :data:`DENSE_MIN_WIDTH` and :data:`DENSE_MAX_TAPS` let it run.
+
+These kernels are 8 lanes wide, and their limits were measured against MKL's AVX2 sgemm.
+Where MKL runs its AVX-512 kernels (:func:`mkl_is_wider`), its GEMM is as fast or faster on
+every pointwise and dense shape measured (Sapphire Rapids-class VM, 2 threads: ResNet-50's
+64 -> 256 and 256 -> 64 1x1 at 56x56 1.6x, MobileNetV3's 96 -> 576 1.7x, 16 -> 72 even;
+SqueezeNet's 16 -> 64 3x3 1.5x, its 32 -> 128 and 48 -> 192 even), so
+:func:`pointwise_max_weight` and :func:`dense_max_taps` turn those two off there. The
+few-channel stems stay direct (0.84-0.86x the GEMM's time on the same machine), and depthwise
+layers have no GEMM form.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from numba import njit
 
+from . import blas
 from .epilogue import CLIP, HARD_SIGMOID, HARD_SWISH, NONE, RELU, activate_row
+from .lowp import cpu_features
 from .movement import shuffle_row
 from .simd import add8, broadcast8, clamp8, fma8, load8, mul8, splat8, store8
 
@@ -61,6 +76,44 @@ DENSE_MAX_TAPS = 400
 DENSE_MAX_TAPS_X_M = 1 << 14
 DENSE_MAX_STRIDED_TAPS = 1200
 
+
+
+@functools.lru_cache(maxsize=1)
+def mkl_is_wider() -> bool:
+    """Whether the GEMM here is MKL running 16-lane (AVX-512) kernels: MKL is the BLAS, the
+    CPU has AVX-512F and ``TASKFLOW_ISA`` does not cap MKL at AVX2."""
+    return blas.backend() == "mkl" and "avx512f" in cpu_features() and blas.isa_cap() != "avx2"
+
+
+#: [wide]: routing as if :func:`mkl_is_wider` returned ``wide`` (:func:`routed_as`)
+_ROUTED: list[bool] = []
+
+
+@contextmanager
+def routed_as(wide: bool) -> Iterator[None]:
+    """Inside the block, route 1x1 and dense layers as if :func:`mkl_is_wider` were ``wide``
+    (process-wide: for :func:`.warmup.warmup`, which compiles every kernel on every machine)."""
+    _ROUTED.append(wide)
+    try:
+        yield
+    finally:
+        _ROUTED.pop()
+
+
+def _wide() -> bool:
+    return _ROUTED[-1] if _ROUTED else mkl_is_wider()
+
+
+def pointwise_max_weight() -> int:
+    """:data:`POINTWISE_MAX_WEIGHT`, or 0 (no 1x1 layer runs :func:`pointwise_rows`) where
+    :func:`mkl_is_wider`."""
+    return 0 if _wide() else POINTWISE_MAX_WEIGHT
+
+
+def dense_max_taps() -> int:
+    """:data:`DENSE_MAX_TAPS`, or 0 (no layer runs :func:`dense_rows`) where
+    :func:`mkl_is_wider`."""
+    return 0 if _wide() else DENSE_MAX_TAPS
 
 @njit(cache=True, inline="always")
 def _in_registers(act):

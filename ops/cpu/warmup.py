@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import registry
-from . import native_pool
+from . import direct, native_pool
 from .common import as_nhwc, nchw_view
 
 Case = tuple[str, Callable[..., list[Any]], dict[str, Any]]
@@ -100,12 +100,14 @@ CASES: list[Case] = [
     ("FusedConv", _inputs(_x(2, 40, 5, 5, cl=True), _w(24, 40, 1, 1), _w(24),
                           _x(2, 24, 5, 5, cl=True)), {}),
     # reduced precision (ops/cpu/lowp.py): bf16 im2col, static int8 1x1 with a residual,
-    # dynamic int8 Gemm, bf16 MatMul
+    # a grouped int8 1x1 (one lowp GEMM per group, from Python), dynamic int8 Gemm, bf16 MatMul
     ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 3, 3), _w(16)),
      {"pads": [1, 1, 1, 1], "activation": "Relu", "precision": "bf16"}),
     ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 1, 1), _w(16),
                           _x(2, 16, 9, 9, cl=True)),
      {"precision": "int8", "x_scale": 0.03, "x_zero_point": 128}),
+    ("FusedConv", _inputs(_x(2, 64, 5, 5, cl=True), _w(32, 32, 1, 1), _w(32)),
+     {"group": 2, "precision": "int8", "x_scale": 0.03, "x_zero_point": 128}),
     ("FusedGemm", _inputs(_x(4, 16), _w(8, 16), _w(8)), {"transB": 1, "precision": "int8"}),
     ("FusedMatMul", _inputs(_x(2, 4, 16), _w(16, 8), _w(8)), {"precision": "bf16"}),
     # sparse weights (ops/cpu/sparse.py): the Numba CSR loop (small), MKL's (larger), 1x1 conv
@@ -190,6 +192,9 @@ def warmup(dtypes: tuple[Any, ...] = (np.float32,), *,
             args = make(rng, np.dtype(dtype))
             start = time.perf_counter()
             registry.get(op).kernels["cpu"](*args, **attrs)
+            if op in ("Conv", "FusedConv"):  # and the direct kernels MKL's AVX-512 replaces
+                with direct.routed_as(False):
+                    registry.get(op).kernels["cpu"](*args, **attrs)
             spent[op] = spent.get(op, 0.0) + time.perf_counter() - start
             if verbose:
                 print(f"  {op:22s} {time.perf_counter() - start:7.2f} s")

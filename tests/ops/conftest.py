@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from taskflow.ops.cpu import direct
 
 from taskflow.dask import threads
 
@@ -13,3 +14,18 @@ def kernel_threads(request):
     threads.apply_kernel_threads(request.param)
     yield request.param
     threads.reset_kernel_threads()
+
+
+@pytest.fixture
+def direct_kernels(monkeypatch):
+    """Route convolutions as on an AVX2 machine: the 8-lane direct kernels wherever their
+    limits let them run, also where MKL runs AVX-512 (which turns 1x1 and dense ones off)."""
+    monkeypatch.setattr(direct, "mkl_is_wider", lambda: False)
+
+
+@pytest.fixture(params=[False, True], ids=["direct", "wide-gemm"])
+def conv_routing(request, monkeypatch):
+    """Route convolutions as on an AVX2 machine, then as where MKL runs AVX-512 (1x1 and
+    dense layers on the GEMM), on every machine."""
+    monkeypatch.setattr(direct, "mkl_is_wider", lambda: request.param)
+    return request.param

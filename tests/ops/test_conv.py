@@ -155,7 +155,7 @@ def test_depthwise(multiplier):
           oracles=["ort"])  # the reference's grouped ConvTranspose is wrong
 
 
-def test_pointwise_fast_path_with_strides_and_pads():
+def test_pointwise_fast_path_with_strides_and_pads(direct_kernels):
     rng = np.random.default_rng(1)
     x, w = randn(rng, 2, 6, 7, 8), randn(rng, 4, 3, 1, 1)
     check("Conv", [x, w], {"group": 2, "strides": [2, 3], "pads": [1, 0, 0, 1]})

@@ -186,7 +186,7 @@ CONV_PATHS = {
 @pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS), ids=lambda a: a or "none")
 @pytest.mark.parametrize("path", sorted(CONV_PATHS))
-def test_fused_conv_epilogues(path, activation, residual):
+def test_fused_conv_epilogues(path, activation, residual, conv_routing):
     shape, attrs, c, size = CONV_PATHS[path]
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, c, size, size), dtype=np.float32)
@@ -201,7 +201,7 @@ def test_fused_conv_epilogues(path, activation, residual):
 
 
 @pytest.mark.parametrize("path", sorted(CONV_PATHS))
-def test_fused_conv_with_a_folded_channel_shuffle(path, kernel_threads):
+def test_fused_conv_with_a_folded_channel_shuffle(path, kernel_threads, direct_kernels):
     """Every convolution path with ShuffleNet's shuffle folded in (rows permuted right after
     the epilogue, or a separate pass where there is no GEMM), with and without a residual."""
     shape, attrs, c, size = CONV_PATHS[path]
