@@ -468,7 +468,7 @@ def _reduced_rows(precision: str, x4: np.ndarray, x2d: np.ndarray | None, w, kdi
         z2d is not None, code, p0, p1)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, inline="always")
 def _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad):
     """A (r1 - r0, K) GEMM operand: rows r0:r1 of the 1x1 input ``x2``, or (``x2`` empty) the
     im2col of ``x4`` written into ``cols``."""
