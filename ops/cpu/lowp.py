@@ -35,9 +35,24 @@ GOP/s)::
     geometric mean      1.00  0.92     0.92        0.38      0.38   (x sgemm)
 
 Packed and plain calls run at the same speed here, so the packed API is used: it is what
-the matrix units of AMX/VNNI machines want, where these GEMMs are 3-5x sgemm. Here they are
-slower than sgemm (MKL has no VNNI or bf16 instructions to use on this CPU), which the
-per-layer precision choice (:mod:`taskflow.precision`) measures and takes into account.
+the matrix units of AMX/VNNI machines want. Here they are slower than sgemm (MKL has no VNNI
+or bf16 instructions to use on this CPU), which the per-layer precision choice
+(:mod:`taskflow.precision`) measures and takes into account. On a 2-core AVX-512 + AMX VM
+(Intel, MKL 2026.2, one thread, min of 7 runs, GOP/s, :func:`gemm_bf16` / :func:`gemm_int8`
+with their conversion of A and, for int8, the dequantisation)::
+
+    rows x K x N       sgemm  bf16  int8
+    3136 x 576 x 64      156   302   312
+    784 x 1152 x 128     169   434   532
+    196 x 2304 x 256     169   599   830
+    3136 x 64 x 256      182   201   161
+    256 x 768 x 768      189   836   981
+    1024 x 256 x 1024    205   573   645
+    12544 x 576 x 256    175   512   332
+    4096 x 384 x 1536    205  1019   679
+
+MKL's GEMMs alone reach 770 (bf16) and about twice that (int8) on such shapes; at K = 64
+(ResNet-50's first 1x1 layers) the AMX tiles are mostly idle and bf16 barely beats sgemm.
 
 Emulation. Without MKL's reduced GEMMs (no ``mkl`` wheel, ``TASKFLOW_BLAS=numpy``, or
 ``TASKFLOW_LOWP=emulate``, read per call) the same conversions feed the float32 GEMM of
