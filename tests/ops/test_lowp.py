@@ -125,6 +125,18 @@ def test_dynamic_int8_takes_its_range_from_the_whole_input(mode, kernel_threads)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+def test_split_products_run_their_epilogue_in_each_row_block(precision, mode, kernel_threads):
+    """A product big enough to be split into row blocks over the kernel threads
+    (lowp.row_blocks: conversion, GEMM, bias and GELU in one call per block) against the
+    reference, rows of very different ranges so a block-local scale would show."""
+    rng = np.random.default_rng(11)
+    a = rand(rng, 2, 160, 96)
+    a[1] *= 4
+    check("FusedMatMul", [a, rand(rng, 96, 80), rand(rng, 80)],
+          {"activation": "Gelu", **attrs_of(precision)})
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_fused_gemm_matches_the_reference(trans_b, precision, mode):
     rng = np.random.default_rng(trans_b)
