@@ -33,6 +33,7 @@ from .common import (
     packed,
     run_ranges,
     run_tasks,
+    scratch,
     threads,
     vector,
 )
@@ -226,7 +227,16 @@ def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
     per_thread = 1 if m * n * wp.k < REDUCED_BALANCED_GEMM else TASKS_PER_THREAD
     parts = max(1, min(m // MIN_BLOCK, per_thread * threads()))
     step = -(-m // parts)
-    run_tasks(lambda i: rows(i * step, min(m, (i + 1) * step)), -(-m // step))
+    tasks = -(-m // step)
+    if precision == "bf16" and fused is not None and tasks > 1 and a.flags.c_contiguous:
+        # a job of the native pool: the helpers take their blocks without the GIL
+        native = native_pool.pool()
+        fns = lowp.mkl_functions("bf16", wp.k)
+        if native is not None and fns is not None and native.gemm_bf16(
+                a, scratch("lowp-rows", a.shape, np.uint16), wp.mkl(fns), y, ep.bias, ep.act,
+                step, min(threads(), tasks) - 1):
+            return y
+    run_tasks(lambda i: rows(i * step, min(m, (i + 1) * step)), tasks)
     return y
 
 

@@ -25,6 +25,7 @@ caller (another Dask task thread) takes the ordinary pool instead of waiting.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import threading
@@ -36,10 +37,16 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from . import common
+from . import blas, common, lowp
 from .blas import _NO_TRANS, _ROW_MAJOR, _layout, gemm_pointer
 from .epilogue import NONE, epilogue_rows
+from .lowp import PACKED
+from .lowp import _to_bf16 as lowp_to_bf16
 
+#: The argument types of MKL's ``cblas_gemm_bf16bf16f32_compute`` (:class:`.lowp._Mkl`).
+_BF16_ARGS = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
+                                   ctypes.c_void_p, ctypes.c_int, ctypes.c_float,
+                                   ctypes.c_void_p, ctypes.c_int]
 #: How long an idle helper keeps polling (without the GIL) before it sleeps.
 SPIN_S = 2e-3
 #: How long a caller whose own tasks are done polls for a helper's last one before it blocks.
@@ -51,8 +58,11 @@ _NEXT, _DONE, _TASKS, _HELPERS = 0, 8, 16, 24
 #: The task counter between jobs: a helper's claim then fails whatever the next job's size.
 _CLOSED = 1 << 62
 # job fields (int64)
-(_A, _B, _Y, _BIAS, _M, _N, _K, _TA, _LDA, _TB, _LDB, _LDC, _STEP, _CODE, _NBIAS,
- _JOB_FIELDS) = range(16)
+(_A, _B, _Y, _BIAS, _M, _N, _K, _TA, _LDA, _TB, _LDB, _LDC, _STEP, _CODE, _NBIAS, _KIND, _BITS,
+ _JOB_FIELDS) = range(18)
+#: job kinds: a float32 GEMM (MKL's sgemm), or A rounded to bfloat16 row block by row block
+#: into the buffer at _BITS times a packed bf16 weight (MKL's cblas_gemm_bf16bf16f32_compute)
+_F32, _BF16 = 0, 1
 
 
 @intrinsic
@@ -107,17 +117,41 @@ def _f32_at(typingctx, address):
     return types.CPointer(types.float32)(types.int64), codegen
 
 
+@intrinsic
+def _u32_at(typingctx, address):
+    """The int64 ``address`` as a uint32 pointer (float32 bits, for :func:`numba.carray`)."""
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.IntType(32)))
+    return types.CPointer(types.uint32)(types.int64), codegen
+
+
+@intrinsic
+def _u16_at(typingctx, address):
+    """The int64 ``address`` as a uint16 pointer (bfloat16 bits, for :func:`numba.carray`)."""
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.IntType(16)))
+    return types.CPointer(types.uint16)(types.int64), codegen
+
+
 @njit(cache=True, inline="always")
-def _run_block(job, p, sgemm, no_z, i):
-    """Rows ``i * step ..`` of the job: sgemm, then the epilogue on them."""
+def _run_block(job, p, sgemm, bf16, no_z, i):
+    """Rows ``i * step ..`` of the job: the GEMM of its kind, then the epilogue on them."""
     m, n, step = job[_M], job[_N], job[_STEP]
     lo = i * step
     hi = min(m, lo + step)
-    a = job[_A] + (lo * job[_LDA] if job[_TA] == _NO_TRANS else lo) * 4
     ldc = job[_LDC]
     y = job[_Y] + lo * ldc * 4
-    sgemm(_ROW_MAJOR, job[_TA], job[_TB], hi - lo, n, job[_K], 1.0, a, job[_LDA], job[_B],
-          job[_LDB], 0.0, y, ldc)
+    if job[_KIND] == _BF16:  # A C-contiguous (M, K), the bits buffer too
+        k = job[_K]
+        bits = job[_BITS] + lo * k * 2
+        lowp_to_bf16(numba.carray(_u32_at(job[_A] + lo * k * 4), (hi - lo, k)),
+                     numba.carray(_u16_at(bits), (hi - lo, k)))
+        bf16(_ROW_MAJOR, _NO_TRANS, PACKED, hi - lo, n, k, np.float32(1.0), bits, k, job[_B],
+             n, np.float32(0.0), y, ldc)
+    else:
+        a = job[_A] + (lo * job[_LDA] if job[_TA] == _NO_TRANS else lo) * 4
+        sgemm(_ROW_MAJOR, job[_TA], job[_TB], hi - lo, n, job[_K], 1.0, a, job[_LDA], job[_B],
+              job[_LDB], 0.0, y, ldc)
     if job[_CODE] != NONE or job[_NBIAS] > 0:
         # the rows as a C-contiguous (rows, ldc) array, the epilogue on its first n columns
         # (a C array keeps the epilogue's loops vectorised; an [:, :n] view did not)
@@ -127,14 +161,14 @@ def _run_block(job, p, sgemm, no_z, i):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _take_blocks(ctl, job, p, sgemm, no_z) -> int:
+def _take_blocks(ctl, job, p, sgemm, bf16, no_z) -> int:
     """Claim and run blocks until none is left; returns how many this thread ran."""
     ran = 0
     while True:
         i = _atomic_add(ctl, _NEXT, 1)
         if i >= _atomic_load(ctl, _TASKS):
             return ran
-        _run_block(job, p, sgemm, no_z, i)
+        _run_block(job, p, sgemm, bf16, no_z, i)
         _atomic_add(ctl, _DONE, 1)
         ran += 1
 
@@ -156,7 +190,7 @@ def _wait_done(ctl, tasks) -> None:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _helper(ctl, job, p, sgemm, no_z, index, ticks, posted, seen) -> None:
+def _helper(ctl, job, p, sgemm, bf16, no_z, index, ticks, posted, seen) -> None:
     """A helper's polling: run blocks whenever there are some (and the job wants this
     helper); return when a Python job is posted (``posted[0] != seen``) or after ``ticks``
     TSC ticks with nothing."""
@@ -164,7 +198,7 @@ def _helper(ctl, job, p, sgemm, no_z, index, ticks, posted, seen) -> None:
     while _atomic_load(posted, 0) == seen:
         if _atomic_load(ctl, _NEXT) < _atomic_load(ctl, _TASKS) \
                 and index < _atomic_load(ctl, _HELPERS):
-            _take_blocks(ctl, job, p, sgemm, no_z)
+            _take_blocks(ctl, job, p, sgemm, bf16, no_z)
             end = _pause_clock() + ticks
         elif _pause_clock() > end:
             return
@@ -186,6 +220,12 @@ class NativePool:
 
     def __init__(self, sgemm) -> None:
         self.sgemm = sgemm
+        # MKL's bf16 GEMM, whatever TASKFLOW_LOWP says (lowp decides per call whether to use
+        # it); an MKL without it gets a stand-in of the same type that no job ever calls
+        fns = blas.bindings("lowp", lowp._Mkl)
+        self.has_bf16 = fns is not None
+        self.bf16 = fns.bf16_ptr if fns is not None else ctypes.CFUNCTYPE(
+            None, *_BF16_ARGS)(ctypes.cast(sgemm, ctypes.c_void_p).value)
         self.ctl = np.zeros(32, np.int64)
         self.ctl[_NEXT] = _CLOSED
         self.job = np.zeros(_JOB_FIELDS, np.int64)
@@ -205,8 +245,8 @@ class NativePool:
         return bool(self.ctl[_NEXT] < self.ctl[_TASKS])
 
     def poll(self, index: int, seen: int) -> None:
-        _helper(self.ctl, self.job, self.params, self.sgemm, self.no_z, index, self.ticks,
-                common._POOL.posted, seen)
+        _helper(self.ctl, self.job, self.params, self.sgemm, self.bf16, self.no_z, index,
+                self.ticks, common._POOL.posted, seen)
 
     def gemm(self, a: np.ndarray, b: np.ndarray, y: np.ndarray, bias: np.ndarray | None,
              act: tuple[int, float, float], step: int, helpers: int) -> bool:
@@ -217,16 +257,40 @@ class NativePool:
         if la is None or lb is None or y.strides[1] != 4 or y.strides[0] % 4 \
                 or (bias is not None and not bias.flags.c_contiguous):
             return False
+        return self._run((a.ctypes.data, b.ctypes.data, y.ctypes.data,
+                          0 if bias is None else bias.ctypes.data, y.shape[0], y.shape[1],
+                          a.shape[1], la[0], la[1], lb[0], lb[1], y.strides[0] // 4, step,
+                          act[0], 0 if bias is None else bias.shape[0], _F32, 0),
+                         act, step, helpers)
+
+    def gemm_bf16(self, a: np.ndarray, bits: np.ndarray, b: np.ndarray, y: np.ndarray,
+                  bias: np.ndarray | None, act: tuple[int, float, float], step: int,
+                  helpers: int) -> bool:
+        """``y = act(bf16(a) @ B + bias)`` as :meth:`gemm` does it: ``a`` C-contiguous
+        float32 (M, K), ``bits`` a uint16 (M, K) buffer each block rounds its rows of ``a``
+        into, ``b`` MKL's packed bf16 weight (:meth:`.lowp.PackedBF16.mkl`, N columns =
+        ``y.shape[1]``); False (nothing done) as in :meth:`gemm`, or without MKL's bf16."""
+        m, n = y.shape
+        if not self.has_bf16 or not a.flags.c_contiguous or a.dtype != np.float32 \
+                or bits.shape != a.shape or not bits.flags.c_contiguous \
+                or bits.dtype != np.uint16 or y.strides[1] != 4 or y.strides[0] % 4 \
+                or y.dtype != np.float32 or (bias is not None and not bias.flags.c_contiguous):
+            return False
+        return self._run((a.ctypes.data, b.ctypes.data, y.ctypes.data,
+                          0 if bias is None else bias.ctypes.data, m, n, a.shape[1],
+                          _NO_TRANS, a.shape[1], PACKED, n, y.strides[0] // 4, step, act[0],
+                          0 if bias is None else bias.shape[0], _BF16, bits.ctypes.data),
+                         act, step, helpers)
+
+    def _run(self, fields: tuple, act: tuple[int, float, float], step: int,
+             helpers: int) -> bool:
+        """Post the job ``fields`` (the _A .. _BITS words), take blocks, wait for the rest."""
         if not self.busy.acquire(blocking=False):
             return False
         try:
-            m, n = y.shape
-            tasks = -(-m // step)
+            tasks = -(-fields[_M] // step)
             job, ctl = self.job, self.ctl
-            job[:] = (a.ctypes.data, b.ctypes.data, y.ctypes.data,
-                      0 if bias is None else bias.ctypes.data, m, n, a.shape[1], la[0], la[1],
-                      lb[0], lb[1], y.strides[0] // 4, step, act[0],
-                      0 if bias is None else bias.shape[0])
+            job[:] = fields
             self.params[:] = act[1], act[2]
             threads = common._POOL
             if threads.poll is None:
@@ -237,7 +301,8 @@ class NativePool:
             ctl[_TASKS] = tasks
             _store_next(ctl, 0)  # the counter last: a helper that claims reads this job
             threads.notify()
-            self.caller_blocks = _take_blocks(ctl, job, self.params, self.sgemm, self.no_z)
+            self.caller_blocks = _take_blocks(ctl, job, self.params, self.sgemm, self.bf16,
+                                              self.no_z)
             _wait_done(ctl, tasks)  # every block claimed (by now) and done
             _store_next(ctl, _CLOSED)
             return True
@@ -295,8 +360,12 @@ def warm() -> None:
         for y in (np.empty((8, 8), np.float32), np.empty((8, 9), np.float32)[:, :8]):
             shared.gemm(a, b, y, bias, act, 4, 0)
     _spin_until(np.ones(1, np.int64), 0)
-    _helper(shared.ctl, shared.job, shared.params, shared.sgemm, shared.no_z, 0, 0,
-            np.ones(1, np.int64), 0)
+    if shared.has_bf16:
+        w = lowp.pack_bf16(b).mkl(blas.bindings("lowp", lowp._Mkl))
+        shared.gemm_bf16(a, np.empty((8, 4), np.uint16), w, np.empty((8, 8), np.float32),
+                         None, (NONE, 0.0, 0.0), 4, 0)
+    _helper(shared.ctl, shared.job, shared.params, shared.sgemm, shared.bf16, shared.no_z, 0,
+            0, np.ones(1, np.int64), 0)
 
 
 def _new_in_child() -> None:  # a forked child has none of the parent's helper threads

@@ -137,7 +137,8 @@ def test_the_cases_reach_every_compiled_kernel():
     warmup()
     # the functions that call MKL's sgemm compile only where MKL is loaded
     mkl = blas.backend() == "mkl"
-    mkl_only = {attention._attention_heads, matmul._gemm_epilogue_rows, blas.gemm_rows}
+    mkl_only = {attention._attention_heads, matmul._gemm_epilogue_rows, blas.gemm_rows,
+                lowp._bf16_rows, lowp._int8_rows, conv._bf16_conv_rows, conv._int8_conv_rows}
     dispatchers = [(f"{mod.__name__}.{name}", fn)
                    for mod in CPU_MODULES if mkl or mod is not native_pool
                    for name, fn in vars(mod).items()

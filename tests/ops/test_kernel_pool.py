@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import taskflow.ops as ops
-from taskflow.ops.cpu import blas, common, native_pool
+from taskflow.ops.cpu import blas, common, lowp, native_pool
 from taskflow.ops.cpu import matmul as matmul_cpu
 
 from taskflow.dask import threads
@@ -87,6 +87,37 @@ def test_native_pool_blocks_run_once_and_helpers_take_some(two_threads):
         np.testing.assert_allclose(y, a @ w + bias, rtol=1e-4, atol=1e-3)
         helped += -(-m // 32) - shared.caller_blocks
         if helped and i >= 40 or time.perf_counter() - start > 20:
+            break
+    assert helped > 0
+
+
+def test_native_bf16_jobs_run_once_match_the_row_blocks_and_helpers_take_some(two_threads):
+    """bf16 jobs (each block rounds its rows of A into the shared bits buffer, then MKL's
+    packed bf16 GEMM and the epilogue) in a row, interleaved with float32 jobs: each equals
+    the Python route's blocks (lowp.gemm_bf16 + the epilogue) bit for bit up to summation
+    order, and the helper ran some blocks."""
+    shared = native_pool.pool()
+    fns = lowp.mkl_functions("bf16", 64)
+    if shared is None or fns is None or not shared.has_bf16:
+        pytest.skip("no native pool or no MKL bf16 GEMM")
+    rng = np.random.default_rng(8)
+    helped, start = 0, time.perf_counter()
+    for i in range(300):
+        m, k, n = 256 + 8 * (i % 30), 64 + 16 * (i % 5), 64 + 32 * (i % 4)
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        w = lowp.pack_bf16(rng.standard_normal((k, n)).astype(np.float32))
+        bias = rng.standard_normal(n).astype(np.float32)
+        y = np.full((m, n + 5), np.nan, np.float32)[:, :n]
+        bits = np.empty((m, k), np.uint16)
+        assert shared.gemm_bf16(a, bits, w.mkl(fns), y, bias, (1, 0.0, 0.0), 32, 1)  # ReLU
+        want = np.maximum(lowp.gemm_bf16(a, w, np.empty((m, n), np.float32)) + bias, 0)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(bits, lowp.to_bf16(a))
+        helped += -(-m // 32) - shared.caller_blocks
+        f = rng.standard_normal((k, n)).astype(np.float32)  # and a float32 job after it
+        assert shared.gemm(a, f, y, None, (0, 0.0, 0.0), 64, 1)
+        np.testing.assert_allclose(y, a @ f, rtol=1e-4, atol=1e-3)
+        if helped and i >= 30 or time.perf_counter() - start > 20:
             break
     assert helped > 0
 
