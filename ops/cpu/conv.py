@@ -107,6 +107,10 @@ MIN_TASK_FLOPS = 20_000_000
 #: slower from 30 per group on).
 DENSE_GROUPED_MAX_CHANNELS = 64
 DENSE_GROUPED_MAX_PER_GROUP = 24
+#: Multiply-adds per task of the direct kernels (depthwise, stems, dense; ~0.1-0.4 ms on one
+#: core): MIN_TASK_ELEMENTS counted them before, and the digits CNN's first layer (0.6M
+#: multiply-adds) went from 100 to 180 us when split in 3 tasks on a 2-core VM
+MIN_TASK_MACS = 1 << 21
 #: Elements per task of a reduced layer's input conversion (~0.2 ns each): handing a task to a
 #: kernel thread costs ~100 us on a 2-core VM (the wake-up and the GIL), a 7x7 or 14x14
 #: layer's whole input
@@ -312,7 +316,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
                 _depthwise(xh, wd, b_, z_, full, c0, s[0], s[1], d[0], d[1], pb[0], pb[1],
                            act[0], t(act[1]), t(act[2]), t(1), lo, hi)
 
-        run_ranges(rows, n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * kh * kw)))
+        run_ranges(rows, n * ho, max(1, MIN_TASK_MACS // (wo * m * kh * kw)))
         return nchw_view(y)
     if plain and group == 1 and kh * kw > 1 and not use_winograd and xh.flags.c_contiguous \
             and wo >= direct.DENSE_MIN_WIDTH and direct.dense_max_taps() \
@@ -324,7 +328,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         t = dtype.type
         run_ranges(lambda lo, hi: direct.dense_rows(
             xh, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]),
-            t(act[2]), t(1), lo, hi), n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * c * kh * kw)))
+            t(act[2]), t(1), lo, hi), n * ho, max(1, MIN_TASK_MACS // (wo * m * c * kh * kw)))
         return nchw_view(y)
     if use_winograd:
         winograd.conv3x3(xh, w, bias, zh, (pb[0], pb[1]), full, act, c0)
@@ -532,7 +536,7 @@ def _few_channels(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, s, pb, 
     t = x.dtype.type
     run_ranges(lambda lo, hi: direct.few_channels_rows(
         x, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]), t(act[2]),
-        t(1), lo, hi), n * ho, max(1, MIN_TASK_ELEMENTS // (wo * m * x.shape[1] * kh * kw)))
+        t(1), lo, hi), n * ho, max(1, MIN_TASK_MACS // (wo * m * x.shape[1] * kh * kw)))
     return nchw_view(full[..., c0:c0 + m])
 
 
