@@ -206,6 +206,24 @@ def test_fused_conv_epilogues(path, activation, residual, conv_routing):
     assert is_channels_last(out)
 
 
+@pytest.mark.parametrize("kind, shape, attrs, x_shape", [
+    ("depthwise", (64, 1, 3, 3), {"group": 64, "pads": [1, 1, 1, 1]}, (2, 64, 56, 56)),
+    ("few-channels", (16, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, (4, 3, 128, 128)),
+    ("dense", (32, 16, 3, 3), {"pads": [1, 1, 1, 1]}, (8, 16, 32, 32)),
+])
+def test_direct_kernels_split_into_row_tasks(kind, shape, attrs, x_shape, kernel_threads,
+                                             direct_kernels):
+    """Layers big enough for several MIN_TASK_MACS tasks: each task's output rows must be
+    the reference's (the small cases above run as one task)."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    x = x if kind == "few-channels" else channels_last(x)
+    w = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.3)
+    b = rng.standard_normal(shape[0], dtype=np.float32)
+    (out,) = check("FusedConv", [x, w, b], {**attrs, "activation": "Relu"}, what=kind)
+    assert np.ptp(out[:, :, -1]) > 0.1  # the last rows too: no task left out
+
+
 @pytest.mark.parametrize("path", sorted(CONV_PATHS))
 def test_fused_conv_with_a_folded_channel_shuffle(path, kernel_threads, direct_kernels):
     """Every convolution path with ShuffleNet's shuffle folded in (rows permuted right after
