@@ -46,7 +46,7 @@ from ..conv import fused_conv as fused_conv_reference
 from ..conv import resolve_pads, spatial_attrs
 from ..quant import dynamic_qparams, fake_quant_bf16, fake_quant_u8, quantize_weight_per_channel
 from ..registry import register_kernel
-from . import direct, lowp, sparse, winograd
+from . import direct, lowp, lowp_rows, sparse, winograd
 from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -61,8 +61,8 @@ from .common import (
     threads,
     vector,
 )
-from .epilogue import activate_row, activation_code, apply_epilogue, empty_operand, epilogue_rows
-from .movement import channel_shuffle_cpu, shuffle_row
+from .epilogue import activate_row, activation_code, apply_epilogue
+from .movement import channel_shuffle_cpu, im2col, shuffle_row
 
 
 def l2_bytes(default: int = 2 << 20) -> int:
@@ -111,60 +111,8 @@ DENSE_GROUPED_MAX_PER_GROUP = 24
 #: core): MIN_TASK_ELEMENTS counted them before, and the digits CNN's first layer (0.6M
 #: multiply-adds) went from 100 to 180 us when split in 3 tasks on a 2-core VM
 MIN_TASK_MACS = 1 << 21
-#: Elements per task of a reduced layer's input conversion (~0.2 ns each): handing a task to a
-#: kernel thread costs ~100 us on a 2-core VM (the wake-up and the GIL), a 7x7 or 14x14
-#: layer's whole input
-CONVERT_TASK_ELEMENTS = 1 << 19
 #: Output slice for the plain-GEMM path: the epilogue re-reads the slice from cache.
 GEMM_SLICE_BYTES = SLICE_BYTES
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _im2col(x, cols, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, groups, pad):
-    """cols[i] = receptive field of output pixel r0 + i, columns ordered (g, kh, kw, c); taps
-    outside the image are ``pad`` (0, or an int8 layer's zero point on quantised ``x``).
-
-    With one group and no horizontal dilation, a kernel row's taps are kw * C contiguous
-    input floats: one copy instead of kw (what makes a 3-channel first layer affordable).
-    """
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    cg = c // groups
-    per_image = ho * wo
-    run = kw * c
-    rows = x.reshape(x.shape[0], h, w * c)
-    # Column offsets are unsigned: Numba checks every signed index for wrap-around (negative
-    # means "from the end"), which blocks vectorisation of the copies (measured 2.6x slower).
-    u = np.uint64
-    for i in range(cols.shape[0]):
-        r = r0 + i
-        n = r // per_image
-        oh = (r % per_image) // wo
-        ow = r % wo
-        iw0 = ow * sw - pw
-        whole_rows = groups == 1 and dw == 1 and iw0 >= 0 and iw0 + kw <= w
-        for g in range(groups):
-            for a in range(kh):
-                ih = oh * sh - ph + a * dh
-                if whole_rows:
-                    base = u(a * run)
-                    if 0 <= ih < h:
-                        src = u(iw0 * c)
-                        for k in range(run):
-                            cols[i, base + u(k)] = rows[n, ih, src + u(k)]
-                    else:
-                        for k in range(run):
-                            cols[i, base + u(k)] = pad
-                    continue
-                for b in range(kw):
-                    iw = iw0 + b * dw
-                    base = u(((g * kh + a) * kw + b) * cg)
-                    if 0 <= ih < h and 0 <= iw < w:
-                        src = u(g * cg)
-                        for k in range(cg):
-                            cols[i, base + u(k)] = x[n, ih, iw, src + u(k)]
-                    else:
-                        for k in range(cg):
-                            cols[i, base + u(k)] = pad
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -340,11 +288,11 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     # its copies then move half (bf16) or a quarter (int8) of the bytes
     src_x, pad = xh, dtype.type(0)
     if precision == "bf16":
-        src_x, pad = _reduced_input(xh, lambda a, o: lowp.to_bf16(a, o), np.uint16), \
-            np.uint16(0)
+        src_x, pad = lowp_rows.convert_input(xh, lowp.to_bf16, np.uint16), np.uint16(0)
     elif precision == "int8":
-        src_x, pad = _reduced_input(xh, lambda a, o: lowp.quantize_u8(a, x_scale, x_zp, o),
-                                    np.uint8), np.uint8(x_zp)
+        src_x = lowp_rows.convert_input(
+            xh, lambda a, o: lowp.quantize_u8(a, x_scale, x_zp, o), np.uint8)
+        pad = np.uint8(x_zp)
     z2d = None if zh is None else zh.reshape(rows, m)
     mg = m // group
     # the GEMMs' right-hand sides, (group, K, M/group): float32/64 arrays, or with a
@@ -403,8 +351,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
 
     fused = None
     if pack is not None and group == 1 and csr is None:
-        fused = _reduced_rows(precision, src_x, x2d, wt[0], kdim, step, (kh, kw, s, d, pb, ho, wo),
-                              pad, y2d, c0, m, bias, z2d, act, x_scale, x_zp)
+        fused = lowp_rows.conv_rows(precision, src_x, x2d, wt[0], kdim, step,
+                                    (kh, kw, s, d, pb, ho, wo), pad, y2d, c0, m, bias, z2d,
+                                    act, x_scale, x_zp)
 
     def work(i: int) -> None:
         r0 = i * step
@@ -416,7 +365,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             return
         if x2d is None:
             src = scratch("im2col", (r1 - r0, kdim * group), src_x.dtype)
-            _im2col(src_x, src, r0, kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo, group,
+            im2col(src_x, src, r0, kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo, group,
                     pad)
         else:
             src = x2d[r0:r1]
@@ -437,91 +386,6 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
 
     run_tasks(work, -(-rows // step))
     return nchw_view(y)
-
-
-def _reduced_rows(precision: str, x4: np.ndarray, x2d: np.ndarray | None, w, kdim: int,
-                  step: int, geometry: tuple, pad, y2d: np.ndarray, c0: int, m: int,
-                  bias: np.ndarray | None, z2d: np.ndarray | None, act: tuple[int, float, float],
-                  x_scale: float, x_zp: int):
-    """A function ``(r0, r1)`` computing output rows ``r0:r1`` of a one-group bf16 / int8
-    convolution in one Numba call without the GIL (:func:`_bf16_conv_rows`,
-    :func:`_int8_conv_rows`): the im2col of the converted input ``x4`` (or the rows of the
-    1x1 input ``x2d``), MKL's reduced GEMM into ``y2d``'s columns ``c0:c0 + m``, and the
-    epilogue; None where MKL does not run this GEMM (the emulation)."""
-    fns = lowp.mkl_functions(precision, kdim)
-    if fns is None:
-        return None
-    kh, kw, s, d, pb, ho, wo = geometry
-    b = w.mkl(fns)
-    f32 = np.float32
-    bias_ = empty_operand(f32, 1) if bias is None else bias
-    z_ = empty_operand(f32, 2) if z2d is None else z2d
-    code, p0, p1 = act[0], f32(act[1]), f32(act[2])
-    x2 = empty_operand(x4.dtype, 2) if x2d is None else x2d
-    shape = (0, kdim) if x2d is not None else (step, kdim)
-    geo = (kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo)
-    if precision == "bf16":
-        return lambda r0, r1: _bf16_conv_rows(
-            fns.bf16_ptr, x4, x2, scratch("im2col", shape, np.uint16), r0, r1, *geo, b, y2d,
-            c0, m, bias_, z_, z2d is not None, code, p0, p1)
-    offset = (-int(x_zp) * w.colsum).astype(np.int32)
-    multiplier = f32(x_scale) * w.scale
-    return lambda r0, r1: _int8_conv_rows(
-        fns.s8u8_ptr, x4, x2, scratch("im2col", shape, np.uint8), pad, r0, r1, *geo, b,
-        scratch("lowp-acc", (step, m), np.int32), offset, multiplier, y2d, c0, m, bias_, z_,
-        z2d is not None, code, p0, p1)
-
-
-@njit(cache=True, inline="always")
-def _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad):
-    """A (r1 - r0, K) GEMM operand: rows r0:r1 of the 1x1 input ``x2``, or (``x2`` empty) the
-    im2col of ``x4`` written into ``cols``."""
-    if x2.shape[0] > 0:
-        return x2[r0:r1]
-    a = cols[:r1 - r0]
-    _im2col(x4, a, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, 1, pad)
-    return a
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _bf16_conv_rows(fn, x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b, y2d,
-                    c0, m, bias, z2d, has_z, code, p0, p1):
-    """Rows r0:r1 of a bf16 convolution (see :func:`_reduced_rows`)."""
-    a = _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
-                       np.uint16(0))
-    k = a.shape[1]
-    fn(101, 111, lowp.PACKED, r1 - r0, m, k, np.float32(1.0), a.ctypes.data, k, b.ctypes.data,
-       m, np.float32(0.0), y2d[r0:r1, c0:].ctypes.data, y2d.shape[1])
-    epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
-                  np.float32(1))
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _int8_conv_rows(fn, x4, x2, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b,
-                    acc, offset, multiplier, y2d, c0, m, bias, z2d, has_z, code, p0, p1):
-    """Rows r0:r1 of an int8 convolution on the quantised input (see :func:`_reduced_rows`):
-    MKL's s8u8s32 into ``acc``, the zero point taken off through the column ``offset``, then
-    ``acc * multiplier`` and the epilogue."""
-    a = _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad)
-    k, rows = a.shape[1], r1 - r0
-    out = acc[:rows]
-    fn(101, 111, lowp.PACKED, lowp.ROW_OFFSET, rows, m, k, np.float32(1.0), a.ctypes.data, k,
-       np.int8(0), b.ctypes.data, m, np.int8(0), np.float32(0.0), out.ctypes.data, m,
-       offset.ctypes.data)
-    lowp._dequantize(out, y2d[r0:r1, c0:c0 + m], multiplier)
-    epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
-                  np.float32(1))
-
-
-def _reduced_input(xh: np.ndarray, convert, dtype) -> np.ndarray:
-    """C-contiguous NHWC ``xh`` converted by ``convert(rows, out_rows)`` into a new ``dtype``
-    array of its shape, image rows over the kernel threads."""
-    out = np.empty(xh.shape, dtype)
-    n, h = xh.shape[:2]
-    x3, o3 = xh.reshape(n * h, -1), out.reshape(n * h, -1)
-    run_ranges(lambda lo, hi: convert(x3[lo:hi], o3[lo:hi]), n * h,
-               max(1, CONVERT_TASK_ELEMENTS // max(1, x3.shape[1])))
-    return out
 
 
 def _few_channels(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, s, pb, out,

@@ -92,7 +92,8 @@ _ROUTED: list[bool] = []
 @contextmanager
 def routed_as(wide: bool) -> Iterator[None]:
     """Inside the block, route 1x1 and dense layers as if :func:`mkl_is_wider` were ``wide``
-    (process-wide: for :func:`.warmup.warmup`, which compiles every kernel on every machine)."""
+    (process-wide: for :func:`.warmup.warmup`, which compiles every kernel on every machine,
+    and the tests, which run both routings)."""
     _ROUTED.append(wide)
     try:
         yield

@@ -81,7 +81,6 @@ from taskflow.errors import ShapeError, UnsupportedOpError
 from ..quant import check_precision, quantize_weight_per_channel
 from . import blas
 from .common import scratch
-from .epilogue import empty_operand, epilogue_rows
 
 #: cblas enums of the packed API (mkl_cblas.h)
 PACKED, B_MATRIX, ROW_OFFSET = 151, 162, 171
@@ -166,6 +165,13 @@ def precision_attrs(precision: str | bytes, x_scale: float,
 
 
 # --- oneMKL bindings ------------------------------------------------------------------------
+#: The argument types of MKL's ``cblas_gemm_bf16bf16f32_compute`` (row-major cblas arguments,
+#: operands as addresses): :class:`_Mkl` and :mod:`.native_pool` bind it with them.
+BF16_COMPUTE_ARGS = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
+                                          ctypes.c_void_p, ctypes.c_int, ctypes.c_float,
+                                          ctypes.c_void_p, ctypes.c_int]
+
+
 class _Mkl:
     """The ctypes functions of MKL's reduced-precision packed GEMMs."""
 
@@ -180,13 +186,13 @@ class _Mkl:
             setattr(self, f"{kind}_get_size", get_size)
             setattr(self, f"{kind}_pack", pack)
         self.bf16 = mkl.cblas_gemm_bf16bf16f32_compute
-        self.bf16.argtypes = [i] * 6 + [f, p, i, p, i, f, p, i]
+        self.bf16.argtypes = BF16_COMPUTE_ARGS
         self.bf16.restype = None
         self.s8u8 = mkl.cblas_gemm_s8u8s32_compute
         self.s8u8.argtypes = [i] * 7 + [f, p, i, i8, p, i, i8, f, p, i, p]
         self.s8u8.restype = None
         # the same two compute functions as C function pointers for the Numba row blocks
-        # (:func:`bf16_rows`, :func:`int8_rows`): a call from Numba costs a few us against
+        # (:mod:`.lowp_rows`): a call from Numba costs a few us against
         # ~20 through ctypes from Python, and holds no GIL
         self.bf16_ptr = ctypes.CFUNCTYPE(None, *self.bf16.argtypes)(
             ctypes.cast(self.bf16, ctypes.c_void_p).value)
@@ -291,6 +297,12 @@ class PackedInt8:
             self._mkl = _mkl_pack(fns.s8u8s32_get_size, fns.s8u8s32_pack, self.values)
         return self._mkl
 
+    def terms(self, x_scale: float, x_zp: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(offset, multiplier)`` for A quantised at ``x_scale`` / ``x_zp``: MKL's int32
+        column offsets ``-x_zp * colsum`` (|.| <= 255 * 127 * K: they fit), which take the
+        zero point off the sums exactly, and the float32 ``x_scale * scale`` per column."""
+        return (-int(x_zp) * self.colsum).astype(np.int32), np.float32(x_scale) * self.scale
+
     def emulated(self) -> np.ndarray:
         if self._f64 is None:
             self._f64 = self.values.astype(np.float64)
@@ -334,21 +346,27 @@ def pack_int8(w: np.ndarray) -> PackedInt8:
 
 
 # --- the GEMMs ------------------------------------------------------------------------------
-def _operands(a: np.ndarray, packed: PackedBF16 | PackedInt8, out: np.ndarray,
-              name: str) -> np.ndarray | None:
-    """``a`` as float32 after the shapes are checked, or None when ``out`` is already the
-    product (an empty product: nothing to write, or K = 0: zeros)."""
-    if a.ndim != 2 or a.shape[1] != packed.k or out.shape != (a.shape[0], packed.n) \
-            or out.dtype != np.float32:
-        raise ShapeError(f"{name}: A of shape {a.shape} times a ({packed.k}, {packed.n}) "
-                         f"weight needs a float32 output of shape ({a.shape[0]}, {packed.n}); "
-                         f"got {out.dtype} {out.shape}")
+def _operands(a: np.ndarray, packed: PackedBF16 | PackedInt8, out: np.ndarray, name: str,
+              dtype: Any = None) -> np.ndarray | None:
+    """``a`` after the shapes are checked: as float32 (``dtype`` None: A is converted by the
+    caller), or, for an A already converted to ``dtype`` (uint16 bits / uint8 values), with
+    contiguous rows. None when ``out`` is already the product (an empty product: nothing to
+    write, or K = 0: zeros)."""
+    if a.ndim != 2 or (dtype is not None and a.dtype != dtype) or a.shape[1] != packed.k \
+            or out.shape != (a.shape[0], packed.n) or out.dtype != np.float32:
+        need = "" if dtype is None else f"{np.dtype(dtype)} A and "
+        raise ShapeError(f"{name}: A {a.dtype} {a.shape} times a ({packed.k}, {packed.n}) "
+                         f"weight needs {need}a float32 output of shape "
+                         f"({a.shape[0]}, {packed.n}); got {out.dtype} {out.shape}")
     if a.shape[0] == 0 or packed.n == 0:
         return None
     if a.shape[1] == 0:
         out[...] = 0
         return None
-    return a if a.dtype == np.float32 else a.astype(np.float32)
+    if dtype is None:
+        return a if a.dtype == np.float32 else a.astype(np.float32)
+    return a if a.strides[1] == a.itemsize and a.strides[0] % a.itemsize == 0 \
+        else np.ascontiguousarray(a)
 
 
 def _c_matrix(out: np.ndarray) -> tuple[np.ndarray, int]:
@@ -413,24 +431,6 @@ def quantize_u8(a: np.ndarray, x_scale: float, x_zp: int,
     return out
 
 
-def _narrow_operand(a: np.ndarray, packed: PackedBF16 | PackedInt8, out: np.ndarray,
-                    dtype: Any, name: str) -> np.ndarray | None:
-    """:func:`_operands` for an already converted A (uint16 bits / uint8 values): ``a`` with
-    contiguous rows, or None when ``out`` is already the product."""
-    if a.ndim != 2 or a.dtype != dtype or a.shape[1] != packed.k \
-            or out.shape != (a.shape[0], packed.n) or out.dtype != np.float32:
-        raise ShapeError(f"{name}: A {a.dtype} {a.shape} times a ({packed.k}, {packed.n}) "
-                         f"weight needs {np.dtype(dtype)} A and a float32 output of shape "
-                         f"({a.shape[0]}, {packed.n}); got {out.dtype} {out.shape}")
-    if a.shape[0] == 0 or packed.n == 0:
-        return None
-    if a.shape[1] == 0:
-        out[...] = 0
-        return None
-    return a if a.strides[1] == a.itemsize and a.strides[0] % a.itemsize == 0 \
-        else np.ascontiguousarray(a)
-
-
 def _lda(a: np.ndarray) -> int:
     """The leading dimension (elements) of a 2-D array with contiguous rows."""
     return a.strides[0] // a.itemsize if a.shape[0] > 1 else a.shape[1]
@@ -440,7 +440,7 @@ def gemm_bf16_bits(bits: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.
     """``out[...] = A @ B`` in float32 for A given as its bfloat16 bits (M, K) uint16
     (:func:`to_bf16`; a column block of a wider array is read in place), B from
     :func:`pack_bf16`; returns ``out``."""
-    bits = _narrow_operand(bits, packed, out, np.uint16, "gemm_bf16_bits")
+    bits = _operands(bits, packed, out, "gemm_bf16_bits", np.uint16)
     return out if bits is None else _gemm_bits(bits, packed, out)
 
 
@@ -486,87 +486,25 @@ def gemm_u8(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
             x_zp: int) -> np.ndarray:
     """:func:`gemm_int8` for A already quantised (:func:`quantize_u8`; uint8 (M, K), a
     column block of a wider array read in place); returns ``out``."""
-    q = _narrow_operand(q, packed, out, np.uint8, "gemm_u8")
+    q = _operands(q, packed, out, "gemm_u8", np.uint8)
     return out if q is None else _gemm_q(q, packed, out, x_scale, x_zp)
 
 
 def _gemm_q(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
             x_zp: int) -> np.ndarray:
     m, k = q.shape
-    zp = int(x_zp)
-    multiplier = np.float32(x_scale) * packed.scale  # float32 (N,)
+    offset, multiplier = packed.terms(x_scale, x_zp)
     fns = _int8_bindings()
     if fns is None or k > MAX_INT8_K:
-        acc = np.matmul(q.astype(np.float64) - zp, packed.emulated())
+        acc = np.matmul(q.astype(np.float64) - int(x_zp), packed.emulated())
     else:
         b = packed.mkl(fns)
         acc = scratch("lowp-acc", (m, packed.n), np.int32)
-        offset = (-zp * packed.colsum).astype(np.int32)  # |.| <= 255 * 127 * K: fits
         fns.s8u8(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, ROW_OFFSET, m, packed.n, k, 1.0,
                  q.ctypes.data, _lda(q), 0, b.ctypes.data, packed.n, 0, 0.0, acc.ctypes.data,
                  packed.n, offset.ctypes.data)
     _dequantize(acc, out, multiplier)
     return out
-
-
-def row_blocks(precision: str, a: np.ndarray, packed: PackedBF16 | PackedInt8, y: np.ndarray,
-               x_scale: float, x_zp: int,
-               epilogue: tuple[np.ndarray, int, Any, Any]) -> Any:
-    """A function ``(lo, hi)`` that computes rows ``lo:hi`` of ``y = act(R(a) @ B + bias)``
-    (``R``: the bf16 rounding or the int8 quantisation of :func:`gemm_bf16` /
-    :func:`gemm_int8`) in one Numba call without the GIL: the conversion of those rows of
-    ``a``, MKL's reduced GEMM, the dequantisation and the epilogue while the rows are in cache.
-    ``epilogue`` is ``(bias or an empty vector, activation code, p0, p1)`` in float32.
-
-    None where this does not apply: no MKL reduced GEMMs (the emulation), an int8 K beyond
-    :data:`MAX_INT8_K`, an empty product, or ``y`` not a C-contiguous float32 (M, N).
-    The conversion buffers are the calling thread's scratch: the function is for one
-    :func:`.common.run_tasks` call of that thread, its row blocks disjoint.
-    """
-    m, k = a.shape
-    n = packed.n
-    fns = mkl_functions(precision, k)
-    if fns is None or a.dtype != np.float32 or k != packed.k or y.shape != (m, n) \
-            or y.dtype != np.float32 or not y.flags.c_contiguous or m == 0 or k == 0 or n == 0:
-        return None
-    bias, code, p0, p1 = epilogue
-    no_z = empty_operand(np.float32, 2)
-    src = a.view(np.uint32) if precision == "bf16" else a
-    if precision == "bf16":
-        bits, b = scratch("lowp-rows", (m, k), np.uint16), packed.mkl(fns)
-        return lambda lo, hi: _bf16_rows(fns.bf16_ptr, src, bits, b, y, lo, hi, bias, no_z,
-                                         code, p0, p1)
-    q, acc = scratch("lowp-rows", (m, k), np.uint8), scratch("lowp-rows-acc", (m, n), np.int32)
-    b = packed.mkl(fns)
-    offset = (-int(x_zp) * packed.colsum).astype(np.int32)
-    xs, zp = np.float32(x_scale), np.float32(int(x_zp))
-    multiplier = xs * packed.scale
-    return lambda lo, hi: _int8_rows(fns.s8u8_ptr, src, q, b, acc, offset, y, lo, hi, xs, zp,
-                                     multiplier, bias, no_z, code, p0, p1)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _bf16_rows(fn, bits, a16, b, y, lo, hi, bias, no_z, code, p0, p1):
-    """Rows lo:hi: ``a16 = bf16(bits)``, MKL's packed bf16 GEMM into ``y``, the epilogue."""
-    m, k, n = hi - lo, bits.shape[1], y.shape[1]
-    _to_bf16(bits[lo:hi], a16[lo:hi])
-    fn(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, m, n, k, np.float32(1.0),
-       a16[lo:hi].ctypes.data, k, b.ctypes.data, n, np.float32(0.0), y[lo:hi].ctypes.data, n)
-    epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _int8_rows(fn, a, q, b, acc, offset, y, lo, hi, xs, zp, multiplier, bias, no_z, code, p0,
-               p1):
-    """Rows lo:hi: ``q = u8(a)``, MKL's packed s8u8s32 GEMM into ``acc`` (the zero point taken
-    off through the column offsets), ``y = acc * multiplier``, the epilogue."""
-    m, k, n = hi - lo, a.shape[1], y.shape[1]
-    _quantize_u8(a[lo:hi], q[lo:hi], xs, zp)
-    fn(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, ROW_OFFSET, m, n, k, np.float32(1.0),
-       q[lo:hi].ctypes.data, k, np.int8(0), b.ctypes.data, n, np.int8(0), np.float32(0.0),
-       acc[lo:hi].ctypes.data, n, offset.ctypes.data)
-    _dequantize(acc[lo:hi], y[lo:hi], multiplier)
-    epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
 
 
 # --- Numba conversions ----------------------------------------------------------------------

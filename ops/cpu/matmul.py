@@ -23,7 +23,7 @@ from numba import njit
 from ..matmul import fused_gemm, fused_matmul, gemm
 from ..quant import dynamic_qparams
 from ..registry import register_kernel
-from . import lowp, native_pool
+from . import lowp, lowp_rows, native_pool
 from .blas import backend, gemm_pointer, gemm_rows
 from .blas import gemm as blas_gemm
 from .common import (
@@ -193,7 +193,7 @@ def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
 
     ``w`` is packed once (cached against the array itself: pass the weight, not a view made
     per call); int8 with ``x_scale`` 0 quantises ``a`` with its own (dynamic) range. With
-    MKL, each row block is one Numba call (:func:`.lowp.row_blocks`): conversion, GEMM and
+    MKL, each row block is one Numba call (:func:`.lowp_rows.gemm_rows`): conversion, GEMM and
     epilogue with the rows in cache, one block per kernel thread below
     REDUCED_BALANCED_GEMM (each call re-reads the packed weight; MKL's AMX kernels want tall
     blocks).
@@ -206,7 +206,7 @@ def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
     m, n = a.shape[0], wp.n
     y = np.empty((m, n), np.float32)
     ep = post if post is not None else Epilogue(None, (NONE, 0.0, 0.0))
-    fused = lowp.row_blocks(precision, a, wp, y, x_scale, x_zp, ep.operands(np.float32))
+    fused = lowp_rows.gemm_rows(precision, a, wp, y, x_scale, x_zp, ep.operands(np.float32))
 
     def rows(lo: int, hi: int) -> None:
         if fused is not None:

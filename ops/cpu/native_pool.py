@@ -43,10 +43,6 @@ from .epilogue import NONE, epilogue_rows
 from .lowp import PACKED
 from .lowp import _to_bf16 as lowp_to_bf16
 
-#: The argument types of MKL's ``cblas_gemm_bf16bf16f32_compute`` (:class:`.lowp._Mkl`).
-_BF16_ARGS = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
-                                   ctypes.c_void_p, ctypes.c_int, ctypes.c_float,
-                                   ctypes.c_void_p, ctypes.c_int]
 #: How long an idle helper keeps polling (without the GIL) before it sleeps.
 SPIN_S = 2e-3
 #: How long a caller whose own tasks are done polls for a helper's last one before it blocks.
@@ -225,7 +221,7 @@ class NativePool:
         fns = blas.bindings("lowp", lowp._Mkl)
         self.has_bf16 = fns is not None
         self.bf16 = fns.bf16_ptr if fns is not None else ctypes.CFUNCTYPE(
-            None, *_BF16_ARGS)(ctypes.cast(sgemm, ctypes.c_void_p).value)
+            None, *lowp.BF16_COMPUTE_ARGS)(ctypes.cast(sgemm, ctypes.c_void_p).value)
         self.ctl = np.zeros(32, np.int64)
         self.ctl[_NEXT] = _CLOSED
         self.job = np.zeros(_JOB_FIELDS, np.int64)

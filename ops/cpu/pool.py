@@ -140,7 +140,7 @@ def _lrn_base(x, d, size, alpha_over_size, bias):
     lo = (size - 1) // 2
     sq = np.zeros(c + size, x.dtype)
     acc = np.empty(c, x.dtype)
-    u = np.uint64  # unsigned offsets: see conv._im2col
+    u = np.uint64  # unsigned offsets: see movement.im2col
     for r in range(rows):
         xr = x[r]
         for k in range(c):

@@ -17,15 +17,16 @@ def kernel_threads(request):
 
 
 @pytest.fixture
-def direct_kernels(monkeypatch):
+def direct_kernels():
     """Route convolutions as on an AVX2 machine: the 8-lane direct kernels wherever their
     limits let them run, also where MKL runs AVX-512 (which turns 1x1 and dense ones off)."""
-    monkeypatch.setattr(direct, "mkl_is_wider", lambda: False)
+    with direct.routed_as(False):
+        yield
 
 
 @pytest.fixture(params=[False, True], ids=["direct", "wide-gemm"])
-def conv_routing(request, monkeypatch):
+def conv_routing(request):
     """Route convolutions as on an AVX2 machine, then as where MKL runs AVX-512 (1x1 and
     dense layers on the GEMM), on every machine."""
-    monkeypatch.setattr(direct, "mkl_is_wider", lambda: request.param)
-    return request.param
+    with direct.routed_as(request.param):
+        yield request.param

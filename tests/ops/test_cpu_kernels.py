@@ -25,6 +25,7 @@ from taskflow.ops.cpu import (
     eltwise,
     epilogue,
     lowp,
+    lowp_rows,
     matmul,
     movement,
     native_pool,
@@ -103,8 +104,8 @@ TOL: dict[str, tuple[float, float]] = {
 }
 #: float64: the same orderings, 2^29 times finer.
 FLOAT64_TOL = (1e-11, 1e-11)
-CPU_MODULES = (attention, blas, common, conv, direct, eltwise, epilogue, lowp, matmul, movement,
-               native_pool, norm, pool, skip_norm, sparse, squeeze_excite, winograd)
+CPU_MODULES = (attention, blas, common, conv, direct, eltwise, epilogue, lowp, lowp_rows, matmul,
+               movement, native_pool, norm, pool, skip_norm, sparse, squeeze_excite, winograd)
 #: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
 EDGE_BATCHES = (None, 0, 1, 3)
 
@@ -141,8 +142,8 @@ def test_the_cases_reach_every_compiled_kernel():
     mkl = blas.backend() == "mkl"
     skip = set() if mkl else {attention._attention_heads, matmul._gemm_epilogue_rows,
                               blas.gemm_rows}
-    for precision, fns in (("bf16", {lowp._bf16_rows, conv._bf16_conv_rows}),
-                           ("int8", {lowp._int8_rows, conv._int8_conv_rows})):
+    for precision, fns in (("bf16", {lowp_rows._bf16_rows, lowp_rows._bf16_conv_rows}),
+                           ("int8", {lowp_rows._int8_rows, lowp_rows._int8_conv_rows})):
         if lowp.mkl_functions(precision, 1) is None:
             skip |= fns
     dispatchers = [(f"{mod.__name__}.{name}", fn)

@@ -127,7 +127,7 @@ def test_dynamic_int8_takes_its_range_from_the_whole_input(mode, kernel_threads)
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_split_products_run_their_epilogue_in_each_row_block(precision, mode, kernel_threads):
     """A product big enough to be split into row blocks over the kernel threads
-    (lowp.row_blocks: conversion, GEMM, bias and GELU in one call per block) against the
+    (lowp_rows.gemm_rows: conversion, GEMM, bias and GELU in one call per block) against the
     reference, rows of very different ranges so a block-local scale would show."""
     rng = np.random.default_rng(11)
     a = rand(rng, 2, 160, 96)

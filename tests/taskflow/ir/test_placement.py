@@ -71,6 +71,13 @@ def test_adjacent_channels_accepts_only_exact_neighbours_in_one_buffer():
     assert adjacent_channels([views[0]]) is None  # 4 of 10 channels: not a whole buffer
 
 
+@pytest.fixture
+def direct_routing():
+    """The 8-lane direct 1x1 kernel too where MKL runs AVX-512 (which routes it to the GEMM)."""
+    with direct.routed_as(False):
+        yield
+
+
 #: (weight shape, attributes, input channels): every convolution path of the cpu kernel.
 PATHS = {
     "1x1": ((64, 16, 1, 1), {}, 16),
@@ -87,9 +94,8 @@ PATHS = {
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
-def test_each_convolution_path_writes_its_slot_and_concat_copies_nothing(path, monkeypatch):
-    # the 8-lane direct 1x1 kernel too where MKL runs AVX-512 (which routes it to the GEMM)
-    monkeypatch.setattr(direct, "mkl_is_wider", lambda: False)
+@pytest.mark.usefixtures("direct_routing")
+def test_each_convolution_path_writes_its_slot_and_concat_copies_nothing(path):
     shape, attrs, c = PATHS[path]
     rng = np.random.default_rng(1)
     x = channels_last(rng.standard_normal((3, c, 7, 7), dtype=np.float32))

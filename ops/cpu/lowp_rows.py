@@ -1,0 +1,182 @@
+"""Row blocks of the reduced-precision (bf16 / int8) kernels, each one Numba call without the
+GIL: the conversion of the block's operand, oneMKL's reduced GEMM through a function pointer,
+the dequantisation and the bias/activation epilogue while the rows are in cache.
+
+- :func:`gemm_rows`: rows of a FusedMatMul/FusedGemm product (:func:`.matmul.lowp_matmul`);
+- :func:`conv_rows`: output rows of a one-group convolution (:func:`.conv.conv_nhwc`), whose
+  input :func:`convert_input` converted once before: the im2col copies the narrow values.
+
+On a 2-core VM every hand-off to a kernel thread costs ~50 us (a futex wake, then the GIL),
+a third of a small bf16 layer, so a task is one call rather than a step per call; and from
+Numba a GEMM call costs a few microseconds against ~20 through ctypes. The conversions and
+GEMMs themselves are :mod:`.lowp`'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from .blas import _NO_TRANS, _ROW_MAJOR
+from .common import run_ranges, scratch
+from .epilogue import empty_operand, epilogue_rows
+from .lowp import (
+    PACKED,
+    ROW_OFFSET,
+    PackedBF16,
+    PackedInt8,
+    _dequantize,
+    _quantize_u8,
+    _to_bf16,
+    mkl_functions,
+)
+from .movement import im2col
+
+#: Elements per task of :func:`convert_input` (~0.2 ns each): handing a task to a
+#: kernel thread costs ~100 us on a 2-core VM (the wake-up and the GIL), a 7x7 or 14x14
+#: layer's whole input
+CONVERT_TASK_ELEMENTS = 1 << 19
+
+def gemm_rows(precision: str, a: np.ndarray, packed: PackedBF16 | PackedInt8, y: np.ndarray,
+               x_scale: float, x_zp: int,
+               epilogue: tuple[np.ndarray, int, Any, Any]) -> Any:
+    """A function ``(lo, hi)`` that computes rows ``lo:hi`` of ``y = act(R(a) @ B + bias)``
+    (``R``: the bf16 rounding or the int8 quantisation of :func:`.lowp.gemm_bf16` /
+    :func:`.lowp.gemm_int8`) in one Numba call without the GIL: the conversion of those rows of
+    ``a``, MKL's reduced GEMM, the dequantisation and the epilogue while the rows are in cache.
+    ``epilogue`` is ``(bias or an empty vector, activation code, p0, p1)`` in float32.
+
+    None where this does not apply: no MKL reduced GEMMs (the emulation), an int8 K beyond
+    :data:`.lowp.MAX_INT8_K`, an empty product, or ``y`` not a C-contiguous float32 (M, N).
+    The conversion buffers are the calling thread's scratch: the function is for one
+    :func:`.common.run_tasks` call of that thread, its row blocks disjoint.
+    """
+    m, k = a.shape
+    n = packed.n
+    fns = mkl_functions(precision, k)
+    if fns is None or a.dtype != np.float32 or k != packed.k or y.shape != (m, n) \
+            or y.dtype != np.float32 or not y.flags.c_contiguous or m == 0 or k == 0 or n == 0:
+        return None
+    bias, code, p0, p1 = epilogue
+    no_z = empty_operand(np.float32, 2)
+    src = a.view(np.uint32) if precision == "bf16" else a
+    if precision == "bf16":
+        bits, b = scratch("lowp-rows", (m, k), np.uint16), packed.mkl(fns)
+        return lambda lo, hi: _bf16_rows(fns.bf16_ptr, src, bits, b, y, lo, hi, bias, no_z,
+                                         code, p0, p1)
+    q, acc = scratch("lowp-rows", (m, k), np.uint8), scratch("lowp-rows-acc", (m, n), np.int32)
+    b = packed.mkl(fns)
+    offset, multiplier = packed.terms(x_scale, x_zp)
+    xs, zp = np.float32(x_scale), np.float32(int(x_zp))
+    return lambda lo, hi: _int8_rows(fns.s8u8_ptr, src, q, b, acc, offset, y, lo, hi, xs, zp,
+                                     multiplier, bias, no_z, code, p0, p1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bf16_rows(fn, bits, a16, b, y, lo, hi, bias, no_z, code, p0, p1):
+    """Rows lo:hi: ``a16 = bf16(bits)``, MKL's packed bf16 GEMM into ``y``, the epilogue."""
+    m, k, n = hi - lo, bits.shape[1], y.shape[1]
+    _to_bf16(bits[lo:hi], a16[lo:hi])
+    fn(_ROW_MAJOR, _NO_TRANS, PACKED, m, n, k, np.float32(1.0),
+       a16[lo:hi].ctypes.data, k, b.ctypes.data, n, np.float32(0.0), y[lo:hi].ctypes.data, n)
+    epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _int8_rows(fn, a, q, b, acc, offset, y, lo, hi, xs, zp, multiplier, bias, no_z, code, p0,
+               p1):
+    """Rows lo:hi: ``q = u8(a)``, MKL's packed s8u8s32 GEMM into ``acc`` (the zero point taken
+    off through the column offsets), ``y = acc * multiplier``, the epilogue."""
+    m, k, n = hi - lo, a.shape[1], y.shape[1]
+    _quantize_u8(a[lo:hi], q[lo:hi], xs, zp)
+    fn(_ROW_MAJOR, _NO_TRANS, PACKED, ROW_OFFSET, m, n, k, np.float32(1.0),
+       q[lo:hi].ctypes.data, k, np.int8(0), b.ctypes.data, n, np.int8(0), np.float32(0.0),
+       acc[lo:hi].ctypes.data, n, offset.ctypes.data)
+    _dequantize(acc[lo:hi], y[lo:hi], multiplier)
+    epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
+
+
+def conv_rows(precision: str, x4: np.ndarray, x2d: np.ndarray | None, w, kdim: int,
+                  step: int, geometry: tuple, pad, y2d: np.ndarray, c0: int, m: int,
+                  bias: np.ndarray | None, z2d: np.ndarray | None, act: tuple[int, float, float],
+                  x_scale: float, x_zp: int):
+    """A function ``(r0, r1)`` computing output rows ``r0:r1`` of a one-group bf16 / int8
+    convolution in one Numba call without the GIL (:func:`_bf16_conv_rows`,
+    :func:`_int8_conv_rows`): the im2col of the converted input ``x4`` (or the rows of the
+    1x1 input ``x2d``), MKL's reduced GEMM into ``y2d``'s columns ``c0:c0 + m``, and the
+    epilogue; None where MKL does not run this GEMM (the emulation)."""
+    fns = mkl_functions(precision, kdim)
+    if fns is None:
+        return None
+    kh, kw, s, d, pb, ho, wo = geometry
+    b = w.mkl(fns)
+    f32 = np.float32
+    bias_ = empty_operand(f32, 1) if bias is None else bias
+    z_ = empty_operand(f32, 2) if z2d is None else z2d
+    code, p0, p1 = act[0], f32(act[1]), f32(act[2])
+    x2 = empty_operand(x4.dtype, 2) if x2d is None else x2d
+    shape = (0, kdim) if x2d is not None else (step, kdim)
+    geo = (kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo)
+    if precision == "bf16":
+        return lambda r0, r1: _bf16_conv_rows(
+            fns.bf16_ptr, x4, x2, scratch("im2col", shape, np.uint16), r0, r1, *geo, b, y2d,
+            c0, m, bias_, z_, z2d is not None, code, p0, p1)
+    offset, multiplier = w.terms(x_scale, x_zp)
+    return lambda r0, r1: _int8_conv_rows(
+        fns.s8u8_ptr, x4, x2, scratch("im2col", shape, np.uint8), pad, r0, r1, *geo, b,
+        scratch("lowp-acc", (step, m), np.int32), offset, multiplier, y2d, c0, m, bias_, z_,
+        z2d is not None, code, p0, p1)
+
+
+@njit(cache=True, inline="always")
+def _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad):
+    """A (r1 - r0, K) GEMM operand: rows r0:r1 of the 1x1 input ``x2``, or (``x2`` empty) the
+    im2col of ``x4`` written into ``cols``."""
+    if x2.shape[0] > 0:
+        return x2[r0:r1]
+    a = cols[:r1 - r0]
+    im2col(x4, a, r0, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, 1, pad)
+    return a
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bf16_conv_rows(fn, x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b, y2d,
+                    c0, m, bias, z2d, has_z, code, p0, p1):
+    """Rows r0:r1 of a bf16 convolution (see :func:`conv_rows`)."""
+    a = _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
+                       np.uint16(0))
+    k = a.shape[1]
+    fn(_ROW_MAJOR, _NO_TRANS, PACKED, r1 - r0, m, k, np.float32(1.0), a.ctypes.data, k,
+       b.ctypes.data, m, np.float32(0.0), y2d[r0:r1, c0:].ctypes.data, y2d.shape[1])
+    epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
+                  np.float32(1))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _int8_conv_rows(fn, x4, x2, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b,
+                    acc, offset, multiplier, y2d, c0, m, bias, z2d, has_z, code, p0, p1):
+    """Rows r0:r1 of an int8 convolution on the quantised input (see :func:`conv_rows`):
+    MKL's s8u8s32 into ``acc``, the zero point taken off through the column ``offset``, then
+    ``acc * multiplier`` and the epilogue."""
+    a = _slice_operand(x4, x2, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad)
+    k, rows = a.shape[1], r1 - r0
+    out = acc[:rows]
+    fn(_ROW_MAJOR, _NO_TRANS, PACKED, ROW_OFFSET, rows, m, k, np.float32(1.0),
+       a.ctypes.data, k, np.int8(0), b.ctypes.data, m, np.int8(0), np.float32(0.0),
+       out.ctypes.data, m, offset.ctypes.data)
+    _dequantize(out, y2d[r0:r1, c0:c0 + m], multiplier)
+    epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
+                  np.float32(1))
+
+
+def convert_input(xh: np.ndarray, convert, dtype) -> np.ndarray:
+    """C-contiguous NHWC ``xh`` converted by ``convert(rows, out_rows)`` into a new ``dtype``
+    array of its shape, image rows over the kernel threads."""
+    out = np.empty(xh.shape, dtype)
+    n, h = xh.shape[:2]
+    x3, o3 = xh.reshape(n * h, -1), out.reshape(n * h, -1)
+    run_ranges(lambda lo, hi: convert(x3[lo:hi], o3[lo:hi]), n * h,
+               max(1, CONVERT_TASK_ELEMENTS // max(1, x3.shape[1])))
+    return out
