@@ -146,8 +146,10 @@ def test_the_cases_reach_every_compiled_kernel():
                            ("int8", {lowp_rows._int8_rows, lowp_rows._int8_conv_rows})):
         if lowp.mkl_functions(precision, 1) is None:
             skip |= fns
+    # the native pool's, only where it runs (MKL, and not TASKFLOW_NATIVE_POOL=0)
+    native = native_pool.pool() is not None
     dispatchers = [(f"{mod.__name__}.{name}", fn)
-                   for mod in CPU_MODULES if mkl or mod is not native_pool
+                   for mod in CPU_MODULES if native or mod is not native_pool
                    for name, fn in vars(mod).items()
                    if isinstance(fn, Dispatcher) and fn.__module__ == mod.__name__
                    and fn.targetoptions.get("inline") != "always" and fn not in skip]
