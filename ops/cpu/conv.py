@@ -254,12 +254,13 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         t = dtype.type
         b_ = np.zeros(m, dtype) if bias is None else bias
         z_ = np.zeros((0, 0, 0, 0), dtype) if zh is None else zh
-        blocked = plain and xh.flags.c_contiguous  # 4 pixels x 8 channels in registers
+        blocked = plain and xh.flags.c_contiguous  # 4 pixels x 8 or 16 channels in registers
+        tag = direct.T16 if direct.vector_lanes() == 16 else direct.T8
 
         def rows(lo: int, hi: int) -> None:
             if blocked:
                 direct.depthwise_rows(xh, wd, b_, full, c0, s[0], s[1], pb[0], pb[1], act[0],
-                                      t(act[1]), t(act[2]), t(1), lo, hi)
+                                      t(act[1]), t(act[2]), t(1), lo, hi, tag, (0,) * kw)
             else:
                 _depthwise(xh, wd, b_, z_, full, c0, s[0], s[1], d[0], d[1], pb[0], pb[1],
                            act[0], t(act[1]), t(act[2]), t(1), lo, hi)

@@ -50,7 +50,8 @@ from . import blas
 from .epilogue import CLIP, HARD_SIGMOID, HARD_SWISH, NONE, RELU, activate_row
 from .lowp import cpu_features
 from .movement import shuffle_row
-from .simd import add8, broadcast8, clamp8, fma8, load8, mul8, splat8, store8
+from .simd import (add8, broadcast8, clamp8, fma8, lanes_tag, load8, mul8, splat8, store8, vload,
+                   vsplat)
 
 #: Few-channel first layers: at most this many input channels, and taps per output at most
 #: FEW_CHANNELS_MAX_TAPS (3x3 and 5x5 on 3 channels; measured no gain at 7x7).
@@ -85,14 +86,27 @@ def mkl_is_wider() -> bool:
     return blas.backend() == "mkl" and "avx512f" in cpu_features() and blas.isa_cap() != "avx2"
 
 
+#: Lane tags (:func:`.simd.lanes_tag`) of the kernels written for both widths.
+T8 = lanes_tag(8)
+T16 = lanes_tag(16)
+
+
+def vector_lanes() -> int:
+    """Lanes of the vectors :func:`depthwise_rows` uses here: 16 where the CPU has AVX-512F and
+    ``TASKFLOW_ISA`` does not cap at AVX2 (:func:`routed_as` overrides), else 8."""
+    if _ROUTED:
+        return 16 if _ROUTED[-1] else 8
+    return 16 if "avx512f" in cpu_features() and blas.isa_cap() != "avx2" else 8
+
+
 #: [wide]: routing as if :func:`mkl_is_wider` returned ``wide`` (:func:`routed_as`)
 _ROUTED: list[bool] = []
 
 
 @contextmanager
 def routed_as(wide: bool) -> Iterator[None]:
-    """Inside the block, route 1x1 and dense layers as if :func:`mkl_is_wider` were ``wide``
-    (process-wide: for :func:`.warmup.warmup`, which compiles every kernel on every machine,
+    """Inside the block, route 1x1 and dense layers as if :func:`mkl_is_wider` were ``wide``,
+    and give the depthwise kernels 16 lanes (``wide``) or 8 (process-wide: for :func:`.warmup.warmup`, which compiles every kernel on every machine,
     and the tests, which run both routings)."""
     _ROUTED.append(wide)
     try:
@@ -125,21 +139,21 @@ def _in_registers(act):
 
 
 @njit(cache=True, inline="always")
-def _clamp_bounds(act, p0, p1, one):
-    """The (low, high) vectors of :func:`_act8`'s clamp for ``act``."""
+def _clamp_bounds(act, p0, p1, one, tag=T8):
+    """The (low, high) vectors of :func:`_act8`'s clamp for ``act`` (``len(tag)`` lanes)."""
     zero = one - one
     if act == RELU:
-        return splat8(zero), splat8(np.float32(np.inf))
+        return vsplat(zero, tag), vsplat(np.float32(np.inf), tag)
     if act == CLIP:
-        return splat8(p0), splat8(p1)
-    return splat8(zero), splat8(one)  # the hard sigmoid's [0, 1]
+        return vsplat(p0, tag), vsplat(p1, tag)
+    return vsplat(zero, tag), vsplat(one, tag)  # the hard sigmoid's [0, 1]
 
 
 @njit(cache=True, inline="always")
-def _act_vectors(act, p0, p1, one):
+def _act_vectors(act, p0, p1, one, tag=T8):
     """The four vectors :func:`_act8` takes for ``act``: its clamp bounds, p0 and p1."""
-    lo8, hi8 = _clamp_bounds(act, p0, p1, one)
-    return lo8, hi8, splat8(p0), splat8(p1)
+    lo8, hi8 = _clamp_bounds(act, p0, p1, one, tag)
+    return lo8, hi8, vsplat(p0, tag), vsplat(p1, tag)
 
 
 @njit(cache=True, inline="always")
@@ -196,68 +210,113 @@ def _interior_columns(wo, wd, kw, sw, pw):
     return first, first + (last - first) // 4 * 4
 
 
+@njit(cache=True, inline="always")
+def _depthwise4(xf, wf, b0, k0, n, oh, ow, a_lo, a_hi, h, wd, c, kw, sh, sw, ph, pw, zero,
+                tag, ktag):
+    """The sums of output pixels ow..ow + 3 of row (n, oh), channels k0:k0 + len(tag), from
+    their bias vector ``b0`` (:func:`depthwise_rows`)."""
+    a0 = b0
+    a1 = b0
+    a2 = b0
+    a3 = b0
+    if ow * sw - pw >= 0 and (ow + 3) * sw - pw + kw <= wd:  # every tap inside the row
+        step = sw * c
+        for a in range(a_lo, a_hi):
+            p = ((n * h + oh * sh - ph + a) * wd + ow * sw - pw) * c + k0
+            q = a * kw * c + k0
+            for b in range(len(ktag)):  # a constant trip count: the taps unroll
+                wv = vload(wf, q + b * c, tag)
+                pb = p + b * c
+                a0 = fma8(vload(xf, pb, tag), wv, a0)
+                a1 = fma8(vload(xf, pb + step, tag), wv, a1)
+                a2 = fma8(vload(xf, pb + 2 * step, tag), wv, a2)
+                a3 = fma8(vload(xf, pb + 3 * step, tag), wv, a3)
+        return a0, a1, a2, a3
+    for a in range(a_lo, a_hi):
+        xrow = (n * h + oh * sh - ph + a) * wd
+        for b in range(kw):
+            wv = vload(wf, (a * kw + b) * c + k0, tag)
+            iw = ow * sw - pw + b
+            x0 = vload(xf, (xrow + iw) * c + k0, tag) if 0 <= iw < wd else zero
+            i1 = iw + sw
+            x1 = vload(xf, (xrow + i1) * c + k0, tag) if 0 <= i1 < wd else zero
+            i2 = iw + 2 * sw
+            x2 = vload(xf, (xrow + i2) * c + k0, tag) if 0 <= i2 < wd else zero
+            i3 = iw + 3 * sw
+            x3 = vload(xf, (xrow + i3) * c + k0, tag) if 0 <= i3 < wd else zero
+            a0 = fma8(x0, wv, a0)
+            a1 = fma8(x1, wv, a1)
+            a2 = fma8(x2, wv, a2)
+            a3 = fma8(x3, wv, a3)
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, inline="always")
+def _depthwise1(xf, wf, b0, k0, n, oh, ow, a_lo, a_hi, h, wd, c, kw, sh, sw, ph, pw, tag):
+    """The sum of output pixel ow of row (n, oh), channels k0:k0 + len(tag)."""
+    a0 = b0
+    for a in range(a_lo, a_hi):
+        xrow = (n * h + oh * sh - ph + a) * wd
+        for b in range(kw):
+            iw = ow * sw - pw + b
+            if 0 <= iw < wd:
+                a0 = fma8(vload(xf, (xrow + iw) * c + k0, tag),
+                          vload(wf, (a * kw + b) * c + k0, tag), a0)
+    return a0
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
+def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi, tag, ktag):
     """y[n, oh, ow, c0 + k] = act(bias[k] + sum over taps of x[n, ih, iw, k] * w[a, b, k]).
 
     x (N, H, W, C) and w (KH, KW, C) C-contiguous float32, C % 8 == 0; y (N, Ho, Wo, Ctot)
-    C-contiguous with the output in channels c0:c0 + C. Output rows (n, oh) in [lo, hi).
+    C-contiguous with the output in channels c0:c0 + C. Output rows (n, oh) in [lo, hi),
+    4 pixels at a time, across all channels in blocks of ``len(tag)`` (:data:`T8` or
+    :data:`T16`); with 16 lanes a last 8 channels (C % 16 == 8: 72, 88) go as one 8-lane
+    block. (Blocks of channels outermost, each over the whole row, ran 1.2-1.4x slower.)
+    ``ktag`` is a tuple of KW zeros: the kernel width as a constant of the compiled code, so
+    the taps of an interior block unroll (with a run-time width, LLVM kept a pointer per
+    unrolled load and spilled them: 1.1-1.2x slower).
     """
     n_, h, wd, c = x.shape
     kh, kw = w.shape[0], w.shape[1]
+    if len(ktag) != kw:
+        raise ValueError("depthwise_rows: ktag must hold one zero per kernel column")
     ho, wo, ctot = y.shape[1], y.shape[2], y.shape[3]
     xf = x.reshape(-1)
     wf = w.reshape(-1)
     yf = y.reshape(-1)
-    lo8, hi8, p08, p18 = _act_vectors(act, p0, p1, one)
-    zero8 = splat8(np.float32(0))
+    lanes = len(tag)
+    whole = c - c % lanes
+    lo_v, hi_v, p0_v, p1_v = _act_vectors(act, p0, p1, one, tag)
+    lo8, hi8, p08, p18 = _act_vectors(act, p0, p1, one, T8)
+    zero = vsplat(one - one, tag)
+    zero8 = vsplat(one - one, T8)
     for t in range(lo, hi):
         n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
         ow = 0
         while ow + 4 <= wo:
-            interior = ow * sw - pw >= 0 and (ow + 3) * sw - pw + kw <= wd
-            for k0 in range(0, c, 8):
-                a0 = load8(bias, k0)
-                a1 = a0
-                a2 = a0
-                a3 = a0
-                for a in range(a_lo, a_hi):
-                    xrow = (n * h + oh * sh - ph + a) * wd
-                    for b in range(kw):
-                        w8 = load8(wf, (a * kw + b) * c + k0)
-                        iw = ow * sw - pw + b
-                        if interior:
-                            p = (xrow + iw) * c + k0
-                            a0 = fma8(load8(xf, p), w8, a0)
-                            a1 = fma8(load8(xf, p + sw * c), w8, a1)
-                            a2 = fma8(load8(xf, p + 2 * sw * c), w8, a2)
-                            a3 = fma8(load8(xf, p + 3 * sw * c), w8, a3)
-                        else:
-                            x0 = load8(xf, (xrow + iw) * c + k0) if 0 <= iw < wd else zero8
-                            i1 = iw + sw
-                            x1 = load8(xf, (xrow + i1) * c + k0) if 0 <= i1 < wd else zero8
-                            i2 = iw + 2 * sw
-                            x2 = load8(xf, (xrow + i2) * c + k0) if 0 <= i2 < wd else zero8
-                            i3 = iw + 3 * sw
-                            x3 = load8(xf, (xrow + i3) * c + k0) if 0 <= i3 < wd else zero8
-                            a0 = fma8(x0, w8, a0)
-                            a1 = fma8(x1, w8, a1)
-                            a2 = fma8(x2, w8, a2)
-                            a3 = fma8(x3, w8, a3)
-                o = ybase + ow * ctot + k0
-                _store4(yf, o, ctot, a0, a1, a2, a3, act, lo8, hi8, p08, p18)
+            o = ybase + ow * ctot
+            for k0 in range(0, whole, lanes):
+                a0, a1, a2, a3 = _depthwise4(xf, wf, vload(bias, k0, tag), k0, n, oh, ow, a_lo,
+                                             a_hi, h, wd, c, kw, sh, sw, ph, pw, zero, tag, ktag)
+                _store4(yf, o + k0, ctot, a0, a1, a2, a3, act, lo_v, hi_v, p0_v, p1_v)
+            if whole < c:
+                a0, a1, a2, a3 = _depthwise4(xf, wf, vload(bias, whole, T8), whole, n, oh, ow,
+                                             a_lo, a_hi, h, wd, c, kw, sh, sw, ph, pw, zero8, T8,
+                                             ktag)
+                _store4(yf, o + whole, ctot, a0, a1, a2, a3, act, lo8, hi8, p08, p18)
             ow += 4
         while ow < wo:  # the last < 4 pixels of the row, one at a time
-            for k0 in range(0, c, 8):
-                a0 = load8(bias, k0)
-                for a in range(a_lo, a_hi):
-                    xrow = (n * h + oh * sh - ph + a) * wd
-                    for b in range(kw):
-                        iw = ow * sw - pw + b
-                        if 0 <= iw < wd:
-                            a0 = fma8(load8(xf, (xrow + iw) * c + k0),
-                                      load8(wf, (a * kw + b) * c + k0), a0)
-                store8(yf, ybase + ow * ctot + k0, _act8(a0, act, lo8, hi8, p08, p18))
+            o = ybase + ow * ctot
+            for k0 in range(0, whole, lanes):
+                a0 = _depthwise1(xf, wf, vload(bias, k0, tag), k0, n, oh, ow, a_lo, a_hi, h,
+                                 wd, c, kw, sh, sw, ph, pw, tag)
+                store8(yf, o + k0, _act8(a0, act, lo_v, hi_v, p0_v, p1_v))
+            if whole < c:
+                a0 = _depthwise1(xf, wf, vload(bias, whole, T8), whole, n, oh, ow, a_lo, a_hi,
+                                 h, wd, c, kw, sh, sw, ph, pw, T8)
+                store8(yf, o + whole, _act8(a0, act, lo8, hi8, p08, p18))
             ow += 1
         _activate_row_pixels(yf, y, n, oh, ybase, c0, c, act, p0, p1, one)
 

@@ -1,4 +1,5 @@
-"""Eight-lane float32 vectors inside Numba kernels: a register-held type and its operations.
+"""Float32 vectors inside Numba kernels: register-held types of 8 and 16 lanes and their
+operations.
 
 Numba has no vector type, and LLVM keeps an accumulator in a register only when it is a
 plain SSA value. An accumulator that lives in an array (``acc[k] += x * w``) costs a load
@@ -7,15 +8,16 @@ load-bound: depthwise convolutions and the 3-channel first convolutions. Keeping
 pixels' accumulators in registers is register blocking, and it needs a value that *is* a
 vector register.
 
-:data:`F32x8` is that value: a Numba type whose LLVM representation is ``<8 x float>``, so
-it travels through locals, loop-carried variables and phis as one register (a ymm on AVX2,
-a pair of xmm on SSE-only x86-64 or NEON: LLVM splits the type, nothing here assumes AVX).
-These intrinsics make and use it:
+:data:`F32x8` and :data:`F32x16` are such values: Numba types whose LLVM representation is
+``<8 x float>`` / ``<16 x float>``, so they travel through locals, loop-carried variables and
+phis as one register (a ymm or zmm where the CPU has them; LLVM splits a wider type into the
+registers the CPU has, so nothing here assumes AVX). These intrinsics make and use them:
 
 - :func:`load8` and :func:`store8`: 8 consecutive float32 of a C-contiguous 1-D array from a
-  flat index, unaligned;
-- :func:`splat8`: one float32 in every lane; :func:`broadcast8`: one array element in every
-  lane;
+  flat index, unaligned; :func:`vload` loads as many lanes as its ``tag`` (below) has;
+  :func:`store8` stores a vector of either width;
+- :func:`splat8` / :func:`vsplat`: one float32 in every lane; :func:`broadcast8` /
+  :func:`vbroadcast`: one array element in every lane;
 - :func:`fma8`: ``a * b + c`` as ``llvm.fmuladd``, fused where the CPU has FMA, a multiply
   and an add where it does not;
 - :func:`add8`, :func:`mul8` and :func:`clamp8`: what the fused activations need;
@@ -23,7 +25,13 @@ These intrinsics make and use it:
   (softmax's maximum and sum) that LLVM does not vectorise by itself (a float reduction in
   order is a chain of dependent operations).
 
-They do no bounds checks: the caller guarantees ``0 <= i`` and ``i + 8 <= len(array)``.
+The operations (fma8 to lane8, store8) take vectors of either width, the "8" in their names
+notwithstanding. A kernel written once for both widths takes a *tag*, a tuple of ``lanes``
+zeros (:func:`lanes_tag`), and makes its vectors with :func:`vload`, :func:`vsplat` and
+:func:`vbroadcast`: the tuple's length is part of its Numba type, so each width compiles
+(and caches) as its own specialisation, and ``len(tag)`` is a constant in it.
+
+They do no bounds checks: the caller guarantees ``0 <= i`` and ``i + lanes <= len(array)``.
 """
 
 from __future__ import annotations
@@ -32,24 +40,53 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, models, register_model
 
-_LANES = 8
-_VEC = ir.VectorType(ir.FloatType(), _LANES)
 _I32 = ir.IntType(32)
 
 
-class _Float32x8(types.Type):
-    def __init__(self) -> None:
-        super().__init__(name="float32x8")
+def _vec(lanes: int) -> ir.VectorType:
+    return ir.VectorType(ir.FloatType(), lanes)
+
+
+class _Float32xN(types.Type):
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+        super().__init__(name=f"float32x{lanes}")
 
 
 #: The 8-lane float32 vector type (a value, held in registers).
-F32x8 = _Float32x8()
+F32x8 = _Float32xN(8)
+#: The 16-lane one (a zmm register with AVX-512; two ymm on AVX2).
+F32x16 = _Float32xN(16)
+_BY_LANES = {8: F32x8, 16: F32x16}
 
 
-@register_model(_Float32x8)
-class _Float32x8Model(models.PrimitiveModel):
+@register_model(_Float32xN)
+class _Float32xNModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _VEC)
+        super().__init__(dmm, fe_type, _vec(fe_type.lanes))
+
+
+def lanes_tag(lanes: int) -> tuple[int, ...]:
+    """The tag that makes :func:`vload`, :func:`vsplat` and :func:`vbroadcast` build vectors of
+    ``lanes`` (8 or 16) lanes: a tuple of that many zeros."""
+    if lanes not in _BY_LANES:
+        raise ValueError(f"vectors have 8 or 16 lanes, not {lanes}")
+    return (0,) * lanes
+
+
+def _tagged(tag):
+    """The vector type a tag argument asks for, or None."""
+    if isinstance(tag, types.UniTuple) and tag.count in _BY_LANES:
+        return _BY_LANES[tag.count]
+    return None
+
+
+def _vector(*vs):
+    """The vector type all of ``vs`` share, or None."""
+    first = vs[0]
+    if isinstance(first, _Float32xN) and all(v == first for v in vs):
+        return first
+    return None
 
 
 def _element_pointer(context, builder, sig, args):
@@ -59,11 +96,12 @@ def _element_pointer(context, builder, sig, args):
     return builder.gep(data, [idx], inbounds=True)
 
 
-def _splat(builder, value):
+def _splat(builder, value, lanes):
     """``value`` (a float) in every lane."""
-    one = builder.insert_element(ir.Constant(_VEC, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, _LANES),
-                                                        [0] * _LANES))
+    vec = _vec(lanes)
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, lanes),
+                                                        [0] * lanes))
 
 
 def _is_flat_float32(arr) -> bool:
@@ -71,28 +109,41 @@ def _is_flat_float32(arr) -> bool:
         and arr.layout == "C"
 
 
-@intrinsic
-def load8(typingctx, arr, i):
-    """The 8 float32 ``arr[i:i + 8]`` as a vector."""
+def _load(vt, arr, i):
     if not _is_flat_float32(arr) or not isinstance(i, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
         ptr = _element_pointer(context, builder, sig, args)
-        return builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+        return builder.load(builder.bitcast(ptr, _vec(vt.lanes).as_pointer()), align=4)
 
-    return F32x8(arr, i), codegen
+    return codegen
+
+
+@intrinsic
+def load8(typingctx, arr, i):
+    """The 8 float32 ``arr[i:i + 8]`` as a vector."""
+    codegen = _load(F32x8, arr, i)
+    return None if codegen is None else (F32x8(arr, i), codegen)
+
+
+@intrinsic
+def vload(typingctx, arr, i, tag):
+    """The ``len(tag)`` float32 from ``arr[i]`` as a vector."""
+    vt = _tagged(tag)
+    codegen = None if vt is None else _load(vt, arr, i)
+    return None if codegen is None else (vt(arr, i, tag), codegen)
 
 
 @intrinsic
 def store8(typingctx, arr, i, v):
-    """``arr[i:i + 8] = v``."""
-    if not _is_flat_float32(arr) or not isinstance(i, types.Integer) or v != F32x8:
+    """``arr[i:i + lanes] = v`` (a vector of either width)."""
+    if not _is_flat_float32(arr) or not isinstance(i, types.Integer) or _vector(v) is None:
         return None
 
     def codegen(context, builder, sig, args):
         ptr = _element_pointer(context, builder, sig, args)
-        builder.store(args[2], builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+        builder.store(args[2], builder.bitcast(ptr, _vec(v.lanes).as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.void(arr, i, v), codegen
@@ -105,49 +156,80 @@ def splat8(typingctx, x):
         return None
 
     def codegen(context, builder, sig, args):
-        return _splat(builder, args[0])
+        return _splat(builder, args[0], 8)
 
     return F32x8(x), codegen
 
 
 @intrinsic
-def broadcast8(typingctx, arr, i):
-    """``arr[i]`` in all 8 lanes (one broadcast load; no wrap-around check on ``i``)."""
+def vsplat(typingctx, x, tag):
+    """``x`` (a float32) in all ``len(tag)`` lanes."""
+    vt = _tagged(tag)
+    if x != types.float32 or vt is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, args[0], vt.lanes)
+
+    return vt(x, tag), codegen
+
+
+def _broadcast(vt, arr, i):
     if not _is_flat_float32(arr) or not isinstance(i, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
-        return _splat(builder, builder.load(_element_pointer(context, builder, sig, args)))
+        return _splat(builder, builder.load(_element_pointer(context, builder, sig, args)),
+                      vt.lanes)
 
-    return F32x8(arr, i), codegen
+    return codegen
+
+
+@intrinsic
+def broadcast8(typingctx, arr, i):
+    """``arr[i]`` in all 8 lanes (one broadcast load; no wrap-around check on ``i``)."""
+    codegen = _broadcast(F32x8, arr, i)
+    return None if codegen is None else (F32x8(arr, i), codegen)
+
+
+@intrinsic
+def vbroadcast(typingctx, arr, i, tag):
+    """``arr[i]`` in all ``len(tag)`` lanes."""
+    vt = _tagged(tag)
+    codegen = None if vt is None else _broadcast(vt, arr, i)
+    return None if codegen is None else (vt(arr, i, tag), codegen)
 
 
 @intrinsic
 def fma8(typingctx, a, b, c):
     """``a * b + c`` lane by lane."""
-    if not a == b == c == F32x8:
+    vt = _vector(a, b, c)
+    if vt is None:
         return None
 
     def codegen(context, builder, sig, args):
         module = builder.module
-        fn = module.globals.get("llvm.fmuladd.v8f32")
+        name = f"llvm.fmuladd.v{vt.lanes}f32"
+        fn = module.globals.get(name)
         if fn is None:
-            fn = ir.Function(module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fmuladd.v8f32")
+            vec = _vec(vt.lanes)
+            fn = ir.Function(module, ir.FunctionType(vec, [vec] * 3), name)
         return builder.call(fn, list(args))
 
-    return F32x8(a, b, c), codegen
+    return vt(a, b, c), codegen
 
 
 def _binary(name: str, op: str):
     @intrinsic
     def fn(typingctx, a, b):
-        if not a == b == F32x8:
+        vt = _vector(a, b)
+        if vt is None:
             return None
 
         def codegen(context, builder, sig, args):
             return getattr(builder, op)(args[0], args[1])
 
-        return F32x8(a, b), codegen
+        return vt(a, b), codegen
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"``a {'+' if op == 'fadd' else '*'} b`` lane by lane."
@@ -162,7 +244,8 @@ mul8 = _binary("mul8", "fmul")
 def clamp8(typingctx, v, lo, hi):
     """``lo if v < lo``, then ``hi if v > hi``, else ``v``, lane by lane: the activations'
     selects, so a nan lane stays nan (as ``zero if v < zero else v`` does)."""
-    if not v == lo == hi == F32x8:
+    vt = _vector(v, lo, hi)
+    if vt is None:
         return None
 
     def codegen(context, builder, sig, args):
@@ -170,25 +253,26 @@ def clamp8(typingctx, v, lo, hi):
         low = builder.select(builder.fcmp_ordered("<", v_, lo_), lo_, v_)
         return builder.select(builder.fcmp_ordered(">", low, hi_), hi_, low)
 
-    return F32x8(v, lo, hi), codegen
+    return vt(v, lo, hi), codegen
 
 
 @intrinsic
 def max8(typingctx, a, b):
     """``a if a > b else b`` lane by lane (``maxps``: where either lane is nan, ``b``'s)."""
-    if not a == b == F32x8:
+    vt = _vector(a, b)
+    if vt is None:
         return None
 
     def codegen(context, builder, sig, args):
         return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
 
-    return F32x8(a, b), codegen
+    return vt(a, b), codegen
 
 
 @intrinsic
 def lane8(typingctx, v, k):
-    """Lane ``k`` (0-7) of ``v`` as a float32."""
-    if v != F32x8 or not isinstance(k, types.Integer):
+    """Lane ``k`` (0 to lanes - 1) of ``v`` as a float32."""
+    if _vector(v) is None or not isinstance(k, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):

@@ -180,6 +180,8 @@ CONV_PATHS = {
     "winograd": ((24, 64, 3, 3), {"pads": [1, 1, 1, 1]}, 64, 9),
     "winograd-valid": ((16, 48, 3, 3), {}, 48, 8),
     "depthwise": ((16, 1, 3, 3), {"group": 16, "pads": [1, 1, 1, 1], "strides": [2, 2]}, 16, 9),
+    # 24 channels: with 16 lanes (the wide-gemm routing) a block of 16 and an 8-lane one
+    "depthwise-5x5": ((24, 1, 5, 5), {"group": 24, "pads": [2, 2, 2, 2]}, 24, 11),
     "grouped": ((24, 4, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, 16, 6),
     # direct.dense_rows: 22 / 21 columns wide (blocks of 4, border columns one by one), 24
     # outputs (a block of 16 and one of 8); strided with uneven pads
@@ -437,12 +439,13 @@ def test_fused_add_layernorm_with_a_skip_broadcast_over_the_leading_axes(skip_sh
     assert np.std(y.reshape(-1, 16), axis=0).min() > 0.1  # every column varies over the rows
 
 
-@pytest.mark.parametrize("kind", ["depthwise", "few-channels", "pointwise", "dense"])
+@pytest.mark.parametrize("kind", ["depthwise", "depthwise-16", "few-channels", "pointwise",
+                                  "dense"])
 def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     """The register-blocked kernels write channels c0:c0 + M of a Concat's buffer and leave
     the others alone, with the activation applied pixel by pixel there."""
     rng = np.random.default_rng(15)
-    if kind == "depthwise":
+    if kind.startswith("depthwise"):
         x = channels_last(rng.standard_normal((2, 16, 9, 10), dtype=np.float32))
         w = rng.standard_normal((16, 1, 3, 3), dtype=np.float32)
         attrs = {"group": 16, "pads": [1, 1, 1, 1], "strides": [2, 1]}
@@ -463,10 +466,11 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     want = ops.get("FusedConv").reference(x, w, b, z, activation="Relu", **attrs)
     full = np.full((2, *want.shape[2:], 40), 7.0, np.float32)  # NHWC, 40 channels
     t = np.float32
-    if kind == "depthwise":
+    if kind.startswith("depthwise"):
         wd = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
         direct.depthwise_rows(x.transpose(0, 2, 3, 1), wd, b, full, 20, 2, 1, 1, 1,
-                              epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2])
+                              epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2],
+                              direct.T16 if kind == "depthwise-16" else direct.T8, (0,) * 3)
     elif kind == "pointwise":
         wp = direct.pack_pointwise(w, 2)
         zr = np.ascontiguousarray(z.transpose(0, 2, 3, 1)).reshape(-1, 16)
