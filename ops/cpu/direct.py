@@ -50,8 +50,19 @@ from . import blas
 from .epilogue import CLIP, HARD_SIGMOID, HARD_SWISH, NONE, RELU, activate_row
 from .lowp import cpu_features
 from .movement import shuffle_row
-from .simd import (add8, broadcast8, clamp8, fma8, lanes_tag, load8, mul8, splat8, store8, vload,
-                   vsplat)
+from .simd import (
+    add8,
+    broadcast8,
+    clamp8,
+    fma8,
+    lanes_tag,
+    load8,
+    mul8,
+    splat8,
+    store8,
+    vload,
+    vsplat,
+)
 
 #: Few-channel first layers: at most this many input channels, and taps per output at most
 #: FEW_CHANNELS_MAX_TAPS (3x3 and 5x5 on 3 channels; measured no gain at 7x7).
@@ -106,8 +117,9 @@ _ROUTED: list[bool] = []
 @contextmanager
 def routed_as(wide: bool) -> Iterator[None]:
     """Inside the block, route 1x1 and dense layers as if :func:`mkl_is_wider` were ``wide``,
-    and give the depthwise kernels 16 lanes (``wide``) or 8 (process-wide: for :func:`.warmup.warmup`, which compiles every kernel on every machine,
-    and the tests, which run both routings)."""
+    and give the depthwise kernels 16 lanes (``wide``) or 8 (process-wide: for
+    :func:`.warmup.warmup`, which compiles every kernel on every machine, and the tests,
+    which run both routings)."""
     _ROUTED.append(wide)
     try:
         yield

@@ -91,6 +91,10 @@ CASES: list[Case] = [
     # (7 columns: a block of 4 and 3 single ones), a 3-channel stem (24 = 16 + 8 channels)
     ("FusedConv", _inputs(_x(2, 16, 7, 7, cl=True), _w(16, 1, 5, 5), _w(16)),
      {"group": 16, "pads": [2, 2, 2, 2], "activation": "HardSwish"}),
+    # and a strided 3x3 one on 24 channels (16 lanes: a block of 16, then one of 8; each
+    # kernel width compiles on its own)
+    ("FusedConv", _inputs(_x(2, 24, 9, 9, cl=True), _w(24, 1, 3, 3), _w(24)),
+     {"group": 24, "strides": [2, 2], "pads": [1, 1, 1, 1], "activation": "Relu"}),
     ("FusedConv", _inputs(_x(2, 3, 13, 13), _w(24, 3, 3, 3), _w(24)),
      {"strides": [2, 2], "pads": [1, 0, 1, 2], "activation": "Relu"}),
     # a dense 3x3 on 8 channels, 22 columns wide (24 = 16 + 8 outputs; border columns)
