@@ -60,6 +60,7 @@ from .simd import (
     mul8,
     splat8,
     store8,
+    vbroadcast,
     vload,
     vsplat,
 )
@@ -333,62 +334,85 @@ def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi, 
         _activate_row_pixels(yf, y, n, oh, ybase, c0, c, act, p0, p1, one)
 
 
+@njit(cache=True, inline="always")
+def _few_channels4(xf, w, bias, yf, o, m0, m, n, c, h, wd, oh, ow, a_lo, a_hi, kh, kw, sh, sw,
+                   ph, pw, ctot, two, act, lo_v, hi_v, p0_v, p1_v, tag, ktag):
+    """Output pixels ow..ow + 3 of row (n, oh), channels m0:m0 + L (``two``: m0:m0 + 2L) for
+    L = len(tag), stored from yf[o] on (:func:`few_channels_rows`)."""
+    lanes = len(tag)
+    a0 = vload(bias, m0, tag)
+    a1 = a0
+    a2 = a0
+    a3 = a0
+    b0 = vload(bias, m0 + lanes, tag) if two else a0
+    b1 = b0
+    b2 = b0
+    b3 = b0
+    for ci in range(c):
+        for a in range(a_lo, a_hi):
+            p = ((n * c + ci) * h + oh * sh - ph + a) * wd + ow * sw - pw
+            wrow = (ci * kh + a) * kw * m + m0
+            for b in range(len(ktag)):  # a constant trip count: the taps unroll
+                q = p + b
+                x0 = vbroadcast(xf, q, tag)
+                x1 = vbroadcast(xf, q + sw, tag)
+                x2 = vbroadcast(xf, q + 2 * sw, tag)
+                x3 = vbroadcast(xf, q + 3 * sw, tag)
+                wv = vload(w, wrow + b * m, tag)
+                a0 = fma8(x0, wv, a0)
+                a1 = fma8(x1, wv, a1)
+                a2 = fma8(x2, wv, a2)
+                a3 = fma8(x3, wv, a3)
+                if two:
+                    vv = vload(w, wrow + b * m + lanes, tag)
+                    b0 = fma8(x0, vv, b0)
+                    b1 = fma8(x1, vv, b1)
+                    b2 = fma8(x2, vv, b2)
+                    b3 = fma8(x3, vv, b3)
+    _store4(yf, o, ctot, a0, a1, a2, a3, act, lo_v, hi_v, p0_v, p1_v)
+    if two:
+        _store4(yf, o + lanes, ctot, b0, b1, b2, b3, act, lo_v, hi_v, p0_v, p1_v)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
+def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one, lo, hi, tag,
+                      ktag):
     """y[n, oh, ow, c0 + m] = act(bias[m] + sum over taps (ci, a, b) of x[n, ci, ih, iw] times
     W[m, ci, a, b]).
 
     x (N, C, H, W) C-contiguous float32 (read in place); w the weight packed as
     (C, KH, KW, M) and flattened; M % 8 == 0; y (N, Ho, Wo, Ctot) C-contiguous, the output in
-    channels c0:c0 + M. Output rows (n, oh) in [lo, hi).
+    channels c0:c0 + M. Output rows (n, oh) in [lo, hi). Interior pixels go 4 at a time, in
+    blocks of 2L output channels (two vectors of L = len(tag) lanes: :data:`T8` or
+    :data:`T16`) while they last, then L, then (with 16 lanes) a last 8. ``ktag`` holds KW
+    zeros (see :func:`depthwise_rows`).
     """
+    if len(ktag) != kw:
+        raise ValueError("few_channels_rows: ktag must hold one zero per kernel column")
     n_, c, h, wd = x.shape
     ho, wo, ctot = y.shape[1], y.shape[2], y.shape[3]
     m = bias.shape[0]
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    lo8, hi8, p08, p18 = _act_vectors(act, p0, p1, one)
+    lanes = len(tag)
+    lo_v, hi_v, p0_v, p1_v = _act_vectors(act, p0, p1, one, tag)
+    lo8, hi8, p08, p18 = _act_vectors(act, p0, p1, one, T8)
     first, blocked = _interior_columns(wo, wd, kw, sw, pw)
     for t in range(lo, hi):
         n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
         for ow in range(first, blocked, 4):
+            o = ybase + ow * ctot
             m0 = 0
-            while m0 < m:
-                wide = m0 + 16 <= m  # 16 channels (two vectors) when they are there, else 8
-                a0 = load8(bias, m0)
-                a1 = a0
-                a2 = a0
-                a3 = a0
-                b0 = load8(bias, m0 + 8) if wide else a0
-                b1 = b0
-                b2 = b0
-                b3 = b0
-                for ci in range(c):
-                    for a in range(a_lo, a_hi):
-                        p = ((n * c + ci) * h + oh * sh - ph + a) * wd + ow * sw - pw
-                        wrow = (ci * kh + a) * kw * m + m0
-                        for b in range(kw):
-                            q = p + b
-                            x0 = broadcast8(xf, q)
-                            x1 = broadcast8(xf, q + sw)
-                            x2 = broadcast8(xf, q + 2 * sw)
-                            x3 = broadcast8(xf, q + 3 * sw)
-                            w8 = load8(w, wrow + b * m)
-                            a0 = fma8(x0, w8, a0)
-                            a1 = fma8(x1, w8, a1)
-                            a2 = fma8(x2, w8, a2)
-                            a3 = fma8(x3, w8, a3)
-                            if wide:
-                                v8 = load8(w, wrow + b * m + 8)
-                                b0 = fma8(x0, v8, b0)
-                                b1 = fma8(x1, v8, b1)
-                                b2 = fma8(x2, v8, b2)
-                                b3 = fma8(x3, v8, b3)
-                o = ybase + ow * ctot + m0
-                _store4(yf, o, ctot, a0, a1, a2, a3, act, lo8, hi8, p08, p18)
-                if wide:
-                    _store4(yf, o + 8, ctot, b0, b1, b2, b3, act, lo8, hi8, p08, p18)
-                m0 += 16 if wide else 8
+            while m0 + lanes <= m:
+                two = m0 + 2 * lanes <= m
+                _few_channels4(xf, w, bias, yf, o + m0, m0, m, n, c, h, wd, oh, ow, a_lo, a_hi,
+                               kh, kw, sh, sw, ph, pw, ctot, two, act, lo_v, hi_v, p0_v, p1_v,
+                               tag, ktag)
+                m0 += 2 * lanes if two else lanes
+            if m0 < m:
+                _few_channels4(xf, w, bias, yf, o + m0, m0, m, n, c, h, wd, oh, ow, a_lo, a_hi,
+                               kh, kw, sh, sw, ph, pw, ctot, False, act, lo8, hi8, p08, p18, T8,
+                               ktag)
         for ow in range(wo):  # the border columns (and the interior's last < 4)
             if first <= ow < blocked:
                 continue

