@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from ..registry import register_kernel
 from ..squeeze_excite import POOLS, fused_squeeze_excite
@@ -30,6 +31,7 @@ from .common import (
     vector,
 )
 from .epilogue import activate_row, activation_code
+from .simd import fma8, load8, splat8, store8
 
 
 @njit(cache=True, inline="always")
@@ -55,6 +57,51 @@ def _pool(x, n, channels_last, total, mean):
         mean[k] = total[k] / hw
 
 
+def _gemv_blocks(wt, v, out):
+    """out[:r0] += wt[:, :r0].T @ v for the returned r0 (a multiple of 8): float32 in vector
+    registers, other dtypes r0 = 0 (:func:`_gemv` does the rest)."""
+
+
+@overload(_gemv_blocks, jit_options={"cache": True})
+def _gemv_blocks_impl(wt, v, out):
+    if not (wt.dtype == v.dtype == out.dtype == types.float32):
+        return lambda wt, v, out: 0
+
+    def blocks(wt, v, out):
+        # 32 outputs held in four vector registers across all k updates: the loop in _gemv
+        # loads and stores each output for every update (MobileNetV3's 576 -> 144 -> 576
+        # pair ran at 12 GMAC/s so: 0.45 of its last squeeze-excite's 0.8 ms)
+        k, rows = wt.shape
+        wf = wt.reshape(-1)
+        r0 = 0
+        while r0 + 32 <= rows:
+            a0 = load8(out, r0)
+            a1 = load8(out, r0 + 8)
+            a2 = load8(out, r0 + 16)
+            a3 = load8(out, r0 + 24)
+            for j in range(k):
+                vj = splat8(v[j])
+                q = j * rows + r0
+                a0 = fma8(load8(wf, q), vj, a0)
+                a1 = fma8(load8(wf, q + 8), vj, a1)
+                a2 = fma8(load8(wf, q + 16), vj, a2)
+                a3 = fma8(load8(wf, q + 24), vj, a3)
+            store8(out, r0, a0)
+            store8(out, r0 + 8, a1)
+            store8(out, r0 + 16, a2)
+            store8(out, r0 + 24, a3)
+            r0 += 32
+        while r0 + 8 <= rows:
+            a0 = load8(out, r0)
+            for j in range(k):
+                a0 = fma8(load8(wf, j * rows + r0), splat8(v[j]), a0)
+            store8(out, r0, a0)
+            r0 += 8
+        return r0
+
+    return blocks
+
+
 @njit(cache=True, inline="always")
 def _gemv(wt, b, v, out):
     """out = wt.T @ v + b: wt (K, R) (the weight transposed), v (K,), b (R,) or empty.
@@ -70,10 +117,11 @@ def _gemv(wt, b, v, out):
     else:
         for r in range(rows):
             out[r] = 0
+    r0 = _gemv_blocks(wt, v, out)
     for j in range(k):
         vj = v[j]
         wr = wt[j]
-        for r in range(rows):
+        for r in range(r0, rows):
             out[r] += wr[r] * vj
 
 

@@ -74,8 +74,10 @@ def test_hardswish_kernel_is_bit_identical(dtype, layout, kernel_threads):
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("pool", ["GlobalAveragePool", "ReduceMean"])
+# the excitation's products in vector blocks of 32 and 8 outputs, then one by one: 72 -> 24
+# (32 + 32 + 8, 8 x 3), 100 -> 36 (3 x 32 + 4, 32 + 4), 13 -> 3 (8 + 5, 3)
 @pytest.mark.parametrize("batch,c,cr,h,w", [(1, 13, 3, 7, 5), (3, 16, 8, 1, 1),
-                                            (5, 72, 24, 14, 15)])
+                                            (5, 72, 24, 14, 15), (2, 100, 36, 3, 4)])
 def test_squeeze_excite_kernel(layout, pool, batch, c, cr, h, w, kernel_threads):
     rng = np.random.default_rng(c + h)
     x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
