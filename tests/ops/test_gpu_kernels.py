@@ -275,8 +275,10 @@ TOL: dict[str, tuple[float, float]] = {
     # 1x1 convolution (a batched GEMM per sample): BLAS sums C in another order
     "FusedSqueezeExcite": (1e-5, 1e-6),
     # a grouped convolution's GEMMs per group have other shapes than the reference's; on an
-    # AVX-512 CPU BLAS sums some of them in another order (1 ulp seen, channel-shuffled case)
-    "FusedConv": (1e-5, 1e-6),
+    # AVX-512 CPU BLAS sums some of them in another order (1 ulp seen, channel-shuffled case),
+    # and on some CPU models a 1x1's 40-term sums too: 1.5e-6 off on an output near 0 (an
+    # error of the summed terms' size, ~3, not of the result's), so atol 1e-5
+    "FusedConv": (1e-5, 1e-5),
     # sums over the window axes in one (pairwise) reduction, the reference tap by tap
     "AveragePool": (1e-6, 1e-6),
     # means of a channels-last input (the cpu cases') read in its own memory order; the
