@@ -104,11 +104,15 @@ T16 = lanes_tag(16)
 
 
 def vector_lanes() -> int:
-    """Lanes of the vectors :func:`depthwise_rows` uses here: 16 where the CPU has AVX-512F and
-    ``TASKFLOW_ISA`` does not cap at AVX2 (:func:`routed_as` overrides), else 8."""
+    """Lanes of the vectors the depthwise and stem kernels use here: 16 where the CPU has
+    AVX-512F and ``TASKFLOW_ISA`` does not cap at AVX2, else 8. Inside :func:`routed_as`,
+    16 for ``wide`` where the CPU has AVX-512F (whatever the cap: the tests run both widths
+    there), else 8: a CPU without it never runs the 16-lane kernels, and each of their
+    specialisations takes ~15 s to compile."""
+    avx512 = "avx512f" in cpu_features()
     if _ROUTED:
-        return 16 if _ROUTED[-1] else 8
-    return 16 if "avx512f" in cpu_features() and blas.isa_cap() != "avx2" else 8
+        return 16 if _ROUTED[-1] and avx512 else 8
+    return 16 if avx512 and blas.isa_cap() != "avx2" else 8
 
 
 #: [wide]: routing as if :func:`mkl_is_wider` returned ``wide`` (:func:`routed_as`)
