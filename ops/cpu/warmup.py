@@ -97,6 +97,10 @@ CASES: list[Case] = [
      {"group": 24, "strides": [2, 2], "pads": [1, 1, 1, 1], "activation": "Relu"}),
     ("FusedConv", _inputs(_x(2, 3, 13, 13), _w(24, 3, 3, 3), _w(24)),
      {"strides": [2, 2], "pads": [1, 0, 1, 2], "activation": "Relu"}),
+    # and MobileNetV3's (16 outputs: 16 lanes where the CPU has AVX-512F, as any stem whose
+    # outputs are a multiple of 16, where the 24-channel one stays on 8)
+    ("FusedConv", _inputs(_x(2, 3, 13, 13), _w(16, 3, 3, 3), _w(16)),
+     {"strides": [2, 2], "pads": [1, 1, 1, 1], "activation": "HardSwish"}),
     # a dense 3x3 on 8 channels, 22 columns wide (24 = 16 + 8 outputs; border columns)
     ("FusedConv", _inputs(_x(2, 8, 22, 22, cl=True), _w(24, 8, 3, 3), _w(24)),
      {"pads": [1, 1, 1, 1], "activation": "Relu"}),
