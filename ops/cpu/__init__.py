@@ -20,6 +20,8 @@ the packed-weight cache; :mod:`.warmup` compiles them all (``taskflow warmup``).
     attention.py batched MatMul, FusedAttention (strided batch GEMMs per group of heads)
     skip_norm.py FusedAddLayerNorm (residual add + LayerNormalization, one pass per row)
     squeeze_excite.py  FusedSqueezeExcite (pool, two GEMVs, scale: one sweep per sample)
+    direct.py    register-blocked convolutions (stems, small 1x1, dense KxK), and depthwise.py
+                 the depthwise one, on simd.py's 8- and 16-lane vector types
     cache.py     drops cached kernels compiled from older sources (Numba cannot tell)
 """
 

@@ -46,7 +46,7 @@ from ..conv import fused_conv as fused_conv_reference
 from ..conv import resolve_pads, spatial_attrs
 from ..quant import dynamic_qparams, fake_quant_bf16, fake_quant_u8, quantize_weight_per_channel
 from ..registry import register_kernel
-from . import direct, lowp, lowp_rows, sparse, winograd
+from . import depthwise, direct, lowp, lowp_rows, sparse, winograd
 from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -63,6 +63,7 @@ from .common import (
 )
 from .epilogue import activate_row, activation_code, apply_epilogue
 from .movement import channel_shuffle_cpu, im2col, shuffle_row
+from .simd import lanes_tag
 
 
 def l2_bytes(default: int = 2 << 20) -> int:
@@ -255,12 +256,13 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         b_ = np.zeros(m, dtype) if bias is None else bias
         z_ = np.zeros((0, 0, 0, 0), dtype) if zh is None else zh
         blocked = plain and xh.flags.c_contiguous  # 4 pixels x 8 or 16 channels in registers
-        tag = direct.T16 if direct.vector_lanes() == 16 else direct.T8
+        tag = lanes_tag(direct.vector_lanes())
 
         def rows(lo: int, hi: int) -> None:
             if blocked:
-                direct.depthwise_rows(xh, wd, b_, full, c0, s[0], s[1], pb[0], pb[1], act[0],
-                                      t(act[1]), t(act[2]), t(1), lo, hi, tag, (0,) * kw)
+                depthwise.depthwise_rows(xh, wd, b_, full, c0, s[0], s[1], pb[0], pb[1],
+                                         act[0], t(act[1]), t(act[2]), t(1), lo, hi, tag,
+                                         (0,) * kw)
             else:
                 _depthwise(xh, wd, b_, z_, full, c0, s[0], s[1], d[0], d[1], pb[0], pb[1],
                            act[0], t(act[1]), t(act[2]), t(1), lo, hi)
@@ -401,7 +403,7 @@ def _few_channels(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, s, pb, 
     t = x.dtype.type
     # 16 lanes where the outputs fill them: a last 8 channels would take the taps' broadcasts
     # again (ShuffleNet's 24-channel stem ran 1.25x slower so than on 8 lanes)
-    tag = direct.T16 if direct.vector_lanes() == 16 and m % 16 == 0 else direct.T8
+    tag = lanes_tag(direct.vector_lanes() if m % 16 == 0 else 8)
     run_ranges(lambda lo, hi: direct.few_channels_rows(
         x, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]), t(act[2]),
         t(1), lo, hi, tag, (0,) * kw), n * ho,

@@ -1,16 +1,14 @@
 """Register-blocked direct convolutions for the layers GEMMs serve badly: depthwise, the
 few-channel first layers of image models, small 1x1 and dense KxK on few channels.
 
-Both keep a block of output pixels x channels in vector registers (:mod:`.simd`) across all
+They keep a block of output pixels x channels in vector registers (:mod:`.simd`) across all
 the taps, then store each output once. Float32 only, no dilation, channel counts that are
 multiples of 8; :func:`taskflow.ops.cpu.conv.conv_nhwc` picks them by shape and otherwise runs
 its other paths. Each output row (n, oh) is a task item, and the fused activation runs on
 the row's pixels while they are in cache.
 
-- :func:`depthwise_rows` (``group == C == M``): for 4 output pixels and 8 channels, every
-  tap is one weight load, 4 input loads and 4 multiply-adds. The accumulator-in-memory loop
-  it replaces did a load, a load and a store per multiply-add. It runs 1.2-2.8x faster on
-  MobileNetV3's layers (2-core AVX2 EPYC).
+- depthwise convolutions (``group == C == M``) have their own module, :mod:`.depthwise`,
+  on the helpers below.
 - :func:`pointwise_rows` (1x1, stride 1, small weights: MobileNet's expansions and
   projections, SqueezeNet's squeeze and expand layers, ShuffleNet's grouped layers): 4 rows
   x 16 output channels per block, as the stems. K = 16-96 is where a BLAS call's packing
@@ -122,9 +120,9 @@ _ROUTED: list[bool] = []
 @contextmanager
 def routed_as(wide: bool) -> Iterator[None]:
     """Inside the block, route 1x1 and dense layers as if :func:`mkl_is_wider` were ``wide``,
-    and give the depthwise kernels 16 lanes (``wide``) or 8 (process-wide: for
-    :func:`.warmup.warmup`, which compiles every kernel on every machine, and the tests,
-    which run both routings)."""
+    and give the depthwise and stem kernels 16 lanes (``wide``, where the CPU has AVX-512F)
+    or 8 (:func:`vector_lanes`). Process-wide: for :func:`.warmup.warmup`, which compiles
+    every kernel on every machine, and the tests, which run both routings."""
     _ROUTED.append(wide)
     try:
         yield
@@ -228,117 +226,6 @@ def _interior_columns(wo, wd, kw, sw, pw):
 
 
 @njit(cache=True, inline="always")
-def _depthwise4(xf, wf, b0, k0, n, oh, ow, a_lo, a_hi, h, wd, c, kw, sh, sw, ph, pw, zero,
-                tag, ktag):
-    """The sums of output pixels ow..ow + 3 of row (n, oh), channels k0:k0 + len(tag), from
-    their bias vector ``b0`` (:func:`depthwise_rows`)."""
-    a0 = b0
-    a1 = b0
-    a2 = b0
-    a3 = b0
-    if ow * sw - pw >= 0 and (ow + 3) * sw - pw + kw <= wd:  # every tap inside the row
-        step = sw * c
-        for a in range(a_lo, a_hi):
-            p = ((n * h + oh * sh - ph + a) * wd + ow * sw - pw) * c + k0
-            q = a * kw * c + k0
-            for b in range(len(ktag)):  # a constant trip count: the taps unroll
-                wv = vload(wf, q + b * c, tag)
-                pb = p + b * c
-                a0 = fma8(vload(xf, pb, tag), wv, a0)
-                a1 = fma8(vload(xf, pb + step, tag), wv, a1)
-                a2 = fma8(vload(xf, pb + 2 * step, tag), wv, a2)
-                a3 = fma8(vload(xf, pb + 3 * step, tag), wv, a3)
-        return a0, a1, a2, a3
-    for a in range(a_lo, a_hi):
-        xrow = (n * h + oh * sh - ph + a) * wd
-        for b in range(kw):
-            wv = vload(wf, (a * kw + b) * c + k0, tag)
-            iw = ow * sw - pw + b
-            x0 = vload(xf, (xrow + iw) * c + k0, tag) if 0 <= iw < wd else zero
-            i1 = iw + sw
-            x1 = vload(xf, (xrow + i1) * c + k0, tag) if 0 <= i1 < wd else zero
-            i2 = iw + 2 * sw
-            x2 = vload(xf, (xrow + i2) * c + k0, tag) if 0 <= i2 < wd else zero
-            i3 = iw + 3 * sw
-            x3 = vload(xf, (xrow + i3) * c + k0, tag) if 0 <= i3 < wd else zero
-            a0 = fma8(x0, wv, a0)
-            a1 = fma8(x1, wv, a1)
-            a2 = fma8(x2, wv, a2)
-            a3 = fma8(x3, wv, a3)
-    return a0, a1, a2, a3
-
-
-@njit(cache=True, inline="always")
-def _depthwise1(xf, wf, b0, k0, n, oh, ow, a_lo, a_hi, h, wd, c, kw, sh, sw, ph, pw, tag):
-    """The sum of output pixel ow of row (n, oh), channels k0:k0 + len(tag)."""
-    a0 = b0
-    for a in range(a_lo, a_hi):
-        xrow = (n * h + oh * sh - ph + a) * wd
-        for b in range(kw):
-            iw = ow * sw - pw + b
-            if 0 <= iw < wd:
-                a0 = fma8(vload(xf, (xrow + iw) * c + k0, tag),
-                          vload(wf, (a * kw + b) * c + k0, tag), a0)
-    return a0
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def depthwise_rows(x, w, bias, y, c0, sh, sw, ph, pw, act, p0, p1, one, lo, hi, tag, ktag):
-    """y[n, oh, ow, c0 + k] = act(bias[k] + sum over taps of x[n, ih, iw, k] * w[a, b, k]).
-
-    x (N, H, W, C) and w (KH, KW, C) C-contiguous float32, C % 8 == 0; y (N, Ho, Wo, Ctot)
-    C-contiguous with the output in channels c0:c0 + C. Output rows (n, oh) in [lo, hi),
-    4 pixels at a time, across all channels in blocks of ``len(tag)`` (:data:`T8` or
-    :data:`T16`); with 16 lanes a last 8 channels (C % 16 == 8: 72, 88) go as one 8-lane
-    block. (Blocks of channels outermost, each over the whole row, ran 1.2-1.4x slower.)
-    ``ktag`` is a tuple of KW zeros: the kernel width as a constant of the compiled code, so
-    the taps of an interior block unroll (with a run-time width, LLVM kept a pointer per
-    unrolled load and spilled them: 1.1-1.2x slower).
-    """
-    n_, h, wd, c = x.shape
-    kh, kw = w.shape[0], w.shape[1]
-    if len(ktag) != kw:
-        raise ValueError("depthwise_rows: ktag must hold one zero per kernel column")
-    ho, wo, ctot = y.shape[1], y.shape[2], y.shape[3]
-    xf = x.reshape(-1)
-    wf = w.reshape(-1)
-    yf = y.reshape(-1)
-    lanes = len(tag)
-    whole = c - c % lanes
-    lo_v, hi_v, p0_v, p1_v = _act_vectors(act, p0, p1, one, tag)
-    lo8, hi8, p08, p18 = _act_vectors(act, p0, p1, one, T8)
-    zero = vsplat(one - one, tag)
-    zero8 = vsplat(one - one, T8)
-    for t in range(lo, hi):
-        n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
-        ow = 0
-        while ow + 4 <= wo:
-            o = ybase + ow * ctot
-            for k0 in range(0, whole, lanes):
-                a0, a1, a2, a3 = _depthwise4(xf, wf, vload(bias, k0, tag), k0, n, oh, ow, a_lo,
-                                             a_hi, h, wd, c, kw, sh, sw, ph, pw, zero, tag, ktag)
-                _store4(yf, o + k0, ctot, a0, a1, a2, a3, act, lo_v, hi_v, p0_v, p1_v)
-            if whole < c:
-                a0, a1, a2, a3 = _depthwise4(xf, wf, vload(bias, whole, T8), whole, n, oh, ow,
-                                             a_lo, a_hi, h, wd, c, kw, sh, sw, ph, pw, zero8, T8,
-                                             ktag)
-                _store4(yf, o + whole, ctot, a0, a1, a2, a3, act, lo8, hi8, p08, p18)
-            ow += 4
-        while ow < wo:  # the last < 4 pixels of the row, one at a time
-            o = ybase + ow * ctot
-            for k0 in range(0, whole, lanes):
-                a0 = _depthwise1(xf, wf, vload(bias, k0, tag), k0, n, oh, ow, a_lo, a_hi, h,
-                                 wd, c, kw, sh, sw, ph, pw, tag)
-                store8(yf, o + k0, _act8(a0, act, lo_v, hi_v, p0_v, p1_v))
-            if whole < c:
-                a0 = _depthwise1(xf, wf, vload(bias, whole, T8), whole, n, oh, ow, a_lo, a_hi,
-                                 h, wd, c, kw, sh, sw, ph, pw, T8)
-                store8(yf, o + whole, _act8(a0, act, lo8, hi8, p08, p18))
-            ow += 1
-        _activate_row_pixels(yf, y, n, oh, ybase, c0, c, act, p0, p1, one)
-
-
-@njit(cache=True, inline="always")
 def _few_channels4(xf, w, bias, yf, o, m0, m, n, c, h, wd, oh, ow, a_lo, a_hi, kh, kw, sh, sw,
                    ph, pw, ctot, two, act, lo_v, hi_v, p0_v, p1_v, tag, ktag):
     """Output pixels ow..ow + 3 of row (n, oh), channels m0:m0 + L (``two``: m0:m0 + 2L) for
@@ -389,7 +276,7 @@ def few_channels_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, on
     channels c0:c0 + M. Output rows (n, oh) in [lo, hi). Interior pixels go 4 at a time, in
     blocks of 2L output channels (two vectors of L = len(tag) lanes: :data:`T8` or
     :data:`T16`) while they last, then L, then (with 16 lanes) a last 8. ``ktag`` holds KW
-    zeros (see :func:`depthwise_rows`).
+    zeros (see :func:`.depthwise.depthwise_rows`).
     """
     if len(ktag) != kw:
         raise ValueError("few_channels_rows: ktag must hold one zero per kernel column")

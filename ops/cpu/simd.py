@@ -109,21 +109,32 @@ def _is_flat_float32(arr) -> bool:
         and arr.layout == "C"
 
 
-def _load(vt, arr, i):
+def _from_element(vt, arr, i, read):
+    """The codegen of an intrinsic called as ``(arr, i, ...)`` that makes a ``vt`` vector by
+    ``read(builder, address of arr[i], lanes)``; None for other argument types."""
     if not _is_flat_float32(arr) or not isinstance(i, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig, args)
-        return builder.load(builder.bitcast(ptr, _vec(vt.lanes).as_pointer()), align=4)
+        return read(builder, _element_pointer(context, builder, sig, args), vt.lanes)
 
     return codegen
+
+
+def _read_vector(builder, ptr, lanes):
+    """``lanes`` consecutive float32 from ``ptr``, unaligned."""
+    return builder.load(builder.bitcast(ptr, _vec(lanes).as_pointer()), align=4)
+
+
+def _read_splat(builder, ptr, lanes):
+    """The float32 at ``ptr`` in every lane."""
+    return _splat(builder, builder.load(ptr), lanes)
 
 
 @intrinsic
 def load8(typingctx, arr, i):
     """The 8 float32 ``arr[i:i + 8]`` as a vector."""
-    codegen = _load(F32x8, arr, i)
+    codegen = _from_element(F32x8, arr, i, _read_vector)
     return None if codegen is None else (F32x8(arr, i), codegen)
 
 
@@ -131,7 +142,7 @@ def load8(typingctx, arr, i):
 def vload(typingctx, arr, i, tag):
     """The ``len(tag)`` float32 from ``arr[i]`` as a vector."""
     vt = _tagged(tag)
-    codegen = None if vt is None else _load(vt, arr, i)
+    codegen = None if vt is None else _from_element(vt, arr, i, _read_vector)
     return None if codegen is None else (vt(arr, i, tag), codegen)
 
 
@@ -174,21 +185,10 @@ def vsplat(typingctx, x, tag):
     return vt(x, tag), codegen
 
 
-def _broadcast(vt, arr, i):
-    if not _is_flat_float32(arr) or not isinstance(i, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _splat(builder, builder.load(_element_pointer(context, builder, sig, args)),
-                      vt.lanes)
-
-    return codegen
-
-
 @intrinsic
 def broadcast8(typingctx, arr, i):
     """``arr[i]`` in all 8 lanes (one broadcast load; no wrap-around check on ``i``)."""
-    codegen = _broadcast(F32x8, arr, i)
+    codegen = _from_element(F32x8, arr, i, _read_splat)
     return None if codegen is None else (F32x8(arr, i), codegen)
 
 
@@ -196,7 +196,7 @@ def broadcast8(typingctx, arr, i):
 def vbroadcast(typingctx, arr, i, tag):
     """``arr[i]`` in all ``len(tag)`` lanes."""
     vt = _tagged(tag)
-    codegen = None if vt is None else _broadcast(vt, arr, i)
+    codegen = None if vt is None else _from_element(vt, arr, i, _read_splat)
     return None if codegen is None else (vt(arr, i, tag), codegen)
 
 

@@ -21,6 +21,7 @@ from taskflow.ops.cpu import (
     blas,
     common,
     conv,
+    depthwise,
     direct,
     eltwise,
     epilogue,
@@ -104,8 +105,9 @@ TOL: dict[str, tuple[float, float]] = {
 }
 #: float64: the same orderings, 2^29 times finer.
 FLOAT64_TOL = (1e-11, 1e-11)
-CPU_MODULES = (attention, blas, common, conv, direct, eltwise, epilogue, lowp, lowp_rows, matmul,
-               movement, native_pool, norm, pool, skip_norm, sparse, squeeze_excite, winograd)
+CPU_MODULES = (attention, blas, common, conv, depthwise, direct, eltwise, epilogue, lowp,
+               lowp_rows, matmul, movement, native_pool, norm, pool, skip_norm, sparse,
+               squeeze_excite, winograd)
 #: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
 EDGE_BATCHES = (None, 0, 1, 3)
 
@@ -472,9 +474,9 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     t = np.float32
     if kind.startswith("depthwise"):
         wd = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
-        direct.depthwise_rows(x.transpose(0, 2, 3, 1), wd, b, full, 20, 2, 1, 1, 1,
-                              epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2],
-                              direct.T16 if kind == "depthwise-16" else direct.T8, (0,) * 3)
+        depthwise.depthwise_rows(x.transpose(0, 2, 3, 1), wd, b, full, 20, 2, 1, 1, 1,
+                                 epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2],
+                                 direct.T16 if kind == "depthwise-16" else direct.T8, (0,) * 3)
     elif kind == "pointwise":
         wp = direct.pack_pointwise(w, 2)
         zr = np.ascontiguousarray(z.transpose(0, 2, 3, 1)).reshape(-1, 16)
