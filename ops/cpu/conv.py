@@ -4,7 +4,8 @@ All paths compute in NHWC (see :mod:`.common`) and return the logical NCHW view:
 
 - **register-blocked direct kernels** (:mod:`.direct`, float32): depthwise; 1x1 whose
   weight per group is under 64K elements (any group width, ShuffleNet's folded channel
-  shuffle included); few-channel stems read in NCHW; dense KxK on few channels or strided;
+  shuffle included); few-channel stems read in NCHW; dense KxK on few channels or strided
+  (with AVX-512, 6 pixels by 64 outputs in 16-lane registers: :mod:`.dense_wide`);
 - **1x1, stride 1, no padding**, larger weights: the NHWC input already is the
   ``(N*H*W, C)`` column matrix, so the convolution is a plain GEMM with the weight (a view,
   no copy); with few narrow groups, one GEMM with the block-diagonal weight;
@@ -46,7 +47,7 @@ from ..conv import fused_conv as fused_conv_reference
 from ..conv import resolve_pads, spatial_attrs
 from ..quant import dynamic_qparams, fake_quant_bf16, fake_quant_u8, quantize_weight_per_channel
 from ..registry import register_kernel
-from . import depthwise, direct, lowp, lowp_rows, sparse, winograd
+from . import dense_wide, depthwise, direct, lowp, lowp_rows, sparse, winograd
 from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -268,6 +269,16 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
                            act[0], t(act[1]), t(act[2]), t(1), lo, hi)
 
         run_ranges(rows, n * ho, max(1, MIN_TASK_MACS // (wo * m * kh * kw)))
+        return nchw_view(y)
+    if plain and group == 1 and not use_winograd and xh.flags.c_contiguous \
+            and direct.vector_lanes() == 16 and dense_wide.usable(c, m, kh, kw, s, wo, xh.shape[2],
+                                                                  pb[1]):
+        wp = packed(w, ("dense-wide", dtype.str), lambda a: dense_wide.pack(a.astype(dtype)))
+        b_ = np.zeros(m, dtype) if bias is None else bias
+        t = dtype.type
+        run_ranges(lambda lo, hi: dense_wide.dense_wide_rows(
+            xh, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]),
+            t(act[2]), t(1), lo, hi), n * ho, max(1, MIN_TASK_MACS // (wo * m * c * kh * kw)))
         return nchw_view(y)
     if plain and group == 1 and kh * kw > 1 and not use_winograd and xh.flags.c_contiguous \
             and wo >= direct.DENSE_MIN_WIDTH and direct.dense_max_taps() \

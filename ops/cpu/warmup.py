@@ -104,6 +104,9 @@ CASES: list[Case] = [
     # a dense 3x3 on 8 channels, 22 columns wide (24 = 16 + 8 outputs; border columns)
     ("FusedConv", _inputs(_x(2, 8, 22, 22, cl=True), _w(24, 8, 3, 3), _w(24)),
      {"pads": [1, 1, 1, 1], "activation": "Relu"}),
+    # with AVX-512, dense_wide: 64 outputs of a 3x3 on 16 channels, 6 interior columns
+    ("FusedConv", _inputs(_x(2, 16, 8, 8, cl=True), _w(64, 16, 3, 3), _w(64)),
+     {"pads": [1, 1, 1, 1], "activation": "Relu"}),
     # and a 1x1 projection with its residual (5 x 5 x 2 = 50 rows: blocks of 4 and single rows)
     ("FusedConv", _inputs(_x(2, 40, 5, 5, cl=True), _w(24, 40, 1, 1), _w(24),
                           _x(2, 24, 5, 5, cl=True)), {}),

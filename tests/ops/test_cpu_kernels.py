@@ -21,6 +21,7 @@ from taskflow.ops.cpu import (
     blas,
     common,
     conv,
+    dense_wide,
     depthwise,
     direct,
     eltwise,
@@ -105,8 +106,8 @@ TOL: dict[str, tuple[float, float]] = {
 }
 #: float64: the same orderings, 2^29 times finer.
 FLOAT64_TOL = (1e-11, 1e-11)
-CPU_MODULES = (attention, blas, common, conv, depthwise, direct, eltwise, epilogue, lowp,
-               lowp_rows, matmul, movement, native_pool, norm, pool, skip_norm, sparse,
+CPU_MODULES = (attention, blas, common, conv, dense_wide, depthwise, direct, eltwise, epilogue,
+               lowp, lowp_rows, matmul, movement, native_pool, norm, pool, skip_norm, sparse,
                squeeze_excite, winograd)
 #: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
 EDGE_BATCHES = (None, 0, 1, 3)
@@ -144,6 +145,8 @@ def test_the_cases_reach_every_compiled_kernel():
     mkl = blas.backend() == "mkl"
     skip = set() if mkl else {attention._attention_heads, matmul._gemm_epilogue_rows,
                               blas.gemm_rows}
+    if direct.vector_lanes() != 16:  # the 16-lane-only kernel runs only with AVX-512F
+        skip.add(dense_wide.dense_wide_rows)
     for precision, fns in (("bf16", {lowp_rows._bf16_rows, lowp_rows._bf16_conv_rows}),
                            ("int8", {lowp_rows._int8_rows, lowp_rows._int8_conv_rows})):
         if lowp.mkl_functions(precision, 1) is None:
@@ -189,8 +192,13 @@ CONV_PATHS = {
     # outputs (a block of 16 and one of 8); strided with uneven pads
     "dense": ((24, 8, 3, 3), {"pads": [1, 1, 1, 1]}, 8, 22),
     "dense-strided": ((16, 12, 3, 3), {"pads": [1, 0, 1, 1], "strides": [2, 2]}, 12, 41),
-    # wide enough for dense_rows, but 288 taps x 64 outputs: im2col + GEMM
-    "im2col-3x3": ((64, 32, 3, 3), {"pads": [1, 1, 1, 1]}, 32, 22),
+    # dense_wide (16 lanes, where the CPU has AVX-512F): two blocks of 64 outputs, 9 interior
+    # columns (a block of 6, then one overlapping it); strided, 13 interior columns
+    "dense-wide": ((128, 16, 3, 3), {"pads": [1, 1, 1, 1]}, 16, 11),
+    "dense-wide-strided": ((64, 12, 3, 3), {"pads": [1, 0, 1, 1], "strides": [2, 2]}, 12, 29),
+    # wide enough for dense_rows, but 288 taps x 96 outputs: im2col + GEMM (and 96 outputs
+    # are no whole 64-output blocks for dense_wide)
+    "im2col-3x3": ((96, 32, 3, 3), {"pads": [1, 1, 1, 1]}, 32, 22),
     # direct.few_channels_rows on an NCHW input (channels-last input goes to im2col)
     "few-channels": ((24, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 3, 11),
     # SqueezeNet's stem: 64 outputs, with 16 lanes two vectors a block
@@ -219,17 +227,22 @@ def test_fused_conv_epilogues(path, activation, residual, conv_routing):
     ("depthwise", (64, 1, 3, 3), {"group": 64, "pads": [1, 1, 1, 1]}, (2, 64, 56, 56)),
     ("few-channels", (16, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, (4, 3, 128, 128)),
     ("dense", (32, 16, 3, 3), {"pads": [1, 1, 1, 1]}, (8, 16, 32, 32)),
+    # tasks whose rows start and end mid-image: runs of rows cut at a task's bounds
+    ("dense-wide", (64, 16, 3, 3), {"pads": [1, 1, 1, 1]}, (8, 16, 19, 20)),
 ])
 def test_direct_kernels_split_into_row_tasks(kind, shape, attrs, x_shape, kernel_threads,
                                              direct_kernels):
     """Layers big enough for several MIN_TASK_MACS tasks: each task's output rows must be
     the reference's (the small cases above run as one task)."""
+    if kind == "dense-wide" and "avx512f" not in lowp.cpu_features():
+        pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
     rng = np.random.default_rng(21)
     x = rng.standard_normal(x_shape, dtype=np.float32)
     x = x if kind == "few-channels" else channels_last(x)
     w = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.3)
     b = rng.standard_normal(shape[0], dtype=np.float32)
-    (out,) = check("FusedConv", [x, w, b], {**attrs, "activation": "Relu"}, what=kind)
+    with direct.routed_as(kind == "dense-wide"):
+        (out,) = check("FusedConv", [x, w, b], {**attrs, "activation": "Relu"}, what=kind)
     assert np.ptp(out[:, :, -1]) > 0.1  # the last rows too: no task left out
 
 
@@ -446,10 +459,10 @@ def test_fused_add_layernorm_with_a_skip_broadcast_over_the_leading_axes(skip_sh
 @pytest.mark.parametrize("kind", ["depthwise", "depthwise-16", "few-channels",
                                   "few-channels-16", "pointwise", "dense"])
 def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
-    if kind.endswith("-16") and "avx512f" not in lowp.cpu_features():
-        pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
     """The register-blocked kernels write channels c0:c0 + M of a Concat's buffer and leave
     the others alone, with the activation applied pixel by pixel there."""
+    if kind.endswith("-16") and "avx512f" not in lowp.cpu_features():
+        pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
     rng = np.random.default_rng(15)
     if kind.startswith("depthwise"):
         x = channels_last(rng.standard_normal((2, 16, 9, 10), dtype=np.float32))
@@ -494,6 +507,31 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     assert_close(full[..., 20:36].transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5)
     assert (full[..., :20] == 7).all() and (full[..., 36:] == 7).all()
     assert (want > 0).mean() > 0.3  # the activation had something to do
+
+
+@pytest.mark.parametrize("activation", ["HardSwish", "LeakyRelu"])
+def test_dense_wide_writes_only_its_channels_of_a_wider_buffer(activation):
+    """dense_wide_rows into channels 20:148 of a Concat's buffer: two blocks of 64 outputs,
+    rows with and without their top and bottom taps, 8 interior columns (a block of 6, then
+    one overlapping it) and the border columns; HardSwish in registers, LeakyRelu afterwards,
+    pixel by pixel."""
+    if "avx512f" not in lowp.cpu_features():
+        pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((2, 16, 7, 10), dtype=np.float32)
+    w = rng.standard_normal((128, 16, 3, 3), dtype=np.float32) * np.float32(0.3)
+    b = rng.standard_normal(128, dtype=np.float32)
+    params = {"LeakyRelu": [0.1]}.get(activation, [])
+    want = ops.get("FusedConv").reference(x, w, b, pads=[1, 1, 1, 1], activation=activation,
+                                          activation_params=params)
+    full = np.full((2, 7, 10, 160), 7.0, np.float32)
+    act, p0, p1 = epilogue.activation_code(activation, params)
+    t = np.float32
+    dense_wide.dense_wide_rows(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), dense_wide.pack(w),
+                               b, full, 20, 3, 3, 1, 1, 1, 1, act, t(p0), t(p1), t(1), 0, 14)
+    assert_close(full[..., 20:148].transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5)
+    assert (full[..., :20] == 7).all() and (full[..., 148:] == 7).all()
+    assert np.ptp(want[:, :, :, 1:9], axis=(2, 3)).min() > 0.1  # outputs vary over the pixels
 
 
 @pytest.mark.parametrize("shuffle", [1, 4])
