@@ -1,0 +1,141 @@
+"""A 1x1 expansion and the depthwise convolution it feeds as one pass
+(:mod:`taskflow.ops.cpu.expand_depthwise`), against the two convolutions' references, and
+the executor's pairing of the two nodes (untraced runs only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import taskflow.ops as ops
+from onnx import TensorProto, helper, numpy_helper
+from taskflow.ops.cpu import expand_depthwise
+from taskflow.ops.cpu.warmup import channels_last
+
+import taskflow as tf
+from taskflow.ir.graph import Node
+
+from .oracles import assert_close
+
+PARAMS = {"HardSwish": [], "Relu": [], "": [], "LeakyRelu": [0.1]}
+
+
+def _nodes(act1: str, act2: str, k: int, stride: int, pads: list[int]) -> tuple[Node, Node]:
+    pw = Node("FusedConv", ["x", "w1", "b1"], ["wide"],
+              {"activation": act1, "activation_params": PARAMS[act1]}, name="expand")
+    dw = Node("FusedConv", ["wide", "w2", "b2"], ["y"],
+              {"group": 0, "kernel_shape": [k, k], "strides": [stride, stride], "pads": pads,
+               "activation": act2, "activation_params": PARAMS[act2]}, name="depthwise")
+    return pw, dw
+
+
+def _reference(x, w1, b1, w2, b2, pw: Node, dw: Node) -> np.ndarray:
+    conv = ops.get("FusedConv").reference
+    wide = conv(x, w1, b1, **pw.attrs)
+    return conv(wide, w2, b2, **dw.attrs)
+
+
+@pytest.mark.parametrize("act1,act2", [("Relu", "Relu"), ("HardSwish", "HardSwish"),
+                                       ("", "LeakyRelu")])
+@pytest.mark.parametrize("k,stride,size,pads", [
+    (3, 2, 11, [1, 1, 1, 1]),  # odd input, stride 2
+    (5, 1, 9, [2, 2, 2, 2]),
+    (3, 2, 8, [0, 1, 1, 0]),  # uneven pads: the last input row is read by no tap
+])
+@pytest.mark.parametrize("c,m", [(6, 24), (48, 64)])  # 16 + 8 lanes; K >= 40: MKL, wide
+@pytest.mark.parametrize("batch,bands", [(5, False), (1, True), (3, True)])
+def test_expand_depthwise_matches_the_two_convolutions(act1, act2, k, stride, size, pads, c, m,
+                                                      batch, bands, kernel_threads,
+                                                      conv_routing, monkeypatch):
+    if bands:  # small images cut into bands of rows, each expanding the rows its taps read
+        monkeypatch.setattr(expand_depthwise, "MIN_BAND_BYTES", 1)
+    rng = np.random.default_rng(k * 10 + stride + c)
+    x = rng.standard_normal((batch, c, size, size + 3)).astype(np.float32)
+    w1 = (rng.standard_normal((m, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
+    b1 = rng.standard_normal(m).astype(np.float32)
+    w2 = rng.standard_normal((m, 1, k, k)).astype(np.float32) * np.float32(0.3)
+    b2 = rng.standard_normal(m).astype(np.float32)
+    pw, dw = _nodes(act1, act2, k, stride, pads)
+    dw.attrs["group"] = m
+    run = expand_depthwise.pair(pw, dw, {"w1": w1, "w2": w2})
+    assert run is not None
+    want = _reference(x, w1, b1, w2, b2, pw, dw)
+    for inp in (channels_last(x), x):  # channels-last in place; NCHW through one transpose
+        got = run([inp, w1, b1], [w2, b2])
+        assert got is not None and got.shape == want.shape
+        assert_close(got, want, rtol=1e-5, atol=1e-5, what=f"{pw.attrs} {dw.attrs}")
+    assert (np.ptp(want, axis=(2, 3)) > 0.01).mean() > 0.5  # outputs vary over the pixels
+
+
+def test_pairs_only_plain_float32_expansions_into_their_depthwise():
+    w1 = np.ones((16, 8, 1, 1), np.float32)
+    w2 = np.ones((16, 1, 3, 3), np.float32)
+    consts = {"w1": w1, "w2": w2}
+    pw, dw = _nodes("Relu", "Relu", 3, 1, [1, 1, 1, 1])
+    dw.attrs["group"] = 16
+    assert expand_depthwise.pair(pw, dw, consts) is not None
+    for change in ({"precision": "bf16"}, {"channel_shuffle": 2}, {"sparse": 1}):
+        bad = Node(pw.op, pw.inputs, pw.outputs, {**pw.attrs, **change})
+        assert expand_depthwise.pair(bad, dw, consts) is None, change
+    dense = Node(dw.op, dw.inputs, dw.outputs, {**dw.attrs, "group": 1})
+    assert expand_depthwise.pair(pw, dense, consts) is None  # not depthwise
+    dilated = Node(dw.op, dw.inputs, dw.outputs, {**dw.attrs, "dilations": [2, 2]})
+    assert expand_depthwise.pair(pw, dilated, consts) is None
+    assert expand_depthwise.pair(pw, dw, {"w1": w1.astype(np.float64), "w2": w2}) is None
+    run = expand_depthwise.pair(pw, dw, consts)
+    x64 = np.ones((1, 8, 5, 5))
+    assert run([x64, w1, None], [w2, None]) is None  # declined at run time: two steps run
+
+
+def _inverted_block(expansion_is_output: bool = False, second_reader: bool = False
+                    ) -> onnx.ModelProto:
+    """x -> Conv 1x1 (8 -> 24) -> Relu -> depthwise 3x3 stride 2 -> HardSwish -> y."""
+    rng = np.random.default_rng(3)
+    init = [numpy_helper.from_array(a, n) for n, a in (
+        ("w1", (rng.standard_normal((24, 8, 1, 1)) * 0.3).astype(np.float32)),
+        ("b1", rng.standard_normal(24).astype(np.float32)),
+        ("w2", (rng.standard_normal((24, 1, 3, 3)) * 0.3).astype(np.float32)),
+        ("b2", rng.standard_normal(24).astype(np.float32)))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["e"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["e"], ["wide"]),
+             helper.make_node("Conv", ["wide", "w2", "b2"], ["d"], group=24,
+                              kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["d"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if expansion_is_output:
+        outputs.append(helper.make_tensor_value_info("wide", TensorProto.FLOAT, None))
+    if second_reader:
+        nodes.append(helper.make_node("ReduceMax", ["wide"], ["peak"], keepdims=0))
+        outputs.append(helper.make_tensor_value_info("peak", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes, "inverted_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 13, 12])], outputs,
+        init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_executor_runs_the_pair_as_one_step_and_traced_runs_node_by_node():
+    model = tf.load(_inverted_block().SerializeToString())
+    plan = model._plan
+    assert [plan.steps[k].node.op for k in plan.pairs] == ["FusedConv"]
+    x = np.random.default_rng(4).standard_normal((3, 8, 13, 12)).astype(np.float32)
+    seen: list[str] = []
+    traced = plan.run({"x": x}, trace=lambda node, args, results: seen.append(node.name))
+    assert len(seen) == len(plan.steps)  # every node, the expansion included
+    (y,) = model.run(None, {"x": x})
+    assert_close(y, traced["y"], rtol=1e-5, atol=1e-5)
+    (want,) = model.run(None, {"x": x}, device="reference")
+    assert_close(y, want, rtol=1e-5, atol=1e-5)
+    assert np.ptp(y, axis=0).max() > 0.1  # the output depends on the sample
+
+
+@pytest.mark.parametrize("kind", ["graph output", "second reader"])
+def test_an_expansion_someone_else_reads_is_not_paired(kind):
+    model = tf.load(_inverted_block(expansion_is_output=kind == "graph output",
+                                    second_reader=kind == "second reader").SerializeToString())
+    assert model._plan.pairs == {}
+    x = np.random.default_rng(5).standard_normal((2, 8, 13, 12)).astype(np.float32)
+    got = model.run(None, {"x": x})
+    want = model.run(None, {"x": x}, device="reference")
+    for g, w in zip(got, want):
+        assert_close(g, w, rtol=1e-5, atol=1e-5)
