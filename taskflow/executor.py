@@ -105,9 +105,9 @@ class ExecutionPlan:
         self.slots = {} if device != "cpu" else concat_slots(
             [(n.op, n.inputs, n.outputs, n.attrs) for n in order],
             lambda v: _channels(graph, v), graph.output_names)
-        #: Step k -> the kernel that runs steps k and k + 1 as one pass in untraced runs
-        #: (:func:`step_pairs`).
-        self.pairs = {} if device != "cpu" else step_pairs(order, graph, set(self.slots))
+        #: Step k -> (kernel, count): the kernel runs steps k to k + count - 1 as one pass in
+        #: untraced runs (:func:`step_chains`).
+        self.chains = {} if device != "cpu" else step_chains(order, graph, set(self.slots))
 
     def run(self, feed: Mapping[str, Any], outputs: list[str] | None = None,
             trace: Callable[[Node, list[Any], tuple], None] | None = None) -> dict[str, Any]:
@@ -117,7 +117,7 @@ class ExecutionPlan:
         FLOP accounting); it must not keep references to large arrays. Inside a
         :func:`node_timer` block each node is also timed.
         """
-        pairs = self.pairs if trace is None else {}  # a traced run sees every node's value
+        chains = self.chains if trace is None else {}  # a traced run sees every node's value
         times = _NODE_TIMES.get()
         if times is not None:  # checked once per run: an untimed run pays nothing per node
             trace = _timing(times, trace)
@@ -133,19 +133,20 @@ class ExecutionPlan:
         elif key is not None and len(self.shape_cache) < SHAPE_CACHE_KEYS:
             record = {}  # kept at the end of the run
         buffers: dict[int, Any] = {}  # this run's Concat buffers, by Concat step
-        done = -1  # a step run with the one before it
+        done = -1  # the last step run as part of a chain
         for k, step in enumerate(self.steps):
             node = step.node
-            if k in skip or k == done:  # its outputs came from the shape cache, or with the
-                for name in step.release:  # step before it (a pair)
+            if k in skip or k <= done:  # its outputs came from the shape cache, or with the
+                for name in step.release:  # chain it ends
                     env.pop(name, None)
                 continue
             args = [env[i] if i else None for i in node.inputs]
             try:
                 slot = self.slots.get(k)
-                results = self._paired(pairs.get(k), k, args, env)
-                if results is not None:  # this step and the next, as the next one's outputs
-                    node, done = self.steps[k + 1].node, k + 1
+                results = self._chained(chains.get(k), k, args, env)
+                if results is not None:  # steps k.. as one, with the chain's last outputs
+                    done = k + chains[k][1] - 1
+                    node = self.steps[done].node
                 elif slot is None:
                     results = ops.as_outputs(step.fn(*args, **node.attrs))
                 else:
@@ -181,15 +182,17 @@ class ExecutionPlan:
         wanted = outputs if outputs is not None else self.graph.output_names
         return {name: env[name] for name in wanted}
 
-    def _paired(self, pair: Callable | None, k: int, args: list[Any],
-                env: dict[str, Any]) -> tuple | None:
-        """The outputs of step k + 1 computed with step k by ``pair`` (step k's inputs and
-        step k + 1's other inputs), or None: no pair, or one its kernel declines at run time
-        (then the two steps run as they are)."""
-        if pair is None:
+    def _chained(self, chain: tuple[Callable, int] | None, k: int, args: list[Any],
+                 env: dict[str, Any]) -> tuple | None:
+        """The outputs of a chain's last step computed with steps k.. by its kernel (step k's
+        inputs and each later step's other inputs), or None: no chain, or one its kernel
+        declines at run time (then the steps run one by one)."""
+        if chain is None:
             return None
-        later = self.steps[k + 1].node
-        out = pair(args, [env[i] if i else None for i in later.inputs[1:]])
+        run, count = chain
+        later = [[env[i] if i else None for i in self.steps[j].node.inputs[1:]]
+                 for j in range(k + 1, k + count)]
+        out = run(args, later)
         return None if out is None else (out,)
 
     def _signature(self, feed: Mapping[str, Any]) -> tuple | None:
@@ -252,11 +255,13 @@ def _timing(times: list[tuple[Node, float]],
     return timed
 
 
-def step_pairs(order: Sequence[Node], graph: Graph, placed: set[int]) -> dict[int, Callable]:
-    """Step k -> a kernel running nodes k and k + 1 as one pass, where node k + 1 is the only
-    reader of node k's one output, which is no graph output, neither writes into a Concat's
-    buffer (``placed``), and the cpu kernels pair them: a 1x1 expansion and the depthwise
-    convolution it feeds (:mod:`taskflow.ops.cpu.expand_depthwise`)."""
+def step_chains(order: Sequence[Node], graph: Graph,
+                placed: set[int]) -> dict[int, tuple[Callable, int]]:
+    """Step k -> (kernel, count) running nodes k to k + count - 1 as one pass, where each
+    later node is the only reader of the one output of the node before it, no such output is
+    a graph output, none of them writes into a Concat's buffer (``placed``), and the cpu
+    kernels take the chain: a 1x1 expansion, the depthwise convolution it feeds, and the
+    squeeze-excite that follows it if any (:mod:`taskflow.ops.cpu.expand_depthwise`)."""
     from taskflow.ops.cpu import expand_depthwise
 
     readers: dict[str, int] = {}
@@ -265,18 +270,30 @@ def step_pairs(order: Sequence[Node], graph: Graph, placed: set[int]) -> dict[in
             if i:
                 readers[i] = readers.get(i, 0) + 1
     outputs = set(graph.output_names)
-    pairs: dict[int, Callable] = {}
-    for k in range(len(order) - 1):
+
+    def feeds(k: int) -> bool:  # node k's one output goes to node k + 1 alone
         a, b = order[k], order[k + 1]
-        if k in placed or k + 1 in placed or (k - 1 in pairs) or len(a.outputs) != 1:
+        v = a.outputs[0] if len(a.outputs) == 1 else ""
+        return bool(v) and v not in outputs and readers.get(v) == 1 and bool(b.inputs) \
+            and b.inputs[0] == v and k not in placed and k + 1 not in placed
+
+    chains: dict[int, tuple[Callable, int]] = {}
+    k = 0
+    while k < len(order) - 1:
+        run = expand_depthwise.pair(order[k], order[k + 1], graph.initializers) \
+            if feeds(k) else None
+        if run is None:
+            k += 1
             continue
-        v = a.outputs[0]
-        if not v or v in outputs or readers.get(v) != 1 or not b.inputs or b.inputs[0] != v:
-            continue
-        run = expand_depthwise.pair(a, b, graph.initializers)
-        if run is not None:
-            pairs[k] = run
-    return pairs
+        count = 2
+        if k + 2 < len(order) and feeds(k + 1):
+            gated = expand_depthwise.pair(order[k], order[k + 1], graph.initializers,
+                                          se=order[k + 2])
+            if gated is not None:
+                run, count = gated, 3
+        chains[k] = (run, count)
+        k += count
+    return chains
 
 
 def shape_only_steps(nodes: Sequence[tuple[str, Sequence[str], Sequence[str]]],

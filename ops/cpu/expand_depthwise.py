@@ -24,11 +24,23 @@ from typing import Any
 import numpy as np
 
 from ..conv import resolve_pads, spatial_attrs
+from ..squeeze_excite import POOLS
 from . import depthwise, direct
 from .blas import gemm
-from .common import as_nhwc, nchw_view, new_output, packed, run_tasks, scratch, threads
+from .common import (
+    as_nhwc,
+    is_channels_last,
+    nchw_view,
+    new_output,
+    packed,
+    run_ranges,
+    run_tasks,
+    scratch,
+    threads,
+)
 from .epilogue import activation_code, apply_epilogue
 from .simd import lanes_tag
+from .squeeze_excite import _transposed, squeeze_excite_samples
 
 #: Largest expanded block a task keeps (one L2 on the 2 MiB-L2 machine it was tuned on:
 #: one 56x56x72 image is 0.9 MB).
@@ -61,84 +73,148 @@ def _act(node: Any) -> tuple[int, float, float] | None:
                            node.attrs.get("activation_params"))
 
 
-def pair(pw: Any, dw: Any, constants: Mapping[str, np.ndarray]) -> Callable | None:
-    """``run(pw_args, dw_weights) -> output or None`` for an expansion node ``pw`` followed by
-    the depthwise node ``dw`` that reads its output (the caller checks that nothing else
-    does), or None where the two do not make such a pair. ``pw_args`` are the expansion's
-    inputs, ``dw_weights`` the depthwise node's inputs after its first."""
+def _gate(se: Any, constants: Mapping[str, np.ndarray], m: int) -> tuple | None:
+    """The squeeze-excite node's packed weights and activation codes, where its kernel's
+    fast path takes them (float32 constants over the depthwise output's ``m`` channels)."""
+    if se.op != "FusedSqueezeExcite" or len(se.inputs) < 4 \
+            or _text(se.attrs.get("pool", "GlobalAveragePool")) not in POOLS:
+        return None
+    w1, w2 = constants.get(se.inputs[1]), constants.get(se.inputs[3])
+    if w1 is None or w2 is None or w1.ndim != 4 or w1.shape[1:] != (m, 1, 1) \
+            or w2.shape != (m, w1.shape[0], 1, 1) or w1.dtype != np.float32 \
+            or w2.dtype != np.float32:
+        return None
+    act = activation_code(se.attrs.get("activation", "Relu"), se.attrs.get("activation_params"))
+    gate = activation_code(se.attrs.get("gate", "HardSigmoid"), se.attrs.get("gate_params"))
+    if act is None or gate is None:
+        return None
+    return (packed(w1, ("se", "<f4"), _transposed), packed(w2, ("se", "<f4"), _transposed),
+            act, gate)
+
+
+def _first(node: Any, w: np.ndarray) -> str:
+    """What the chain's first node is: "expand" (a 1x1, stride 1, unpadded), "stem" (a
+    first layer on few channels, :func:`.direct.few_channels_rows`), or "" (neither)."""
+    a = node.attrs
+    if int(a.get("group", 1)) != 1:
+        return ""
+    if w.shape[2:] == (1, 1) and not any(int(p) for p in a.get("pads") or ()) \
+            and all(int(s) == 1 for s in a.get("strides") or ()) \
+            and _text(a.get("auto_pad", "NOTSET")) in ("NOTSET", "VALID"):
+        return "expand" if w.shape[1] * w.shape[0] < direct.POINTWISE_MAX_WEIGHT else ""
+    taps = w.shape[1] * w.shape[2] * w.shape[3]
+    few = w.shape[1] <= direct.FEW_CHANNELS_MAX and taps <= direct.FEW_CHANNELS_MAX_TAPS
+    return "stem" if few else ""
+
+
+def pair(pw: Any, dw: Any, constants: Mapping[str, np.ndarray],
+         se: Any = None) -> Callable | None:
+    """``run(pw_args, later) -> output or None`` for a first node ``pw`` (a 1x1 expansion or
+    a few-channel first layer) followed by the depthwise node ``dw`` that reads its output
+    (the caller checks that nothing else does) and, given ``se``, the FusedSqueezeExcite
+    node that reads dw's; None where they do not make such a chain. ``pw_args`` are the
+    first node's inputs, ``later`` each later node's inputs after its first. The gate is
+    applied to each task's images in place while they are in cache (a band of an image's
+    rows has no whole image to pool: then one pass after the tasks)."""
     if not (_plain(pw) and _plain(dw)) or dw.inputs[0] != pw.outputs[0]:
         return None
     w1, w2 = constants.get(pw.inputs[1]), constants.get(dw.inputs[1])
-    if w1 is None or w2 is None or w1.ndim != 4 or w2.ndim != 4 or w1.shape[2:] != (1, 1):
+    if w1 is None or w2 is None or w1.ndim != 4 or w2.ndim != 4:
         return None
     m = w1.shape[0]
-    a1, a2 = pw.attrs, dw.attrs
-    if int(a1.get("group", 1)) != 1 or int(a2.get("group", 1)) != m or w2.shape[:2] != (m, 1):
-        return None
-    if any(int(p) for p in a1.get("pads") or ()) or any(int(s) != 1 for s in a1.get("strides")
-                                                        or ()) \
-            or _text(a1.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID"):
-        return None
-    if m % 8 or w1.shape[1] * m >= direct.POINTWISE_MAX_WEIGHT or w1.dtype != np.float32 \
-            or w2.dtype != np.float32:
+    mode = _first(pw, w1)
+    if not mode or int(dw.attrs.get("group", 1)) != m or w2.shape[:2] != (m, 1) or m % 8 \
+            or w1.dtype != np.float32 or w2.dtype != np.float32:
         return None
     act1, act2 = _act(pw), _act(dw)
     if act1 is None or act2 is None:
         return None
-    kh, kw = w2.shape[2:]
-    strides, _ = spatial_attrs(2, a2.get("strides"), None)
-    pads, auto_pad = a2.get("pads"), _text(a2.get("auto_pad", "NOTSET"))
+    gate = None
+    if se is not None:
+        gate = _gate(se, constants, m)
+        if gate is None or se.inputs[0] != dw.outputs[0]:
+            return None
+    first = _Conv(w1, pw.attrs)
+    second = _Conv(w2, dw.attrs)
 
-    def run(pw_args: list, dw_weights: list) -> np.ndarray | None:
+    def run(pw_args: list, later: list[list]) -> np.ndarray | None:
         x, b1 = pw_args[0], pw_args[2] if len(pw_args) > 2 else None
-        b2 = dw_weights[1] if len(dw_weights) > 1 else None
+        b2 = later[0][1] if len(later[0]) > 1 else None
+        biases = [(b1, m), (b2, m)]
+        scale = None
+        if gate is not None:  # the squeeze-excite's biases: inputs 2 and 4
+            sb1, sb2 = later[1][1], later[1][3] if len(later[1]) > 3 else None
+            biases += [(sb1, gate[0].shape[1]), (sb2, m)]
+            empty = np.zeros(0, np.float32)
+            scale = (gate[0], empty if sb1 is None else sb1.reshape(-1), gate[1],
+                     empty if sb2 is None else sb2.reshape(-1), gate[2], gate[3])
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4 \
                 or x.shape[0] == 0 or x.shape[1] != w1.shape[1] \
-                or any(b is not None and (b.dtype != np.float32 or b.size != m)
-                       for b in (b1, b2)):
+                or any(b is not None and (not isinstance(b, np.ndarray)
+                                          or b.dtype != np.float32 or b.size != k)
+                       for b, k in biases):
             return None
-        xh = as_nhwc(x)
-        if not xh.flags.c_contiguous:
+        if mode == "stem":  # read in NCHW, in place
+            if is_channels_last(x) or not x.flags.c_contiguous:
+                return None
+        else:
+            x = as_nhwc(x)
+            if not x.flags.c_contiguous:
+                return None
+        mid = first.geometry(x.shape[2:] if mode == "stem" else x.shape[1:3])
+        out = None if mid is None else second.geometry(mid[2])
+        if out is None:
             return None
-        try:
-            pb, pe = resolve_pads(x.shape[2:], (kh, kw), strides, (1, 1), pads, auto_pad)
-        except Exception:  # the nodes' own kernels raise the right error
-            return None
-        ho, wo = ((i + b + e - k) // s + 1 for i, b, e, k, s in
-                  zip(x.shape[2:], pb, pe, (kh, kw), strides))
-        if ho <= 0 or wo <= 0:
-            return None
-        return expand_depthwise(xh, w1, b1, act1, w2, b2, act2, strides, pb, (ho, wo))
+        return _run(mode, x, first, mid, b1, act1, second, out, b2, act2, scale)
 
     return run
 
 
-def expand_depthwise(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
-                     act1: tuple[int, float, float], w2: np.ndarray, b2: np.ndarray | None,
-                     act2: tuple[int, float, float], s, pb, out) -> np.ndarray:
-    """act2(depthwise(act1(1x1(xh, w1) + b1), w2) + b2) for the NHWC float32 ``xh``; returns
-    the logical NCHW view of the NHWC output.
+class _Conv:
+    """A chain node's weight, kernel size and stride and padding attributes."""
 
-    Tasks are whole images, as many as fit :data:`BLOCK_BYTES` expanded, while there are at
-    least two per kernel thread; else bands of output rows of one image, each expanding the
-    input rows its taps read (a band's first ``KH - stride`` rows are also its
-    predecessor's)."""
-    n, h, wd, c = xh.shape
+    def __init__(self, w: np.ndarray, attrs: Mapping[str, Any]) -> None:
+        self.w = w
+        self.k = w.shape[2:]
+        self.strides, _ = spatial_attrs(2, attrs.get("strides"), None)
+        self.pads, self.auto_pad = attrs.get("pads"), _text(attrs.get("auto_pad", "NOTSET"))
+
+    def geometry(self, size) -> tuple | None:
+        """(strides, begin pads, output size) on an input of ``size`` (H, W); None where the
+        node's own kernel must judge (it raises the right error)."""
+        try:
+            pb, pe = resolve_pads(tuple(size), self.k, self.strides, (1, 1), self.pads,
+                                  self.auto_pad)
+        except Exception:
+            return None
+        out = tuple((i + b + e - k) // s + 1
+                    for i, b, e, k, s in zip(size, pb, pe, self.k, self.strides))
+        return None if min(out) <= 0 else (self.strides, tuple(pb), out)
+
+
+def _run(mode: str, x: np.ndarray, first: _Conv, mid: tuple, b1: np.ndarray | None,
+         act1: tuple[int, float, float], second: _Conv, out: tuple, b2: np.ndarray | None,
+         act2: tuple[int, float, float], scale: tuple | None) -> np.ndarray:
+    """act2(depthwise(act1(first(x) + b1)) + b2), times its squeeze-excite gate where
+    ``scale`` gives one (:func:`.squeeze_excite.squeeze_excite_samples`' transposed weights,
+    biases and activation codes); returns the logical NCHW view of the NHWC output. ``x`` is
+    NHWC for an expansion, NCHW for a stem; ``mid`` and ``out`` are the two convolutions'
+    :meth:`_Conv.geometry`.
+
+    Tasks are whole images, as many as fit :data:`BLOCK_BYTES` of the first node's output,
+    while there are at least two per kernel thread; else bands of output rows of one image,
+    each computing the first node's rows its taps read (a band's first ``KH - stride`` rows
+    are also its predecessor's)."""
+    n = x.shape[0]
+    w1, w2 = first.w, second.w
     m, kh, kw = w2.shape[0], w2.shape[2], w2.shape[3]
-    ho, wo = out
-    sh, sw = s
+    h, wd = mid[2]
+    (sh, sw), pb, (ho, wo) = out
     f32 = np.float32
     y = new_output((n, ho, wo, m), f32)
-    # the expansion: MKL's 16-lane GEMM, then the epilogue on the block in cache, where the
-    # convolutions route 1x1 layers to it; else the 8-lane direct kernel, epilogue fused
-    mkl = direct.pointwise_max_weight() == 0 and c >= MKL_MIN_CHANNELS
-    wt1 = w1.reshape(m, c).T
-    wp1 = packed(w1, ("pointwise", 1, "<f4"), lambda a: direct.pack_pointwise(a, 1))
-    bp1 = direct.pad_groups(b1, 1, m, f32)
     wp2 = packed(w2, ("depthwise", "<f4"), lambda a: np.ascontiguousarray(
         a[:, 0].transpose(1, 2, 0)))
     bp2 = np.zeros(m, f32) if b2 is None else b2
-    no_z = np.zeros((0, m), f32)
     tag, ktag = lanes_tag(direct.vector_lanes()), (0,) * kw
     image = h * wd * m * 4
     per = max(1, min(BLOCK_BYTES // image, n // (2 * threads()) or 1))
@@ -150,6 +226,7 @@ def expand_depthwise(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
     bands = -(-ho // rows)
     tasks = [(n0, min(n, n0 + per), o0, min(ho, o0 + rows))
              for n0 in range(0, n, per if bands == 1 else 1) for o0 in range(0, ho, rows)]
+    fill = _stem(x, w1, b1, act1, mid) if mode == "stem" else _expansion(x, w1, b1, act1)
 
     def task(i: int) -> None:
         n0, n1, o0, o1 = tasks[i]
@@ -157,6 +234,42 @@ def expand_depthwise(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
         if bands > 1:
             r0, r1 = max(0, o0 * sh - pb[0]), min(h, (o1 - 1) * sh - pb[0] + kh)
         wide = scratch("expanded", (n1 - n0, r1 - r0, wd, m), f32)
+        fill(n0, n1, r0, r1, wide)
+        # the band's rows as an image of their own: padding above only where row 0 is in it
+        depthwise.depthwise_rows(wide, wp2, bp2, y[n0:n1, o0:o1], 0, sh, sw,
+                                 pb[0] - o0 * sh + r0, pb[1], act2[0], f32(act2[1]),
+                                 f32(act2[2]), f32(1), 0, (n1 - n0) * (o1 - o0), tag, ktag)
+        if scale is not None and bands == 1:
+            gated(n0, n1)
+
+    def gated(n0: int, n1: int) -> None:  # y[n0:n1] times its gate, in place
+        y3 = y[n0:n1].reshape(n1 - n0, ho * wo, m)
+        w1t, sb1, w2t, sb2, act, gate = scale
+        squeeze_excite_samples(y3, w1t, sb1, w2t, sb2, y3, True, act[0], f32(act[1]),
+                               f32(act[2]), gate[0], f32(gate[1]), f32(gate[2]), f32(1), 0,
+                               n1 - n0)
+
+    run_tasks(task, len(tasks))
+    if scale is not None and bands > 1:
+        run_ranges(gated, n, 1)
+    return nchw_view(y)
+
+
+def _expansion(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
+               act1: tuple[int, float, float]) -> Callable:
+    """``fill(n0, n1, r0, r1, wide)``: the 1x1 expansion of rows [r0, r1) of images n0..n1
+    of the NHWC ``xh`` into ``wide``. MKL's 16-lane GEMM, then the epilogue on the block in
+    cache, where the convolutions route 1x1 layers to it (from :data:`MKL_MIN_CHANNELS`);
+    else the 8-lane direct kernel, epilogue fused."""
+    c, m = xh.shape[3], w1.shape[0]
+    f32 = np.float32
+    mkl = direct.pointwise_max_weight() == 0 and c >= MKL_MIN_CHANNELS
+    wt1 = w1.reshape(m, c).T
+    wp1 = packed(w1, ("pointwise", 1, "<f4"), lambda a: direct.pack_pointwise(a, 1))
+    bp1 = direct.pad_groups(b1, 1, m, f32)
+    no_z = np.zeros((0, m), f32)
+
+    def fill(n0: int, n1: int, r0: int, r1: int, wide: np.ndarray) -> None:
         x2d, w2d = xh[n0:n1, r0:r1].reshape(-1, c), wide.reshape(-1, m)
         if mkl:
             gemm(x2d, wt1, w2d)
@@ -164,10 +277,26 @@ def expand_depthwise(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
         else:
             direct.pointwise_rows(x2d, wp1, bp1, no_z, w2d, 0, 1, m, 1, act1[0], f32(act1[1]),
                                   f32(act1[2]), f32(1), 0, x2d.shape[0])
-        # the band's rows as an image of their own: padding above only where row 0 is in it
-        depthwise.depthwise_rows(wide, wp2, bp2, y[n0:n1, o0:o1], 0, sh, sw,
-                                 pb[0] - o0 * sh + r0, pb[1], act2[0], f32(act2[1]),
-                                 f32(act2[2]), f32(1), 0, (n1 - n0) * (o1 - o0), tag, ktag)
 
-    run_tasks(task, len(tasks))
-    return nchw_view(y)
+    return fill
+
+
+def _stem(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
+          act1: tuple[int, float, float], mid: tuple) -> Callable:
+    """``fill(n0, n1, r0, r1, wide)``: output rows [r0, r1) of the few-channel first layer
+    on images n0..n1 of the NCHW ``x`` into ``wide`` (:func:`.direct.few_channels_rows`; a
+    band's rows as an output of their own, its input rows offset through the top padding)."""
+    (sh, sw), pb, _ = mid
+    m, kh, kw = w1.shape[0], w1.shape[2], w1.shape[3]
+    f32 = np.float32
+    wp = packed(w1, ("few-channels", "<f4"),
+                lambda a: np.ascontiguousarray(a.transpose(1, 2, 3, 0)).ravel())
+    bp = np.zeros(m, f32) if b1 is None else b1
+    tag = lanes_tag(direct.vector_lanes() if m % 16 == 0 else 8)
+
+    def fill(n0: int, n1: int, r0: int, r1: int, wide: np.ndarray) -> None:
+        direct.few_channels_rows(x[n0:n1], wp, bp, wide, 0, kh, kw, sh, sw, pb[0] - r0 * sh,
+                                 pb[1], act1[0], f32(act1[1]), f32(act1[2]), f32(1), 0,
+                                 (n1 - n0) * (r1 - r0), tag, (0,) * kw)
+
+    return fill

@@ -1,6 +1,6 @@
-"""A 1x1 expansion and the depthwise convolution it feeds as one pass
-(:mod:`taskflow.ops.cpu.expand_depthwise`), against the two convolutions' references, and
-the executor's pairing of the two nodes (untraced runs only)."""
+"""A 1x1 expansion, the depthwise convolution it feeds and the squeeze-excite after it as
+one pass (:mod:`taskflow.ops.cpu.expand_depthwise`), against the nodes' references, and the
+executor's chaining of the nodes (untraced runs only)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,46 @@ def _nodes(act1: str, act2: str, k: int, stride: int, pads: list[int]) -> tuple[
     return pw, dw
 
 
+def _se_node(pool: str = "GlobalAveragePool") -> Node:
+    return Node("FusedSqueezeExcite", ["y", "s1", "sb1", "s2", "sb2"], ["gated"],
+                {"pool": pool, "activation": "Relu", "gate": "HardSigmoid",
+                 "gate_params": [1 / 6, 0.5]}, name="se")
+
+
 def _reference(x, w1, b1, w2, b2, pw: Node, dw: Node) -> np.ndarray:
     conv = ops.get("FusedConv").reference
     wide = conv(x, w1, b1, **pw.attrs)
     return conv(wide, w2, b2, **dw.attrs)
+
+
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "ReduceMean"])
+@pytest.mark.parametrize("batch,bands", [(4, False), (1, True), (3, True)])
+def test_expand_depthwise_with_its_squeeze_excite(pool, batch, bands, kernel_threads,
+                                                  monkeypatch):
+    """The gate applied to each task's whole images in place, or (bands of rows) in one pass
+    after them; the squeeze's bias omitted."""
+    if bands:
+        monkeypatch.setattr(expand_depthwise, "MIN_BAND_BYTES", 1)
+    rng = np.random.default_rng(batch)
+    c, m, r = 8, 40, 12
+    x = rng.standard_normal((batch, c, 9, 10)).astype(np.float32)
+    w1 = (rng.standard_normal((m, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
+    b1 = rng.standard_normal(m).astype(np.float32)
+    w2 = rng.standard_normal((m, 1, 3, 3)).astype(np.float32) * np.float32(0.3)
+    s1 = (rng.standard_normal((r, m, 1, 1)) * 0.3).astype(np.float32)
+    s2 = (rng.standard_normal((m, r, 1, 1)) * 0.3).astype(np.float32)
+    sb2 = rng.standard_normal(m).astype(np.float32)
+    pw, dw = _nodes("HardSwish", "HardSwish", 3, 2, [1, 1, 1, 1])
+    dw.attrs["group"] = m
+    se = _se_node(pool)
+    run = expand_depthwise.pair(pw, dw, {"w1": w1, "w2": w2, "s1": s1, "s2": s2}, se=se)
+    assert run is not None
+    y = _reference(x, w1, b1, w2, None, pw, dw)
+    want = ops.get("FusedSqueezeExcite").reference(y, s1, None, s2, sb2, **se.attrs)
+    got = run([channels_last(x), w1, b1], [[w2, None], [s1, None, s2, sb2]])
+    assert_close(got, want, rtol=1e-5, atol=1e-5, what=f"{pool} batch {batch}")
+    gates = want.reshape(batch, m, -1)[..., :1] / y.reshape(batch, m, -1)[..., :1]
+    assert np.ptp(gates[np.isfinite(gates)]) > 0.05  # the gate differs between channels
 
 
 @pytest.mark.parametrize("act1,act2", [("Relu", "Relu"), ("HardSwish", "HardSwish"),
@@ -61,10 +97,49 @@ def test_expand_depthwise_matches_the_two_convolutions(act1, act2, k, stride, si
     assert run is not None
     want = _reference(x, w1, b1, w2, b2, pw, dw)
     for inp in (channels_last(x), x):  # channels-last in place; NCHW through one transpose
-        got = run([inp, w1, b1], [w2, b2])
+        got = run([inp, w1, b1], [[w2, b2]])
         assert got is not None and got.shape == want.shape
         assert_close(got, want, rtol=1e-5, atol=1e-5, what=f"{pw.attrs} {dw.attrs}")
     assert (np.ptp(want, axis=(2, 3)) > 0.01).mean() > 0.5  # outputs vary over the pixels
+
+
+@pytest.mark.parametrize("squeeze_excite", [False, True], ids=["", "squeeze-excite"])
+@pytest.mark.parametrize("m", [16, 24])  # 16 lanes where AVX-512 (wide routing), or 8
+@pytest.mark.parametrize("batch,bands", [(5, False), (1, True), (3, True)])
+def test_a_few_channel_stem_into_its_depthwise(squeeze_excite, m, batch, bands,
+                                               kernel_threads, conv_routing, monkeypatch):
+    """MobileNet's first layer (3 -> M, 3x3 stride 2) read in NCHW, its rows (all of an
+    image's, or a band's, offset through the top padding) into the buffer the depthwise
+    layer reads; odd sizes, uneven pads."""
+    if bands:
+        monkeypatch.setattr(expand_depthwise, "MIN_BAND_BYTES", 1)
+    rng = np.random.default_rng(m + batch)
+    x = rng.standard_normal((batch, 3, 23, 20)).astype(np.float32)
+    w1 = (rng.standard_normal((m, 3, 3, 3)) * 0.3).astype(np.float32)
+    b1 = rng.standard_normal(m).astype(np.float32)
+    w2 = rng.standard_normal((m, 1, 3, 3)).astype(np.float32) * np.float32(0.3)
+    b2 = rng.standard_normal(m).astype(np.float32)
+    stem = Node("FusedConv", ["x", "w1", "b1"], ["wide"],
+                {"strides": [2, 2], "pads": [1, 0, 1, 1], "activation": "HardSwish"})
+    _, dw = _nodes("", "Relu", 3, 2, [1, 1, 1, 1])
+    dw.attrs["group"] = m
+    consts = {"w1": w1, "w2": w2}
+    se, later = None, [[w2, b2]]
+    if squeeze_excite:
+        consts["s1"] = (rng.standard_normal((8, m, 1, 1)) * 0.5).astype(np.float32)
+        consts["s2"] = (rng.standard_normal((m, 8, 1, 1)) * 0.5).astype(np.float32)
+        se = _se_node()
+        later.append([consts["s1"], None, consts["s2"], None])
+    run = expand_depthwise.pair(stem, dw, consts, se=se)
+    assert run is not None
+    want = _reference(x, w1, b1, w2, b2, stem, dw)
+    if squeeze_excite:
+        want = ops.get("FusedSqueezeExcite").reference(want, consts["s1"], None, consts["s2"],
+                                                        None, **se.attrs)
+    got = run([x, w1, b1], later)
+    assert_close(got, want, rtol=1e-5, atol=1e-5, what=f"stem batch {batch}")
+    assert run([channels_last(x), w1, b1], later) is None  # the stem reads NCHW only
+    assert (np.ptp(want, axis=(2, 3)) > 0.01).mean() > 0.5
 
 
 def test_pairs_only_plain_float32_expansions_into_their_depthwise():
@@ -84,23 +159,37 @@ def test_pairs_only_plain_float32_expansions_into_their_depthwise():
     assert expand_depthwise.pair(pw, dw, {"w1": w1.astype(np.float64), "w2": w2}) is None
     run = expand_depthwise.pair(pw, dw, consts)
     x64 = np.ones((1, 8, 5, 5))
-    assert run([x64, w1, None], [w2, None]) is None  # declined at run time: two steps run
+    assert run([x64, w1, None], [[w2, None]]) is None  # declined at run time: two steps run
+    se = _se_node()
+    s1, s2 = np.ones((4, 16, 1, 1), np.float32), np.ones((16, 4, 1, 1), np.float32)
+    assert expand_depthwise.pair(pw, dw, {**consts, "s1": s1, "s2": s2}, se=se) is not None
+    assert expand_depthwise.pair(pw, dw, {**consts, "s1": s1[:, :8], "s2": s2}, se=se) is None
 
 
-def _inverted_block(expansion_is_output: bool = False, second_reader: bool = False
-                    ) -> onnx.ModelProto:
-    """x -> Conv 1x1 (8 -> 24) -> Relu -> depthwise 3x3 stride 2 -> HardSwish -> y."""
+def _inverted_block(expansion_is_output: bool = False, second_reader: bool = False,
+                    squeeze_excite: bool = False) -> onnx.ModelProto:
+    """x -> Conv 1x1 (8 -> 24) -> Relu -> depthwise 3x3 stride 2 -> HardSwish -> y, with
+    ``squeeze_excite`` y = d * HardSigmoid(Conv(Relu(Conv(GlobalAveragePool(d))))) instead."""
     rng = np.random.default_rng(3)
     init = [numpy_helper.from_array(a, n) for n, a in (
         ("w1", (rng.standard_normal((24, 8, 1, 1)) * 0.3).astype(np.float32)),
         ("b1", rng.standard_normal(24).astype(np.float32)),
         ("w2", (rng.standard_normal((24, 1, 3, 3)) * 0.3).astype(np.float32)),
-        ("b2", rng.standard_normal(24).astype(np.float32)))]
+        ("b2", rng.standard_normal(24).astype(np.float32)),
+        ("s1", (rng.standard_normal((8, 24, 1, 1)) * 0.5).astype(np.float32)),
+        ("s2", (rng.standard_normal((24, 8, 1, 1)) * 0.5).astype(np.float32)))]
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["e"], kernel_shape=[1, 1]),
              helper.make_node("Relu", ["e"], ["wide"]),
-             helper.make_node("Conv", ["wide", "w2", "b2"], ["d"], group=24,
+             helper.make_node("Conv", ["wide", "w2", "b2"], ["c"], group=24,
                               kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("HardSwish", ["d"], ["y"])]
+             helper.make_node("HardSwish", ["c"], ["y" if not squeeze_excite else "d"])]
+    if squeeze_excite:
+        nodes += [helper.make_node("GlobalAveragePool", ["d"], ["p"]),
+                  helper.make_node("Conv", ["p", "s1"], ["q"], kernel_shape=[1, 1]),
+                  helper.make_node("Relu", ["q"], ["r"]),
+                  helper.make_node("Conv", ["r", "s2"], ["t"], kernel_shape=[1, 1]),
+                  helper.make_node("HardSigmoid", ["t"], ["g"], alpha=1 / 6),
+                  helper.make_node("Mul", ["d", "g"], ["y"])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     if expansion_is_output:
         outputs.append(helper.make_tensor_value_info("wide", TensorProto.FLOAT, None))
@@ -114,10 +203,12 @@ def _inverted_block(expansion_is_output: bool = False, second_reader: bool = Fal
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_the_executor_runs_the_pair_as_one_step_and_traced_runs_node_by_node():
-    model = tf.load(_inverted_block().SerializeToString())
+@pytest.mark.parametrize("squeeze_excite", [False, True], ids=["", "squeeze-excite"])
+def test_the_executor_runs_the_chain_as_one_step_and_traced_runs_node_by_node(squeeze_excite):
+    model = tf.load(_inverted_block(squeeze_excite=squeeze_excite).SerializeToString())
     plan = model._plan
-    assert [plan.steps[k].node.op for k in plan.pairs] == ["FusedConv"]
+    assert [(plan.steps[k].node.op, count) for k, (_, count) in plan.chains.items()] == [
+        ("FusedConv", 3 if squeeze_excite else 2)]
     x = np.random.default_rng(4).standard_normal((3, 8, 13, 12)).astype(np.float32)
     seen: list[str] = []
     traced = plan.run({"x": x}, trace=lambda node, args, results: seen.append(node.name))
@@ -133,7 +224,7 @@ def test_the_executor_runs_the_pair_as_one_step_and_traced_runs_node_by_node():
 def test_an_expansion_someone_else_reads_is_not_paired(kind):
     model = tf.load(_inverted_block(expansion_is_output=kind == "graph output",
                                     second_reader=kind == "second reader").SerializeToString())
-    assert model._plan.pairs == {}
+    assert model._plan.chains == {}
     x = np.random.default_rng(5).standard_normal((2, 8, 13, 12)).astype(np.float32)
     got = model.run(None, {"x": x})
     want = model.run(None, {"x": x}, device="reference")
