@@ -260,8 +260,9 @@ def step_chains(order: Sequence[Node], graph: Graph,
     """Step k -> (kernel, count) running nodes k to k + count - 1 as one pass, where each
     later node is the only reader of the one output of the node before it, no such output is
     a graph output, none of them writes into a Concat's buffer (``placed``), and the cpu
-    kernels take the chain: a 1x1 expansion, the depthwise convolution it feeds, and the
-    squeeze-excite that follows it if any (:mod:`taskflow.ops.cpu.expand_depthwise`)."""
+    kernels take the chain: a 1x1 expansion (or a few-channel first layer), the depthwise
+    convolution it feeds, the squeeze-excite that follows it if any, and the 1x1 projection
+    after them if any (:mod:`taskflow.ops.cpu.expand_depthwise`)."""
     from taskflow.ops.cpu import expand_depthwise
 
     readers: dict[str, int] = {}
@@ -285,12 +286,17 @@ def step_chains(order: Sequence[Node], graph: Graph,
         if run is None:
             k += 1
             continue
-        count = 2
+        count, se = 2, None
         if k + 2 < len(order) and feeds(k + 1):
             gated = expand_depthwise.pair(order[k], order[k + 1], graph.initializers,
                                           se=order[k + 2])
             if gated is not None:
-                run, count = gated, 3
+                run, count, se = gated, 3, order[k + 2]
+        if k + count < len(order) and feeds(k + count - 1):
+            projected = expand_depthwise.pair(order[k], order[k + 1], graph.initializers,
+                                              se=se, project=order[k + count])
+            if projected is not None:
+                run, count = projected, count + 1
         chains[k] = (run, count)
         k += count
     return chains

@@ -59,10 +59,11 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _plain(node: Any) -> bool:
-    """No residual, channel shuffle, reduced precision, sparse weight or dilation."""
+def _plain(node: Any, inputs: int = 3) -> bool:
+    """No residual (``inputs`` 4: maybe one), channel shuffle, reduced precision, sparse
+    weight or dilation."""
     a = node.attrs
-    return (node.op in _CONVS and 2 <= len(node.inputs) <= 3
+    return (node.op in _CONVS and 2 <= len(node.inputs) <= inputs
             and int(a.get("channel_shuffle", 0) or 0) <= 1 and not _text(a.get("precision", ""))
             and not int(a.get("sparse", 0) or 0)
             and all(int(d) == 1 for d in a.get("dilations") or ()))
@@ -107,15 +108,17 @@ def _first(node: Any, w: np.ndarray) -> str:
     return "stem" if few else ""
 
 
-def pair(pw: Any, dw: Any, constants: Mapping[str, np.ndarray],
-         se: Any = None) -> Callable | None:
+def pair(pw: Any, dw: Any, constants: Mapping[str, np.ndarray], se: Any = None,
+         project: Any = None) -> Callable | None:
     """``run(pw_args, later) -> output or None`` for a first node ``pw`` (a 1x1 expansion or
     a few-channel first layer) followed by the depthwise node ``dw`` that reads its output
     (the caller checks that nothing else does) and, given ``se``, the FusedSqueezeExcite
-    node that reads dw's; None where they do not make such a chain. ``pw_args`` are the
-    first node's inputs, ``later`` each later node's inputs after its first. The gate is
-    applied to each task's images in place while they are in cache (a band of an image's
-    rows has no whole image to pool: then one pass after the tasks)."""
+    node that reads dw's, and given ``project``, the 1x1 projection that reads the last of
+    them (with its residual, if any); None where they do not make such a chain. ``pw_args``
+    are the first node's inputs, ``later`` each later node's inputs after its first. The
+    gate is applied to each task's images in place while they are in cache (a band of an
+    image's rows has no whole image to pool: then one pass after the tasks, and the
+    projection another)."""
     if not (_plain(pw) and _plain(dw)) or dw.inputs[0] != pw.outputs[0]:
         return None
     w1, w2 = constants.get(pw.inputs[1]), constants.get(dw.inputs[1])
@@ -134,6 +137,15 @@ def pair(pw: Any, dw: Any, constants: Mapping[str, np.ndarray],
         gate = _gate(se, constants, m)
         if gate is None or se.inputs[0] != dw.outputs[0]:
             return None
+    third = None
+    if project is not None:
+        w3 = constants.get(project.inputs[1]) if len(project.inputs) > 1 else None
+        act3 = _act(project)
+        if w3 is None or act3 is None or w3.ndim != 4 or w3.shape[1] != m \
+                or _first(project, w3) != "expand" or w3.dtype != np.float32 \
+                or project.inputs[0] != (se or dw).outputs[0] or not _plain(project, 4):
+            return None
+        third = (w3, act3)
     first = _Conv(w1, pw.attrs)
     second = _Conv(w2, dw.attrs)
 
@@ -148,6 +160,15 @@ def pair(pw: Any, dw: Any, constants: Mapping[str, np.ndarray],
             empty = np.zeros(0, np.float32)
             scale = (gate[0], empty if sb1 is None else sb1.reshape(-1), gate[1],
                      empty if sb2 is None else sb2.reshape(-1), gate[2], gate[3])
+        projection = None
+        if third is not None:  # the projection's bias and residual: its inputs 3 and 4
+            args3 = later[-1]
+            b3 = args3[1] if len(args3) > 1 else None
+            z3 = args3[2] if len(args3) > 2 else None
+            biases.append((b3, third[0].shape[0]))
+            if z3 is not None and not (isinstance(z3, np.ndarray) and z3.dtype == np.float32):
+                return None
+            projection = (third[0], b3, z3, third[1])
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4 \
                 or x.shape[0] == 0 or x.shape[1] != w1.shape[1] \
                 or any(b is not None and (not isinstance(b, np.ndarray)
@@ -165,7 +186,15 @@ def pair(pw: Any, dw: Any, constants: Mapping[str, np.ndarray],
         out = None if mid is None else second.geometry(mid[2])
         if out is None:
             return None
-        return _run(mode, x, first, mid, b1, act1, second, out, b2, act2, scale)
+        if projection is not None and projection[2] is not None:
+            z = projection[2]
+            if z.shape != (x.shape[0], projection[0].shape[0], *out[2]):
+                return None
+            zh = as_nhwc(z)
+            if not zh.flags.c_contiguous:
+                return None
+            projection = (*projection[:2], zh, projection[3])
+        return _run(mode, x, first, mid, b1, act1, second, out, b2, act2, scale, projection)
 
     return run
 
@@ -194,24 +223,28 @@ class _Conv:
 
 def _run(mode: str, x: np.ndarray, first: _Conv, mid: tuple, b1: np.ndarray | None,
          act1: tuple[int, float, float], second: _Conv, out: tuple, b2: np.ndarray | None,
-         act2: tuple[int, float, float], scale: tuple | None) -> np.ndarray:
+         act2: tuple[int, float, float], scale: tuple | None,
+         projection: tuple | None = None) -> np.ndarray:
     """act2(depthwise(act1(first(x) + b1)) + b2), times its squeeze-excite gate where
     ``scale`` gives one (:func:`.squeeze_excite.squeeze_excite_samples`' transposed weights,
-    biases and activation codes); returns the logical NCHW view of the NHWC output. ``x`` is
-    NHWC for an expansion, NCHW for a stem; ``mid`` and ``out`` are the two convolutions'
-    :meth:`_Conv.geometry`.
+    biases and activation codes), through the 1x1 ``projection`` where given (weight, bias,
+    NHWC residual or None, activation); returns the logical NCHW view of the NHWC output.
+    ``x`` is NHWC for an expansion, NCHW for a stem; ``mid`` and ``out`` are the two
+    convolutions' :meth:`_Conv.geometry`.
 
     Tasks are whole images, as many as fit :data:`BLOCK_BYTES` of the first node's output,
     while there are at least two per kernel thread; else bands of output rows of one image,
     each computing the first node's rows its taps read (a band's first ``KH - stride`` rows
-    are also its predecessor's)."""
+    are also its predecessor's). The depthwise output goes to the chain's output, or, with a
+    projection, to a per-thread buffer the projection reads (to a full one when a gate needs
+    whole images and the tasks are bands: then the gate and the projection are passes of
+    their own after the tasks)."""
     n = x.shape[0]
     w1, w2 = first.w, second.w
     m, kh, kw = w2.shape[0], w2.shape[2], w2.shape[3]
     h, wd = mid[2]
     (sh, sw), pb, (ho, wo) = out
     f32 = np.float32
-    y = new_output((n, ho, wo, m), f32)
     wp2 = packed(w2, ("depthwise", "<f4"), lambda a: np.ascontiguousarray(
         a[:, 0].transpose(1, 2, 0)))
     bp2 = np.zeros(m, f32) if b2 is None else b2
@@ -227,6 +260,9 @@ def _run(mode: str, x: np.ndarray, first: _Conv, mid: tuple, b1: np.ndarray | No
     tasks = [(n0, min(n, n0 + per), o0, min(ho, o0 + rows))
              for n0 in range(0, n, per if bands == 1 else 1) for o0 in range(0, ho, rows)]
     fill = _stem(x, w1, b1, act1, mid) if mode == "stem" else _expansion(x, w1, b1, act1)
+    after = scale is not None and bands > 1  # the gate (and projection) after the tasks
+    project = None if projection is None else _projection(*projection, (n, ho, wo))
+    y = new_output((n, ho, wo, m), f32) if project is None or after else None
 
     def task(i: int) -> None:
         n0, n1, o0, o1 = tasks[i]
@@ -235,24 +271,69 @@ def _run(mode: str, x: np.ndarray, first: _Conv, mid: tuple, b1: np.ndarray | No
             r0, r1 = max(0, o0 * sh - pb[0]), min(h, (o1 - 1) * sh - pb[0] + kh)
         wide = scratch("expanded", (n1 - n0, r1 - r0, wd, m), f32)
         fill(n0, n1, r0, r1, wide)
+        dst = scratch("depthwise", (n1 - n0, o1 - o0, wo, m), f32) if y is None \
+            else y[n0:n1, o0:o1]
         # the band's rows as an image of their own: padding above only where row 0 is in it
-        depthwise.depthwise_rows(wide, wp2, bp2, y[n0:n1, o0:o1], 0, sh, sw,
-                                 pb[0] - o0 * sh + r0, pb[1], act2[0], f32(act2[1]),
-                                 f32(act2[2]), f32(1), 0, (n1 - n0) * (o1 - o0), tag, ktag)
-        if scale is not None and bands == 1:
-            gated(n0, n1)
-
-    def gated(n0: int, n1: int) -> None:  # y[n0:n1] times its gate, in place
-        y3 = y[n0:n1].reshape(n1 - n0, ho * wo, m)
-        w1t, sb1, w2t, sb2, act, gate = scale
-        squeeze_excite_samples(y3, w1t, sb1, w2t, sb2, y3, True, act[0], f32(act[1]),
-                               f32(act[2]), gate[0], f32(gate[1]), f32(gate[2]), f32(1), 0,
-                               n1 - n0)
+        depthwise.depthwise_rows(wide, wp2, bp2, dst, 0, sh, sw, pb[0] - o0 * sh + r0, pb[1],
+                                 act2[0], f32(act2[1]), f32(act2[2]), f32(1), 0,
+                                 (n1 - n0) * (o1 - o0), tag, ktag)
+        if not after:
+            if scale is not None:
+                _gate_in_place(dst, scale)
+            if project is not None:
+                project(dst, ((n0 * ho + o0) * wo, (n1 * ho - ho + o1) * wo))
 
     run_tasks(task, len(tasks))
-    if scale is not None and bands > 1:
-        run_ranges(gated, n, 1)
-    return nchw_view(y)
+    if after:
+        run_ranges(lambda lo, hi: _gate_in_place(y[lo:hi], scale), n, 1)
+        if project is not None:
+            run_ranges(lambda lo, hi: project(y[lo:hi], (lo * ho * wo, hi * ho * wo)), n, 1)
+    return nchw_view(project.out if project is not None else y)
+
+
+def _gate_in_place(y: np.ndarray, scale: tuple) -> None:
+    """The NHWC images ``y`` times their squeeze-excite gate, in place."""
+    f32 = np.float32
+    k, ho, wo, m = y.shape
+    y3 = y.reshape(k, ho * wo, m)
+    w1t, sb1, w2t, sb2, act, gate = scale
+    squeeze_excite_samples(y3, w1t, sb1, w2t, sb2, y3, True, act[0], f32(act[1]), f32(act[2]),
+                           gate[0], f32(gate[1]), f32(gate[2]), f32(1), 0, k)
+
+
+class _projection:
+    """``project(src, (lo, hi))``: the 1x1 projection of the NHWC pixels ``src`` into rows
+    [lo, hi) of its output :attr:`out` (N, Ho, Wo, M3), with its bias, residual rows and
+    activation; as :mod:`.conv` routes a 1x1 layer: the direct kernel (epilogue fused) for
+    weights under :func:`.direct.pointwise_max_weight`, else the GEMM and the epilogue."""
+
+    def __init__(self, w3: np.ndarray, b3: np.ndarray | None, zh: np.ndarray | None,
+                 act3: tuple[int, float, float], size: tuple[int, int, int]) -> None:
+        f32 = np.float32
+        self.m3, self.k = w3.shape[0], w3.shape[1]
+        self.out = new_output((*size, self.m3), f32)
+        self.b3, self.act3 = b3, act3
+        self.z2d = None if zh is None else zh.reshape(-1, self.m3)
+        self.direct = w3.shape[0] * w3.shape[1] < direct.pointwise_max_weight()
+        self.wt = w3.reshape(self.m3, self.k).T
+        if self.direct:
+            self.wp = packed(w3, ("pointwise", 1, "<f4"), lambda a: direct.pack_pointwise(a, 1))
+            self.bp = direct.pad_groups(b3, 1, self.m3, f32)
+            self.z_ = np.zeros((0, self.m3), f32) if zh is None else self.z2d
+
+    def __call__(self, src: np.ndarray, rows: tuple[int, int]) -> None:
+        f32 = np.float32
+        lo, hi = rows
+        x2d, y2d = src.reshape(-1, self.k), self.out.reshape(-1, self.m3)
+        act = self.act3
+        if self.direct:
+            z = self.z_ if self.z_.shape[0] == 0 else self.z_[lo:hi]
+            direct.pointwise_rows(x2d, self.wp, self.bp, z, y2d[lo:hi], 0, 1, self.m3, 1,
+                                  act[0], f32(act[1]), f32(act[2]), f32(1), 0, hi - lo)
+        else:
+            gemm(x2d, self.wt, y2d[lo:hi])
+            apply_epilogue(y2d[lo:hi], self.b3, None if self.z2d is None else self.z2d[lo:hi],
+                           act, parallel=False)
 
 
 def _expansion(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,

@@ -142,6 +142,47 @@ def test_a_few_channel_stem_into_its_depthwise(squeeze_excite, m, batch, bands,
     assert (np.ptp(want, axis=(2, 3)) > 0.01).mean() > 0.5
 
 
+@pytest.mark.parametrize("squeeze_excite", [False, True], ids=["", "squeeze-excite"])
+@pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
+@pytest.mark.parametrize("batch,bands", [(4, False), (1, True), (3, True)])
+def test_the_chain_through_its_projection(squeeze_excite, residual, batch, bands,
+                                          kernel_threads, conv_routing, monkeypatch):
+    """expansion -> depthwise (-> squeeze-excite) -> 1x1 projection (+ residual): the
+    projection reads each task's depthwise output from its buffer, or, where a gate needs
+    whole images and the tasks are bands, runs after the gate as a pass of its own."""
+    if bands:
+        monkeypatch.setattr(expand_depthwise, "MIN_BAND_BYTES", 1)
+    rng = np.random.default_rng(batch + 2 * residual)
+    c, m, p = 12, 48, 20  # 20 outputs: a block of 16 and a partial one of 8 (direct kernel)
+    x = rng.standard_normal((batch, c, 9, 11)).astype(np.float32)
+    consts = {"w1": (rng.standard_normal((m, c, 1, 1)) / np.sqrt(c)).astype(np.float32),
+              "w2": (rng.standard_normal((m, 1, 3, 3)) * 0.3).astype(np.float32),
+              "s1": (rng.standard_normal((8, m, 1, 1)) * 0.5).astype(np.float32),
+              "s2": (rng.standard_normal((m, 8, 1, 1)) * 0.5).astype(np.float32),
+              "w3": (rng.standard_normal((p, m, 1, 1)) / np.sqrt(m)).astype(np.float32)}
+    b1, b2, b3 = (rng.standard_normal(k).astype(np.float32) for k in (m, m, p))
+    pw, dw = _nodes("Relu", "HardSwish", 3, 1, [1, 1, 1, 1])
+    dw.attrs["group"] = m
+    se = _se_node() if squeeze_excite else None
+    inputs = ["gated" if squeeze_excite else "y", "w3", "b3"] + (["z"] if residual else [])
+    project = Node("FusedConv", inputs, ["out"], {"activation": ""}, name="project")
+    run = expand_depthwise.pair(pw, dw, consts, se=se, project=project)
+    assert run is not None
+    z = rng.standard_normal((batch, p, 9, 11)).astype(np.float32) if residual else None
+    conv = ops.get("FusedConv").reference
+    want = _reference(x, consts["w1"], b1, consts["w2"], b2, pw, dw)
+    later = [[consts["w2"], b2]]
+    if squeeze_excite:
+        want = ops.get("FusedSqueezeExcite").reference(want, consts["s1"], None, consts["s2"],
+                                                        None, **se.attrs)
+        later.append([consts["s1"], None, consts["s2"], None])
+    want = conv(want, consts["w3"], b3, z)
+    later.append([consts["w3"], b3] + ([channels_last(z)] if residual else []))
+    got = run([channels_last(x), consts["w1"], b1], later)
+    assert_close(got, want, rtol=1e-5, atol=1e-5, what=f"batch {batch} {inputs}")
+    assert (np.ptp(want, axis=(2, 3)) > 0.01).mean() > 0.5
+
+
 def test_pairs_only_plain_float32_expansions_into_their_depthwise():
     w1 = np.ones((16, 8, 1, 1), np.float32)
     w2 = np.ones((16, 1, 3, 3), np.float32)
@@ -167,9 +208,10 @@ def test_pairs_only_plain_float32_expansions_into_their_depthwise():
 
 
 def _inverted_block(expansion_is_output: bool = False, second_reader: bool = False,
-                    squeeze_excite: bool = False) -> onnx.ModelProto:
+                    squeeze_excite: bool = False, project: bool = False) -> onnx.ModelProto:
     """x -> Conv 1x1 (8 -> 24) -> Relu -> depthwise 3x3 stride 2 -> HardSwish -> y, with
-    ``squeeze_excite`` y = d * HardSigmoid(Conv(Relu(Conv(GlobalAveragePool(d))))) instead."""
+    ``squeeze_excite`` y = d * HardSigmoid(Conv(Relu(Conv(GlobalAveragePool(d))))) instead,
+    with ``project`` (and the depthwise at stride 1) y = Conv 1x1 (24 -> 8)(that) + x."""
     rng = np.random.default_rng(3)
     init = [numpy_helper.from_array(a, n) for n, a in (
         ("w1", (rng.standard_normal((24, 8, 1, 1)) * 0.3).astype(np.float32)),
@@ -181,15 +223,22 @@ def _inverted_block(expansion_is_output: bool = False, second_reader: bool = Fal
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["e"], kernel_shape=[1, 1]),
              helper.make_node("Relu", ["e"], ["wide"]),
              helper.make_node("Conv", ["wide", "w2", "b2"], ["c"], group=24,
-                              kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("HardSwish", ["c"], ["y" if not squeeze_excite else "d"])]
+                              kernel_shape=[3, 3], strides=[1 + (not project)] * 2,
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c"], ["d" if squeeze_excite or project else "y"])]
+    if project:
+        init.append(numpy_helper.from_array(
+            (rng.standard_normal((8, 24, 1, 1)) * 0.3).astype(np.float32), "w3"))
+        nodes += [helper.make_node("Conv", ["gated" if squeeze_excite else "d", "w3"], ["pr"],
+                                   kernel_shape=[1, 1]),
+                  helper.make_node("Add", ["pr", "x"], ["y"])]
     if squeeze_excite:
         nodes += [helper.make_node("GlobalAveragePool", ["d"], ["p"]),
                   helper.make_node("Conv", ["p", "s1"], ["q"], kernel_shape=[1, 1]),
                   helper.make_node("Relu", ["q"], ["r"]),
                   helper.make_node("Conv", ["r", "s2"], ["t"], kernel_shape=[1, 1]),
                   helper.make_node("HardSigmoid", ["t"], ["g"], alpha=1 / 6),
-                  helper.make_node("Mul", ["d", "g"], ["y"])]
+                  helper.make_node("Mul", ["d", "g"], ["gated" if project else "y"])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     if expansion_is_output:
         outputs.append(helper.make_tensor_value_info("wide", TensorProto.FLOAT, None))
@@ -203,12 +252,15 @@ def _inverted_block(expansion_is_output: bool = False, second_reader: bool = Fal
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+@pytest.mark.parametrize("project", [False, True], ids=["", "project"])
 @pytest.mark.parametrize("squeeze_excite", [False, True], ids=["", "squeeze-excite"])
-def test_the_executor_runs_the_chain_as_one_step_and_traced_runs_node_by_node(squeeze_excite):
-    model = tf.load(_inverted_block(squeeze_excite=squeeze_excite).SerializeToString())
+def test_the_executor_runs_the_chain_as_one_step_and_traced_runs_node_by_node(squeeze_excite,
+                                                                             project):
+    model = tf.load(_inverted_block(squeeze_excite=squeeze_excite,
+                                    project=project).SerializeToString())
     plan = model._plan
     assert [(plan.steps[k].node.op, count) for k, (_, count) in plan.chains.items()] == [
-        ("FusedConv", 3 if squeeze_excite else 2)]
+        ("FusedConv", 2 + squeeze_excite + project)]
     x = np.random.default_rng(4).standard_normal((3, 8, 13, 12)).astype(np.float32)
     seen: list[str] = []
     traced = plan.run({"x": x}, trace=lambda node, args, results: seen.append(node.name))
