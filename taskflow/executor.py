@@ -260,10 +260,10 @@ def step_chains(order: Sequence[Node], graph: Graph,
     """Step k -> (kernel, count) running nodes k to k + count - 1 as one pass, where each
     later node is the only reader of the one output of the node before it, no such output is
     a graph output, none of them writes into a Concat's buffer (``placed``), and the cpu
-    kernels take the chain: a 1x1 expansion (or a few-channel first layer), the depthwise
-    convolution it feeds, the squeeze-excite that follows it if any, and the 1x1 projection
-    after them if any (:mod:`taskflow.ops.cpu.expand_depthwise`)."""
-    from taskflow.ops.cpu import expand_depthwise
+    kernels take the chain: a convolution (a 1x1 expansion, a few-channel first layer...),
+    the depthwise convolution or MaxPool it feeds, the squeeze-excite after a depthwise one if
+    any, and the 1x1 projection after them if any (:mod:`taskflow.ops.cpu.chains`)."""
+    from taskflow.ops.cpu import chains as kernels
 
     readers: dict[str, int] = {}
     for n in order:
@@ -281,20 +281,18 @@ def step_chains(order: Sequence[Node], graph: Graph,
     chains: dict[int, tuple[Callable, int]] = {}
     k = 0
     while k < len(order) - 1:
-        run = expand_depthwise.pair(order[k], order[k + 1], graph.initializers) \
-            if feeds(k) else None
+        run = kernels.chain(order[k], order[k + 1], graph.initializers) if feeds(k) else None
         if run is None:
             k += 1
             continue
         count, se = 2, None
         if k + 2 < len(order) and feeds(k + 1):
-            gated = expand_depthwise.pair(order[k], order[k + 1], graph.initializers,
-                                          se=order[k + 2])
+            gated = kernels.chain(order[k], order[k + 1], graph.initializers, se=order[k + 2])
             if gated is not None:
                 run, count, se = gated, 3, order[k + 2]
         if k + count < len(order) and feeds(k + count - 1):
-            projected = expand_depthwise.pair(order[k], order[k + 1], graph.initializers,
-                                              se=se, project=order[k + count])
+            projected = kernels.chain(order[k], order[k + 1], graph.initializers, se=se,
+                                      project=order[k + count])
             if projected is not None:
                 run, count = projected, count + 1
         chains[k] = (run, count)

@@ -1,5 +1,5 @@
 """A 1x1 expansion, the depthwise convolution it feeds and the squeeze-excite after it as
-one pass (:mod:`taskflow.ops.cpu.expand_depthwise`), against the nodes' references, and the
+one pass (:mod:`taskflow.ops.cpu.chains`), against the nodes' references, and the
 executor's chaining of the nodes (untraced runs only)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import onnx
 import pytest
 import taskflow.ops as ops
 from onnx import TensorProto, helper, numpy_helper
-from taskflow.ops.cpu import expand_depthwise
+from taskflow.ops.cpu import chains
+from taskflow.ops.cpu.lowp import cpu_features
 from taskflow.ops.cpu.warmup import channels_last
 
 import taskflow as tf
@@ -48,7 +49,7 @@ def test_expand_depthwise_with_its_squeeze_excite(pool, batch, bands, kernel_thr
     """The gate applied to each task's whole images in place, or (bands of rows) in one pass
     after them; the squeeze's bias omitted."""
     if bands:
-        monkeypatch.setattr(expand_depthwise, "MIN_BAND_BYTES", 1)
+        monkeypatch.setattr(chains, "MIN_BAND_BYTES", 1)
     rng = np.random.default_rng(batch)
     c, m, r = 8, 40, 12
     x = rng.standard_normal((batch, c, 9, 10)).astype(np.float32)
@@ -61,7 +62,7 @@ def test_expand_depthwise_with_its_squeeze_excite(pool, batch, bands, kernel_thr
     pw, dw = _nodes("HardSwish", "HardSwish", 3, 2, [1, 1, 1, 1])
     dw.attrs["group"] = m
     se = _se_node(pool)
-    run = expand_depthwise.pair(pw, dw, {"w1": w1, "w2": w2, "s1": s1, "s2": s2}, se=se)
+    run = chains.chain(pw, dw, {"w1": w1, "w2": w2, "s1": s1, "s2": s2}, se=se)
     assert run is not None
     y = _reference(x, w1, b1, w2, None, pw, dw)
     want = ops.get("FusedSqueezeExcite").reference(y, s1, None, s2, sb2, **se.attrs)
@@ -84,7 +85,7 @@ def test_expand_depthwise_matches_the_two_convolutions(act1, act2, k, stride, si
                                                       batch, bands, kernel_threads,
                                                       conv_routing, monkeypatch):
     if bands:  # small images cut into bands of rows, each expanding the rows its taps read
-        monkeypatch.setattr(expand_depthwise, "MIN_BAND_BYTES", 1)
+        monkeypatch.setattr(chains, "MIN_BAND_BYTES", 1)
     rng = np.random.default_rng(k * 10 + stride + c)
     x = rng.standard_normal((batch, c, size, size + 3)).astype(np.float32)
     w1 = (rng.standard_normal((m, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
@@ -93,7 +94,7 @@ def test_expand_depthwise_matches_the_two_convolutions(act1, act2, k, stride, si
     b2 = rng.standard_normal(m).astype(np.float32)
     pw, dw = _nodes(act1, act2, k, stride, pads)
     dw.attrs["group"] = m
-    run = expand_depthwise.pair(pw, dw, {"w1": w1, "w2": w2})
+    run = chains.chain(pw, dw, {"w1": w1, "w2": w2})
     assert run is not None
     want = _reference(x, w1, b1, w2, b2, pw, dw)
     for inp in (channels_last(x), x):  # channels-last in place; NCHW through one transpose
@@ -112,7 +113,7 @@ def test_a_few_channel_stem_into_its_depthwise(squeeze_excite, m, batch, bands,
     image's, or a band's, offset through the top padding) into the buffer the depthwise
     layer reads; odd sizes, uneven pads."""
     if bands:
-        monkeypatch.setattr(expand_depthwise, "MIN_BAND_BYTES", 1)
+        monkeypatch.setattr(chains, "MIN_BAND_BYTES", 1)
     rng = np.random.default_rng(m + batch)
     x = rng.standard_normal((batch, 3, 23, 20)).astype(np.float32)
     w1 = (rng.standard_normal((m, 3, 3, 3)) * 0.3).astype(np.float32)
@@ -130,7 +131,7 @@ def test_a_few_channel_stem_into_its_depthwise(squeeze_excite, m, batch, bands,
         consts["s2"] = (rng.standard_normal((m, 8, 1, 1)) * 0.5).astype(np.float32)
         se = _se_node()
         later.append([consts["s1"], None, consts["s2"], None])
-    run = expand_depthwise.pair(stem, dw, consts, se=se)
+    run = chains.chain(stem, dw, consts, se=se)
     assert run is not None
     want = _reference(x, w1, b1, w2, b2, stem, dw)
     if squeeze_excite:
@@ -151,7 +152,7 @@ def test_the_chain_through_its_projection(squeeze_excite, residual, batch, bands
     projection reads each task's depthwise output from its buffer, or, where a gate needs
     whole images and the tasks are bands, runs after the gate as a pass of its own."""
     if bands:
-        monkeypatch.setattr(expand_depthwise, "MIN_BAND_BYTES", 1)
+        monkeypatch.setattr(chains, "MIN_BAND_BYTES", 1)
     rng = np.random.default_rng(batch + 2 * residual)
     c, m, p = 12, 48, 20  # 20 outputs: a block of 16 and a partial one of 8 (direct kernel)
     x = rng.standard_normal((batch, c, 9, 11)).astype(np.float32)
@@ -166,7 +167,7 @@ def test_the_chain_through_its_projection(squeeze_excite, residual, batch, bands
     se = _se_node() if squeeze_excite else None
     inputs = ["gated" if squeeze_excite else "y", "w3", "b3"] + (["z"] if residual else [])
     project = Node("FusedConv", inputs, ["out"], {"activation": ""}, name="project")
-    run = expand_depthwise.pair(pw, dw, consts, se=se, project=project)
+    run = chains.chain(pw, dw, consts, se=se, project=project)
     assert run is not None
     z = rng.standard_normal((batch, p, 9, 11)).astype(np.float32) if residual else None
     conv = ops.get("FusedConv").reference
@@ -189,22 +190,22 @@ def test_pairs_only_plain_float32_expansions_into_their_depthwise():
     consts = {"w1": w1, "w2": w2}
     pw, dw = _nodes("Relu", "Relu", 3, 1, [1, 1, 1, 1])
     dw.attrs["group"] = 16
-    assert expand_depthwise.pair(pw, dw, consts) is not None
+    assert chains.chain(pw, dw, consts) is not None
     for change in ({"precision": "bf16"}, {"channel_shuffle": 2}, {"sparse": 1}):
         bad = Node(pw.op, pw.inputs, pw.outputs, {**pw.attrs, **change})
-        assert expand_depthwise.pair(bad, dw, consts) is None, change
+        assert chains.chain(bad, dw, consts) is None, change
     dense = Node(dw.op, dw.inputs, dw.outputs, {**dw.attrs, "group": 1})
-    assert expand_depthwise.pair(pw, dense, consts) is None  # not depthwise
+    assert chains.chain(pw, dense, consts) is None  # not depthwise
     dilated = Node(dw.op, dw.inputs, dw.outputs, {**dw.attrs, "dilations": [2, 2]})
-    assert expand_depthwise.pair(pw, dilated, consts) is None
-    assert expand_depthwise.pair(pw, dw, {"w1": w1.astype(np.float64), "w2": w2}) is None
-    run = expand_depthwise.pair(pw, dw, consts)
+    assert chains.chain(pw, dilated, consts) is None
+    assert chains.chain(pw, dw, {"w1": w1.astype(np.float64), "w2": w2}) is None
+    run = chains.chain(pw, dw, consts)
     x64 = np.ones((1, 8, 5, 5))
     assert run([x64, w1, None], [[w2, None]]) is None  # declined at run time: two steps run
     se = _se_node()
     s1, s2 = np.ones((4, 16, 1, 1), np.float32), np.ones((16, 4, 1, 1), np.float32)
-    assert expand_depthwise.pair(pw, dw, {**consts, "s1": s1, "s2": s2}, se=se) is not None
-    assert expand_depthwise.pair(pw, dw, {**consts, "s1": s1[:, :8], "s2": s2}, se=se) is None
+    assert chains.chain(pw, dw, {**consts, "s1": s1, "s2": s2}, se=se) is not None
+    assert chains.chain(pw, dw, {**consts, "s1": s1[:, :8], "s2": s2}, se=se) is None
 
 
 def _inverted_block(expansion_is_output: bool = False, second_reader: bool = False,
@@ -282,3 +283,48 @@ def test_an_expansion_someone_else_reads_is_not_paired(kind):
     want = model.run(None, {"x": x}, device="reference")
     for g, w in zip(got, want):
         assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("first", ["stem", "expand", "dense"])
+@pytest.mark.parametrize("pool", [{"strides": [2, 2]},
+                                  {"strides": [2, 2], "pads": [1, 0, 0, 1], "ceil_mode": 1}],
+                         ids=["valid", "padded-ceil"])
+@pytest.mark.parametrize("project", [False, True], ids=["", "project"])
+@pytest.mark.parametrize("batch,bands", [(4, False), (4, True), (1, True)])
+def test_a_convolution_into_its_max_pool(first, pool, project, batch, bands, kernel_threads,
+                                         conv_routing, monkeypatch):
+    """SqueezeNet's start: a first layer (few channels, read in NCHW; a 1x1; or, with
+    AVX-512, a dense one dense_wide takes), 3x3 stride-2 MaxPool, maybe the 1x1 squeeze;
+    bands of one output row (BLOCK_BYTES 1) with ceil-mode windows past the input's end."""
+    if first == "dense" and not (conv_routing and "avx512f" in cpu_features()):
+        pytest.skip("dense first layers chain only where dense_wide runs (AVX-512F)")
+    if bands:
+        monkeypatch.setattr(chains, "BLOCK_BYTES", 1)
+    rng = np.random.default_rng(batch + project)
+    c, m = {"stem": (3, 64), "expand": (8, 24), "dense": (16, 64)}[first]
+    x = rng.standard_normal((batch, c, 17, 20)).astype(np.float32)
+    w1 = (rng.standard_normal((m, c, *((1, 1) if first == "expand" else (3, 3))))
+          / np.sqrt(c)).astype(np.float32)
+    b1 = rng.standard_normal(m).astype(np.float32)
+    conv_attrs = {"activation": "Relu"} if first == "expand" else \
+        {"strides": [2, 2] if first == "stem" else [1, 1], "pads": [1, 1, 1, 1],
+         "activation": "Relu"}
+    conv = Node("FusedConv", ["x", "w1", "b1"], ["c"], conv_attrs)
+    pooled = Node("MaxPool", ["c"], ["p"], {"kernel_shape": [3, 3], **pool})
+    consts = {"w1": w1, "w3": (rng.standard_normal((16, m, 1, 1)) / np.sqrt(m)
+                               ).astype(np.float32)}
+    squeeze = Node("FusedConv", ["p", "w3", "b3"], ["s"], {"activation": "Relu"}) \
+        if project else None
+    run = chains.chain(conv, pooled, consts, project=squeeze)
+    assert run is not None
+    want = ops.get("MaxPool").reference(ops.get("FusedConv").reference(x, w1, b1, **conv_attrs),
+                                        **pooled.attrs)
+    later = [[]]
+    if project:
+        b3 = rng.standard_normal(16).astype(np.float32)
+        want = ops.get("FusedConv").reference(want, consts["w3"], b3, **squeeze.attrs)
+        later.append([consts["w3"], b3])
+    got = run([x if first == "stem" else channels_last(x), w1, b1], later)
+    assert got is not None
+    assert_close(got, want, rtol=1e-5, atol=1e-5, what=f"{first} {pool}")
+    assert (np.ptp(want, axis=(2, 3)) > 0.01).mean() > 0.5
