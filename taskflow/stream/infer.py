@@ -1,6 +1,6 @@
 """``infer_zarr``: stream a Zarr dataset through a model on a Dask cluster, into a Zarr group.
 
-docs/architecture.md, decision 8 (Streaming). A task covers whole output chunks; the *worker* reads
+docs/architecture.md, decision 9 (Streaming). A task covers whole output chunks; the *worker* reads
 their input rows, applies the declared preprocessing, runs :meth:`Model.run` in-process and writes
 each output region and then its done-marker (:mod:`taskflow.stream.manifest`,
 :mod:`taskflow.stream.worker`), so no data passes through the client and no output chunk is written

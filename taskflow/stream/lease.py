@@ -1,6 +1,6 @@
 """Job leases: a streamed job's worker plugin goes when its client does.
 
-docs/architecture.md, decision 8 (Streaming). :func:`taskflow.infer_zarr` registers a
+docs/architecture.md, decision 9 (Streaming). :func:`taskflow.infer_zarr` registers a
 ``taskflow-job-<token>`` worker plugin on the cluster for the job's duration and removes it when
 the job ends, fails or is interrupted. A client that is killed (SIGKILL, OOM killer, a lost
 laptop) never gets to: its plugin would stay registered on a shared scheduler forever and its job
