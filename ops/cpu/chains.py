@@ -62,6 +62,12 @@ MIN_BAND_BYTES = 256 << 10
 #: this many input channels on (MobileNetV3-small, batch 32, 2 threads: 96 -> 576 and
 #: 48 -> 288 pairs 1.15-1.2x faster so; 16 -> 72 and 24 -> 88 1.1x slower; even at 40).
 MKL_MIN_CHANNELS = 40
+#: A projection on at most this many input channels runs the direct kernel, epilogue
+#: fused, also where 1x1 layers route to MKL: per task its GEMMs are small (one image) and
+#: the epilogue a pass of its own (MobileNetV3-small, batch 32: its chains ending in 16 -> 16,
+#: 72 -> 24, 88 -> 24 and 96 -> 40 projections 1.1-1.2x faster so, 120 -> 48 and 144 -> 48
+#: even, 240 -> 40 and 576 -> 96 1.05-1.1x slower).
+PROJECT_DIRECT_MAX_CHANNELS = 128
 #: The convolutions of a chain: plain nodes of these ops.
 _CONVS = ("Conv", "FusedConv")
 
@@ -351,8 +357,9 @@ def _gate_in_place(y: np.ndarray, scale: tuple) -> None:
 class _Projection:
     """``project(src, (lo, hi))``: the 1x1 projection of the NHWC pixels ``src`` into rows
     [lo, hi) of its output :attr:`out` (N, Ho, Wo, M3), with its bias, residual rows and
-    activation; as :mod:`.conv` routes a 1x1 layer: the direct kernel (epilogue fused) for
-    weights under :func:`.direct.pointwise_max_weight`, else the GEMM and the epilogue."""
+    activation: the direct kernel (epilogue fused) for weights under
+    :func:`.direct.pointwise_max_weight` (as :mod:`.conv` routes a 1x1 layer) or on at most
+    :data:`PROJECT_DIRECT_MAX_CHANNELS` inputs, else the GEMM and the epilogue."""
 
     def __init__(self, w3: np.ndarray, b3: np.ndarray | None, zh: np.ndarray | None,
                  act3: tuple[int, float, float], size: tuple[int, int, int]) -> None:
@@ -361,7 +368,8 @@ class _Projection:
         self.out = new_output((*size, self.m3), f32)
         self.b3, self.act3 = b3, act3
         self.z2d = None if zh is None else zh.reshape(-1, self.m3)
-        self.direct = w3.shape[0] * w3.shape[1] < direct.pointwise_max_weight()
+        self.direct = w3.size < direct.pointwise_max_weight() or (
+            self.k <= PROJECT_DIRECT_MAX_CHANNELS and w3.size < direct.POINTWISE_MAX_WEIGHT)
         self.wt = w3.reshape(self.m3, self.k).T
         if self.direct:
             self.wp = packed(w3, ("pointwise", 1, "<f4"), lambda a: direct.pack_pointwise(a, 1))

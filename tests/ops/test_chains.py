@@ -72,12 +72,12 @@ def test_expand_depthwise_with_its_squeeze_excite(pool, batch, bands, kernel_thr
     assert np.ptp(gates[np.isfinite(gates)]) > 0.05  # the gate differs between channels
 
 
-@pytest.mark.parametrize("act1,act2", [("Relu", "Relu"), ("HardSwish", "HardSwish"),
-                                       ("", "LeakyRelu")])
-@pytest.mark.parametrize("k,stride,size,pads", [
-    (3, 2, 11, [1, 1, 1, 1]),  # odd input, stride 2
-    (5, 1, 9, [2, 2, 2, 2]),
-    (3, 2, 8, [0, 1, 1, 0]),  # uneven pads: the last input row is read by no tap
+@pytest.mark.parametrize("act1,act2,k,stride,size,pads", [
+    ("Relu", "Relu", 3, 2, 11, [1, 1, 1, 1]),  # odd input, stride 2
+    ("HardSwish", "HardSwish", 5, 1, 9, [2, 2, 2, 2]),
+    # uneven pads: the last input row is read by no tap; an activation applied after the
+    # depthwise rows (not in registers)
+    ("", "LeakyRelu", 3, 2, 8, [0, 1, 1, 0]),
 ])
 @pytest.mark.parametrize("c,m", [(6, 24), (48, 64)])  # 16 + 8 lanes; K >= 40: MKL, wide
 @pytest.mark.parametrize("batch,bands", [(5, False), (1, True), (3, True)])
@@ -150,9 +150,13 @@ def test_the_chain_through_its_projection(squeeze_excite, residual, batch, bands
                                           kernel_threads, conv_routing, monkeypatch):
     """expansion -> depthwise (-> squeeze-excite) -> 1x1 projection (+ residual): the
     projection reads each task's depthwise output from its buffer, or, where a gate needs
-    whole images and the tasks are bands, runs after the gate as a pass of its own."""
+    whole images and the tasks are bands, runs after the gate as a pass of its own. With
+    the residual, the projection goes to the GEMM + epilogue where 1x1 layers route to MKL
+    (wide routing); else to the direct kernel."""
     if bands:
         monkeypatch.setattr(chains, "MIN_BAND_BYTES", 1)
+    if residual:
+        monkeypatch.setattr(chains, "PROJECT_DIRECT_MAX_CHANNELS", 0)
     rng = np.random.default_rng(batch + 2 * residual)
     c, m, p = 12, 48, 20  # 20 outputs: a block of 16 and a partial one of 8 (direct kernel)
     x = rng.standard_normal((batch, c, 9, 11)).astype(np.float32)
