@@ -143,7 +143,8 @@ class ExecutionPlan:
             args = [env[i] if i else None for i in node.inputs]
             try:
                 slot = self.slots.get(k)
-                results = self._chained(chains.get(k), k, args, env)
+                chain = chains.get(k)
+                results = None if chain is None else self._chained(chain, k, args, env)
                 if results is not None:  # steps k.. as one, with the chain's last outputs
                     done = k + chains[k][1] - 1
                     node = self.steps[done].node
@@ -182,13 +183,11 @@ class ExecutionPlan:
         wanted = outputs if outputs is not None else self.graph.output_names
         return {name: env[name] for name in wanted}
 
-    def _chained(self, chain: tuple[Callable, int] | None, k: int, args: list[Any],
+    def _chained(self, chain: tuple[Callable, int], k: int, args: list[Any],
                  env: dict[str, Any]) -> tuple | None:
         """The outputs of a chain's last step computed with steps k.. by its kernel (step k's
-        inputs and each later step's other inputs), or None: no chain, or one its kernel
-        declines at run time (then the steps run one by one)."""
-        if chain is None:
-            return None
+        inputs and each later step's other inputs), or None where its kernel declines at run
+        time (then the steps run one by one)."""
         run, count = chain
         later = [[env[i] if i else None for i in self.steps[j].node.inputs[1:]]
                  for j in range(k + 1, k + count)]
@@ -265,18 +264,14 @@ def step_chains(order: Sequence[Node], graph: Graph,
     any, and the 1x1 projection after them if any (:mod:`taskflow.ops.cpu.chains`)."""
     from taskflow.ops.cpu import chains as kernels
 
-    readers: dict[str, int] = {}
-    for n in order:
-        for i in set(n.inputs):
-            if i:
-                readers[i] = readers.get(i, 0) + 1
+    readers = graph.consumers()
     outputs = set(graph.output_names)
 
     def feeds(k: int) -> bool:  # node k's one output goes to node k + 1 alone
         a, b = order[k], order[k + 1]
         v = a.outputs[0] if len(a.outputs) == 1 else ""
-        return bool(v) and v not in outputs and readers.get(v) == 1 and bool(b.inputs) \
-            and b.inputs[0] == v and k not in placed and k + 1 not in placed
+        return bool(v) and v not in outputs and len(readers.get(v, ())) == 1 \
+            and bool(b.inputs) and b.inputs[0] == v and k not in placed and k + 1 not in placed
 
     chains: dict[int, tuple[Callable, int]] = {}
     k = 0

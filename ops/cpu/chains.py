@@ -48,10 +48,11 @@ from .common import (
     scratch,
     threads,
 )
+from .conv import pack_depthwise, pack_few_channels
 from .epilogue import activation_code, apply_epilogue
-from .pool import _max_pool
+from .pool import max_pool_rows
 from .simd import lanes_tag
-from .squeeze_excite import _transposed, squeeze_excite_samples
+from .squeeze_excite import squeeze_excite_samples, transposed
 
 #: Largest block of the first layer's output a task keeps (one L2 on the 2 MiB-L2 machine it
 #: was tuned on: one 56x56x72 image is 0.9 MB); bigger images go in bands of rows.
@@ -134,21 +135,22 @@ class _Conv:
 
 class _MaxPool:
     """A MaxPool's window (no indices output): geometry as the reference's, rows by
-    :func:`.pool._max_pool`."""
+    :func:`.pool.max_pool_rows`."""
 
     def __init__(self, attrs: Mapping[str, Any]) -> None:
         self.attrs = attrs
         self.k = tuple(int(k) for k in attrs["kernel_shape"])
+        _, self.d = spatial_attrs(2, attrs.get("strides"), attrs.get("dilations"))
 
     def geometry(self, size) -> tuple | None:
+        """As :meth:`_Conv.geometry`."""
         a = self.attrs
         try:
-            pb, _, _, out, s, d = pool_geometry(
+            pb, _, _, out, s, _ = pool_geometry(
                 tuple(size), self.k, a.get("strides"), a.get("dilations"), a.get("pads"),
                 _text(a.get("auto_pad", "NOTSET")), int(a.get("ceil_mode", 0)))
         except Exception:
             return None
-        self.d = d
         return tuple(s), tuple(pb), tuple(out)
 
 
@@ -167,7 +169,7 @@ def _gate(se: Any, constants: Mapping[str, np.ndarray], m: int) -> tuple | None:
     gate = activation_code(se.attrs.get("gate", "HardSigmoid"), se.attrs.get("gate_params"))
     if act is None or gate is None:
         return None
-    return (packed(w1, ("se", "<f4"), _transposed), packed(w2, ("se", "<f4"), _transposed),
+    return (packed(w1, ("se", "<f4"), transposed), packed(w2, ("se", "<f4"), transposed),
             act, gate)
 
 
@@ -426,8 +428,7 @@ def _stem(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
     (sh, sw), pb, _ = mid
     m, kh, kw = w1.shape[0], w1.shape[2], w1.shape[3]
     f32 = np.float32
-    wp = packed(w1, ("few-channels", "<f4"),
-                lambda a: np.ascontiguousarray(a.transpose(1, 2, 3, 0)).ravel())
+    wp = packed(w1, ("few-channels", "<f4"), pack_few_channels)
     bp = np.zeros(m, f32) if b1 is None else b1
     tag = lanes_tag(direct.vector_lanes() if m % 16 == 0 else 8)
 
@@ -468,8 +469,7 @@ def _depthwise_rows(w2: np.ndarray, b2: np.ndarray | None, act2: tuple[int, floa
     (sh, sw), pb, _ = out
     m, kw = w2.shape[0], w2.shape[3]
     f32 = np.float32
-    wp = packed(w2, ("depthwise", "<f4"), lambda a: np.ascontiguousarray(
-        a[:, 0].transpose(1, 2, 0)))
+    wp = packed(w2, ("depthwise", "<f4"), pack_depthwise)
     bp = np.zeros(m, f32) if b2 is None else b2
     tag, ktag = lanes_tag(direct.vector_lanes()), (0,) * kw
 
@@ -481,13 +481,13 @@ def _depthwise_rows(w2: np.ndarray, b2: np.ndarray | None, act2: tuple[int, floa
 
 
 def _max_pool_rows(pool: _MaxPool, out: tuple) -> Callable:
-    """``window(buf, dst, ph, count)`` for a MaxPool (:func:`.pool._max_pool`; a tap outside
+    """``window(buf, dst, ph, count)`` for a MaxPool (:func:`.pool.max_pool_rows`; a tap outside
     the band is outside the image, as the band holds every row its windows read)."""
     (sh, sw), pb, _ = out
     (kh, kw), (dh, dw) = pool.k, pool.d
     fill = np.finfo(np.float32).min
 
     def window(buf: np.ndarray, dst: np.ndarray, ph: int, count: int) -> None:
-        _max_pool(buf, dst, 0, kh, kw, sh, sw, dh, dw, ph, pb[1], fill, 0, count)
+        max_pool_rows(buf, dst, 0, kh, kw, sh, sw, dh, dw, ph, pb[1], fill, 0, count)
 
     return window

@@ -175,7 +175,14 @@ def _block_diagonal(w: np.ndarray, group: int) -> np.ndarray:
     return dense
 
 
-def _pack_depthwise(w: np.ndarray) -> np.ndarray:
+def pack_few_channels(w: np.ndarray) -> np.ndarray:
+    """A first layer's weight (M, C, KH, KW) for :func:`.direct.few_channels_rows`: (C, KH,
+    KW, M), flattened."""
+    return np.ascontiguousarray(w.transpose(1, 2, 3, 0)).ravel()
+
+
+def pack_depthwise(w: np.ndarray) -> np.ndarray:
+    """A depthwise weight (C, 1, KH, KW) as (KH, KW, C): each tap's channels contiguous."""
     return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # (KH, KW, C)
 
 
@@ -252,7 +259,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         y = conv_nhwc(x, w, bias, z, group, s, d, pb, out, act)
         return channel_shuffle_cpu(y, group=shuffle)
     if group == c and m == c and group > 1:  # depthwise: direct loops
-        wd = packed(w, ("depthwise", dtype.str), lambda a: _pack_depthwise(a.astype(dtype)))
+        wd = packed(w, ("depthwise", dtype.str), lambda a: pack_depthwise(a.astype(dtype)))
         t = dtype.type
         b_ = np.zeros(m, dtype) if bias is None else bias
         z_ = np.zeros((0, 0, 0, 0), dtype) if zh is None else zh
@@ -408,8 +415,7 @@ def _few_channels(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, s, pb, 
     n, m, kh, kw = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
     ho, wo = out
     full, c0 = output_buffer((n, ho, wo, m), x.dtype)
-    wp = packed(w, ("few-channels", x.dtype.str),
-                lambda a: np.ascontiguousarray(a.astype(x.dtype).transpose(1, 2, 3, 0)).ravel())
+    wp = packed(w, ("few-channels", x.dtype.str), lambda a: pack_few_channels(a.astype(x.dtype)))
     b_ = np.zeros(m, x.dtype) if bias is None else vector(bias, x.dtype)
     t = x.dtype.type
     # 16 lanes where the outputs fill them: a last 8 channels would take the taps' broadcasts

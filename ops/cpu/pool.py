@@ -30,7 +30,7 @@ from .common import (
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _max_pool(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi):
+def max_pool_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi):
     """y[n, oh, ow, c0:c0 + C] = max over taps of x (NHWC), output rows (n, oh) in [lo, hi);
     a tap outside the input counts as ``fill``."""
     n_, h, w, c = x.shape
@@ -183,8 +183,8 @@ def max_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
     xh = as_nhwc(X)
     y, c0 = output_buffer((X.shape[0], out[0], out[1], X.shape[1]), X.dtype)
     fill = np.finfo(X.dtype).min
-    run_ranges(lambda lo, hi: _max_pool(xh, y, c0, kernel_shape[0], kernel_shape[1], s[0],
-                                        s[1], d[0], d[1], pb[0], pb[1], fill, lo, hi),
+    run_ranges(lambda lo, hi: max_pool_rows(xh, y, c0, kernel_shape[0], kernel_shape[1], s[0],
+                                            s[1], d[0], d[1], pb[0], pb[1], fill, lo, hi),
                X.shape[0] * out[0], _rows_per_task(out[1] * X.shape[1], kernel_shape))
     return nchw_view(y[..., c0:c0 + X.shape[1]])
 

@@ -160,7 +160,8 @@ def squeeze_excite_samples(x, w1t, b1, w2t, b2, y, channels_last, act, p0, p1, g
                     yr[p] = xr[p] * s
 
 
-def _transposed(w: np.ndarray) -> np.ndarray:
+def transposed(w: np.ndarray) -> np.ndarray:
+    """A 1x1 weight (M, K, 1, 1) as the (K, M) matrix the GEMVs take."""
     return np.ascontiguousarray(w.reshape(w.shape[:2]).T)  # (M, K, 1, 1) -> (K, M)
 
 
@@ -196,8 +197,8 @@ def fused_squeeze_excite_cpu(X: np.ndarray, W1: np.ndarray, B1: np.ndarray | Non
     empty = np.zeros(0, dtype)
     b1 = empty if B1 is None else vector(B1, dtype)
     b2 = empty if B2 is None else vector(B2, dtype)
-    w1t = packed(W1, ("se", dtype.str), _transposed)
-    w2t = packed(W2, ("se", dtype.str), _transposed)
+    w1t = packed(W1, ("se", dtype.str), transposed)
+    w2t = packed(W2, ("se", dtype.str), transposed)
     channels_last = is_channels_last(X)
     if channels_last:
         x = X.transpose(0, 2, 3, 1).reshape(n, h * w, c)

@@ -1,6 +1,7 @@
-"""A 1x1 expansion, the depthwise convolution it feeds and the squeeze-excite after it as
-one pass (:mod:`taskflow.ops.cpu.chains`), against the nodes' references, and the
-executor's chaining of the nodes (untraced runs only)."""
+"""Chains of layers as one pass (:mod:`taskflow.ops.cpu.chains`): a first convolution (1x1
+expansion, few-channel stem, dense), the depthwise layer or MaxPool it feeds, a
+squeeze-excite and a 1x1 projection, against the nodes' references; and the executor's
+chaining of the nodes (untraced runs only)."""
 
 from __future__ import annotations
 
