@@ -22,7 +22,8 @@ the packed-weight cache; :mod:`.warmup` compiles them all (``taskflow warmup``).
     squeeze_excite.py  FusedSqueezeExcite (pool, two GEMVs, scale: one sweep per sample)
     direct.py    register-blocked convolutions (stems, small 1x1, dense KxK), and depthwise.py
                  the depthwise one, on simd.py's 8- and 16-lane vector types; dense_wide.py
-                 the 16-lane dense KxK one (6 pixels x 64 outputs, AVX-512)
+                 the 16-lane dense KxK one (6 pixels x 64 outputs, AVX-512);
+                 pointwise_wide.py the 16-lane 1x1 one on few input channels
     chains.py    adjacent layers as one pass (conv -> depthwise/MaxPool -> squeeze-excite ->
                  1x1 projection), for the executor's untraced runs
     cache.py     drops cached kernels compiled from older sources (Numba cannot tell)

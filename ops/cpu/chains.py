@@ -35,7 +35,7 @@ import numpy as np
 from ..conv import resolve_pads, spatial_attrs
 from ..pool import pool_geometry
 from ..squeeze_excite import POOLS
-from . import dense_wide, depthwise, direct
+from . import dense_wide, depthwise, direct, pointwise_wide
 from .blas import gemm
 from .common import (
     as_nhwc,
@@ -373,9 +373,15 @@ class _Projection:
         self.direct = w3.size < direct.pointwise_max_weight() or (
             self.k <= PROJECT_DIRECT_MAX_CHANNELS and w3.size < direct.POINTWISE_MAX_WEIGHT)
         self.wt = w3.reshape(self.m3, self.k).T
-        if self.direct:
+        self.wide = direct.vector_lanes() == 16 and pointwise_wide.usable(self.k, self.m3)
+        if self.wide:
+            self.direct = True
+            self.wp = packed(w3, ("pointwise-wide", "<f4"), pointwise_wide.pack)
+            self.bp = pointwise_wide.bias_or_zeros(b3, self.m3)
+        elif self.direct:
             self.wp = packed(w3, ("pointwise", 1, "<f4"), lambda a: direct.pack_pointwise(a, 1))
             self.bp = direct.pad_groups(b3, 1, self.m3, f32)
+        if self.direct:
             self.z_ = np.zeros((0, self.m3), f32) if zh is None else self.z2d
 
     def __call__(self, src: np.ndarray, rows: tuple[int, int]) -> None:
@@ -385,6 +391,11 @@ class _Projection:
         act = self.act3
         if self.direct:
             z = self.z_ if self.z_.shape[0] == 0 else self.z_[lo:hi]
+            if self.wide:
+                pointwise_wide.pointwise_wide_rows(x2d, self.wp, self.bp, z, y2d[lo:hi], 0,
+                                                   self.m3, act[0], f32(act[1]), f32(act[2]),
+                                                   f32(1), 0, hi - lo)
+                return
             direct.pointwise_rows(x2d, self.wp, self.bp, z, y2d[lo:hi], 0, 1, self.m3, 1,
                                   act[0], f32(act[1]), f32(act[2]), f32(1), 0, hi - lo)
         else:
@@ -403,9 +414,14 @@ def _expansion(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
     c, m = xh.shape[3], w1.shape[0]
     f32 = np.float32
     mkl = direct.pointwise_max_weight() == 0 and c >= MKL_MIN_CHANNELS
+    wide = not mkl and direct.vector_lanes() == 16 and pointwise_wide.usable(c, m)
     wt1 = w1.reshape(m, c).T
-    wp1 = packed(w1, ("pointwise", 1, "<f4"), lambda a: direct.pack_pointwise(a, 1))
-    bp1 = direct.pad_groups(b1, 1, m, f32)
+    if wide:
+        wp1 = packed(w1, ("pointwise-wide", "<f4"), pointwise_wide.pack)
+        bp1 = pointwise_wide.bias_or_zeros(b1, m)
+    else:
+        wp1 = packed(w1, ("pointwise", 1, "<f4"), lambda a: direct.pack_pointwise(a, 1))
+        bp1 = direct.pad_groups(b1, 1, m, f32)
     no_z = np.zeros((0, m), f32)
 
     def fill(n0: int, n1: int, r0: int, r1: int, buf: np.ndarray) -> None:
@@ -413,6 +429,10 @@ def _expansion(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
         if mkl:
             gemm(x2d, wt1, b2d)
             apply_epilogue(b2d, b1, None, act1, parallel=False)
+        elif wide:
+            pointwise_wide.pointwise_wide_rows(x2d, wp1, bp1, no_z, b2d, 0, m, act1[0],
+                                               f32(act1[1]), f32(act1[2]), f32(1), 0,
+                                               x2d.shape[0])
         else:
             direct.pointwise_rows(x2d, wp1, bp1, no_z, b2d, 0, 1, m, 1, act1[0], f32(act1[1]),
                                   f32(act1[2]), f32(1), 0, x2d.shape[0])

@@ -47,7 +47,7 @@ from ..conv import fused_conv as fused_conv_reference
 from ..conv import resolve_pads, spatial_attrs
 from ..quant import dynamic_qparams, fake_quant_bf16, fake_quant_u8, quantize_weight_per_channel
 from ..registry import register_kernel
-from . import dense_wide, depthwise, direct, lowp, lowp_rows, sparse, winograd
+from . import dense_wide, depthwise, direct, lowp, lowp_rows, pointwise_wide, sparse, winograd
 from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
@@ -330,6 +330,17 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     if kh == kw == 1 and s == (1, 1) and not any(pb):
         # 1x1: the input is the column matrix; the weight's transpose is a view
         x2d = src_x.reshape(rows, c)
+        if vec_ok and group == 1 and shuffle <= 1 and direct.vector_lanes() == 16 \
+                and pointwise_wide.usable(c, m) and xh.flags.c_contiguous \
+                and (zh is None or zh.flags.c_contiguous):
+            wp = packed(w, ("pointwise-wide", dtype.str), pointwise_wide.pack)
+            bp = pointwise_wide.bias_or_zeros(bias, m)
+            z_ = np.zeros((0, m), dtype) if zh is None else zh.reshape(rows, m)
+            t = dtype.type
+            run_ranges(lambda lo, hi: pointwise_wide.pointwise_wide_rows(
+                x2d, wp, bp, z_, y2d, c0, m, act[0], t(act[1]), t(act[2]), t(1), lo, hi),
+                rows, max(pointwise_wide.ROWS, MIN_TASK_MACS // (c * m)))
+            return nchw_view(y)
         if vec_ok and cg * mg < direct.pointwise_max_weight() \
                 and xh.flags.c_contiguous and (zh is None or zh.flags.c_contiguous):
             wp = packed(w, ("pointwise", group, dtype.str),

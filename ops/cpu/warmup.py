@@ -107,6 +107,9 @@ CASES: list[Case] = [
     # with AVX-512, dense_wide: 64 outputs of a 3x3 on 16 channels, 6 interior columns
     ("FusedConv", _inputs(_x(2, 16, 8, 8, cl=True), _w(64, 16, 3, 3), _w(64)),
      {"pads": [1, 1, 1, 1], "activation": "Relu"}),
+    # and pointwise_wide: a 1x1 on 16 channels, 80 outputs (a block of 64, one of 16)
+    ("FusedConv", _inputs(_x(2, 16, 5, 5, cl=True), _w(80, 16, 1, 1), _w(80)),
+     {"activation": "HardSwish"}),
     # and a 1x1 projection with its residual (5 x 5 x 2 = 50 rows: blocks of 4 and single rows)
     ("FusedConv", _inputs(_x(2, 40, 5, 5, cl=True), _w(24, 40, 1, 1), _w(24),
                           _x(2, 24, 5, 5, cl=True)), {}),

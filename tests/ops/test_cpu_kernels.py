@@ -32,6 +32,7 @@ from taskflow.ops.cpu import (
     movement,
     native_pool,
     norm,
+    pointwise_wide,
     pool,
     skip_norm,
     sparse,
@@ -107,8 +108,8 @@ TOL: dict[str, tuple[float, float]] = {
 #: float64: the same orderings, 2^29 times finer.
 FLOAT64_TOL = (1e-11, 1e-11)
 CPU_MODULES = (attention, blas, common, conv, dense_wide, depthwise, direct, eltwise, epilogue,
-               lowp, lowp_rows, matmul, movement, native_pool, norm, pool, skip_norm, sparse,
-               squeeze_excite, winograd)
+               lowp, lowp_rows, matmul, movement, native_pool, norm, pointwise_wide, pool,
+               skip_norm, sparse, squeeze_excite, winograd)
 #: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
 EDGE_BATCHES = (None, 0, 1, 3)
 
@@ -145,8 +146,8 @@ def test_the_cases_reach_every_compiled_kernel():
     mkl = blas.backend() == "mkl"
     skip = set() if mkl else {attention._attention_heads, matmul._gemm_epilogue_rows,
                               blas.gemm_rows}
-    if direct.vector_lanes() != 16:  # the 16-lane-only kernel runs only with AVX-512F
-        skip.add(dense_wide.dense_wide_rows)
+    if direct.vector_lanes() != 16:  # the 16-lane-only kernels run only with AVX-512F
+        skip |= {dense_wide.dense_wide_rows, pointwise_wide.pointwise_wide_rows}
     for precision, fns in (("bf16", {lowp_rows._bf16_rows, lowp_rows._bf16_conv_rows}),
                            ("int8", {lowp_rows._int8_rows, lowp_rows._int8_conv_rows})):
         if lowp.mkl_functions(precision, 1) is None:
@@ -180,6 +181,9 @@ CONV_PATHS = {
     # 2 groups of 20 outputs: blocks of 16 and of 8 holding 4 (pointwise_rows' partial block)
     "1x1-partial": ((40, 12, 1, 1), {"group": 2}, 24, 6),
     "1x1-gemm": ((264, 256, 1, 1), {}, 256, 3),  # a weight of 64K elements and more: the GEMM
+    # pointwise_wide (16 lanes, where the CPU has AVX-512F): a block of 64 outputs and one of
+    # 16; 75 rows, so blocks of 6 and a last one of 3
+    "1x1-wide": ((80, 16, 1, 1), {}, 16, 5),
     "1x1-strided": ((24, 16, 1, 1), {"strides": [2, 2]}, 16, 7),
     "im2col": ((24, 8, 5, 5), {"pads": [2, 1, 2, 1], "dilations": [1, 2]}, 8, 9),
     "winograd": ((24, 64, 3, 3), {"pads": [1, 1, 1, 1]}, 64, 9),
@@ -532,6 +536,40 @@ def test_dense_wide_writes_only_its_channels_of_a_wider_buffer(activation):
     assert_close(full[..., 20:148].transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5)
     assert (full[..., :20] == 7).all() and (full[..., 148:] == 7).all()
     assert np.ptp(want[:, :, :, 1:9], axis=(2, 3)).min() > 0.1  # outputs vary over the pixels
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
+@pytest.mark.parametrize("activation", ["HardSwish", "LeakyRelu"])
+def test_pointwise_wide_writes_only_its_rows_and_channels(activation, residual):
+    """pointwise_wide_rows on rows 5:28 into channels 20:132 of a wider buffer: 112 outputs
+    (a block of 64, then three of 16), blocks of 6 rows and a last one of 5 (its missing row
+    computed again, stored once), with and without a residual; HardSwish in registers,
+    LeakyRelu afterwards, row by row. The rows and channels around stay as they were."""
+    if "avx512f" not in lowp.cpu_features():
+        pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((40, 24), dtype=np.float32)
+    w = rng.standard_normal((112, 24), dtype=np.float32) * np.float32(0.3)
+    b = rng.standard_normal(112, dtype=np.float32)
+    z = rng.standard_normal((23, 112), dtype=np.float32) if residual else None
+    params = {"LeakyRelu": [0.1]}.get(activation, [])
+    act, p0, p1 = epilogue.activation_code(activation, params)
+    want = x[5:28].astype(np.float64) @ w.T.astype(np.float64) + b
+    if residual:
+        want += z
+    want = ops.get(activation).reference(want, **({"alpha": 0.1} if params else {}))
+    full = np.full((40, 150), 7.0, np.float32)
+    t = np.float32
+    zin = z if residual else np.zeros((0, 112), np.float32)
+    # the kernel reads rows lo:hi of x and writes the same rows of the output buffer; the
+    # residual is indexed from the range's first row
+    out = full[5:28]
+    pointwise_wide.pointwise_wide_rows(np.ascontiguousarray(x[5:28]), pointwise_wide.pack(w),
+                                       b, zin, out, 20, 112, act, t(p0), t(p1), t(1), 0, 23)
+    assert_close(full[5:28, 20:132], want.astype(np.float32), rtol=1e-5, atol=1e-5)
+    assert (full[:5] == 7).all() and (full[28:] == 7).all()
+    assert (full[:, :20] == 7).all() and (full[:, 132:] == 7).all()
+    assert np.ptp(want, axis=0).min() > 0.1  # every output varies over the rows
 
 
 @pytest.mark.parametrize("shuffle", [1, 4])
