@@ -50,7 +50,7 @@ from .common import (
 )
 from .conv import pack_depthwise, pack_few_channels
 from .epilogue import activation_code, apply_epilogue
-from .pool import max_pool_rows
+from .pool import max_pool_into
 from .simd import lanes_tag
 from .squeeze_excite import squeeze_excite_samples, transposed
 
@@ -135,7 +135,7 @@ class _Conv:
 
 class _MaxPool:
     """A MaxPool's window (no indices output): geometry as the reference's, rows by
-    :func:`.pool.max_pool_rows`."""
+    :func:`.pool.max_pool_into`."""
 
     def __init__(self, attrs: Mapping[str, Any]) -> None:
         self.attrs = attrs
@@ -501,13 +501,13 @@ def _depthwise_rows(w2: np.ndarray, b2: np.ndarray | None, act2: tuple[int, floa
 
 
 def _max_pool_rows(pool: _MaxPool, out: tuple) -> Callable:
-    """``window(buf, dst, ph, count)`` for a MaxPool (:func:`.pool.max_pool_rows`; a tap outside
+    """``window(buf, dst, ph, count)`` for a MaxPool (:func:`.pool.max_pool_into`; a tap outside
     the band is outside the image, as the band holds every row its windows read)."""
     (sh, sw), pb, _ = out
     (kh, kw), (dh, dw) = pool.k, pool.d
     fill = np.finfo(np.float32).min
 
     def window(buf: np.ndarray, dst: np.ndarray, ph: int, count: int) -> None:
-        max_pool_rows(buf, dst, 0, kh, kw, sh, sw, dh, dw, ph, pb[1], fill, 0, count)
+        max_pool_into(buf, dst, 0, (kh, kw), (sh, sw), (dh, dw), (ph, pb[1]), fill, 0, count)
 
     return window

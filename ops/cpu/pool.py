@@ -27,6 +27,8 @@ from .common import (
     run_ranges,
     scratch,
 )
+from .direct import vector_lanes
+from .simd import lanes_tag, nanmax8, store8, vload, vsplat
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -60,6 +62,61 @@ def max_pool_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi):
             out = y[n, oh, ow, c0:c0 + c]
             for k in range(c):
                 out[k] = acc[k]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def max_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi, tag):
+    """:func:`max_pool_rows` for a C-contiguous float32 NHWC x whose channels are whole
+    vectors of len(tag) lanes: each pixel's running maximum of a vector of channels stays in
+    a register over the taps (the loop above keeps it in memory, read and written per tap),
+    with the same nan propagation (:func:`.simd.nanmax8`)."""
+    n_, h, w, c = x.shape
+    ho, wo, ctot = y.shape[1], y.shape[2], y.shape[3]
+    lanes = len(tag)
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    low = vsplat(np.float32(-np.inf), tag)
+    pad = vsplat(fill, tag)
+    for t in range(lo, hi):
+        n = t // ho
+        oh = t % ho
+        for ow in range(wo):
+            padded = False
+            for a in range(kh):
+                ih = oh * sh - ph + a * dh
+                for b in range(kw):
+                    iw = ow * sw - pw + b * dw
+                    if ih < 0 or ih >= h or iw < 0 or iw >= w:
+                        padded = True
+            o = (t * wo + ow) * ctot + c0
+            for k0 in range(0, c, lanes):
+                acc = pad if padded else low
+                for a in range(kh):
+                    ih = oh * sh - ph + a * dh
+                    if ih < 0 or ih >= h:
+                        continue
+                    for b in range(kw):
+                        iw = ow * sw - pw + b * dw
+                        if 0 <= iw < w:
+                            acc = nanmax8(acc, vload(xf, ((n * h + ih) * w + iw) * c + k0, tag))
+                store8(yf, o + k0, acc)
+
+
+def max_pool_into(x: np.ndarray, y: np.ndarray, c0: int, kernel, strides, dilations, pads,
+                  fill, lo: int, hi: int) -> None:
+    """Output rows [lo, hi) of a max pool of the NHWC ``x`` into channels c0:c0 + C of the
+    NHWC ``y``: :func:`max_pool_vector_rows` where it applies, else :func:`max_pool_rows`."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, strides, dilations, pads
+    c = x.shape[3]
+    lanes = vector_lanes()
+    if x.dtype == np.float32 and c % lanes and c % 8 == 0:
+        lanes = 8
+    if x.dtype == np.float32 and c % lanes == 0 and x.flags.c_contiguous \
+            and y.flags.c_contiguous:
+        max_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, np.float32(fill), lo, hi,
+                             lanes_tag(lanes))
+    else:
+        max_pool_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, x.dtype.type(fill), lo, hi)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -183,8 +240,7 @@ def max_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
     xh = as_nhwc(X)
     y, c0 = output_buffer((X.shape[0], out[0], out[1], X.shape[1]), X.dtype)
     fill = np.finfo(X.dtype).min
-    run_ranges(lambda lo, hi: max_pool_rows(xh, y, c0, kernel_shape[0], kernel_shape[1], s[0],
-                                            s[1], d[0], d[1], pb[0], pb[1], fill, lo, hi),
+    run_ranges(lambda lo, hi: max_pool_into(xh, y, c0, kernel_shape, s, d, pb[:2], fill, lo, hi),
                X.shape[0] * out[0], _rows_per_task(out[1] * X.shape[1], kernel_shape))
     return nchw_view(y[..., c0:c0 + X.shape[1]])
 

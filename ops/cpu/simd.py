@@ -270,6 +270,21 @@ def max8(typingctx, a, b):
 
 
 @intrinsic
+def nanmax8(typingctx, a, b):
+    """``np.maximum(a, b)`` lane by lane: the larger, or nan where either lane is nan."""
+    vt = _vector(a, b)
+    if vt is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        a_, b_ = args
+        larger = builder.select(builder.fcmp_ordered(">", a_, b_), a_, b_)  # b's where nan
+        return builder.select(builder.fcmp_unordered("uno", a_, a_), a_, larger)
+
+    return vt(a, b), codegen
+
+
+@intrinsic
 def lane8(typingctx, v, k):
     """Lane ``k`` (0 to lanes - 1) of ``v`` as a float32."""
     if _vector(v) is None or not isinstance(k, types.Integer):

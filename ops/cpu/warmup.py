@@ -143,8 +143,12 @@ CASES: list[Case] = [
     ("FusedAttention", _inputs(_x(2, 2, 2, 6, 5), _x(2, 2, 2, 5, 6), _x(2, 2, 2, 6, 4),
                                _x(2, 1, 1, 1, 6)), {"scale": 0.5}),
     ("FusedAddLayerNorm", _inputs(_x(4, 6, 16), _x(4, 6, 16), _w(16), _w(16)), {"axis": -1}),
+    # MaxPool on whole vectors of channels (8, and 16: 16 lanes where the CPU has AVX-512F),
+    # and on 6 (the scalar loop)
     ("MaxPool", _inputs(_x(2, 8, 9, 9, cl=True)), {"kernel_shape": [3, 3], "strides": [2, 2],
                                                     "pads": [1, 1, 1, 1]}),
+    ("MaxPool", _inputs(_x(2, 16, 9, 9, cl=True)), {"kernel_shape": [3, 3], "strides": [2, 2]}),
+    ("MaxPool", _inputs(_x(2, 6, 9, 9, cl=True)), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
     ("AveragePool", _inputs(_x(2, 8, 9, 9, cl=True)), {"kernel_shape": [3, 3],
                                                         "strides": [2, 2], "ceil_mode": 1}),
     ("GlobalAveragePool", _inputs(_x(2, 8, 5, 5, cl=True)), {}),

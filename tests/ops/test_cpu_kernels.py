@@ -436,6 +436,14 @@ def test_non_finite_values_follow_numpy_through_the_compiled_loops():
     assert np.isnan(y).sum() == 2  # each nan lies in one window (stride 2)
     (g,) = check("GlobalMaxPool", [channels_last(x)], {})
     assert np.isnan(g[:, :, 0, 0]).sum() == 2
+    # 32 channels: two vectors of 16 lanes where the CPU has AVX-512F; 6: the scalar loop
+    for c in (32, 6):
+        x2 = rng.standard_normal((2, c, 9, 9), dtype=np.float32)
+        x2[0, 3, 0, 0] = np.nan
+        x2[1, 5, 4, 4] = np.nan
+        (y2,) = check("MaxPool", [channels_last(x2)], {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                       "pads": [1, 1, 1, 1]})
+        assert np.isnan(y2[0, 3, 0, 0]) and np.isnan(y2[1, 5, 2, 2]) and np.isnan(y2).sum() == 2
 
 
 @pytest.mark.parametrize("skip_shape", [(1, 6, 16), (6, 16), (16,), (1, 1, 16)])
