@@ -35,6 +35,15 @@ def _x(*shape: int, cl: bool = False):
     return make
 
 
+def _heads(b: int, s: int, h: int, d: int, keys: bool = False):
+    """Attention heads as a (B, H, S, D) view of a (B, S, H, D) array (the keys transposed:
+    (B, H, D, S)), as a model splits its projections into heads."""
+    def make(rng: np.random.Generator, dtype: Any, batch: int | None) -> np.ndarray:
+        x = rng.standard_normal((b if batch is None else batch, s, h, d)).astype(dtype)
+        return x.transpose(0, 2, 3, 1) if keys else x.transpose(0, 2, 1, 3)
+    return make
+
+
 def _w(*shape: int):
     """A weight or other unbatched input."""
     return lambda rng, dtype, batch: rng.standard_normal(shape).astype(dtype)
@@ -139,6 +148,12 @@ CASES: list[Case] = [
     ("FusedAttention", _inputs(_x(2, 3, 6, 5), _x(2, 3, 5, 6), _x(2, 3, 6, 4)), {"scale": 0.5}),
     ("FusedAttention", _inputs(_x(2, 3, 6, 5), _x(2, 3, 5, 6), _x(2, 3, 6, 4), _x(2, 1, 1, 6)),
      {"scale": 2.0, "divide": 1}),
+    # heads split from (B, S, H, D) projections, as the exporters hand them over: strided
+    # views (another compiled type than contiguous heads), without and with a mask
+    ("FusedAttention", _inputs(_heads(2, 6, 3, 5), _heads(2, 6, 3, 5, keys=True),
+                               _heads(2, 6, 3, 4)), {"scale": 0.5}),
+    ("FusedAttention", _inputs(_heads(2, 6, 3, 5), _heads(2, 6, 3, 5, keys=True),
+                               _heads(2, 6, 3, 4), _x(2, 1, 1, 6)), {"scale": 0.5}),
     # 5-D (and any run without MKL): groups of heads through gemm_batch and numpy's exp
     ("FusedAttention", _inputs(_x(2, 2, 2, 6, 5), _x(2, 2, 2, 5, 6), _x(2, 2, 2, 6, 4),
                                _x(2, 1, 1, 1, 6)), {"scale": 0.5}),

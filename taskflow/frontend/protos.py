@@ -22,10 +22,17 @@ _TENSOR_ERRORS = (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeErro
 
 
 def tensor_array(t: onnx.TensorProto, where: str) -> np.ndarray:
-    """``t`` as a numpy array, or a :class:`~taskflow.errors.ModelLoadError` naming the tensor
-    and ``where`` it is (the file)."""
+    """``t`` as a writable numpy array, or a :class:`~taskflow.errors.ModelLoadError` naming
+    the tensor and ``where`` it is (the file).
+
+    numpy_helper reads raw data in place, read-only; Numba compiles a kernel once per
+    argument type, and read-only is part of the type. A model's read-only biases and weight
+    views took a compilation of their own for each kernel after ``taskflow warmup`` had
+    compiled the writable ones (MobileNetV3's first run: 9 kernels, ~80 s), so initializers
+    are copied once here."""
     try:
-        return numpy_helper.to_array(t)
+        a = numpy_helper.to_array(t)
+        return a if a.flags.writeable else a.copy()
     except _TENSOR_ERRORS as exc:
         from taskflow.errors import ModelLoadError
 

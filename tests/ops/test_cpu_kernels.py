@@ -163,6 +163,48 @@ def test_the_cases_reach_every_compiled_kernel():
     assert [name for name, fn in dispatchers if not fn.signatures] == []
 
 
+def _compiled(dispatchers) -> dict:
+    return {name: set(fn.signatures) for name, fn in dispatchers}
+
+
+def test_an_imported_models_first_run_compiles_nothing_after_warmup(tmp_path):
+    """An ONNX model's initializers arrive read-only from onnx's numpy_helper, and read-only
+    is part of a Numba type: a kernel would compile again for them on the first real run,
+    after ``taskflow warmup`` (MobileNetV3's took ~80 s). The importer hands the kernels
+    writable copies; here a conv -> relu -> conv -> maxpool network with biases, loaded from
+    a file and run, must find every kernel already compiled by warmup."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import taskflow
+
+    warmup()
+    dispatchers = [(f"{mod.__name__}.{name}", fn) for mod in CPU_MODULES
+                   for name, fn in vars(mod).items()
+                   if isinstance(fn, Dispatcher) and fn.__module__ == mod.__name__]
+    before = _compiled(dispatchers)
+    rng = np.random.default_rng(5)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+             helper.make_node("MaxPool", ["c2"], ["y"], kernel_shape=[3, 3], strides=[2, 2])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [init("w1", 24, 8, 3, 3), init("b1", 24), init("w2", 16, 24, 1, 1), init("b2", 16)])
+    path = tmp_path / "small.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = taskflow.load(str(path))
+    (y,) = model.run(None, {"x": rng.standard_normal((2, 8, 9, 9)).astype(np.float32)})
+    assert y.shape == (2, 16, 4, 4) and np.ptp(y) > 0.1
+    after = _compiled(dispatchers)
+    assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {}
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch", EDGE_BATCHES, ids=lambda b: "own" if b is None else f"n{b}")
 @pytest.mark.parametrize("case", range(len(CASES)), ids=lambda i: f"{CASES[i][0]}-{i}")
