@@ -48,7 +48,7 @@ from .common import (
     scratch,
     threads,
 )
-from .conv import pack_depthwise, pack_few_channels
+from .conv import pack_depthwise, pack_few_channels, stem_is_wide
 from .epilogue import activation_code, apply_epilogue
 from .pool import max_pool_into
 from .simd import lanes_tag
@@ -445,11 +445,20 @@ def _stem(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
     """``fill``: output rows [r0, r1) of the few-channel first layer on images n0..n1 of the
     NCHW ``x`` (:func:`.direct.few_channels_rows`; a band's rows as an output of their own,
     its input rows offset through the top padding)."""
-    (sh, sw), pb, _ = mid
+    (sh, sw), pb, (ho, wo) = mid
     m, kh, kw = w1.shape[0], w1.shape[2], w1.shape[3]
     f32 = np.float32
-    wp = packed(w1, ("few-channels", "<f4"), pack_few_channels)
     bp = np.zeros(m, f32) if b1 is None else b1
+    if stem_is_wide(x.shape[1], m, kh, kw, (sh, sw), wo, x.shape[3], pb[1]):
+        wd = packed(w1, ("dense-wide", "<f4"), dense_wide.pack)
+
+        def wide(n0: int, n1: int, r0: int, r1: int, buf: np.ndarray) -> None:
+            dense_wide.dense_wide_rows(x[n0:n1], wd, bp, buf, 0, kh, kw, sh, sw, pb[0] - r0 * sh,
+                                       pb[1], act1[0], f32(act1[1]), f32(act1[2]), f32(1), 0,
+                                       (n1 - n0) * (r1 - r0), True)
+
+        return wide
+    wp = packed(w1, ("few-channels", "<f4"), pack_few_channels)
     tag = lanes_tag(direct.vector_lanes() if m % 16 == 0 else 8)
 
     def fill(n0: int, n1: int, r0: int, r1: int, buf: np.ndarray) -> None:
@@ -473,7 +482,7 @@ def _dense(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
     def fill(n0: int, n1: int, r0: int, r1: int, buf: np.ndarray) -> None:
         dense_wide.dense_wide_rows(xh[n0:n1], wp, bp, buf, 0, kh, kw, sh, sw, pb[0] - r0 * sh,
                                    pb[1], act1[0], f32(act1[1]), f32(act1[2]), f32(1), 0,
-                                   (n1 - n0) * (r1 - r0))
+                                   (n1 - n0) * (r1 - r0), False)
 
     return fill
 

@@ -285,7 +285,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         t = dtype.type
         run_ranges(lambda lo, hi: dense_wide.dense_wide_rows(
             xh, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]),
-            t(act[2]), t(1), lo, hi), n * ho, max(1, MIN_TASK_MACS // (wo * m * c * kh * kw)))
+            t(act[2]), t(1), lo, hi, False), n * ho,
+            max(1, MIN_TASK_MACS // (wo * m * c * kh * kw)))
         return nchw_view(y)
     if plain and group == 1 and kh * kw > 1 and not use_winograd and xh.flags.c_contiguous \
             and wo >= direct.DENSE_MIN_WIDTH and direct.dense_max_taps() \
@@ -420,15 +421,30 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     return nchw_view(y)
 
 
+def stem_is_wide(c: int, m: int, kh: int, kw: int, s, wo: int, wd: int, pw: int) -> bool:
+    """Whether a few-channel first layer (NCHW input) runs :func:`.dense_wide.dense_wide_rows`
+    on its input in place: 16 lanes, whole 64-output blocks (SqueezeNet's, ResNet's, VGG's
+    3 -> 64 stems), where :func:`.direct.few_channels_rows` holds 4 pixels by 32 outputs."""
+    return direct.vector_lanes() == 16 and dense_wide.usable(c, m, kh, kw, s, wo, wd, pw)
+
+
 def _few_channels(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, s, pb, out,
                   act: tuple[int, float, float]) -> np.ndarray:
-    """A first layer's few-channel convolution by :func:`.direct.few_channels_rows`."""
+    """A first layer's few-channel convolution by :func:`.direct.few_channels_rows`, or by
+    :func:`.dense_wide.dense_wide_rows` where :func:`stem_is_wide`."""
     n, m, kh, kw = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
     ho, wo = out
     full, c0 = output_buffer((n, ho, wo, m), x.dtype)
     wp = packed(w, ("few-channels", x.dtype.str), lambda a: pack_few_channels(a.astype(x.dtype)))
     b_ = np.zeros(m, x.dtype) if bias is None else vector(bias, x.dtype)
     t = x.dtype.type
+    if stem_is_wide(x.shape[1], m, kh, kw, s, wo, x.shape[3], pb[1]):
+        wp = packed(w, ("dense-wide", x.dtype.str), lambda a: dense_wide.pack(a.astype(x.dtype)))
+        run_ranges(lambda lo, hi: dense_wide.dense_wide_rows(
+            x, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]),
+            t(act[2]), t(1), lo, hi, True), n * ho,
+            max(1, MIN_TASK_MACS // (wo * m * x.shape[1] * kh * kw)))
+        return nchw_view(full[..., c0:c0 + m])
     # 16 lanes where the outputs fill them: a last 8 channels would take the taps' broadcasts
     # again (ShuffleNet's 24-channel stem ran 1.25x slower so than on 8 lanes)
     tag = lanes_tag(direct.vector_lanes() if m % 16 == 0 else 8)

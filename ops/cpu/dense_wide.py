@@ -54,10 +54,11 @@ def pack(w: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, inline="always")
-def _six(xf, wf, bias, m0, q0, q1, q2, q3, q4, q5, wq0, a_lo, a_hi, kw, c, wd):
+def _six(xf, wf, bias, m0, q0, q1, q2, q3, q4, q5, wq0, a_lo, a_hi, kw, c, rs, ps, cs):
     """The sums of 6 output pixels (input offsets q0..q5 at tap (0, 0)) by 64 output channels
     m0:m0 + 64 (weight block at wq0), over kernel rows [a_lo, a_hi): every tap is inside the
-    input row. The pixels may lie on different output rows: only the offsets differ."""
+    input row. The pixels may lie on different output rows: only the offsets differ. The
+    input's strides: rs per row, ps per pixel, cs per channel (NHWC or NCHW)."""
     b0 = vload(bias, m0, T16)
     b1 = vload(bias, m0 + 16, T16)
     b2 = vload(bias, m0 + 32, T16)
@@ -70,14 +71,14 @@ def _six(xf, wf, bias, m0, q0, q1, q2, q3, q4, q5, wq0, a_lo, a_hi, kw, c, wd):
     a50, a51, a52, a53 = b0, b1, b2, b3
     for a in range(a_lo, a_hi):
         for b in range(kw):
-            tap = (a * wd + b) * c
+            tap = a * rs + b * ps
             wq = wq0 + (a * kw + b) * c * BLOCK
             for ci in range(c):
                 w0 = vload(wf, wq, T16)
                 w1 = vload(wf, wq + 16, T16)
                 w2 = vload(wf, wq + 32, T16)
                 w3 = vload(wf, wq + 48, T16)
-                i = tap + ci
+                i = tap + ci * cs
                 x = vbroadcast(xf, q0 + i, T16)
                 a00 = fma8(x, w0, a00)
                 a01 = fma8(x, w1, a01)
@@ -122,10 +123,11 @@ def _store_pixel(yf, o, v0, v1, v2, v3, act, lo, hi, p0, p1):
 
 
 @njit(cache=True, inline="always")
-def _one(xf, wf, bias, m0, xrow, iw0, wq0, a_lo, a_hi, kw, c, wd):
-    """The sums of one output pixel (input column iw0 at tap column 0, row offset ``xrow``
-    at kernel row 0) by 64 output channels; taps outside the input row are skipped. Even and
-    odd input channels sum apart: 8 chains of multiply-adds hide their latency."""
+def _one(xf, wf, bias, m0, xrow, iw0, wq0, a_lo, a_hi, kw, c, wd, rs, ps, cs):
+    """The sums of one output pixel (input column iw0 at tap column 0; ``xrow`` the offset of
+    the input row of kernel row 0, maybe outside the input) by 64 output channels; taps
+    outside the input row are skipped. Even and odd input channels sum apart: 8 chains of
+    multiply-adds hide their latency."""
     a0 = vload(bias, m0, T16)
     a1 = vload(bias, m0 + 16, T16)
     a2 = vload(bias, m0 + 32, T16)
@@ -137,7 +139,7 @@ def _one(xf, wf, bias, m0, xrow, iw0, wq0, a_lo, a_hi, kw, c, wd):
             iw = iw0 + b
             if iw < 0 or iw >= wd:
                 continue
-            p = ((xrow + a) * wd + iw) * c
+            p = xrow + a * rs + iw * ps
             wq = wq0 + (a * kw + b) * c * BLOCK
             for _ in range(c // 2):
                 x = vbroadcast(xf, p, T16)
@@ -145,12 +147,12 @@ def _one(xf, wf, bias, m0, xrow, iw0, wq0, a_lo, a_hi, kw, c, wd):
                 a1 = fma8(x, vload(wf, wq + 16, T16), a1)
                 a2 = fma8(x, vload(wf, wq + 32, T16), a2)
                 a3 = fma8(x, vload(wf, wq + 48, T16), a3)
-                x = vbroadcast(xf, p + 1, T16)
+                x = vbroadcast(xf, p + cs, T16)
                 e0 = fma8(x, vload(wf, wq + 64, T16), e0)
                 e1 = fma8(x, vload(wf, wq + 80, T16), e1)
                 e2 = fma8(x, vload(wf, wq + 96, T16), e2)
                 e3 = fma8(x, vload(wf, wq + 112, T16), e3)
-                p += 2
+                p += 2 * cs
                 wq += 2 * BLOCK
             if c % 2:
                 x = vbroadcast(xf, p, T16)
@@ -162,23 +164,25 @@ def _one(xf, wf, bias, m0, xrow, iw0, wq0, a_lo, a_hi, kw, c, wd):
 
 
 @njit(cache=True, inline="always")
-def _pixel(i, t0, first, width, ho, wo, h, wd, c, ctot, c0, sh, sw, ph, pw):
+def _pixel(i, t0, first, width, ho, wo, img, rs, ps, ctot, c0, sh, sw, ph, pw):
     """The input offset (tap (0, 0)) and output offset of the i-th interior pixel counted
-    from output row t0 (``width`` interior columns per row, from column ``first``)."""
+    from output row t0 (``width`` interior columns per row, from column ``first``; ``img``,
+    ``rs`` and ``ps`` the input's strides per image, row and pixel)."""
     t = t0 + i // width
     ow = first + i % width
     n = t // ho
     oh = t % ho
-    return (((n * h + oh * sh - ph) * wd + ow * sw - pw) * c,
+    return (n * img + (oh * sh - ph) * rs + (ow * sw - pw) * ps,
             (t * wo + ow) * ctot + c0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def dense_wide_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one, lo, hi):
+def dense_wide_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one, lo, hi, nchw):
     """y[n, oh, ow, c0 + m] = act(bias[m] + sum over taps (a, b, ci) of x[n, ih, iw, ci] times
     W[m, ci, a, b]), one group, no dilation.
 
-    x (N, H, W, C) C-contiguous float32; w packed by :func:`pack`; M % 64 == 0; y
+    x (N, H, W, C) C-contiguous float32, or with ``nchw`` (N, C, H, W) (a first layer's input,
+    read in place: only the strides differ); w packed by :func:`pack`; M % 64 == 0; y
     (N, Ho, Wo, Ctot) C-contiguous, the output in channels c0:c0 + M. Output rows (n, oh) in
     [lo, hi), in runs of rows of one image with the same kernel rows inside the input (the
     top and bottom rows lose some to the padding). A run's interior pixels (columns whose
@@ -188,7 +192,13 @@ def dense_wide_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one,
     one. (Blocks of 2 for a row's remainder ran slower than the overlap: each re-reads the
     64-output block's weight, 37-74 KB, from L2.)
     """
-    n_, h, wd, c = x.shape
+    if nchw:
+        n_, c, h, wd = x.shape
+        rs, ps, cs = wd, 1, h * wd
+    else:
+        n_, h, wd, c = x.shape
+        rs, ps, cs = wd * c, c, 1
+    img = c * h * wd
     ho, wo, ctot = y.shape[1], y.shape[2], y.shape[3]
     m = bias.shape[0]
     xf = x.reshape(-1)
@@ -210,20 +220,20 @@ def dense_wide_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one,
             i = 0
             while total >= PIXELS and i < total:
                 i = min(i, total - PIXELS)  # the last block overlaps the one before
-                q0, o0 = _pixel(i, t0, first, width, ho, wo, h, wd, c, ctot, c0, sh, sw, ph, pw)
-                q1, o1 = _pixel(i + 1, t0, first, width, ho, wo, h, wd, c, ctot, c0, sh, sw,
+                q0, o0 = _pixel(i, t0, first, width, ho, wo, img, rs, ps, ctot, c0, sh, sw, ph, pw)
+                q1, o1 = _pixel(i + 1, t0, first, width, ho, wo, img, rs, ps, ctot, c0, sh, sw,
                                 ph, pw)
-                q2, o2 = _pixel(i + 2, t0, first, width, ho, wo, h, wd, c, ctot, c0, sh, sw,
+                q2, o2 = _pixel(i + 2, t0, first, width, ho, wo, img, rs, ps, ctot, c0, sh, sw,
                                 ph, pw)
-                q3, o3 = _pixel(i + 3, t0, first, width, ho, wo, h, wd, c, ctot, c0, sh, sw,
+                q3, o3 = _pixel(i + 3, t0, first, width, ho, wo, img, rs, ps, ctot, c0, sh, sw,
                                 ph, pw)
-                q4, o4 = _pixel(i + 4, t0, first, width, ho, wo, h, wd, c, ctot, c0, sh, sw,
+                q4, o4 = _pixel(i + 4, t0, first, width, ho, wo, img, rs, ps, ctot, c0, sh, sw,
                                 ph, pw)
-                q5, o5 = _pixel(i + 5, t0, first, width, ho, wo, h, wd, c, ctot, c0, sh, sw,
+                q5, o5 = _pixel(i + 5, t0, first, width, ho, wo, img, rs, ps, ctot, c0, sh, sw,
                                 ph, pw)
                 (a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23,
                  a30, a31, a32, a33, a40, a41, a42, a43, a50, a51, a52, a53) = _six(
-                    xf, w, bias, m0, q0, q1, q2, q3, q4, q5, wq0, a_lo, a_hi, kw, c, wd)
+                    xf, w, bias, m0, q0, q1, q2, q3, q4, q5, wq0, a_lo, a_hi, kw, c, rs, ps, cs)
                 _store_pixel(yf, o0 + m0, a00, a01, a02, a03, act, lo_v, hi_v, p0_v, p1_v)
                 _store_pixel(yf, o1 + m0, a10, a11, a12, a13, act, lo_v, hi_v, p0_v, p1_v)
                 _store_pixel(yf, o2 + m0, a20, a21, a22, a23, act, lo_v, hi_v, p0_v, p1_v)
@@ -233,13 +243,13 @@ def dense_wide_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one,
                 i += PIXELS
             for t in range(t0, t1):  # the border columns (all, when no block of 6 fits)
                 oh = t % ho
-                xrow = n * h + oh * sh - ph  # the input row of kernel row 0 (maybe outside)
+                xrow = n * img + (oh * sh - ph) * rs  # kernel row 0's input row (maybe outside)
                 ybase = (t * wo) * ctot + c0
                 for ow in range(wo):
                     if total >= PIXELS and first <= ow < first + width:
                         continue
                     v0, v1, v2, v3 = _one(xf, w, bias, m0, xrow, ow * sw - pw, wq0, a_lo,
-                                          a_hi, kw, c, wd)
+                                          a_hi, kw, c, wd, rs, ps, cs)
                     _store_pixel(yf, ybase + ow * ctot + m0, v0, v1, v2, v3, act, lo_v, hi_v,
                                  p0_v, p1_v)
         for t in range(t0, t1):

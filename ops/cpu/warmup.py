@@ -140,6 +140,9 @@ CASES: list[Case] = [
     ("FusedConv", _inputs(_x(2, 32, 9, 9, cl=True), _pruned(24, 32, 1, 1), _w(24)),
      {"activation": "Relu", "sparse": 1}),
     ("Gemm", _inputs(_x(4, 16), _w(8, 16), _w(8)), {"transB": 1}),
+    # a classifier at small batch: few rows, blocks of columns over the kernel threads (each
+    # block's output a strided view: another compiled type)
+    ("FusedGemm", _inputs(_x(4, 512), _w(1024, 512), _w(1024)), {"transB": 1}),
     ("FusedGemm", _inputs(_x(4, 16), _w(16, 8), _w(1, 8)), {"activation": "Sigmoid"}),
     ("FusedMatMul", _inputs(_x(2, 4, 16), _w(16, 8), _w(8)), {"activation": "Gelu"}),
     ("MatMul", _inputs(_x(2, 6, 16), _w(16, 8)), {}),

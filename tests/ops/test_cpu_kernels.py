@@ -582,7 +582,8 @@ def test_dense_wide_writes_only_its_channels_of_a_wider_buffer(activation):
     act, p0, p1 = epilogue.activation_code(activation, params)
     t = np.float32
     dense_wide.dense_wide_rows(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), dense_wide.pack(w),
-                               b, full, 20, 3, 3, 1, 1, 1, 1, act, t(p0), t(p1), t(1), 0, 14)
+                               b, full, 20, 3, 3, 1, 1, 1, 1, act, t(p0), t(p1), t(1), 0, 14,
+                               False)
     assert_close(full[..., 20:148].transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5)
     assert (full[..., :20] == 7).all() and (full[..., 148:] == 7).all()
     assert np.ptp(want[:, :, :, 1:9], axis=(2, 3)).min() > 0.1  # outputs vary over the pixels
