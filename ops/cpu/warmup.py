@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import registry
 from . import direct, native_pool
-from .common import as_nhwc, nchw_view
+from .common import ConcatBuffer, as_nhwc, nchw_view, output_slot
 
 Case = tuple[str, Callable[..., list[Any]], dict[str, Any]]
 
@@ -157,6 +157,9 @@ CASES: list[Case] = [
                                _heads(2, 6, 3, 4)), {"scale": 0.5}),
     ("FusedAttention", _inputs(_heads(2, 6, 3, 5), _heads(2, 6, 3, 5, keys=True),
                                _heads(2, 6, 3, 4), _x(2, 1, 1, 6)), {"scale": 0.5}),
+    # and contiguous Q and K with V split into heads (ViT's dynamo export)
+    ("FusedAttention", _inputs(_x(2, 3, 6, 5), _x(2, 3, 5, 6), _heads(2, 6, 3, 4)),
+     {"scale": 0.5}),
     # 5-D (and any run without MKL): groups of heads through gemm_batch and numpy's exp
     ("FusedAttention", _inputs(_x(2, 2, 2, 6, 5), _x(2, 2, 2, 5, 6), _x(2, 2, 2, 6, 4),
                                _x(2, 1, 1, 1, 6)), {"scale": 0.5}),
@@ -184,6 +187,12 @@ CASES: list[Case] = [
     ("InstanceNormalization", _inputs(_x(2, 8, 5, 5, cl=True), _w(8), _w(8)), {}),
     ("Concat", _inputs(_x(4, 64, 32, 32, cl=True), _x(4, 32, 32, 32, cl=True)), {"axis": 1}),
     ("Concat", _inputs(_x(4, 64, 32, 32), _x(4, 32, 32, 32, cl=True)), {"axis": -3}),
+    # an Inception module's three or four branches (the row copy compiles once per count;
+    # below MIN_TASK_ELEMENTS in all, numpy copies)
+    ("Concat", _inputs(_x(2, 64, 32, 32, cl=True), _x(2, 32, 32, 32, cl=True),
+                       _x(2, 32, 32, 32, cl=True)), {"axis": 1}),
+    ("Concat", _inputs(_x(2, 64, 32, 32, cl=True), _x(2, 32, 32, 32, cl=True),
+                       _x(2, 16, 32, 32, cl=True), _x(2, 16, 32, 32, cl=True)), {"axis": 1}),
     ("ChannelShuffle", _inputs(_x(4, 24, 16, 16, cl=True)), {"group": 3}),
     ("Gather", _inputs(_x(3, 4, 5), _index(-2)), {"axis": 1}),  # one index: a view
     ("Gather", _inputs(_x(3, 4, 5), _index([2, -1, 0])), {"axis": -1}),
@@ -214,6 +223,22 @@ CASES: list[Case] = [
 ]
 
 
+def _into_a_concat(rng: np.random.Generator) -> None:
+    """Convolutions writing into a Concat's buffer, as the interpreter offers it (their GEMMs
+    then write strided columns: other compiled types than a fresh output's): an im2col
+    5x5 and a 1x1 on MKL's GEMM, each routing."""
+    x = channels_last(rng.standard_normal((2, 96, 8, 8)).astype(np.float32))
+    conv = registry.get("FusedConv").kernels["cpu"]
+    for wide in (True, False):
+        with direct.routed_as(wide):
+            buf = ConcatBuffer(48)
+            for offset, w in ((0, rng.standard_normal((24, 96, 5, 5))),
+                              (24, rng.standard_normal((24, 96, 1, 1)))):
+                with output_slot(buf, offset):
+                    conv(x, w.astype(np.float32), None, pads=[2, 2, 2, 2] if offset == 0
+                         else [0, 0, 0, 0], activation="Relu")
+
+
 def warmup(dtypes: tuple[Any, ...] = (np.float32,), *,
            verbose: bool = False) -> dict[str, float]:
     """Run every case of :data:`CASES` once per dtype; return seconds spent per op.
@@ -234,6 +259,10 @@ def warmup(dtypes: tuple[Any, ...] = (np.float32,), *,
             spent[op] = spent.get(op, 0.0) + time.perf_counter() - start
             if verbose:
                 print(f"  {op:22s} {time.perf_counter() - start:7.2f} s")
+    if np.float32 in dtypes:
+        start = time.perf_counter()
+        _into_a_concat(rng)
+        spent["Concat"] = spent.get("Concat", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
     native_pool.warm()  # its blocks run only in GEMMs bigger than the cases'
     spent["native pool"] = time.perf_counter() - start
