@@ -370,14 +370,13 @@ class _Projection:
         self.out = new_output((*size, self.m3), f32)
         self.b3, self.act3 = b3, act3
         self.z2d = None if zh is None else zh.reshape(-1, self.m3)
-        self.direct = w3.size < direct.pointwise_max_weight() or (
+        self.wide = direct.vector_lanes() == 16 and pointwise_wide.usable(self.k, self.m3)
+        self.direct = self.wide or w3.size < direct.pointwise_max_weight() or (
             self.k <= PROJECT_DIRECT_MAX_CHANNELS and w3.size < direct.POINTWISE_MAX_WEIGHT)
         self.wt = w3.reshape(self.m3, self.k).T
-        self.wide = direct.vector_lanes() == 16 and pointwise_wide.usable(self.k, self.m3)
         if self.wide:
-            self.direct = True
             self.wp = packed(w3, ("pointwise-wide", "<f4"), pointwise_wide.pack)
-            self.bp = pointwise_wide.bias_or_zeros(b3, self.m3)
+            self.bp = np.zeros(self.m3, f32) if b3 is None else b3
         elif self.direct:
             self.wp = packed(w3, ("pointwise", 1, "<f4"), lambda a: direct.pack_pointwise(a, 1))
             self.bp = direct.pad_groups(b3, 1, self.m3, f32)
@@ -418,7 +417,7 @@ def _expansion(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
     wt1 = w1.reshape(m, c).T
     if wide:
         wp1 = packed(w1, ("pointwise-wide", "<f4"), pointwise_wide.pack)
-        bp1 = pointwise_wide.bias_or_zeros(b1, m)
+        bp1 = np.zeros(m, f32) if b1 is None else b1
     else:
         wp1 = packed(w1, ("pointwise", 1, "<f4"), lambda a: direct.pack_pointwise(a, 1))
         bp1 = direct.pad_groups(b1, 1, m, f32)
@@ -443,21 +442,15 @@ def _expansion(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
 def _stem(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
           act1: tuple[int, float, float], mid: tuple) -> Callable:
     """``fill``: output rows [r0, r1) of the few-channel first layer on images n0..n1 of the
-    NCHW ``x`` (:func:`.direct.few_channels_rows`; a band's rows as an output of their own,
-    its input rows offset through the top padding)."""
-    (sh, sw), pb, (ho, wo) = mid
+    NCHW ``x`` (:func:`.direct.few_channels_rows`, or :func:`_dense`'s kernel reading NCHW
+    where :func:`.conv.stem_is_wide`; a band's rows as an output of their own, its input
+    rows offset through the top padding)."""
+    (sh, sw), pb, (_, wo) = mid
     m, kh, kw = w1.shape[0], w1.shape[2], w1.shape[3]
+    if stem_is_wide(x.shape[1], m, kh, kw, (sh, sw), wo, x.shape[3], pb[1]):
+        return _dense(x, w1, b1, act1, mid, nchw=True)
     f32 = np.float32
     bp = np.zeros(m, f32) if b1 is None else b1
-    if stem_is_wide(x.shape[1], m, kh, kw, (sh, sw), wo, x.shape[3], pb[1]):
-        wd = packed(w1, ("dense-wide", "<f4"), dense_wide.pack)
-
-        def wide(n0: int, n1: int, r0: int, r1: int, buf: np.ndarray) -> None:
-            dense_wide.dense_wide_rows(x[n0:n1], wd, bp, buf, 0, kh, kw, sh, sw, pb[0] - r0 * sh,
-                                       pb[1], act1[0], f32(act1[1]), f32(act1[2]), f32(1), 0,
-                                       (n1 - n0) * (r1 - r0), True)
-
-        return wide
     wp = packed(w1, ("few-channels", "<f4"), pack_few_channels)
     tag = lanes_tag(direct.vector_lanes() if m % 16 == 0 else 8)
 
@@ -470,9 +463,10 @@ def _stem(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
 
 
 def _dense(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
-           act1: tuple[int, float, float], mid: tuple) -> Callable:
+           act1: tuple[int, float, float], mid: tuple, nchw: bool = False) -> Callable:
     """``fill``: output rows [r0, r1) of a dense convolution :mod:`.dense_wide` takes, on
-    images n0..n1 of the NHWC ``xh`` (a band's rows offset as in :func:`_stem`)."""
+    images n0..n1 of the NHWC ``xh`` (NCHW with ``nchw``: a stem's input; a band's rows
+    offset as in :func:`_stem`)."""
     (sh, sw), pb, _ = mid
     m, kh, kw = w1.shape[0], w1.shape[2], w1.shape[3]
     f32 = np.float32
@@ -482,7 +476,7 @@ def _dense(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
     def fill(n0: int, n1: int, r0: int, r1: int, buf: np.ndarray) -> None:
         dense_wide.dense_wide_rows(xh[n0:n1], wp, bp, buf, 0, kh, kw, sh, sw, pb[0] - r0 * sh,
                                    pb[1], act1[0], f32(act1[1]), f32(act1[2]), f32(1), 0,
-                                   (n1 - n0) * (r1 - r0), False)
+                                   (n1 - n0) * (r1 - r0), nchw)
 
     return fill
 

@@ -280,13 +280,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     if plain and group == 1 and not use_winograd and xh.flags.c_contiguous \
             and direct.vector_lanes() == 16 and dense_wide.usable(c, m, kh, kw, s, wo, xh.shape[2],
                                                                   pb[1]):
-        wp = packed(w, ("dense-wide", dtype.str), lambda a: dense_wide.pack(a.astype(dtype)))
-        b_ = np.zeros(m, dtype) if bias is None else bias
-        t = dtype.type
-        run_ranges(lambda lo, hi: dense_wide.dense_wide_rows(
-            xh, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]),
-            t(act[2]), t(1), lo, hi, False), n * ho,
-            max(1, MIN_TASK_MACS // (wo * m * c * kh * kw)))
+        _dense_wide(xh, w, np.zeros(m, dtype) if bias is None else bias, full, c0, s, pb, out,
+                    act, False)
         return nchw_view(y)
     if plain and group == 1 and kh * kw > 1 and not use_winograd and xh.flags.c_contiguous \
             and wo >= direct.DENSE_MIN_WIDTH and direct.dense_max_taps() \
@@ -335,7 +330,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
                 and pointwise_wide.usable(c, m) and xh.flags.c_contiguous \
                 and (zh is None or zh.flags.c_contiguous):
             wp = packed(w, ("pointwise-wide", dtype.str), pointwise_wide.pack)
-            bp = pointwise_wide.bias_or_zeros(bias, m)
+            bp = np.zeros(m, dtype) if bias is None else bias
             z_ = np.zeros((0, m), dtype) if zh is None else zh.reshape(rows, m)
             t = dtype.type
             run_ranges(lambda lo, hi: pointwise_wide.pointwise_wide_rows(
@@ -421,6 +416,20 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     return nchw_view(y)
 
 
+def _dense_wide(x: np.ndarray, w: np.ndarray, bias: np.ndarray, full: np.ndarray, c0: int, s,
+                pb, out, act: tuple[int, float, float], nchw: bool) -> None:
+    """:func:`.dense_wide.dense_wide_rows` over all output rows, into channels c0:c0 + M of
+    ``full``: ``x`` NHWC, or NCHW (a first layer's input, read in place) with ``nchw``."""
+    n, c = x.shape[0], x.shape[1] if nchw else x.shape[3]
+    m, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    ho, wo = out
+    t = x.dtype.type
+    wp = packed(w, ("dense-wide", x.dtype.str), lambda a: dense_wide.pack(a.astype(x.dtype)))
+    run_ranges(lambda lo, hi: dense_wide.dense_wide_rows(
+        x, wp, bias, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]), t(act[2]),
+        t(1), lo, hi, nchw), n * ho, max(1, MIN_TASK_MACS // (wo * m * c * kh * kw)))
+
+
 def stem_is_wide(c: int, m: int, kh: int, kw: int, s, wo: int, wd: int, pw: int) -> bool:
     """Whether a few-channel first layer (NCHW input) runs :func:`.dense_wide.dense_wide_rows`
     on its input in place: 16 lanes, whole 64-output blocks (SqueezeNet's, ResNet's, VGG's
@@ -439,11 +448,7 @@ def _few_channels(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, s, pb, 
     b_ = np.zeros(m, x.dtype) if bias is None else vector(bias, x.dtype)
     t = x.dtype.type
     if stem_is_wide(x.shape[1], m, kh, kw, s, wo, x.shape[3], pb[1]):
-        wp = packed(w, ("dense-wide", x.dtype.str), lambda a: dense_wide.pack(a.astype(x.dtype)))
-        run_ranges(lambda lo, hi: dense_wide.dense_wide_rows(
-            x, wp, b_, full, c0, kh, kw, s[0], s[1], pb[0], pb[1], act[0], t(act[1]),
-            t(act[2]), t(1), lo, hi, True), n * ho,
-            max(1, MIN_TASK_MACS // (wo * m * x.shape[1] * kh * kw)))
+        _dense_wide(x, w, b_, full, c0, s, pb, out, act, True)
         return nchw_view(full[..., c0:c0 + m])
     # 16 lanes where the outputs fill them: a last 8 channels would take the taps' broadcasts
     # again (ShuffleNet's 24-channel stem ran 1.25x slower so than on 8 lanes)

@@ -54,11 +54,6 @@ def pack(w: np.ndarray) -> np.ndarray:
     return np.concatenate(blocks)
 
 
-def bias_or_zeros(bias: np.ndarray | None, m: int) -> np.ndarray:
-    """The float32 bias, or zeros for a layer without one."""
-    return np.zeros(m, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
-
-
 @njit(cache=True, inline="always")
 def _wide6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5):
     """The sums of 6 rows (input offsets q0..q5) by the 64 outputs m0:m0 + 64."""

@@ -80,14 +80,11 @@ def max_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi,
     for t in range(lo, hi):
         n = t // ho
         oh = t % ho
+        top = oh * sh - ph
+        rows_out = top < 0 or top + (kh - 1) * dh >= h
         for ow in range(wo):
-            padded = False
-            for a in range(kh):
-                ih = oh * sh - ph + a * dh
-                for b in range(kw):
-                    iw = ow * sw - pw + b * dw
-                    if ih < 0 or ih >= h or iw < 0 or iw >= w:
-                        padded = True
+            left = ow * sw - pw
+            padded = rows_out or left < 0 or left + (kw - 1) * dw >= w  # a tap outside
             o = (t * wo + ow) * ctot + c0
             for k0 in range(0, c, lanes):
                 acc = pad if padded else low
@@ -108,9 +105,7 @@ def max_pool_into(x: np.ndarray, y: np.ndarray, c0: int, kernel, strides, dilati
     NHWC ``y``: :func:`max_pool_vector_rows` where it applies, else :func:`max_pool_rows`."""
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, strides, dilations, pads
     c = x.shape[3]
-    lanes = vector_lanes()
-    if x.dtype == np.float32 and c % lanes and c % 8 == 0:
-        lanes = 8
+    lanes = 16 if vector_lanes() == 16 and c % 16 == 0 else 8
     if x.dtype == np.float32 and c % lanes == 0 and x.flags.c_contiguous \
             and y.flags.c_contiguous:
         max_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, np.float32(fill), lo, hi,

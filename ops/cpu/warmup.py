@@ -232,11 +232,10 @@ def _into_a_concat(rng: np.random.Generator) -> None:
     for wide in (True, False):
         with direct.routed_as(wide):
             buf = ConcatBuffer(48)
-            for offset, w in ((0, rng.standard_normal((24, 96, 5, 5))),
-                              (24, rng.standard_normal((24, 96, 1, 1)))):
+            for offset, k in ((0, 5), (24, 1)):
+                w = rng.standard_normal((24, 96, k, k)).astype(np.float32)
                 with output_slot(buf, offset):
-                    conv(x, w.astype(np.float32), None, pads=[2, 2, 2, 2] if offset == 0
-                         else [0, 0, 0, 0], activation="Relu")
+                    conv(x, w, None, pads=[k // 2] * 4, activation="Relu")
 
 
 def warmup(dtypes: tuple[Any, ...] = (np.float32,), *,

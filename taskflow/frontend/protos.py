@@ -29,7 +29,8 @@ def tensor_array(t: onnx.TensorProto, where: str) -> np.ndarray:
     argument type, and read-only is part of the type. A model's read-only biases and weight
     views took a compilation of their own for each kernel after ``taskflow warmup`` had
     compiled the writable ones (MobileNetV3's first run: 9 kernels, ~80 s), so initializers
-    are copied once here."""
+    are copied once here (:func:`taskflow.ops.cpu.common.vector` did so per call for some
+    kernels' biases only)."""
     try:
         a = numpy_helper.to_array(t)
         return a if a.flags.writeable else a.copy()
