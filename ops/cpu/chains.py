@@ -494,11 +494,11 @@ def _depthwise_rows(w2: np.ndarray, b2: np.ndarray | None, act2: tuple[int, floa
     f32 = np.float32
     wp = packed(w2, ("depthwise", "<f4"), pack_depthwise)
     bp = np.zeros(m, f32) if b2 is None else b2
-    tag, ktag = lanes_tag(direct.vector_lanes()), (0,) * kw
+    tag, ktag, stag = lanes_tag(direct.vector_lanes()), (0,) * kw, (0,) * sw
 
     def window(buf: np.ndarray, dst: np.ndarray, ph: int, count: int) -> None:
-        depthwise.depthwise_rows(buf, wp, bp, dst, 0, sh, sw, ph, pb[1], act2[0], f32(act2[1]),
-                                 f32(act2[2]), f32(1), 0, count, tag, ktag)
+        depthwise.depthwise_rows(buf, wp, bp, dst, 0, sh, stag, ph, pb[1], act2[0],
+                                 f32(act2[1]), f32(act2[2]), f32(1), 0, count, tag, ktag)
 
     return window
 

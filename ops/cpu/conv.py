@@ -268,7 +268,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
 
         def rows(lo: int, hi: int) -> None:
             if blocked:
-                depthwise.depthwise_rows(xh, wd, b_, full, c0, s[0], s[1], pb[0], pb[1],
+                depthwise.depthwise_rows(xh, wd, b_, full, c0, s[0], (0,) * s[1], pb[0], pb[1],
                                          act[0], t(act[1]), t(act[2]), t(1), lo, hi, tag,
                                          (0,) * kw)
             else:

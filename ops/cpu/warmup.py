@@ -96,14 +96,13 @@ CASES: list[Case] = [
      {"group": 2, "pads": [1, 1, 1, 1], "activation": "Relu", "channel_shuffle": 2}),
     ("FusedConv", _inputs(_x(2, 8, 9, 9), _w(8, 1, 3, 3), _w(8), _x(2, 8, 9, 9)),
      {"group": 8, "pads": [1, 1, 1, 1], "activation": "Clip", "activation_params": [0, 6]}),
-    # register-blocked direct kernels (ops/cpu/direct.py): a 5x5 depthwise without residual
-    # (7 columns: a block of 4 and 3 single ones), a 3-channel stem (24 = 16 + 8 channels)
-    ("FusedConv", _inputs(_x(2, 16, 7, 7, cl=True), _w(16, 1, 5, 5), _w(16)),
-     {"group": 16, "pads": [2, 2, 2, 2], "activation": "HardSwish"}),
-    # and a strided 3x3 one on 24 channels (16 lanes: a block of 16, then one of 8; each
-    # kernel width compiles on its own)
-    ("FusedConv", _inputs(_x(2, 24, 9, 9, cl=True), _w(24, 1, 3, 3), _w(24)),
-     {"group": 24, "strides": [2, 2], "pads": [1, 1, 1, 1], "activation": "Relu"}),
+    # register-blocked direct kernels (ops/cpu/direct.py, depthwise.py): depthwise 3x3 and
+    # 5x5 at strides 1 and 2 (each width and stride compiles on its own; 24 channels with 16
+    # lanes: a block of 16, then one of 8; 5 or 7 columns: a last block overlapping), then a
+    # 3-channel stem (24 = 16 + 8 channels)
+    *(("FusedConv", _inputs(_x(2, 24, 9, 7, cl=True), _w(24, 1, k, k), _w(24)),
+       {"group": 24, "strides": [s, s], "pads": [k // 2] * 4, "activation": "HardSwish"})
+      for k in (3, 5) for s in (1, 2)),
     ("FusedConv", _inputs(_x(2, 3, 13, 13), _w(24, 3, 3, 3), _w(24)),
      {"strides": [2, 2], "pads": [1, 0, 1, 2], "activation": "Relu"}),
     # and MobileNetV3's (16 outputs: 16 lanes where the CPU has AVX-512F, as any stem whose

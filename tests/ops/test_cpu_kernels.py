@@ -541,7 +541,7 @@ def test_direct_kernels_write_only_their_channels_of_a_wider_buffer(kind):
     t = np.float32
     if kind.startswith("depthwise"):
         wd = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
-        depthwise.depthwise_rows(x.transpose(0, 2, 3, 1), wd, b, full, 20, 2, 1, 1, 1,
+        depthwise.depthwise_rows(x.transpose(0, 2, 3, 1), wd, b, full, 20, 2, (0,), 1, 1,
                                  epilogue.RELU, t(0), t(0), t(1), 0, 2 * want.shape[2],
                                  direct.T16 if kind == "depthwise-16" else direct.T8, (0,) * 3)
     elif kind == "pointwise":

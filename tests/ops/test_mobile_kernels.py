@@ -106,3 +106,43 @@ def test_squeeze_excite_falls_back_to_the_reference_outside_its_fast_path():
     with pytest.raises(ValueError, match="pool"):
         spec.kernels["cpu"](x.astype(np.float32), w1.astype(np.float32), None,
                             w2.astype(np.float32), pool="Max")
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1)])
+@pytest.mark.parametrize("width", [3, 5, 7, 14])
+@pytest.mark.parametrize("activation", ["HardSwish", "Sigmoid"])
+def test_depthwise_rows_planes_and_in_place(lanes, k, stride, width, activation):
+    """The depthwise kernel itself, on both of its paths (stride 1 and 5+ columns: through a
+    zero-padded plane per block of channels; else reading NHWC in place): rows that end
+    with a last 4-pixel block overlapping the one before it (5, 7, 14 wide) or narrower than
+    a block (3), 24 channels (with 16 lanes a block of 16, then one of 8), an activation in
+    registers and one after the stores, a range of rows that starts and ends inside images,
+    into channels 8:32 of a 40-channel buffer whose other channels stay as they were."""
+    from taskflow.ops.cpu import depthwise, direct, epilogue, lowp
+
+    if lanes == 16 and "avx512f" not in lowp.cpu_features():
+        pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
+    rng = np.random.default_rng(k * 1000 + stride * 100 + width)
+    n, h, c, p = 3, 6 + k, 24, k // 2
+    x = rng.standard_normal((n, h, width, c), dtype=np.float32)  # NHWC
+    w = rng.standard_normal((c, 1, k, k), dtype=np.float32)
+    b = rng.standard_normal(c, dtype=np.float32)
+    want = ops.get("FusedConv").reference(
+        np.ascontiguousarray(x.transpose(0, 3, 1, 2)), w, b, None, group=c, pads=[p] * 4,
+        strides=[stride] * 2, activation=activation)
+    ho, wo = want.shape[2:]
+    full = np.full((n, ho, wo, 40), 7.0, np.float32)
+    lo, hi = ho - 2, 2 * ho + 1  # the last 2 rows of image 0, all of image 1, 1 row of 2
+    t = np.float32
+    act, p0, p1 = epilogue.activation_code(activation, None)
+    depthwise.depthwise_rows(x, np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), b, full, 8,
+                             stride, (0,) * stride, p, p, act, t(p0), t(p1), t(1), lo, hi,
+                             direct.lanes_tag(lanes), (0,) * k)
+    rows = full.reshape(n * ho, wo, 40)
+    got = rows[lo:hi, :, 8:32]
+    expect = want.transpose(0, 2, 3, 1).reshape(n * ho, wo, c)[lo:hi]
+    assert_close(got, expect, rtol=1e-5, atol=1e-5, what=f"depthwise rows k{k} s{stride}")
+    assert np.ptp(expect) > 0.5
+    assert np.all(rows[:, :, :8] == 7) and np.all(rows[:, :, 32:] == 7)  # others untouched
+    assert np.all(rows[:lo] == 7) and np.all(rows[hi:] == 7)  # rows outside the range too
