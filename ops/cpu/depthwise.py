@@ -14,12 +14,14 @@ one pointer, a pixel two taps read is one load, and no tap needs a bounds test: 
 is zeros. Read in place from NHWC, a tap's input is ``column * C`` away, a run-time multiple:
 LLVM kept a pointer register per tap (spilling them), and the border blocks tested each tap.
 In MobileNetV3-small (batch 32, 2 threads, AVX-512 VM, interleaved runs), its 5x5 stride-1
-blocks ran 1.1-1.2x faster on planes; its 3x3 and stride-2 layers 1.05-1.25x slower (there
-the copy, 4 input pixels per output at stride 2, costs more than the taps save), so those
-read in place. Either way a block of channels runs over all the rows of an image before the
-next block (its input rows then stay in L1), and a row's last 4-pixel block overlaps the one
-before it instead of summing its last pixels one by one, a chain of dependent multiply-adds
-each (7x7 layers: 1.4-1.6x).
+blocks ran 1.1-1.2x faster on planes (the whole model 1.04-1.07x). There a block of channels
+runs over all the rows of an image before the next block (its plane then stays in L1), and
+a row's last 4-pixel block overlaps the one before it instead of summing its last pixels one
+by one, a chain of dependent multiply-adds each. 3x3 and strided layers read in place, 4
+pixels by all blocks of channels at a time, the last pixels one by one: on planes
+MobileNetV3's ran 1.05-1.25x slower (the copy, 4 input pixels per output at stride 2, costs
+more than the taps save); in place but in the planes' order (blocks of channels outermost,
+overlapping last blocks) ShuffleNet's 3x3 layers ran 1.04-1.34x slower.
 """
 
 from __future__ import annotations
@@ -173,38 +175,15 @@ def _depthwise1(xf, wf, b0, k0, n, oh, ow, a_lo, a_hi, h, wd, c, kw, sh, sw, ph,
     return a0
 
 
-@njit(cache=True, inline="always")
-def _channel_block_in_place(xf, wf, yf, bias, k0, t0, t1, h, wd, c, ho, wo, ctot, c0, kh, kw,
-                            sh, sw, ph, pw, act, lo_v, hi_v, p0_v, p1_v, zero, tag, ktag):
-    """:func:`_channel_block` reading x where it is (3x3 and strided layers)."""
-    b0 = vload(bias, k0, tag)
-    for t in range(t0, t1):
-        n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
-        ow = 0
-        while ow < wo:
-            if wo < 4:
-                a0 = _depthwise1(xf, wf, b0, k0, n, oh, ow, a_lo, a_hi, h, wd, c, kw, sh, sw,
-                                 ph, pw, tag)
-                store8(yf, ybase + ow * ctot + k0, _act8(a0, act, lo_v, hi_v, p0_v, p1_v))
-                ow += 1
-            else:
-                ow = min(ow, wo - 4)
-                a0, a1, a2, a3 = _depthwise4(xf, wf, b0, k0, n, oh, ow, a_lo, a_hi, h, wd, c,
-                                             kw, sh, sw, ph, pw, zero, tag, ktag)
-                _store4(yf, ybase + ow * ctot + k0, ctot, a0, a1, a2, a3, act, lo_v, hi_v,
-                        p0_v, p1_v)
-                ow += 4
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
 def depthwise_rows(x, w, bias, y, c0, sh, stag, ph, pw, act, p0, p1, one, lo, hi, tag, ktag):
     """y[n, oh, ow, c0 + k] = act(bias[k] + sum over taps of x[n, ih, iw, k] * w[a, b, k]).
 
     x (N, H, W, C) and w (KH, KW, C) C-contiguous float32, C % 8 == 0; y (N, Ho, Wo, Ctot)
     C-contiguous with the output in channels c0:c0 + C. Output rows (n, oh) in [lo, hi),
-    image by image; in an image, one block of ``len(tag)`` channels (:data:`T8` or
-    :data:`T16`) at a time over all its rows, through a plane or in place (module
-    docstring); with 16 lanes a last 8 channels (C % 16 == 8: 72, 88) as one 8-lane block.
+    through planes or in place (module docstring), in blocks of ``len(tag)`` channels
+    (:data:`T8` or :data:`T16`); with 16 lanes a last 8 channels (C % 16 == 8: 72, 88) as
+    one 8-lane block.
     ``ktag`` is a tuple of KW zeros and ``stag`` one of SW (the column stride) zeros: both
     constants of the compiled code, so the taps of a block unroll (with a run-time width,
     LLVM kept a pointer per unrolled load and spilled them: 1.1-1.2x slower) and the path
@@ -232,10 +211,10 @@ def depthwise_rows(x, w, bias, y, c0, sh, stag, ph, pw, act, p0, p1, one, lo, hi
     pf = np.empty(((min(ho, hi - lo) - 1) * sh + kh) * cols * lanes if plane else 0,
                   np.float32)
     wb = np.empty(kh * kw * lanes, np.float32)
-    t0 = lo
-    while t0 < hi:
-        t1 = min(hi, (t0 // ho + 1) * ho)  # the range's rows of this image
-        if plane:
+    if plane:
+        t0 = lo
+        while t0 < hi:
+            t1 = min(hi, (t0 // ho + 1) * ho)  # the range's rows of this image
             for k0 in range(0, whole, lanes):
                 _channel_block(xf, wf, yf, pf, wb, bias, k0, t0, t1, h, wd, c, ho, wo, ctot,
                                c0, kh, kw, sh, sw, ph, pw, act, lo_v, hi_v, p0_v, p1_v, tag,
@@ -243,16 +222,31 @@ def depthwise_rows(x, w, bias, y, c0, sh, stag, ph, pw, act, p0, p1, one, lo, hi
             if whole < c:
                 _channel_block(xf, wf, yf, pf, wb, bias, whole, t0, t1, h, wd, c, ho, wo, ctot,
                                c0, kh, kw, sh, sw, ph, pw, act, lo8, hi8, p08, p18, T8, ktag)
-        else:
+            t0 = t1
+    for t in range(lo, hi):
+        n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
+        ow = 0
+        while not plane and ow + 4 <= wo:  # in place: 4 pixels, all blocks of channels
+            o = ybase + ow * ctot
             for k0 in range(0, whole, lanes):
-                _channel_block_in_place(xf, wf, yf, bias, k0, t0, t1, h, wd, c, ho, wo, ctot,
-                                        c0, kh, kw, sh, sw, ph, pw, act, lo_v, hi_v, p0_v,
-                                        p1_v, zero, tag, ktag)
+                a0, a1, a2, a3 = _depthwise4(xf, wf, vload(bias, k0, tag), k0, n, oh, ow, a_lo,
+                                             a_hi, h, wd, c, kw, sh, sw, ph, pw, zero, tag, ktag)
+                _store4(yf, o + k0, ctot, a0, a1, a2, a3, act, lo_v, hi_v, p0_v, p1_v)
             if whole < c:
-                _channel_block_in_place(xf, wf, yf, bias, whole, t0, t1, h, wd, c, ho, wo,
-                                        ctot, c0, kh, kw, sh, sw, ph, pw, act, lo8, hi8, p08,
-                                        p18, zero8, T8, ktag)
-        for t in range(t0, t1):
-            n, oh, ybase, _, _ = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
-            _activate_row_pixels(yf, y, n, oh, ybase, c0, c, act, p0, p1, one)
-        t0 = t1
+                a0, a1, a2, a3 = _depthwise4(xf, wf, vload(bias, whole, T8), whole, n, oh, ow,
+                                             a_lo, a_hi, h, wd, c, kw, sh, sw, ph, pw, zero8, T8,
+                                             ktag)
+                _store4(yf, o + whole, ctot, a0, a1, a2, a3, act, lo8, hi8, p08, p18)
+            ow += 4
+        while not plane and ow < wo:  # the last < 4 pixels of the row, one at a time
+            o = ybase + ow * ctot
+            for k0 in range(0, whole, lanes):
+                a0 = _depthwise1(xf, wf, vload(bias, k0, tag), k0, n, oh, ow, a_lo, a_hi, h,
+                                 wd, c, kw, sh, sw, ph, pw, tag)
+                store8(yf, o + k0, _act8(a0, act, lo_v, hi_v, p0_v, p1_v))
+            if whole < c:
+                a0 = _depthwise1(xf, wf, vload(bias, whole, T8), whole, n, oh, ow, a_lo, a_hi,
+                                 h, wd, c, kw, sh, sw, ph, pw, T8)
+                store8(yf, o + whole, _act8(a0, act, lo8, hi8, p08, p18))
+            ow += 1
+        _activate_row_pixels(yf, y, n, oh, ybase, c0, c, act, p0, p1, one)

@@ -98,7 +98,7 @@ CASES: list[Case] = [
      {"group": 8, "pads": [1, 1, 1, 1], "activation": "Clip", "activation_params": [0, 6]}),
     # register-blocked direct kernels (ops/cpu/direct.py, depthwise.py): depthwise 3x3 and
     # 5x5 at strides 1 and 2 (each width and stride compiles on its own; 24 channels with 16
-    # lanes: a block of 16, then one of 8; 5 or 7 columns: a last block overlapping), then a
+    # lanes: a block of 16, then one of 8; rows 4 or 7 pixels wide), then a
     # 3-channel stem (24 = 16 + 8 channels)
     *(("FusedConv", _inputs(_x(2, 24, 9, 7, cl=True), _w(24, 1, k, k), _w(24)),
        {"group": 24, "strides": [s, s], "pads": [k // 2] * 4, "activation": "HardSwish"})
