@@ -116,9 +116,10 @@ def test_depthwise_rows_planes_and_in_place(lanes, k, stride, width, activation)
     """The depthwise kernel itself, on both of its paths (stride 1 and 5+ columns: through a
     zero-padded plane per block of channels, a row's last 4-pixel block overlapping the one
     before it; else reading NHWC in place, its last pixels one by one): rows 5, 7, 14 wide
-    and one narrower than a block (3), 24 channels (with 16 lanes a block of 16, then one of 8), an activation in
-    registers and one after the stores, a range of rows that starts and ends inside images,
-    into channels 8:32 of a 40-channel buffer whose other channels stay as they were."""
+    and one narrower than a block (3), 24 channels (with 16 lanes a block of 16, then one of
+    8), an activation in registers and one after the stores, a range of rows that starts and
+    ends inside images, into channels 8:32 of a 40-channel buffer whose other channels stay
+    as they were."""
     from taskflow.ops.cpu import depthwise, direct, epilogue, lowp
 
     if lanes == 16 and "avx512f" not in lowp.cpu_features():
