@@ -88,16 +88,16 @@ def _fill_plane(xf, pf, n, ih0, rows, cols, h, wd, c, k0, pw, tag):
 
 @njit(cache=True, inline="always")
 def _channel_block(xf, wf, yf, pf, wb, bias, k0, t0, t1, h, wd, c, ho, wo, ctot, c0, kh, kw,
-                   sh, sw, ph, pw, act, lo_v, hi_v, p0_v, p1_v, tag, ktag):
-    """Output rows t0..t1 - 1 (of one image), channels k0:k0 + len(tag), through a plane:
-    4 pixels at a time, the row's last block overlapping the one before it (recomputing up to
-    3 pixels costs less than summing them one by one, a chain of dependent multiply-adds)."""
+                   sh, sw, ph, pw, cols, act, lo_v, hi_v, p0_v, p1_v, tag, ktag):
+    """Output rows t0..t1 - 1 (of one image), channels k0:k0 + len(tag), through a plane
+    ``cols`` pixels wide: 4 pixels at a time, the row's last block overlapping the one
+    before it (recomputing up to 3 pixels costs less than summing them one by one, a chain of
+    dependent multiply-adds)."""
     lanes = len(tag)
     for i in range(kh * kw):  # the block's weights, one vector per tap
         store8(wb, i * lanes, vload(wf, i * c + k0, tag))
     n = t0 // ho
     oh0 = t0 % ho
-    cols = (wo - 1) * sw + kw
     wrow = cols * lanes
     _fill_plane(xf, pf, n, oh0 * sh - ph, (t1 - t0 - 1) * sh + kh, cols, h, wd, c, k0, pw,
                 tag)
@@ -207,21 +207,22 @@ def depthwise_rows(x, w, bias, y, c0, sh, stag, ph, pw, act, p0, p1, one, lo, hi
     zero = vsplat(one - one, tag)
     zero8 = vsplat(one - one, T8)
     plane = sw == 1 and kw >= 5  # constants: the other path compiles away
-    cols = (wo - 1) * sw + kw
+    cols = (wo - 1) * sw + kw  # a plane's width: every tap of every output pixel
     pf = np.empty(((min(ho, hi - lo) - 1) * sh + kh) * cols * lanes if plane else 0,
                   np.float32)
-    wb = np.empty(kh * kw * lanes, np.float32)
+    wb = np.empty(kh * kw * lanes if plane else 0, np.float32)  # a block's weights
     if plane:
         t0 = lo
         while t0 < hi:
             t1 = min(hi, (t0 // ho + 1) * ho)  # the range's rows of this image
             for k0 in range(0, whole, lanes):
                 _channel_block(xf, wf, yf, pf, wb, bias, k0, t0, t1, h, wd, c, ho, wo, ctot,
-                               c0, kh, kw, sh, sw, ph, pw, act, lo_v, hi_v, p0_v, p1_v, tag,
-                               ktag)
+                               c0, kh, kw, sh, sw, ph, pw, cols, act, lo_v, hi_v, p0_v, p1_v,
+                               tag, ktag)
             if whole < c:
                 _channel_block(xf, wf, yf, pf, wb, bias, whole, t0, t1, h, wd, c, ho, wo, ctot,
-                               c0, kh, kw, sh, sw, ph, pw, act, lo8, hi8, p08, p18, T8, ktag)
+                               c0, kh, kw, sh, sw, ph, pw, cols, act, lo8, hi8, p08, p18, T8,
+                               ktag)
             t0 = t1
     for t in range(lo, hi):
         n, oh, ybase, a_lo, a_hi = _output_row(t, ho, wo, ctot, c0, kh, h, sh, ph)
