@@ -300,17 +300,40 @@ def fused_conv(X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None,
                strides: Sequence[int] | None = None, activation: str = "",
                activation_params: Sequence[float] | None = None,
                channel_shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
-               x_zero_point: int = 0, sparse: int = 0) -> np.ndarray:
+               x_zero_point: int = 0, sparse: int = 0, y_precision: str = "",
+               y_scale: float = 0.0, y_zero_point: int = 0) -> np.ndarray:
     """Y = activation(Conv(X', W', B) + Z), its channels then shuffled in ``channel_shuffle``
     groups when that is > 1 (ShuffleNet's shuffle after a grouped convolution, folded in).
 
     X' = X and W' = W, or with ``precision`` "bf16" / "int8" (and, for int8, ``x_scale``
     and ``x_zero_point``: 0 = dynamic) the fake-quantised operands of
     :func:`.quant.fake_quant_operands`, W per output channel (axis 0). ``sparse`` chooses a
-    kernel (1x1 convolutions by W's non-zeros only), not a result: the reference ignores it."""
-    if precision:
-        from .quant import fake_quant_operands  # here: quant imports this module
+    kernel (1x1 convolutions by W's non-zeros only), not a result: the reference ignores it.
 
+    Narrow hand-offs between reduced layers (set by the executor, never stored in a model):
+    with ``precision``, X may be given as the next layer's narrow form of its values (bf16
+    bits in uint16; uint8 at ``x_scale`` / ``x_zero_point`` for static int8), and
+    ``y_precision`` "bf16" / "int8" returns Y in that form (:func:`.quant.to_handoff`, int8
+    at ``y_scale`` / ``y_zero_point``). Both are exact: the next layer would round or
+    quantise its float32 input just so."""
+    if y_precision:
+        from .quant import check_precision, to_handoff
+
+        if check_precision("FusedConv", y_precision, y_scale, y_zero_point) == "int8" \
+                and not y_scale:
+            raise UnsupportedOpError("FusedConv: y_precision='int8' needs the next layer's "
+                                     "y_scale > 0; got 0")
+        y = fused_conv(X, W, B, Z, auto_pad=auto_pad, dilations=dilations, group=group,
+                       kernel_shape=kernel_shape, pads=pads, strides=strides,
+                       activation=activation, activation_params=activation_params,
+                       channel_shuffle=channel_shuffle, precision=precision, x_scale=x_scale,
+                       x_zero_point=x_zero_point)
+        return to_handoff(y, check_precision("FusedConv", y_precision), y_scale,
+                          y_zero_point)
+    if precision:
+        from .quant import fake_quant_operands, from_handoff  # here: quant imports this module
+
+        X = from_handoff(X, precision, x_scale, x_zero_point)
         X, W = fake_quant_operands("FusedConv", X, W, 0, precision, x_scale, x_zero_point)
     y = conv(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
              kernel_shape=kernel_shape, pads=pads, strides=strides)

@@ -25,6 +25,7 @@ from onnx import TensorProto, helper
 from taskflow.errors import ShapeError, UnsupportedOpError
 
 from .conv import conv, conv_flops
+from .device import array_module
 from .elementwise import FLOAT8_DTYPES, cast_to, per_element
 from .matmul import matmul_flops
 from .registry import register
@@ -267,6 +268,49 @@ def fake_quant_bf16(x: np.ndarray) -> np.ndarray:
     y = bits.astype(np.uint32).view(np.float32)
     y = np.where(np.isnan(x32), x32, y)
     return y.astype(np.asarray(x).dtype, copy=False)
+
+
+def to_handoff(y: Any, precision: str, scale: float = 0.0, zero_point: int = 0) -> Any:
+    """float32 ``y`` as a reduced layer hands it to the next one narrow (a FusedConv's
+    ``y_precision``): its bfloat16 bits (uint16, rounded to nearest even; NaN stays NaN) for
+    "bf16", or uint8 ``saturate(round_half_even(y / scale) + zero_point)`` for "int8":
+    exactly what the next layer's ``precision`` would make of ``y`` in float32
+    (:func:`fake_quant_operands`). numpy or CuPy arrays, returned on the same module.
+
+    Examples
+    --------
+    >>> to_handoff(np.float32([1.0, 3.14159]), "bf16")
+    array([16256, 16457], dtype=uint16)
+    >>> to_handoff(np.float32([-1.0, 0.26, 200.0]), "int8", 0.5, 2)
+    array([  0,   3, 255], dtype=uint8)
+    """
+    xp = array_module(y)
+    y32 = xp.asarray(y).astype(xp.float32)
+    if precision == "bf16":
+        bits = y32.view(xp.uint32).astype(xp.uint64)  # 64-bit: the carry cannot wrap
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        return xp.where(xp.isnan(y32), (bits >> 16) | 0x40, rounded).astype(xp.uint16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = xp.clip(xp.rint(y32 / xp.float32(scale)) + xp.float32(zero_point), 0, 255)
+    return q.astype(xp.uint8)
+
+
+def from_handoff(x: Any, precision: str, scale: float = 0.0, zero_point: int = 0) -> Any:
+    """The float32 values of a narrow input :func:`to_handoff` made; a float ``x`` as is.
+
+    Examples
+    --------
+    >>> from_handoff(np.uint16([16256, 16457]), "bf16")
+    array([1.      , 3.140625], dtype=float32)
+    >>> from_handoff(np.uint8([0, 3, 255]), "int8", 0.5, 2)
+    array([ -1. ,   0.5, 126.5], dtype=float32)
+    """
+    xp = array_module(x)
+    if precision == "bf16" and x.dtype == xp.uint16:
+        return (x.astype(xp.uint32) << 16).view(xp.float32)
+    if precision == "int8" and x.dtype == xp.uint8 and scale:
+        return (x.astype(xp.float32) - xp.float32(zero_point)) * xp.float32(scale)
+    return x
 
 
 def check_precision(op: str, precision: str | bytes, x_scale: float = 0.0,

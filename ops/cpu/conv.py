@@ -54,6 +54,7 @@ from .common import (
     as_nhwc,
     fast_dtype,
     nchw_view,
+    new_output,
     output_buffer,
     packed,
     run_ranges,
@@ -220,18 +221,23 @@ def _fake_quant_weight(w: np.ndarray, precision: str) -> np.ndarray:
 def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarray | None,
               group: int, s, d, pb, out, act: tuple[int, float, float],
               shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
-              x_zp: int = 0, use_sparse: int = 0) -> np.ndarray:
+              x_zp: int = 0, use_sparse: int = 0,
+              y_handoff: tuple[str, float, int] = ("", 0.0, 0)) -> np.ndarray:
     """The NHWC convolution with epilogue (and, for ``shuffle`` > 1, its output channels
     shuffled in that many groups); returns the logical NCHW view of the output.
 
-    ``precision`` "bf16" / "int8" (float32 ``x`` only) runs the reduced-precision GEMMs of
-    :mod:`.lowp`; for int8 with ``x_scale`` 0 the scale and zero point come from the whole
-    ``x`` (:func:`taskflow.ops.quant.dynamic_qparams`), before it is split into slices.
-    ``use_sparse`` runs a float32 1x1 one-group convolution's GEMMs on W in CSR."""
+    ``precision`` "bf16" / "int8" runs the reduced-precision GEMMs of :mod:`.lowp` on a
+    float32 ``x``, or on an ``x`` handed over already narrow (bf16 bits as uint16, or uint8
+    at ``x_scale`` / ``x_zp``); for int8 with ``x_scale`` 0 the scale and zero point come
+    from the whole ``x`` (:func:`taskflow.ops.quant.dynamic_qparams`), before it is split
+    into slices. ``y_handoff`` ``(precision, y_scale, y_zp)`` writes the output narrow the
+    same way (one group only). ``use_sparse`` runs a float32 1x1 one-group convolution's
+    GEMMs on W in CSR."""
     n, c = x.shape[:2]
     m, cg, kh, kw = w.shape
     ho, wo = out
-    dtype = x.dtype
+    narrow_x = precision != "" and x.dtype != np.float32
+    dtype = np.dtype(np.float32) if narrow_x else x.dtype
     vec_ok = not precision and not use_sparse and dtype == np.float32 and tuple(d) == (1, 1)
     simple = vec_ok and shuffle <= 1 and m % 8 == 0
     plain = simple and z is None
@@ -241,14 +247,21 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     xh = as_nhwc(x)
     if precision == "int8" and not x_scale:
         x_scale, x_zp = dynamic_qparams(xh)
+    if precision and kh == kw == 1 and max(s) > 1 and not any(pb) and group == 1:
+        # a strided 1x1 is a 1x1 on the pixels it reads: only those are converted, and its
+        # GEMM reads them in place, with no im2col
+        xh = np.ascontiguousarray(xh[:, ::s[0], ::s[1]])
+        s = (1, 1)
     if precision and group == c == m and group > 1:
         # depthwise: the float32 loops on the fake-quantised operands (the definition)
         xq = fake_quant_bf16(xh) if precision == "bf16" else fake_quant_u8(xh, x_scale, x_zp)
         wq = packed(w, ("fake-quant", precision), lambda a: _fake_quant_weight(a, precision))
         return conv_nhwc(nchw_view(xq), wq, bias, z, group, s, d, pb, out, act, shuffle)
     # Written into channels c0:c0 + m of ``full``: a Concat's buffer when the interpreter
-    # offered one (taskflow.ir.placement), else a fresh output of m channels.
-    full, c0 = output_buffer((n, ho, wo, m), dtype)
+    # offered one (taskflow.ir.placement), else a fresh output of m channels. An output
+    # handed on narrow only needs it in the emulation: untouched, np.empty costs no pages.
+    full, c0 = (np.empty((n, ho, wo, m), dtype), 0) if y_handoff[0] else \
+        output_buffer((n, ho, wo, m), dtype)
     y = full[..., c0:c0 + m]
     if bias is not None:
         bias = vector(bias, dtype)
@@ -300,11 +313,17 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         return nchw_view(y)
     rows = n * ho * wo
     y2d = full.reshape(rows, full.shape[3])  # C-contiguous: our columns are c0:c0 + m
+    # the output handed to the next layer narrow (bf16 bits / uint8): written by the fused
+    # row blocks below, else (the emulation) converted from the float32 output at the end
+    y_narrow = None if not y_handoff[0] else \
+        new_output((n, ho, wo, m), np.uint16 if y_handoff[0] == "bf16" else np.uint8)
     # A reduced layer converts its input once (bf16 bits, or uint8 at the layer's scale),
     # before the im2col: a kxk layer's columns repeat each input value kh * kw times, and
     # its copies then move half (bf16) or a quarter (int8) of the bytes
     src_x, pad = xh, dtype.type(0)
-    if precision == "bf16":
+    if narrow_x:  # handed over converted by the layer before
+        pad = xh.dtype.type(x_zp if precision == "int8" else 0)
+    elif precision == "bf16":
         src_x, pad = lowp_rows.convert_input(xh, lowp.to_bf16, np.uint16), np.uint16(0)
     elif precision == "int8":
         src_x = lowp_rows.convert_input(
@@ -380,8 +399,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     fused = None
     if pack is not None and group == 1 and csr is None:
         fused = lowp_rows.conv_rows(precision, src_x, x2d, wt[0], kdim, step,
-                                    (kh, kw, s, d, pb, ho, wo), pad, y2d, c0, m, bias, z2d,
-                                    act, x_scale, x_zp)
+                                    (kh, kw, s, d, pb, ho, wo), pad,
+                                    y2d if y_narrow is None else y_narrow.reshape(rows, m),
+                                    c0, m, bias, z2d, act, x_scale, x_zp, y_handoff[1:])
 
     def work(i: int) -> None:
         r0 = i * step
@@ -413,7 +433,20 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             _shuffle_in_place(y2d[r0:r1], c0, m, shuffle, scratch("shuffle", (m,), dtype))
 
     run_tasks(work, -(-rows // step))
+    if y_narrow is not None:
+        if fused is None:
+            _hand_off(y, y_narrow, y_handoff)
+        return nchw_view(y_narrow)
     return nchw_view(y)
+
+
+def _hand_off(y: np.ndarray, narrow: np.ndarray, handoff: tuple[str, float, int]) -> None:
+    """``narrow[...]`` = float32 ``y`` converted for the next layer: its bf16 bits, or uint8
+    at the handoff's scale and zero point."""
+    if handoff[0] == "bf16":
+        lowp.to_bf16(y, narrow)
+    else:
+        lowp.quantize_u8(y, handoff[1], handoff[2], narrow)
 
 
 def _dense_wide(x: np.ndarray, w: np.ndarray, bias: np.ndarray, full: np.ndarray, c0: int, s,
@@ -472,12 +505,22 @@ def _shuffle_in_place(y, c0, m, group, tmp):
 
 
 def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act,
-          shuffle=0, lowp_attrs=("", 0.0, 0), use_sparse=0):
-    if act is None or not fast_dtype(X, W) or (B is not None and B.dtype != X.dtype):
+          shuffle=0, lowp_attrs=("", 0.0, 0), use_sparse=0, y_handoff=("", 0.0, 0)):
+    if lowp_attrs is None:
+        return None  # an invalid precision: the reference says why
+    if y_handoff[0] and (y_handoff[0] != lowp_attrs[0] or group != 1 or shuffle):
         return None
-    if lowp_attrs is None or (lowp_attrs[0] and X.dtype != np.float32):
-        return None  # an invalid precision (the reference says why), or float64
-    if Z is not None and (Z.dtype != X.dtype or Z.ndim != 4):
+    # a reduced layer's input may come narrow from the layer before (:func:`narrow_input`)
+    narrow = narrow_input(X, *lowp_attrs)
+    if narrow and group != 1:
+        return None
+    dtype = np.dtype(np.float32) if narrow else X.dtype
+    if act is None or not fast_dtype(W) or W.dtype != dtype or (B is not None
+                                                                  and B.dtype != dtype):
+        return None
+    if lowp_attrs[0] and dtype != np.float32:
+        return None  # float64
+    if Z is not None and (Z.dtype != dtype or Z.ndim != 4):
         return None
     geo = _geometry(X, W, group, auto_pad, dilations, kernel_shape, pads, strides)
     if geo is None:
@@ -489,7 +532,15 @@ def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, a
         return None
     if shuffle and (shuffle < 1 or W.shape[0] % shuffle):
         return None  # the reference says why
-    return conv_nhwc(X, W, B, Z, group, s, d, pb, out, act, shuffle, *lowp_attrs, use_sparse)
+    return conv_nhwc(X, W, B, Z, group, s, d, pb, out, act, shuffle, *lowp_attrs, use_sparse,
+                     y_handoff)
+
+
+def narrow_input(x: np.ndarray, precision: str, x_scale: float, x_zp: int) -> bool:
+    """Whether ``x`` is a reduced layer's input handed over narrow by the layer before:
+    bfloat16 bits (uint16) for bf16, uint8 values for a static int8 layer."""
+    return (precision == "bf16" and x.dtype == np.uint16) or \
+        (precision == "int8" and x_scale > 0 and x.dtype == np.uint8)
 
 
 @register_kernel("Conv", "cpu")
@@ -515,15 +566,20 @@ def fused_conv_cpu(X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None,
                    activation: str = "",
                    activation_params: Sequence[float] | None = None,
                    channel_shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
-                   x_zero_point: int = 0, sparse: int = 0) -> np.ndarray:
+                   x_zero_point: int = 0, sparse: int = 0, y_precision: str = "",
+                   y_scale: float = 0.0, y_zero_point: int = 0) -> np.ndarray:
     """FusedConv: the convolution's GEMM output gets bias, residual and activation in place
     (and the channel shuffle, row by row, while the rows are in cache); with a
-    ``precision``, the GEMMs are :mod:`.lowp`'s bf16 or int8 ones; with ``sparse``, a 1x1
-    convolution's are the CSR products of :mod:`.sparse`."""
+    ``precision``, the GEMMs are :mod:`.lowp`'s bf16 or int8 ones, on an input given in
+    float32 or already narrow, and with ``y_precision`` the output is written narrow (see
+    :func:`taskflow.ops.conv.fused_conv`); with ``sparse``, a 1x1 convolution's are the CSR
+    products of :mod:`.sparse`."""
     act = activation_code(activation, activation_params)
     shuffle = int(channel_shuffle) if int(channel_shuffle) > 1 else 0
-    y = _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act,
-              shuffle, lowp.precision_attrs(precision, x_scale, x_zero_point), int(sparse))
+    handoff = lowp.precision_attrs(y_precision, y_scale, y_zero_point)
+    y = None if handoff is None or (handoff[0] == "int8" and not handoff[1]) else _fast(
+        X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, act, shuffle,
+        lowp.precision_attrs(precision, x_scale, x_zero_point), int(sparse), handoff)
     if y is None:
         return fused_conv_reference(X, W, B, Z, auto_pad=auto_pad, dilations=dilations,
                                     group=group, kernel_shape=kernel_shape, pads=pads,
@@ -531,7 +587,8 @@ def fused_conv_cpu(X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None,
                                     activation_params=activation_params,
                                     channel_shuffle=channel_shuffle, precision=precision,
                                     x_scale=x_scale, x_zero_point=x_zero_point,
-                                    sparse=sparse)
+                                    sparse=sparse, y_precision=y_precision, y_scale=y_scale,
+                                    y_zero_point=y_zero_point)
     return y
 
 

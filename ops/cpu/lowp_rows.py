@@ -38,6 +38,9 @@ from .movement import im2col
 #: kernel thread costs ~100 us on a 2-core VM (the wake-up and the GIL), a 7x7 or 14x14
 #: layer's whole input
 CONVERT_TASK_ELEMENTS = 1 << 19
+#: Rows per MKL call of a layer with a narrow output (:func:`_narrow_conv_rows`): its float32
+#: block (rows x outputs) stays in L2 between MKL's stores, the epilogue and the conversion
+NARROW_ROWS = 512
 
 def gemm_rows(precision: str, a: np.ndarray, packed: PackedBF16 | PackedInt8, y: np.ndarray,
                x_scale: float, x_zp: int,
@@ -101,15 +104,22 @@ def _int8_rows(fn, a, q, b, acc, offset, y, lo, hi, xs, zp, multiplier, bias, no
 def conv_rows(precision: str, x4: np.ndarray, x2d: np.ndarray | None, w, kdim: int,
                   step: int, geometry: tuple, pad, y2d: np.ndarray, c0: int, m: int,
                   bias: np.ndarray | None, z2d: np.ndarray | None, act: tuple[int, float, float],
-                  x_scale: float, x_zp: int):
+                  x_scale: float, x_zp: int, y_qparams: tuple[float, int] = (0.0, 0)):
     """A function ``(r0, r1)`` computing output rows ``r0:r1`` of a one-group bf16 / int8
     convolution in one Numba call without the GIL (:func:`_bf16_conv_rows`,
     :func:`_int8_conv_rows`): the im2col of the converted input ``x4`` (or the rows of the
     1x1 input ``x2d``), MKL's reduced GEMM into ``y2d``'s columns ``c0:c0 + m``, and the
-    epilogue; None where MKL does not run this GEMM (the emulation)."""
+    epilogue; None where MKL does not run this GEMM (the emulation).
+
+    A narrow ``y2d`` (uint16: bf16 bits; uint8: quantised at ``y_qparams``, the consumer's
+    scale and zero point) is written by :func:`_narrow_conv_rows` instead: blocks of
+    :data:`NARROW_ROWS` rows through a float32 scratch that stays in L2."""
     fns = mkl_functions(precision, kdim)
     if fns is None:
         return None
+    if y2d.dtype != np.float32:
+        return _narrow(precision, fns, x4, x2d, w, kdim, geometry, pad, y2d, bias, z2d, act,
+                       x_scale, x_zp, y_qparams)
     kh, kw, s, d, pb, ho, wo = geometry
     b = w.mkl(fns)
     f32 = np.float32
@@ -169,6 +179,78 @@ def _int8_conv_rows(fn, x4, x2, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, p
     _dequantize(out, y2d[r0:r1, c0:c0 + m], multiplier)
     epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
                   np.float32(1))
+
+
+def _narrow(precision, fns, x4, x2d, w, kdim, geometry, pad, y2d, bias, z2d, act, x_scale,
+            x_zp, y_qparams):
+    """:func:`conv_rows` for a narrow output (see there)."""
+    kh, kw, s, d, pb, ho, wo = geometry
+    m = y2d.shape[1]
+    f32 = np.float32
+    int8 = precision == "int8"
+    b = w.mkl(fns)
+    bias_ = empty_operand(f32, 1) if bias is None else bias
+    z_ = empty_operand(f32, 2) if z2d is None else z2d
+    x2 = empty_operand(x4.dtype, 2) if x2d is None else x2d
+    offset, multiplier = w.terms(x_scale, x_zp) if int8 else \
+        (empty_operand(np.int32, 1), empty_operand(f32, 1))
+    geo = (kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo)
+    fn, rows_fn = (fns.s8u8_ptr, _narrow_int8_rows) if int8 else \
+        (fns.bf16_ptr, _narrow_bf16_rows)
+    ys, yzp = f32(y_qparams[0]), f32(int(y_qparams[1]))
+    cols_shape = (0, kdim) if x2d is not None else (NARROW_ROWS, kdim)
+    return lambda r0, r1: rows_fn(
+        fn, x4, x2, scratch("im2col", cols_shape, x4.dtype), pad, r0, r1, *geo, b,
+        scratch("lowp-acc", (NARROW_ROWS, m) if int8 else (0, m), np.int32),
+        scratch("lowp-c", (NARROW_ROWS, m), f32), offset, multiplier, y2d, bias_, z_,
+        z2d is not None, act[0], f32(act[1]), f32(act[2]), ys, yzp)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _narrow_bf16_rows(fn, x4, x2, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b,
+                      acc, c, offset, multiplier, y2d, bias, z2d, has_z, code, p0, p1, ys, yzp):
+    """Rows r0:r1 of a bf16 convolution whose output goes on narrow: per block of
+    :data:`NARROW_ROWS` rows, the block's operand, MKL's GEMM into the float32 ``c``, then
+    :func:`_finish_block`."""
+    m = y2d.shape[1]
+    for q0 in range(r0, r1, NARROW_ROWS):
+        q1 = min(r1, q0 + NARROW_ROWS)
+        a = _slice_operand(x4, x2, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad)
+        k = a.shape[1]
+        fn(_ROW_MAJOR, _NO_TRANS, PACKED, q1 - q0, m, k, np.float32(1.0), a.ctypes.data, k,
+           b.ctypes.data, m, np.float32(0.0), c.ctypes.data, m)
+        _finish_block(c[:q1 - q0], y2d, q0, q1, bias, z2d, has_z, code, p0, p1, ys, yzp)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _narrow_int8_rows(fn, x4, x2, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b,
+                      acc, c, offset, multiplier, y2d, bias, z2d, has_z, code, p0, p1, ys, yzp):
+    """:func:`_narrow_bf16_rows` for int8: MKL's s8u8s32 GEMM into ``acc`` (the zero point
+    taken off through the column ``offset``), ``c = acc * multiplier``."""
+    m = y2d.shape[1]
+    for q0 in range(r0, r1, NARROW_ROWS):
+        q1 = min(r1, q0 + NARROW_ROWS)
+        a = _slice_operand(x4, x2, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad)
+        k, rows = a.shape[1], q1 - q0
+        out = acc[:rows]
+        fn(_ROW_MAJOR, _NO_TRANS, PACKED, ROW_OFFSET, rows, m, k, np.float32(1.0),
+           a.ctypes.data, k, np.int8(0), b.ctypes.data, m, np.int8(0), np.float32(0.0),
+           out.ctypes.data, m, offset.ctypes.data)
+        _dequantize(out, c[:rows], multiplier)
+        _finish_block(c[:rows], y2d, q0, q1, bias, z2d, has_z, code, p0, p1, ys, yzp)
+
+
+@njit(cache=True, inline="always")
+def _finish_block(cb, y2d, q0, q1, bias, z2d, has_z, code, p0, p1, ys, yzp):
+    """The epilogue on a block's float32 rows ``cb``, then their conversion into rows q0:q1 of
+    the narrow ``y2d``: bf16 bits (uint16), or uint8 at ``ys`` / ``yzp`` (the consumer's
+    quantisation, exactly as it would quantise a float32 input)."""
+    epilogue_rows(cb, 0, cb.shape[1], bias, z2d[q0:q1] if has_z else z2d, code, p0, p1,
+                  np.float32(1))
+    if y2d.itemsize == 1:
+        _quantize_u8(cb, y2d[q0:q1], ys, yzp)
+    else:
+        _to_bf16(cb.view(np.uint32), y2d[q0:q1])
 
 
 def convert_input(xh: np.ndarray, convert, dtype) -> np.ndarray:

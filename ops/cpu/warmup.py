@@ -130,6 +130,13 @@ CASES: list[Case] = [
      {"precision": "int8", "x_scale": 0.03, "x_zero_point": 128}),
     ("FusedConv", _inputs(_x(2, 64, 5, 5, cl=True), _w(32, 32, 1, 1), _w(32)),
      {"group": 2, "precision": "int8", "x_scale": 0.03, "x_zero_point": 128}),
+    # and the same two handing their outputs to the next layer narrow (bf16 bits, uint8)
+    ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 3, 3), _w(16)),
+     {"pads": [1, 1, 1, 1], "activation": "Relu", "precision": "bf16", "y_precision": "bf16"}),
+    ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 1, 1), _w(16),
+                          _x(2, 16, 9, 9, cl=True)),
+     {"precision": "int8", "x_scale": 0.03, "x_zero_point": 128, "y_precision": "int8",
+      "y_scale": 0.05, "y_zero_point": 3}),
     ("FusedGemm", _inputs(_x(4, 16), _w(8, 16), _w(8)), {"transB": 1, "precision": "int8"}),
     ("FusedMatMul", _inputs(_x(2, 4, 16), _w(16, 8), _w(8)), {"precision": "bf16"}),
     # sparse weights (ops/cpu/sparse.py): the Numba CSR loop (small), MKL's (larger), 1x1 conv

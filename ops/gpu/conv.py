@@ -15,6 +15,7 @@ from typing import Any
 
 from ..conv import _check_kernel, check_groups, resolve_pads, spatial_attrs, window_geometry
 from ..movement import channel_shuffle as channel_shuffle_ref
+from ..quant import check_precision, from_handoff, to_handoff
 from .common import apply_activation, gpu_kernel, operands, pad_spatial, windows
 from .quant import fake_quant_operands
 
@@ -73,9 +74,20 @@ def fused_conv_gpu(X: Any, W: Any, B: Any = None, Z: Any = None, *, auto_pad: st
                    pads: Sequence[int] | None = None, strides: Sequence[int] | None = None,
                    activation: str = "", activation_params: Sequence[float] | None = None,
                    channel_shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
-                   x_zero_point: int = 0, sparse: int = 0) -> Any:
+                   x_zero_point: int = 0, sparse: int = 0, y_precision: str = "",
+                   y_scale: float = 0.0, y_zero_point: int = 0) -> Any:
+    """The reference's FusedConv (narrow hand-offs included: the executor sets them on the
+    cpu only) with CuPy's GEMMs."""
+    if y_precision:
+        y = fused_conv_gpu(X, W, B, Z, auto_pad=auto_pad, dilations=dilations, group=group,
+                           kernel_shape=kernel_shape, pads=pads, strides=strides,
+                           activation=activation, activation_params=activation_params,
+                           channel_shuffle=channel_shuffle, precision=precision,
+                           x_scale=x_scale, x_zero_point=x_zero_point)
+        return to_handoff(y, check_precision("FusedConv", y_precision), y_scale, y_zero_point)
     xp, (X, W, B, Z) = operands(X, W, B, Z)
     if precision:
+        X = from_handoff(X, precision, x_scale, x_zero_point)
         X, W = fake_quant_operands("FusedConv", X, W, 0, precision, x_scale, x_zero_point)
     y = conv_gpu(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
                  kernel_shape=kernel_shape, pads=pads, strides=strides)

@@ -341,3 +341,65 @@ def test_weights_quantise_per_channel_and_dequantised_ones_stay_exact():
         q, scale = quantize_weight_per_channel(w, 1)
         np.testing.assert_array_equal(q * scale, w)
         np.testing.assert_array_equal(lowp.pack_int8(w).values, q)
+
+
+# --- narrow hand-offs between reduced layers ----------------------------------------------------
+HANDOFF_CONVS = {  # (input shape, weight shape, attributes)
+    "1x1": ((2, 16, 7, 7), (24, 16, 1, 1), {}),
+    "1x1-stride2": ((2, 16, 9, 9), (24, 16, 1, 1), {"strides": [2, 2]}),
+    "3x3-pad": ((2, 8, 9, 9), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "3x3-stride2": ((2, 8, 9, 9), (16, 8, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    # 3 channels 7x7: 2 x 20 x 20 = 800 output rows, two of the narrow kernel's row blocks
+    "stem": ((2, 3, 40, 40), (16, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
+}
+#: (precision, x_scale, x_zero_point, y_scale, y_zero_point): the next layer's int8 input
+#: scale and zero point differ from this layer's
+HANDOFFS = {"bf16": ("bf16", 0.0, 0, 0.0, 0), "int8": ("int8", 0.03, 200, 0.05, 7)}
+
+
+@pytest.mark.parametrize("precision", HANDOFFS)
+@pytest.mark.parametrize("path", HANDOFF_CONVS)
+def test_narrow_handoffs_are_exact(path, precision, mode, kernel_threads):
+    """A reduced layer given its input narrow (as the layer before hands it over) computes
+    bit for bit what it computes from float32; one that writes its output narrow writes what
+    the next layer would have made of its float32 output: the reference's
+    :func:`~taskflow.ops.quant.to_handoff`, to one rounding step (another summation order can
+    flip a value that lies on a rounding boundary). Both against the reference, which decodes
+    and encodes with numpy."""
+    from taskflow.ops.quant import from_handoff, to_handoff
+
+    p, xs, xzp, ys, yzp = HANDOFFS[precision]
+    rng = np.random.default_rng(len(path) + len(precision))
+    shape, wshape, geo = HANDOFF_CONVS[path]
+    x, w, b = rand(rng, *shape, cl=True), rand(rng, *wshape) * 0.3, rand(rng, wshape[0])
+    z = rand(rng, *ops.get("Conv").reference(x, w, None, **geo).shape, cl=True)
+    attrs = {**geo, "precision": p, "x_scale": xs, "x_zero_point": xzp, "activation": "Relu"}
+    kernel, reference = ops.get("FusedConv").kernels["cpu"], ops.get("FusedConv").reference
+    xn = channels_last(to_handoff(np.ascontiguousarray(x), p, xs, xzp))
+    assert xn.dtype == (np.uint16 if p == "bf16" else np.uint8)
+    wide = kernel(x, w, b, z, **attrs)
+    np.testing.assert_array_equal(kernel(xn, w, b, z, **attrs), wide)
+    np.testing.assert_array_equal(reference(xn, w, b, z, **attrs),
+                                  reference(np.ascontiguousarray(x), w, b, z, **attrs))
+    out = {**attrs, "y_precision": p, "y_scale": ys, "y_zero_point": yzp}
+    for given in (x, xn):
+        got = kernel(given, w, b, z, **out)
+        want = to_handoff(np.ascontiguousarray(wide), p, ys, yzp)
+        assert got.dtype == want.dtype and got.shape == want.shape and is_channels_last(got)
+        values = from_handoff(np.ascontiguousarray(got), p, ys, yzp)
+        expected = from_handoff(want, p, ys, yzp)
+        step = np.abs(expected) * 2.0**-7 if p == "bf16" else np.float32(ys)
+        assert np.all(np.abs(values - expected) <= step), path
+        assert np.mean(values == expected) > 0.99  # one rounding step at most, and rarely
+        assert np.ptp(values) > 0  # the output depends on the input
+    ref = reference(np.ascontiguousarray(xn), w, b, np.ascontiguousarray(z), **out)
+    assert ref.dtype == got.dtype
+    np.testing.assert_array_equal(ref, to_handoff(
+        reference(np.ascontiguousarray(x), w, b, np.ascontiguousarray(z), **attrs), p, ys, yzp))
+
+
+def test_an_int8_handoff_needs_the_next_layers_scale():
+    x, w = np.ones((1, 2, 3, 3), np.float32), np.ones((4, 2, 1, 1), np.float32)
+    with pytest.raises(UnsupportedOpError, match="y_scale"):
+        ops.get("FusedConv").kernels["cpu"](x, w, precision="int8", x_scale=0.1,
+                                           y_precision="int8")
