@@ -108,6 +108,11 @@ class ExecutionPlan:
         #: Step k -> (kernel, count): the kernel runs steps k to k + count - 1 as one pass in
         #: untraced runs (:func:`step_chains`).
         self.chains = {} if device != "cpu" else step_chains(order, graph, set(self.slots))
+        chained = {j for k, (_, count) in self.chains.items() for j in range(k, k + count)}
+        #: Step k -> its attributes with ``y_precision``: reduced layers that hand their output
+        #: to the next reduced layers narrow, in untraced runs (:func:`narrow_handoffs`).
+        self.handoffs = {} if device != "cpu" else narrow_handoffs(
+            order, graph, set(self.slots) | chained)
 
     def run(self, feed: Mapping[str, Any], outputs: list[str] | None = None,
             trace: Callable[[Node, list[Any], tuple], None] | None = None) -> dict[str, Any]:
@@ -117,7 +122,9 @@ class ExecutionPlan:
         FLOP accounting); it must not keep references to large arrays. Inside a
         :func:`node_timer` block each node is also timed.
         """
-        chains = self.chains if trace is None else {}  # a traced run sees every node's value
+        # a traced run sees every node's value, in float32
+        chains = self.chains if trace is None else {}
+        handoffs = self.handoffs if trace is None else {}
         times = _NODE_TIMES.get()
         if times is not None:  # checked once per run: an untimed run pays nothing per node
             trace = _timing(times, trace)
@@ -149,7 +156,7 @@ class ExecutionPlan:
                     done = k + chains[k][1] - 1
                     node = self.steps[done].node
                 elif slot is None:
-                    results = ops.as_outputs(step.fn(*args, **node.attrs))
+                    results = ops.as_outputs(step.fn(*args, **handoffs.get(k, node.attrs)))
                 else:
                     results = ops.as_outputs(placed_call(step.fn, args, node.attrs, slot,
                                                          buffers))
@@ -293,6 +300,46 @@ def step_chains(order: Sequence[Node], graph: Graph,
         chains[k] = (run, count)
         k += count
     return chains
+
+
+def narrow_handoffs(order: Sequence[Node], graph: Graph,
+                    skip: set[int]) -> dict[int, dict]:
+    """Step k -> its attributes with ``y_precision`` for each bf16 / int8
+    FusedConv whose output only feeds, as their input X, FusedConvs of the same precision (and
+    for int8, of one static input scale and zero point): it hands them its output narrow (bf16
+    bits, or uint8 at their scale), as they would have converted it themselves. That halves
+    (bf16) or quarters (int8) the bytes between the layers, and saves the next layer's pass
+    over its float32 input. One-group convolutions only, none in ``skip`` (the Concat writers
+    and chained steps), and no graph output."""
+    readers = graph.consumers()
+    index = {id(n): k for k, n in enumerate(order)}
+    outputs = set(graph.output_names)
+
+    def reduced(n: Node) -> str:
+        if n.op != "FusedConv" or n.domain != "taskflow" or index[id(n)] in skip \
+                or int(n.attrs.get("group", 1)) != 1:
+            return ""
+        p = n.attrs.get("precision", "")
+        return p.decode() if isinstance(p, bytes) else p
+
+    found: dict[int, dict] = {}
+    for k, node in enumerate(order):
+        precision = reduced(node)
+        if not precision or len(node.outputs) != 1 or node.outputs[0] in outputs \
+                or int(node.attrs.get("channel_shuffle", 0)) > 1:
+            continue
+        v = node.outputs[0]
+        users = readers.get(v, [])
+        qparams = {(float(u.attrs.get("x_scale", 0.0)), int(u.attrs.get("x_zero_point", 0)))
+                   for u in users}
+        if not users or any(reduced(u) != precision or u.inputs[0] != v or v in u.inputs[1:]
+                            for u in users) \
+                or (precision == "int8" and (len(qparams) != 1 or not min(qparams)[0] > 0)):
+            continue
+        scale, zp = min(qparams)
+        found[k] = {**node.attrs, "y_precision": precision, "y_scale": scale,
+                    "y_zero_point": zp}
+    return found
 
 
 def shape_only_steps(nodes: Sequence[tuple[str, Sequence[str], Sequence[str]]],

@@ -127,7 +127,8 @@ def choose_sparse_kernels(model: Model, sample: Any = None, repeat: int = 3
             dense = {"activation": "", **node.attrs} if op != node.op else dict(node.attrs)
             dense.pop("sparse", None)
             kernel = ops.get(op).kernel("cpu")
-            dense_s, sparse_s = _race(kernel, args[name], dense, {**dense, "sparse": 1}, repeat)
+            dense_s, sparse_s = _race(kernel, (args[name], dense),
+                                      (args[name], {**dense, "sparse": 1}), repeat)
             choice = choices[name]
             choice.dense_ms, choice.sparse_ms = dense_s * 1e3, sparse_s * 1e3
             if dense_s > sparse_s * MIN_SPEEDUP:

@@ -241,3 +241,41 @@ def test_report_prints_a_compact_table():
     text = str(report)
     assert "56.0 kB -> 15.0 kB (3.73x smaller)" in text
     assert "8x1x8x8 * 16x1x3x3" in text and "0.50x" in text and "not evaluated" in text
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_layers_hand_each_other_narrow_activations(precision):
+    """Consecutive reduced convolutions pass bf16 bits / uint8 between them instead of
+    float32 (ExecutionPlan.handoffs), with results identical to float32 hand-offs: what
+    feeds another op (here a pooling layer) stays float32, and traced runs see float32."""
+    from taskflow.frontend import nn
+
+    net = nn.Sequential([nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 32, 1), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.GlobalAvgPool2d(), nn.Flatten(), nn.Dense(32, 10)],
+                        input_shape=(3, 20, 20))
+    model = net.to_model()
+    x = np.random.default_rng(3).standard_normal((6, 3, 20, 20), dtype=np.float32)
+    reduced = model.quantize(x, choose="all") if precision == "int8" else \
+        model.with_precision("bf16", choose="all")
+    plan = reduced._plan
+    convs = [k for k, s in enumerate(plan.steps) if s.node.op == "FusedConv"]
+    assert len(convs) == 3 and sorted(plan.handoffs) == convs[:2]  # the last feeds the pool
+    for k in convs[:2]:
+        attrs = plan.handoffs[k]
+        assert attrs["y_precision"] == precision
+        if precision == "int8":  # the next layer's own input quantisation
+            nxt = plan.steps[k + 1].node.attrs
+            assert (attrs["y_scale"], attrs["y_zero_point"]) == (
+                nxt["x_scale"], nxt["x_zero_point"]) and attrs["y_scale"] > 0
+    narrow = reduced.run(None, {"input": x})[0]
+    handoffs, plan.handoffs = plan.handoffs, {}
+    wide = reduced.run(None, {"input": x})[0]
+    plan.handoffs = handoffs
+    np.testing.assert_array_equal(narrow, wide)
+    assert np.ptp(narrow, axis=0).min() > 0  # the logits depend on the input
+    if precision == "bf16":
+        trace: list = []
+        plan.run({"input": x}, trace=lambda node, args, results: trace.append(results[0]))
+        assert all(r.dtype == np.float32 for r in trace)  # a traced run sees float32
