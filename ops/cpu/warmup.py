@@ -130,7 +130,12 @@ CASES: list[Case] = [
      {"precision": "int8", "x_scale": 0.03, "x_zero_point": 128}),
     ("FusedConv", _inputs(_x(2, 64, 5, 5, cl=True), _w(32, 32, 1, 1), _w(32)),
      {"group": 2, "precision": "int8", "x_scale": 0.03, "x_zero_point": 128}),
-    # and the same two handing their outputs to the next layer narrow (bf16 bits, uint8)
+    # a bf16 1x1, converting its float32 input per row block, into float32 and narrow
+    ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 1, 1), _w(16)),
+     {"activation": "Relu", "precision": "bf16"}),
+    ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 1, 1), _w(16)),
+     {"activation": "Relu", "precision": "bf16", "y_precision": "bf16"}),
+    # and the two above handing their outputs to the next layer narrow (bf16 bits, uint8)
     ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 3, 3), _w(16)),
      {"pads": [1, 1, 1, 1], "activation": "Relu", "precision": "bf16", "y_precision": "bf16"}),
     ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 1, 1), _w(16),
