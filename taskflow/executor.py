@@ -112,7 +112,8 @@ class ExecutionPlan:
         #: Step k -> its attributes with ``y_precision``: reduced layers that hand their output
         #: to the next reduced layers narrow, in untraced runs (:func:`narrow_handoffs`).
         self.handoffs = {} if device != "cpu" else narrow_handoffs(
-            order, graph, set(self.slots) | chained)
+            [(n.op, n.inputs, n.outputs, n.attrs) for n in order], set(graph.output_names),
+            set(self.slots) | chained)
 
     def run(self, feed: Mapping[str, Any], outputs: list[str] | None = None,
             trace: Callable[[Node, list[Any], tuple], None] | None = None) -> dict[str, Any]:
@@ -302,43 +303,47 @@ def step_chains(order: Sequence[Node], graph: Graph,
     return chains
 
 
-def narrow_handoffs(order: Sequence[Node], graph: Graph,
-                    skip: set[int]) -> dict[int, dict]:
-    """Step k -> its attributes with ``y_precision`` for each bf16 / int8
-    FusedConv whose output only feeds, as their input X, FusedConvs of the same precision (and
-    for int8, of one static input scale and zero point): it hands them its output narrow (bf16
-    bits, or uint8 at their scale), as they would have converted it themselves. That halves
-    (bf16) or quarters (int8) the bytes between the layers, and saves the next layer's pass
-    over its float32 input. One-group convolutions only, none in ``skip`` (the Concat writers
-    and chained steps), and no graph output."""
-    readers = graph.consumers()
-    index = {id(n): k for k, n in enumerate(order)}
-    outputs = set(graph.output_names)
+def narrow_handoffs(nodes: Sequence[tuple[str, Sequence[str], Sequence[str], Mapping]],
+                    keep: set[str], skip: set[int]) -> dict[int, dict]:
+    """Node k -> its attributes with ``y_precision`` for each bf16 / int8 FusedConv whose
+    output only feeds, as their input X, FusedConvs of the same precision (and for int8, of
+    one static input scale and zero point): it hands them its output narrow (bf16 bits, or
+    uint8 at their scale), as they would have converted it themselves. That halves (bf16) or
+    quarters (int8) the bytes between the layers, and saves the next layer's pass over its
+    float32 input.
 
-    def reduced(n: Node) -> str:
-        if n.op != "FusedConv" or n.domain != "taskflow" or index[id(n)] in skip \
-                or int(n.attrs.get("group", 1)) != 1:
+    ``nodes`` are ``(op, inputs, outputs, attrs)`` in execution order. One-group
+    convolutions only; none in ``skip`` (Concat writers, chained steps), and no value in
+    ``keep`` (graph outputs; a Dask task's exports), which stay float32."""
+    readers: dict[str, list[int]] = {}
+    for j, (_, ins, _, _) in enumerate(nodes):
+        for v in set(ins):
+            if v:
+                readers.setdefault(v, []).append(j)
+
+    def reduced(j: int) -> str:
+        op, _, _, attrs = nodes[j]
+        if op != "FusedConv" or j in skip or int(attrs.get("group", 1)) != 1:
             return ""
-        p = n.attrs.get("precision", "")
+        p = attrs.get("precision", "")
         return p.decode() if isinstance(p, bytes) else p
 
     found: dict[int, dict] = {}
-    for k, node in enumerate(order):
-        precision = reduced(node)
-        if not precision or len(node.outputs) != 1 or node.outputs[0] in outputs \
-                or int(node.attrs.get("channel_shuffle", 0)) > 1:
+    for k, (_, _, outs, attrs) in enumerate(nodes):
+        precision = reduced(k)
+        if not precision or len(outs) != 1 or outs[0] in keep \
+                or int(attrs.get("channel_shuffle", 0)) > 1:
             continue
-        v = node.outputs[0]
+        v = outs[0]
         users = readers.get(v, [])
-        qparams = {(float(u.attrs.get("x_scale", 0.0)), int(u.attrs.get("x_zero_point", 0)))
-                   for u in users}
-        if not users or any(reduced(u) != precision or u.inputs[0] != v or v in u.inputs[1:]
-                            for u in users) \
+        qparams = {(float(nodes[j][3].get("x_scale", 0.0)),
+                    int(nodes[j][3].get("x_zero_point", 0))) for j in users}
+        if not users or any(reduced(j) != precision or nodes[j][1][0] != v
+                            or v in nodes[j][1][1:] for j in users) \
                 or (precision == "int8" and (len(qparams) != 1 or not min(qparams)[0] > 0)):
             continue
         scale, zp = min(qparams)
-        found[k] = {**node.attrs, "y_precision": precision, "y_scale": scale,
-                    "y_zero_point": zp}
+        found[k] = {**attrs, "y_precision": precision, "y_scale": scale, "y_zero_point": zp}
     return found
 
 

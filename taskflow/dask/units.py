@@ -29,7 +29,7 @@ from taskflow import ops
 from taskflow.dask.layout import ROWS, Layout, join_rows, take_rows
 from taskflow.dask.trace import BATCH, CONST, META, GraphTrace, NodeInfo
 from taskflow.errors import ShapeError, TaskflowError
-from taskflow.executor import placed_call, release_schedule
+from taskflow.executor import narrow_handoffs, placed_call, release_schedule
 from taskflow.ir.placement import Slot, concat_slots
 
 #: Constants up to this size travel inside the task (Reshape shapes, axes, scalars); larger ones
@@ -412,6 +412,11 @@ def build_plans(trace: GraphTrace, units: list[Unit], wanted: Sequence[str], dev
         slots = () if device != "cpu" else tuple(concat_slots(
             [(op, ins, outs, attrs) for _, op, ins, outs, attrs in nodes],
             lambda v: _channels(trace, v), exports[k]).items())
+        if device == "cpu":  # reduced layers hand each other narrow values within a task
+            handoffs = narrow_handoffs([(op, ins, outs, attrs) for _, op, ins, outs, attrs
+                                        in nodes], set(exports[k]), {j for j, _ in slots})
+            nodes = tuple((label, op, ins, outs, handoffs.get(j, attrs))
+                          for j, (label, op, ins, outs, attrs) in enumerate(nodes))
         checks = tuple(declared(trace, v) for v in exports[k] if v not in split_axis)
         program = Program(u.label, nodes, tuple(binds), tuple(literals), tuple(exports[k]),
                           device, u.whole, slots, checks)

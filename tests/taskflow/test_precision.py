@@ -279,3 +279,45 @@ def test_reduced_layers_hand_each_other_narrow_activations(precision):
         trace: list = []
         plan.run({"input": x}, trace=lambda node, args, results: trace.append(results[0]))
         assert all(r.dtype == np.float32 for r in trace)  # a traced run sees float32
+
+
+def _programs(obj, depth: int = 0) -> list:
+    """The per-task programs (taskflow.dask.units.Program) in a Dask graph's values."""
+    from taskflow.dask.units import Program
+
+    if isinstance(obj, Program):
+        return [obj]
+    if depth > 6 or isinstance(obj, (str, bytes, type, np.ndarray)):
+        return []
+    if isinstance(obj, (tuple, list)):
+        return [p for o in obj for p in _programs(o, depth + 1)]
+    if isinstance(obj, dict):
+        return [p for o in obj.values() for p in _programs(o, depth + 1)]
+    return [p for a in ("func", "args", "kwargs", "value") if hasattr(obj, a)
+            for p in _programs(getattr(obj, a), depth + 1)]
+
+
+def test_predict_hands_narrow_activations_on_within_a_task(client):
+    """On the cluster, each task's program hands its reduced layers' activations on narrow
+    (never across tasks), with Model.run's numbers exactly."""
+    import dask.array as da
+
+    from taskflow.frontend import nn
+
+    net = nn.Sequential([nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 1),
+                         nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.GlobalAvgPool2d(), nn.Flatten(), nn.Dense(32, 10)],
+                        input_shape=(3, 20, 20))
+    x = np.random.default_rng(4).standard_normal((6, 3, 20, 20), dtype=np.float32)
+    int8 = net.to_model().quantize(x, choose="all")
+    y = int8.predict(da.from_array(x, chunks=(3, -1, -1, -1)), client=client)
+    programs = _programs(list(dict(y.__dask_graph__()).values()))
+    assert programs
+    for p in programs:
+        convs = [attrs for _, op, _, _, attrs in p.nodes if op == "FusedConv"]
+        assert [a.get("y_precision", "") for a in convs] == ["int8", "int8", ""]
+        assert not set(p.outputs) & {outs[0] for _, _, _, outs, a in p.nodes
+                                     if a.get("y_precision")}
+    got = y.compute()
+    np.testing.assert_array_equal(got, int8.run(None, {"input": x})[0])
+    assert np.ptp(got, axis=0).min() > 0
