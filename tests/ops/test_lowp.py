@@ -403,3 +403,28 @@ def test_an_int8_handoff_needs_the_next_layers_scale():
     with pytest.raises(UnsupportedOpError, match="y_scale"):
         ops.get("FusedConv").kernels["cpu"](x, w, precision="int8", x_scale=0.1,
                                            y_precision="int8")
+
+
+@pytest.mark.parametrize("activation", ["", "Relu", "Clip"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_dequantisation_and_epilogue_in_one_pass(activation, residual, bias, mode,
+                                                      kernel_threads):
+    """An int8 layer dequantises its sums in the epilogue's pass where it can (a bias, no
+    activation or ReLU) and in a pass of its own otherwise: every combination, into float32
+    and into the next layer's uint8, over several row blocks, against the reference."""
+    rng = np.random.default_rng(5)
+    x, w = rand(rng, 2, 16, 24, 24, cl=True), rand(rng, 32, 16, 1, 1)  # 1152 rows: 3 blocks
+    b = rand(rng, 32) if bias else None
+    z = rand(rng, 2, 32, 24, 24, cl=True) if residual else None
+    attrs = {"precision": "int8", "x_scale": 0.03, "x_zero_point": 100,
+             "activation": activation, **({"activation_params": [-0.5, 0.5]}
+                                          if activation == "Clip" else {})}
+    y = check("FusedConv", [x, w, b, z], attrs)
+    assert np.ptp(y) > 0
+    kernel = ops.get("FusedConv").kernels["cpu"]
+    narrow = kernel(x, w, b, z, **attrs, y_precision="int8", y_scale=0.02, y_zero_point=9)
+    from taskflow.ops.quant import to_handoff
+
+    want = to_handoff(np.ascontiguousarray(y), "int8", 0.02, 9)
+    assert np.abs(np.ascontiguousarray(narrow).astype(int) - want).max() <= 1
