@@ -135,6 +135,13 @@ CASES: list[Case] = [
      {"activation": "Relu", "precision": "bf16"}),
     ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 1, 1), _w(16)),
      {"activation": "Relu", "precision": "bf16", "y_precision": "bf16"}),
+    # a static int8 3x3 (its im2col reads the converted input), into float32 and narrow
+    ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 3, 3), _w(16)),
+     {"pads": [1, 1, 1, 1], "activation": "Relu", "precision": "int8", "x_scale": 0.03,
+      "x_zero_point": 128}),
+    ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 3, 3), _w(16)),
+     {"pads": [1, 1, 1, 1], "activation": "Relu", "precision": "int8", "x_scale": 0.03,
+      "x_zero_point": 128, "y_precision": "int8", "y_scale": 0.05, "y_zero_point": 3}),
     # and the two above handing their outputs to the next layer narrow (bf16 bits, uint8)
     ("FusedConv", _inputs(_x(2, 8, 9, 9, cl=True), _w(16, 8, 3, 3), _w(16)),
      {"pads": [1, 1, 1, 1], "activation": "Relu", "precision": "bf16", "y_precision": "bf16"}),
