@@ -442,18 +442,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     run_tasks(work, -(-rows // step))
     if y_narrow is not None:
         if fused is None:
-            _hand_off(y, y_narrow, y_handoff)
+            lowp_rows.hand_off(y, y_narrow, y_handoff)
         return nchw_view(y_narrow)
     return nchw_view(y)
-
-
-def _hand_off(y: np.ndarray, narrow: np.ndarray, handoff: tuple[str, float, int]) -> None:
-    """``narrow[...]`` = float32 ``y`` converted for the next layer: its bf16 bits, or uint8
-    at the handoff's scale and zero point."""
-    if handoff[0] == "bf16":
-        lowp.to_bf16(y, narrow)
-    else:
-        lowp.quantize_u8(y, handoff[1], handoff[2], narrow)
 
 
 def _dense_wide(x: np.ndarray, w: np.ndarray, bias: np.ndarray, full: np.ndarray, c0: int, s,

@@ -31,6 +31,8 @@ from .lowp import (
     _quantize_u8,
     _to_bf16,
     mkl_functions,
+    quantize_u8,
+    to_bf16,
 )
 from .movement import im2col
 
@@ -326,6 +328,15 @@ def _to_narrow(cb, out, ys, yzp):
         _quantize_u8(cb, out, ys, yzp)
     else:
         _to_bf16(cb.view(np.uint32), out)
+
+
+def hand_off(y: np.ndarray, narrow: np.ndarray, handoff: tuple[str, float, int]) -> None:
+    """``narrow[...]`` = float32 ``y`` converted for the next layer: its bf16 bits, or uint8
+    at the hand-off's scale and zero point (where no row function wrote it: the emulation)."""
+    if handoff[0] == "bf16":
+        to_bf16(y, narrow)
+    else:
+        quantize_u8(y, handoff[1], handoff[2], narrow)
 
 
 def convert_input(xh: np.ndarray, convert, dtype) -> np.ndarray:

@@ -41,6 +41,7 @@ from taskflow.ops.cpu import (
 )
 from taskflow.ops.cpu.common import is_channels_last
 from taskflow.ops.cpu.warmup import CASES, channels_last, warmup
+from taskflow.ops.quant import from_handoff
 
 from taskflow.dask import threads
 from taskflow.errors import ShapeError
@@ -127,6 +128,14 @@ def check(op: str, args: list, attrs: dict, dtype=np.float32, what: str = "") ->
     rtol, atol = TOL[op] if np.dtype(dtype) == np.float32 else FLOAT64_TOL
     assert len(got) == len(want)
     for k, (g, w) in enumerate(zip(got, want)):
+        if attrs.get("y_precision"):  # handed on narrow: decoded, one rounding step apart
+            p, scale = attrs["y_precision"], attrs.get("y_scale", 0.0)
+            assert g.dtype == w.dtype and g.shape == w.shape, what
+            g, w = (from_handoff(np.ascontiguousarray(a), p, scale, attrs.get("y_zero_point", 0))
+                    for a in (g, w))
+            step = np.abs(w) * 2.0**-7 if p == "bf16" else np.float32(scale)
+            assert np.all(np.abs(g - w) <= step), f"{op} output {k} {what}"
+            continue
         assert_close(g, w, rtol=rtol, atol=atol, what=f"{op} output {k} {what}")
     return got
 
@@ -148,8 +157,10 @@ def test_the_cases_reach_every_compiled_kernel():
                               blas.gemm_rows}
     if direct.vector_lanes() != 16:  # the 16-lane-only kernels run only with AVX-512F
         skip |= {dense_wide.dense_wide_rows, pointwise_wide.pointwise_wide_rows}
-    for precision, fns in (("bf16", {lowp_rows._bf16_rows, lowp_rows._bf16_conv_rows}),
-                           ("int8", {lowp_rows._int8_rows, lowp_rows._int8_conv_rows})):
+    for precision, fns in (("bf16", {lowp_rows._bf16_rows, lowp_rows._bf16_conv_rows,
+                                     lowp_rows._narrow_bf16_rows}),
+                           ("int8", {lowp_rows._int8_rows, lowp_rows._int8_conv_rows,
+                                     lowp_rows._narrow_int8_rows})):
         if lowp.mkl_functions(precision, 1) is None:
             skip |= fns
     # the native pool's, only where it runs (MKL, and not TASKFLOW_NATIVE_POOL=0)
