@@ -378,7 +378,11 @@ def bench_case(case: Case, threads: int, repeat: int) -> dict[str, Any]:
             v[name]["size_ratio"] = report.size_ratio
     extra: dict[str, Any] = {"setup_s": setup, "notes": list(case.notes),
                              "reduced_layers": chosen,  # (name, measured speedup or None)
-                             "backend": reduced["taskflow-int8"].precision_report.backend}
+                             "backend": reduced["taskflow-int8"].precision_report.backend,
+                             # layers handing their output on narrow (ExecutionPlan.handoffs)
+                             "handoffs": {name: len(model._plan.handoffs)
+                                          for name, model in reduced.items()
+                                          if name != "taskflow-fp32"}}
     with tempfile.TemporaryDirectory() as folder:
         fp32_path = os.path.join(folder, "fp32.onnx")
         with open(fp32_path, "wb") as f:
@@ -558,6 +562,8 @@ def print_model(name: str, fig: dict[str, Any], threads: int) -> None:
           f"{', '.join(f'{k} {n}' for k, n in sorted(fig['ort_int8_kernels'].items())) or '-'}")
     print("  setup: " + ", ".join(f"{k} {s:.1f} s" for k, s in fig["setup_s"].items())
           + f"; reduced GEMMs on {fig['backend']}; {fig['openvino']}")
+    print("  narrow hand-offs between reduced layers: " + ", ".join(
+        f"{k.removeprefix('taskflow-')} {n}" for k, n in fig.get("handoffs", {}).items()))
     for note in fig["notes"]:
         print(f"  note: {note}")
 

@@ -73,6 +73,10 @@ def test_quick_run_measures_real_work(tmp_path, monkeypatch, capsys):
         assert v["taskflow-int8"]["size_ratio"] > 1 and v["ort-int8"]["size_ratio"] > 1
         assert v["taskflow-bf16"]["size_ratio"] == 1.0
         assert f"\n{name}: " in printed
+        if name == "convnet":  # conv -> conv: the first hands the second its output narrow
+            assert min(fig["handoffs"]["taskflow-bf16-all"],
+                       fig["handoffs"]["taskflow-int8-all"]) >= 1, fig["handoffs"]
+    assert "narrow hand-offs between reduced layers: bf16 " in printed
 
     digits = result["models"]["digits"]["variants"]
     assert digits["taskflow-fp32"]["accuracy"]["label_accuracy"] > 0.95
