@@ -317,19 +317,15 @@ def fused_conv(X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None,
     at ``y_scale`` / ``y_zero_point``). Both are exact: the next layer would round or
     quantise its float32 input just so."""
     if y_precision:
-        from .quant import check_precision, to_handoff
+        from .quant import check_handoff, to_handoff
 
-        if check_precision("FusedConv", y_precision, y_scale, y_zero_point) == "int8" \
-                and not y_scale:
-            raise UnsupportedOpError("FusedConv: y_precision='int8' needs the next layer's "
-                                     "y_scale > 0; got 0")
+        y_precision = check_handoff("FusedConv", y_precision, y_scale, y_zero_point)
         y = fused_conv(X, W, B, Z, auto_pad=auto_pad, dilations=dilations, group=group,
                        kernel_shape=kernel_shape, pads=pads, strides=strides,
                        activation=activation, activation_params=activation_params,
                        channel_shuffle=channel_shuffle, precision=precision, x_scale=x_scale,
                        x_zero_point=x_zero_point)
-        return to_handoff(y, check_precision("FusedConv", y_precision), y_scale,
-                          y_zero_point)
+        return to_handoff(y, y_precision, y_scale, y_zero_point)
     if precision:
         from .quant import fake_quant_operands, from_handoff  # here: quant imports this module
 

@@ -340,6 +340,21 @@ def check_precision(op: str, precision: str | bytes, x_scale: float = 0.0,
     return precision
 
 
+def check_handoff(op: str, precision: str | bytes, scale: float, zero_point: int) -> str:
+    """An output hand-off's ``y_precision`` as a str, after checking it and, for "int8", the
+    next layer's scale (> 0: a hand-off is never dynamic) and zero point.
+
+    Examples
+    --------
+    >>> check_handoff("FusedConv", "int8", 0.05, 3)
+    'int8'
+    """
+    precision = check_precision(op, precision, scale, zero_point)
+    if precision == "int8" and not scale:
+        raise _quant_error(op, "y_precision='int8' needs the next layer's y_scale > 0; got 0")
+    return precision
+
+
 def fake_quant_operands(op: str, x: np.ndarray, w: np.ndarray, w_axis: int,
                         precision: str | bytes, x_scale: float = 0.0,
                         x_zero_point: int = 0) -> tuple[np.ndarray, np.ndarray]:

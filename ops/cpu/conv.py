@@ -45,7 +45,13 @@ from numba import njit
 from ..conv import conv as conv_reference
 from ..conv import fused_conv as fused_conv_reference
 from ..conv import resolve_pads, spatial_attrs
-from ..quant import dynamic_qparams, fake_quant_bf16, fake_quant_u8, quantize_weight_per_channel
+from ..quant import (
+    dynamic_qparams,
+    fake_quant_bf16,
+    fake_quant_u8,
+    quantize_weight_per_channel,
+    to_handoff,
+)
 from ..registry import register_kernel
 from . import dense_wide, depthwise, direct, lowp, lowp_rows, pointwise_wide, sparse, winograd
 from .blas import gemm
@@ -315,6 +321,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     y2d = full.reshape(rows, full.shape[3])  # C-contiguous: our columns are c0:c0 + m
     # the output handed to the next layer narrow (bf16 bits / uint8): written by the fused
     # row blocks below, else (the emulation) converted from the float32 output at the end
+    # (the unused buffer then goes back to the pool)
     y_narrow = None if not y_handoff[0] else \
         new_output((n, ho, wo, m), np.uint16 if y_handoff[0] == "bf16" else np.uint8)
     # A reduced layer converts its input once (bf16 bits, or uint8 at the layer's scale),
@@ -327,11 +334,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         and s == (1, 1) and not any(pb) and lowp.mkl_functions(precision, c) is not None
     if narrow_x:  # handed over converted by the layer before
         pad = xh.dtype.type(x_zp if precision == "int8" else 0)
-    elif late:
-        pass
-    elif precision == "bf16":
+    elif precision == "bf16" and not late:
         src_x, pad = lowp_rows.convert_input(xh, lowp.to_bf16, np.uint16), np.uint16(0)
-    elif precision == "int8":
+    elif precision == "int8" and not late:
         src_x = lowp_rows.convert_input(
             xh, lambda a, o: lowp.quantize_u8(a, x_scale, x_zp, o), np.uint8)
         pad = np.uint8(x_zp)
@@ -440,11 +445,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             _shuffle_in_place(y2d[r0:r1], c0, m, shuffle, scratch("shuffle", (m,), dtype))
 
     run_tasks(work, -(-rows // step))
-    if y_narrow is not None:
-        if fused is None:
-            lowp_rows.hand_off(y, y_narrow, y_handoff)
-        return nchw_view(y_narrow)
-    return nchw_view(y)
+    if y_narrow is not None and fused is None:  # the emulation: convert as the reference does
+        return nchw_view(to_handoff(y, *y_handoff))
+    return nchw_view(y if y_narrow is None else y_narrow)
 
 
 def _dense_wide(x: np.ndarray, w: np.ndarray, bias: np.ndarray, full: np.ndarray, c0: int, s,

@@ -31,8 +31,6 @@ from .lowp import (
     _quantize_u8,
     _to_bf16,
     mkl_functions,
-    quantize_u8,
-    to_bf16,
 )
 from .movement import im2col
 
@@ -127,31 +125,38 @@ def conv_rows(precision: str, x4: np.ndarray, x2d: np.ndarray | None, w, kdim: i
     fns = mkl_functions(precision, kdim)
     if fns is None:
         return None
-    if y2d.dtype != np.float32:
-        return _narrow(precision, fns, x4, x2d, w, kdim, geometry, pad, y2d, bias, z2d, act,
-                       x_scale, x_zp, y_qparams, xf)
     kh, kw, s, d, pb, ho, wo = geometry
-    b = w.mkl(fns)
     f32 = np.float32
+    int8 = precision == "int8"
+    narrow = (np.uint8 if int8 else np.uint16)
+    # the row functions' operands: empty ones for what this layer does not have
+    args = (fns.s8u8_ptr if int8 else fns.bf16_ptr, x4,
+            empty_operand(narrow, 2) if x2d is None else x2d, _float_source(precision, xf))
+    geo = (kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo)
+    b = w.mkl(fns)
     bias_ = empty_operand(f32, 1) if bias is None else bias
     z_ = empty_operand(f32, 2) if z2d is None else z2d
     code, p0, p1 = act[0], f32(act[1]), f32(act[2])
-    x2 = empty_operand(np.uint16 if precision == "bf16" else np.uint8, 2) if x2d is None \
-        else x2d
-    xf_ = _float_source(precision, xf)
-    shape = (0, kdim) if x2d is not None else (step, kdim)
-    geo = (kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo)
     xs, zp = f32(x_scale), f32(int(x_zp))
-    if precision == "bf16":
+    offset, multiplier = w.terms(x_scale, x_zp) if int8 else \
+        (empty_operand(np.int32, 1), empty_operand(f32, 1))
+    rows = step if y2d.dtype == np.float32 and not int8 else min(step, NARROW_ROWS)
+    cols = (0 if x2d is not None else rows, kdim)
+    acc = (rows if int8 else 0, m)
+    if y2d.dtype != np.float32:
+        ys, yzp = f32(y_qparams[0]), f32(int(y_qparams[1]))
+        rows_fn = _narrow_int8_rows if int8 else _narrow_bf16_rows
+        return lambda r0, r1: rows_fn(
+            *args, scratch("im2col", cols, narrow), pad, r0, r1, *geo, b,
+            scratch("lowp-acc", acc, np.int32), scratch("lowp-c", (rows, m), f32), offset,
+            multiplier, y2d, bias_, z_, z2d is not None, code, p0, p1, xs, zp, ys, yzp)
+    if not int8:
         return lambda r0, r1: _bf16_conv_rows(
-            fns.bf16_ptr, x4, x2, xf_, scratch("im2col", shape, np.uint16), r0, r1, *geo, b,
-            y2d, c0, m, bias_, z_, z2d is not None, code, p0, p1)
-    offset, multiplier = w.terms(x_scale, x_zp)
+            *args, scratch("im2col", cols, narrow), r0, r1, *geo, b, y2d, c0, m, bias_, z_,
+            z2d is not None, code, p0, p1)
     return lambda r0, r1: _int8_conv_rows(
-        fns.s8u8_ptr, x4, x2, xf_, scratch("im2col", (min(shape[0], NARROW_ROWS), kdim),
-                                           np.uint8), pad, r0, r1, *geo, b,
-        scratch("lowp-acc", (min(step, NARROW_ROWS), m), np.int32), offset, multiplier, y2d,
-        c0, m, bias_, z_,
+        *args, scratch("im2col", cols, narrow), pad, r0, r1, *geo, b,
+        scratch("lowp-acc", acc, np.int32), offset, multiplier, y2d, c0, m, bias_, z_,
         z2d is not None, code, p0, p1, xs, zp)
 
 
@@ -183,15 +188,34 @@ def _slice_operand(x4, x2, xf, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho,
     return a
 
 
+@njit(cache=True, inline="always")
+def _gemm_bf16(fn, a, b, c, ldc, m):
+    """``c = a @ B`` through MKL's packed bf16 GEMM: ``a`` (rows, K) bf16 bits, ``c`` float32
+    rows ``ldc`` apart, ``m`` columns."""
+    k = a.shape[1]
+    fn(_ROW_MAJOR, _NO_TRANS, PACKED, a.shape[0], m, k, np.float32(1.0), a.ctypes.data, k,
+       b.ctypes.data, m, np.float32(0.0), c.ctypes.data, ldc)
+
+
+@njit(cache=True, inline="always")
+def _gemm_s8u8(fn, a, b, acc, offset, m):
+    """The int32 sums of ``a @ B`` through MKL's packed s8u8s32 GEMM (the zero point taken off
+    through the column ``offset``), into the first rows of ``acc``; returns them."""
+    k, rows = a.shape[1], a.shape[0]
+    out = acc[:rows]
+    fn(_ROW_MAJOR, _NO_TRANS, PACKED, ROW_OFFSET, rows, m, k, np.float32(1.0),
+       a.ctypes.data, k, np.int8(0), b.ctypes.data, m, np.int8(0), np.float32(0.0),
+       out.ctypes.data, m, offset.ctypes.data)
+    return out
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _bf16_conv_rows(fn, x4, x2, xf, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b,
                     y2d, c0, m, bias, z2d, has_z, code, p0, p1):
     """Rows r0:r1 of a bf16 convolution (see :func:`conv_rows`)."""
     a = _slice_operand(x4, x2, xf, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                        np.uint16(0), np.float32(0), np.float32(0))
-    k = a.shape[1]
-    fn(_ROW_MAJOR, _NO_TRANS, PACKED, r1 - r0, m, k, np.float32(1.0), a.ctypes.data, k,
-       b.ctypes.data, m, np.float32(0.0), y2d[r0:r1, c0:].ctypes.data, y2d.shape[1])
+    _gemm_bf16(fn, a, b, y2d[r0:r1, c0:], y2d.shape[1], m)
     epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
                   np.float32(1))
 
@@ -207,13 +231,8 @@ def _int8_conv_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, p
         q1 = min(r1, q0 + NARROW_ROWS)
         a = _slice_operand(x4, x2, xf, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                            pad, xs, zp)
-        k, rows = a.shape[1], q1 - q0
-        out = acc[:rows]
-        fn(_ROW_MAJOR, _NO_TRANS, PACKED, ROW_OFFSET, rows, m, k, np.float32(1.0),
-           a.ctypes.data, k, np.int8(0), b.ctypes.data, m, np.int8(0), np.float32(0.0),
-           out.ctypes.data, m, offset.ctypes.data)
-        _dequant_epilogue(out, y2d[q0:q1], c0, multiplier, bias,
-                          z2d[q0:q1] if has_z else z2d, has_z, code, p0, p1)
+        _dequant_epilogue(_gemm_s8u8(fn, a, b, acc, offset, m), y2d[q0:q1], c0, multiplier,
+                          bias, z2d[q0:q1] if has_z else z2d, has_z, code, p0, p1)
 
 
 @njit(cache=True, inline="always")
@@ -248,35 +267,6 @@ def _dequant_epilogue(acc, y, c0, multiplier, bias, z, has_z, code, p0, p1):
                 row[j] = np.float32(a[j]) * multiplier[j] + bias[j]
 
 
-def _narrow(precision, fns, x4, x2d, w, kdim, geometry, pad, y2d, bias, z2d, act, x_scale,
-            x_zp, y_qparams, xf):
-    """:func:`conv_rows` for a narrow output (see there)."""
-    kh, kw, s, d, pb, ho, wo = geometry
-    m = y2d.shape[1]
-    f32 = np.float32
-    int8 = precision == "int8"
-    b = w.mkl(fns)
-    bias_ = empty_operand(f32, 1) if bias is None else bias
-    z_ = empty_operand(f32, 2) if z2d is None else z2d
-    x2 = empty_operand(np.uint16 if precision == "bf16" else np.uint8, 2) if x2d is None \
-        else x2d
-    offset, multiplier = w.terms(x_scale, x_zp) if int8 else \
-        (empty_operand(np.int32, 1), empty_operand(f32, 1))
-    geo = (kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo)
-    fn, rows_fn = (fns.s8u8_ptr, _narrow_int8_rows) if int8 else \
-        (fns.bf16_ptr, _narrow_bf16_rows)
-    ys, yzp = f32(y_qparams[0]), f32(int(y_qparams[1]))
-    cols_shape = (0, kdim) if x2d is not None else (NARROW_ROWS, kdim)
-    xf_ = _float_source(precision, xf)
-    xs, zp = f32(x_scale), f32(int(x_zp))
-    return lambda r0, r1: rows_fn(
-        fn, x4, x2, xf_, scratch("im2col", cols_shape, np.uint8 if int8 else np.uint16), pad,
-        r0, r1, *geo, b,
-        scratch("lowp-acc", (NARROW_ROWS, m) if int8 else (0, m), np.int32),
-        scratch("lowp-c", (NARROW_ROWS, m), f32), offset, multiplier, y2d, bias_, z_,
-        z2d is not None, act[0], f32(act[1]), f32(act[2]), xs, zp, ys, yzp)
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
 def _narrow_bf16_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                       b, acc, c, offset, multiplier, y2d, bias, z2d, has_z, code, p0, p1, xs,
@@ -289,10 +279,8 @@ def _narrow_bf16_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw,
         q1 = min(r1, q0 + NARROW_ROWS)
         a = _slice_operand(x4, x2, xf, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                            pad, xs, zp)
-        k = a.shape[1]
-        fn(_ROW_MAJOR, _NO_TRANS, PACKED, q1 - q0, m, k, np.float32(1.0), a.ctypes.data, k,
-           b.ctypes.data, m, np.float32(0.0), c.ctypes.data, m)
         cb = c[:q1 - q0]
+        _gemm_bf16(fn, a, b, cb, m, m)
         epilogue_rows(cb, 0, m, bias, z2d[q0:q1] if has_z else z2d, code, p0, p1,
                       np.float32(1))
         _to_narrow(cb, y2d[q0:q1], ys, yzp)
@@ -309,14 +297,10 @@ def _narrow_int8_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw,
         q1 = min(r1, q0 + NARROW_ROWS)
         a = _slice_operand(x4, x2, xf, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                            pad, xs, zp)
-        k, rows = a.shape[1], q1 - q0
-        out = acc[:rows]
-        fn(_ROW_MAJOR, _NO_TRANS, PACKED, ROW_OFFSET, rows, m, k, np.float32(1.0),
-           a.ctypes.data, k, np.int8(0), b.ctypes.data, m, np.int8(0), np.float32(0.0),
-           out.ctypes.data, m, offset.ctypes.data)
-        _dequant_epilogue(out, c[:rows], 0, multiplier, bias, z2d[q0:q1] if has_z else z2d,
-                          has_z, code, p0, p1)
-        _to_narrow(c[:rows], y2d[q0:q1], ys, yzp)
+        cb = c[:q1 - q0]
+        _dequant_epilogue(_gemm_s8u8(fn, a, b, acc, offset, m), cb, 0, multiplier, bias,
+                          z2d[q0:q1] if has_z else z2d, has_z, code, p0, p1)
+        _to_narrow(cb, y2d[q0:q1], ys, yzp)
 
 
 @njit(cache=True, inline="always")
@@ -328,15 +312,6 @@ def _to_narrow(cb, out, ys, yzp):
         _quantize_u8(cb, out, ys, yzp)
     else:
         _to_bf16(cb.view(np.uint32), out)
-
-
-def hand_off(y: np.ndarray, narrow: np.ndarray, handoff: tuple[str, float, int]) -> None:
-    """``narrow[...]`` = float32 ``y`` converted for the next layer: its bf16 bits, or uint8
-    at the hand-off's scale and zero point (where no row function wrote it: the emulation)."""
-    if handoff[0] == "bf16":
-        to_bf16(y, narrow)
-    else:
-        quantize_u8(y, handoff[1], handoff[2], narrow)
 
 
 def convert_input(xh: np.ndarray, convert, dtype) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..conv import _check_kernel, check_groups, resolve_pads, spatial_attrs, window_geometry
 from ..movement import channel_shuffle as channel_shuffle_ref
-from ..quant import check_precision, from_handoff, to_handoff
+from ..quant import check_handoff, from_handoff, to_handoff
 from .common import apply_activation, gpu_kernel, operands, pad_spatial, windows
 from .quant import fake_quant_operands
 
@@ -79,12 +79,13 @@ def fused_conv_gpu(X: Any, W: Any, B: Any = None, Z: Any = None, *, auto_pad: st
     """The reference's FusedConv (narrow hand-offs included: the executor sets them on the
     cpu only) with CuPy's GEMMs."""
     if y_precision:
+        y_precision = check_handoff("FusedConv", y_precision, y_scale, y_zero_point)
         y = fused_conv_gpu(X, W, B, Z, auto_pad=auto_pad, dilations=dilations, group=group,
                            kernel_shape=kernel_shape, pads=pads, strides=strides,
                            activation=activation, activation_params=activation_params,
                            channel_shuffle=channel_shuffle, precision=precision,
                            x_scale=x_scale, x_zero_point=x_zero_point)
-        return to_handoff(y, check_precision("FusedConv", y_precision), y_scale, y_zero_point)
+        return to_handoff(y, y_precision, y_scale, y_zero_point)
     xp, (X, W, B, Z) = operands(X, W, B, Z)
     if precision:
         X = from_handoff(X, precision, x_scale, x_zero_point)
