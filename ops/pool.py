@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from taskflow.errors import ShapeError, UnsupportedOpError
 
 from .conv import resolve_pads, spatial_attrs
+from .quant import check_handoff, from_handoff, to_handoff
 from .registry import register
 
 
@@ -88,11 +89,24 @@ def pool_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any], *,
 def max_pool(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
              dilations: Sequence[int] | None = None, kernel_shape: Sequence[int],
              pads: Sequence[int] | None = None, storage_order: int = 0,
-             strides: Sequence[int] | None = None) -> np.ndarray:
-    """Y[n, c, o] = max_k Xpad[n, c, o * s + k * d], padded with the lowest finite value."""
+             strides: Sequence[int] | None = None, y_precision: str | bytes = "",
+             y_scale: float = 0.0, y_zero_point: int = 0) -> np.ndarray:
+    """Y[n, c, o] = max_k Xpad[n, c, o * s + k * d], padded with the lowest finite value.
+
+    With ``y_precision`` (run-time planning between reduced layers, never stored: see
+    :func:`taskflow.executor.narrow_handoffs`) X arrives and Y leaves narrow, as a reduced
+    convolution hands its output on (:func:`.quant.to_handoff`): the maximum of X's values,
+    encoded again. Both encodings keep the values' order, so that is the maximum of the codes
+    (bf16 bits compared as signed magnitudes)."""
     if storage_order != 0:
         raise UnsupportedOpError(f"MaxPool storage_order={storage_order!r} is not supported "
                                  "(only 0, row-major indices)", [("MaxPool", "")])
+    if y_precision:
+        p = check_handoff("MaxPool", y_precision, y_scale, y_zero_point)
+        y = max_pool(from_handoff(X, p, y_scale, y_zero_point), auto_pad=auto_pad,
+                     ceil_mode=ceil_mode, dilations=dilations, kernel_shape=kernel_shape,
+                     pads=pads, strides=strides)
+        return to_handoff(y, p, y_scale, y_zero_point)
     pb, pe, over, out, s, d = pool_geometry(X.shape[2:], kernel_shape, strides, dilations, pads,
                                         auto_pad, ceil_mode)
     # Pad with the dtype's lowest finite value, as ONNX Runtime does: a window wholly in the

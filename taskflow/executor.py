@@ -312,6 +312,10 @@ def narrow_handoffs(nodes: Sequence[tuple[str, Sequence[str], Sequence[str], Map
     quarters (int8) the bytes between the layers, and saves the next layer's pass over its
     float32 input.
 
+    A MaxPool between them passes the narrow values through: the encodings keep the values'
+    order, so the maximum of the codes is the code of the maximum (ResNet's stem ->
+    MaxPool -> first block). It gets the same ``y_precision`` attributes.
+
     ``nodes`` are ``(op, inputs, outputs, attrs)`` in execution order. One-group
     convolutions only; none in ``skip`` (Concat writers, chained steps), and no value in
     ``keep`` (graph outputs; a Dask task's exports), which stay float32."""
@@ -328,22 +332,45 @@ def narrow_handoffs(nodes: Sequence[tuple[str, Sequence[str], Sequence[str], Map
         p = attrs.get("precision", "")
         return p.decode() if isinstance(p, bytes) else p
 
+    def output(j: int) -> str:  # node j's one output, if it may travel narrow
+        outs = [o for o in nodes[j][2] if o]
+        return outs[0] if len(outs) == 1 and outs[0] not in keep else ""
+
+    def takers(v: str, precision: str, through: bool) -> tuple[list[int], list[int]] | None:
+        """(the reduced layers that take ``v`` narrow, the MaxPools it passes through on
+        the way), or None where some reader of ``v`` needs it float32."""
+        convs: list[int] = []
+        pools: list[int] = []
+        for j in readers.get(v, []):
+            op, ins, _, attrs = nodes[j]
+            if reduced(j) == precision and ins[0] == v and v not in ins[1:]:
+                convs.append(j)
+                continue
+            w = output(j) if through and op == "MaxPool" and j not in skip else ""
+            after = takers(w, precision, False) if w and ins[0] == v else None
+            if after is None or not after[0]:
+                return None
+            convs += after[0]
+            pools.append(j)
+        return convs, pools
+
     found: dict[int, dict] = {}
-    for k, (_, _, outs, attrs) in enumerate(nodes):
+    for k in range(len(nodes)):
         precision = reduced(k)
-        if not precision or len(outs) != 1 or outs[0] in keep \
-                or int(attrs.get("channel_shuffle", 0)) > 1:
+        v = output(k) if precision else ""
+        if not v or int(nodes[k][3].get("channel_shuffle", 0)) > 1:
             continue
-        v = outs[0]
-        users = readers.get(v, [])
+        taken = takers(v, precision, True)
+        if taken is None or not taken[0]:
+            continue
         qparams = {(float(nodes[j][3].get("x_scale", 0.0)),
-                    int(nodes[j][3].get("x_zero_point", 0))) for j in users}
-        if not users or any(reduced(j) != precision or nodes[j][1][0] != v
-                            or v in nodes[j][1][1:] for j in users) \
-                or (precision == "int8" and (len(qparams) != 1 or not min(qparams)[0] > 0)):
+                    int(nodes[j][3].get("x_zero_point", 0))) for j in taken[0]}
+        if precision == "int8" and (len(qparams) != 1 or not min(qparams)[0] > 0):
             continue
         scale, zp = min(qparams)
-        found[k] = {**attrs, "y_precision": precision, "y_scale": scale, "y_zero_point": zp}
+        narrow = {"y_precision": precision, "y_scale": scale, "y_zero_point": zp}
+        for j in (k, *taken[1]):
+            found[j] = {**nodes[j][3], **narrow}
     return found
 
 

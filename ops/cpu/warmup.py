@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import registry
+from ..quant import to_handoff
 from . import direct, native_pool
 from .common import ConcatBuffer, as_nhwc, nchw_view, output_slot
 
@@ -32,6 +33,15 @@ def _x(*shape: int, cl: bool = False):
         full = shape if batch is None else (batch, *shape[1:])
         x = rng.standard_normal(full).astype(dtype)
         return channels_last(x) if cl and x.ndim == 4 else x
+    return make
+
+
+def _narrow(precision: str, *shape: int):
+    """A reduced layer's channels-last output handed on narrow (bf16 bits, or uint8 at scale
+    0.05 and zero point 3: :func:`taskflow.ops.quant.to_handoff`), whatever the dtype."""
+    def make(rng: np.random.Generator, dtype: Any, batch: int | None) -> np.ndarray:
+        x = _x(*shape, cl=True)(rng, np.float32, batch)
+        return nchw_view(to_handoff(as_nhwc(x), precision, 0.05, 3))
     return make
 
 
@@ -188,6 +198,12 @@ CASES: list[Case] = [
                                                     "pads": [1, 1, 1, 1]}),
     ("MaxPool", _inputs(_x(2, 16, 9, 9, cl=True)), {"kernel_shape": [3, 3], "strides": [2, 2]}),
     ("MaxPool", _inputs(_x(2, 6, 9, 9, cl=True)), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    # passing a reduced layer's narrow output through (ResNet's stem -> MaxPool -> block)
+    ("MaxPool", _inputs(_narrow("bf16", 2, 8, 9, 9)),
+     {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "y_precision": "bf16"}),
+    ("MaxPool", _inputs(_narrow("int8", 2, 8, 9, 9)),
+     {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "y_precision": "int8",
+      "y_scale": 0.05, "y_zero_point": 3}),
     ("AveragePool", _inputs(_x(2, 8, 9, 9, cl=True)), {"kernel_shape": [3, 3],
                                                         "strides": [2, 2], "ceil_mode": 1}),
     ("GlobalAveragePool", _inputs(_x(2, 8, 5, 5, cl=True)), {}),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..pool import _window_counts, max_pool, pool_geometry
+from ..quant import check_handoff, from_handoff, to_handoff
 from .common import gpu_kernel, operands, pad_spatial, windows
 
 
@@ -33,9 +34,16 @@ def _pooled(X: Any, kernel_shape: Sequence[int], strides: Sequence[int] | None,
 def max_pool_gpu(X: Any, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
                  dilations: Sequence[int] | None = None, kernel_shape: Sequence[int],
                  pads: Sequence[int] | None = None, storage_order: int = 0,
-                 strides: Sequence[int] | None = None) -> Any:
+                 strides: Sequence[int] | None = None, y_precision: str | bytes = "",
+                 y_scale: float = 0.0, y_zero_point: int = 0) -> Any:
     if storage_order != 0:  # the reference's error
         return max_pool(X, kernel_shape=kernel_shape, storage_order=storage_order)
+    if y_precision:  # narrow values in and out, decoded and encoded as the reference does
+        p = check_handoff("MaxPool", y_precision, y_scale, y_zero_point)
+        y = max_pool_gpu(from_handoff(X, p, y_scale, y_zero_point), auto_pad=auto_pad,
+                         ceil_mode=ceil_mode, dilations=dilations, kernel_shape=kernel_shape,
+                         pads=pads, strides=strides)
+        return to_handoff(y, p, y_scale, y_zero_point)
     # Padded with the dtype's lowest finite value, as the reference (and ONNX Runtime) do.
     fill = (np.finfo if X.dtype.kind == "f" else np.iinfo)(X.dtype).min
     y, _ = _pooled(X, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, fill, "max")

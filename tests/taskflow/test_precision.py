@@ -281,6 +281,48 @@ def test_reduced_layers_hand_each_other_narrow_activations(precision):
         assert all(r.dtype == np.float32 for r in trace)  # a traced run sees float32
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_max_pool_passes_narrow_activations_through(precision):
+    """A MaxPool between reduced convolutions (ResNet's stem -> pool -> first block) takes
+    and gives narrow values, with results identical to float32 hand-offs. The convolution
+    before it has no activation: negative bf16 values must order right too."""
+    from taskflow.frontend import nn
+
+    net = nn.Sequential([nn.Conv2d(3, 16, 3, padding=1), nn.MaxPool2d(3, 2, 1),
+                         nn.Conv2d(16, 32, 1), nn.ReLU(),
+                         nn.GlobalAvgPool2d(), nn.Flatten(), nn.Dense(32, 10)],
+                        input_shape=(3, 20, 20))
+    model = net.to_model()
+    x = np.random.default_rng(5).standard_normal((6, 3, 20, 20), dtype=np.float32)
+    reduced = model.quantize(x, choose="all") if precision == "int8" else \
+        model.with_precision("bf16", choose="all")
+    plan = reduced._plan
+    ops = [s.node.op for s in plan.steps]
+    first, pool = ops.index("FusedConv"), ops.index("MaxPool")
+    assert sorted(plan.handoffs) == [first, pool]
+    after = plan.steps[ops.index("FusedConv", pool)].node.attrs
+    for k in (first, pool):
+        assert plan.handoffs[k]["y_precision"] == precision
+        if precision == "int8":  # the scale of the layer after the pool
+            assert (plan.handoffs[k]["y_scale"], plan.handoffs[k]["y_zero_point"]) == (
+                after["x_scale"], after["x_zero_point"])
+    fn, seen = plan.steps[pool].fn, []
+
+    def spy(X, **attrs):
+        seen.append(X.dtype)
+        return fn(X, **attrs)
+
+    plan.steps[pool].fn = spy
+    narrow = reduced.run(None, {"input": x})[0]
+    plan.steps[pool].fn = fn
+    assert seen == [np.uint8 if precision == "int8" else np.uint16]
+    handoffs, plan.handoffs = plan.handoffs, {}
+    wide = reduced.run(None, {"input": x})[0]
+    plan.handoffs = handoffs
+    np.testing.assert_array_equal(narrow, wide)
+    assert np.ptp(narrow, axis=0).min() > 0  # the logits depend on the input
+
+
 def _programs(obj, depth: int = 0) -> list:
     """The per-task programs (taskflow.dask.units.Program) in a Dask graph's values."""
     from taskflow.dask.units import Program
