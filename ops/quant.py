@@ -150,6 +150,10 @@ def dynamic_quantize_linear(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 PRECISIONS = ("", "bf16", "int8")
 #: Largest magnitude of a per-channel int8 weight: symmetric, so -128 is never used.
 INT8_WEIGHT_MAX = 127
+#: The same with 7-bit weights (``reduce_range``, as ONNX Runtime's quantiser names it): a pair
+#: of uint8 x int8 products then fits int16 (2 * 255 * 63 = 32130), which CPUs without VNNI
+#: (AVX2's ``vpmaddubsw``) saturate at 32767 with 8-bit weights.
+INT8_REDUCED_WEIGHT_MAX = 63
 
 
 def dynamic_qparams(x: np.ndarray) -> tuple[np.float32, int]:
@@ -187,15 +191,17 @@ def fake_quant_u8(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
         return ((q - np.float32(zero_point)) * s).astype(x.dtype, copy=False)
 
 
-def quantize_weight_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def quantize_weight_per_channel(w: np.ndarray, axis: int, wmax: int = INT8_WEIGHT_MAX
+                                ) -> tuple[np.ndarray, np.ndarray]:
     """``(q, scale)``: ``w`` quantised to int8, symmetric, one scale per index of ``axis``.
 
-    ``scale[c] = max|w[c]| / 127`` (1 for an all-zero channel), ``q = round_half_even(w /
-    scale)`` in [-127, 127]; ``q * scale`` (scale broadcast along ``axis``) approximates ``w``.
-    A channel that already lies exactly on a coarser symmetric grid, ``max|w[c]| / M`` for
-    some M < 127 (a dequantised int8 weight, e.g. ONNX Runtime's 7-bit ``reduce_range`` or a
-    per-tensor scale), keeps that grid (the largest such M): then ``q * scale == w`` exactly,
-    so a QDQ model's weights stay its own.
+    ``scale[c] = max|w[c]| / wmax`` (1 for an all-zero channel), ``q = round_half_even(w /
+    scale)`` in [-wmax, wmax] (127; 63 for 7-bit weights); ``q * scale`` (scale broadcast
+    along ``axis``) approximates ``w``. A channel that already lies exactly on a coarser
+    symmetric grid, ``max|w[c]| / M`` for some M < wmax (a dequantised int8 weight, e.g. a
+    7-bit ``reduce_range`` one or a per-tensor scale), keeps that grid (the smallest such M:
+    a 63-level weight is also exact on 126 levels, but its integers must stay within 63):
+    then ``q * scale == w`` exactly, so a QDQ model's weights stay its own.
 
     Examples
     --------
@@ -214,13 +220,20 @@ def quantize_weight_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, n
     axis %= w32.ndim
     rows = np.moveaxis(w32, axis, 0).reshape(w32.shape[axis], -1)
     amax = np.max(np.abs(rows), axis=1) if rows.size else np.zeros(len(rows), np.float32)
-    scale = np.where(amax > 0, amax / np.float32(INT8_WEIGHT_MAX), np.float32(1))
+    scale = np.where(amax > 0, amax / np.float32(wmax), np.float32(1))
     scale = scale.astype(np.float32)
     with np.errstate(invalid="ignore"):
-        q = np.clip(np.rint(rows / scale[:, None]), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX)
-        lossy = np.flatnonzero(np.any(q * scale[:, None] != rows, axis=1) & (amax > 0)
-                               & np.isfinite(amax))
-    for c, grid in _exact_grids(rows[lossy], amax[lossy]):
+        q = np.clip(np.rint(rows / scale[:, None]), -wmax, wmax)
+        exact = np.all(q * scale[:, None] == rows, axis=1)
+        lossy = np.flatnonzero(~exact & (amax > 0) & np.isfinite(amax))
+        if wmax > INT8_REDUCED_WEIGHT_MAX:
+            # a 7-bit weight whose values are 0 and +-max|w| lies on wmax levels too: it
+            # keeps 63 (what CPUs without VNNI sum exactly)
+            step = (amax / np.float32(INT8_REDUCED_WEIGHT_MAX)).astype(np.float32)[:, None]
+            q7 = np.rint(rows / np.where(step > 0, step, np.float32(1)))
+            seven = np.flatnonzero(exact & (amax > 0) & np.all(q7 * step == rows, axis=1))
+            q[seven], scale[seven] = q7[seven], step[seven, 0]
+    for c, grid in _exact_grids(rows[lossy], amax[lossy], wmax):
         scale[lossy[c]] = grid
         q[lossy[c]] = np.rint(rows[lossy[c]] / grid)
     q = q.astype(np.int8).reshape(np.moveaxis(w32, axis, 0).shape)
@@ -231,12 +244,13 @@ def quantize_weight_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, n
 _GRID_SAMPLE = 16
 
 
-def _exact_grids(rows: np.ndarray, amax: np.ndarray) -> list[tuple[int, np.float32]]:
+def _exact_grids(rows: np.ndarray, amax: np.ndarray, wmax: int = INT8_WEIGHT_MAX
+                 ) -> list[tuple[int, np.float32]]:
     """``(row, step)`` for each row of ``rows`` that is exactly ``round(row / step) * step``
-    with ``step = amax / M``, M < 127 the largest that works. Each M is tried on a sample of
+    with ``step = amax / M``, M < wmax the smallest that works. Each M is tried on a sample of
     the row first: a trained float weight fails them all there, at little cost."""
     found: list[tuple[int, np.float32]] = []
-    levels = np.arange(INT8_WEIGHT_MAX - 1, 0, -1, dtype=np.float32)
+    levels = np.arange(1, wmax, dtype=np.float32)
     for lo in range(0, len(rows), 256):  # bounded temporaries: 256 x 126 x 16
         part = rows[lo:lo + 256]
         steps = (amax[lo:lo + 256, None] / levels).astype(np.float32)
@@ -245,7 +259,7 @@ def _exact_grids(rows: np.ndarray, amax: np.ndarray) -> list[tuple[int, np.float
             ok = np.all(np.rint(sample / steps[..., None]) * steps[..., None] == sample, axis=2)
         for r, m in zip(*np.nonzero(ok)):
             if found and found[-1][0] == lo + r:
-                continue  # a larger M of this row already passed
+                continue  # a smaller M of this row already passed
             step = steps[r, m]
             if np.array_equal(np.rint(part[r] / step) * step, part[r]):
                 found.append((lo + r, step))

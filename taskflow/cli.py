@@ -510,6 +510,9 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
                    help="for --method percentile (default 99.999)")
     p.add_argument("--per-tensor", action="store_true",
                    help="one scale per weight tensor instead of per output channel")
+    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                   help="7-bit weights, which CPUs without VNNI (AVX2 only) need for a fast "
+                        "int8 GEMM; auto: where this CPU does (default)")
     p.add_argument("--input-name", metavar="NAME",
                    help="the model input the --calibration array feeds (default: the only one)")
     p.add_argument("--batch-size", type=_positive, default=32,
@@ -528,7 +531,8 @@ def quantize(args: argparse.Namespace) -> int:
         args.model, args.output, calibration=args.calibration, eval_data=args.eval,
         mode=args.mode, method=args.method, percentile=args.percentile,
         per_channel=not args.per_tensor, input_name=args.input_name,
-        batch_size=args.batch_size, cluster=lambda: _cluster(args))
+        batch_size=args.batch_size, cluster=lambda: _cluster(args),
+        reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range])
     print(report)
     print(f"saved {args.output}")
     return 0

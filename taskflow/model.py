@@ -641,7 +641,7 @@ class Model:
                  per_channel: bool = True, method: str = "minmax",
                  percentile: float = 99.999, client: Any = None, batch_size: int = 32,
                  input_name: str | None = None, choose: str = "measure",
-                 sample: Any = None) -> Model:
+                 sample: Any = None, reduce_range: bool | None = None) -> Model:
         """A new int8 model: ONNX QDQ form, calibrated on ``calibration`` (this one is
         untouched).
 
@@ -687,6 +687,12 @@ class Model:
             :meth:`with_precision`): give one of the size the model will run at, since whether
             int8 pays depends on the GEMM sizes. Default: the first 8 calibration rows (static),
             else 8 rows of random normal data at the input shapes.
+        reduce_range : bool, optional
+            7-bit weights (in [-63, 63]; ONNX Runtime's quantiser has the same option). CPUs
+            without VNNI (AVX2 only: most AMD before Zen 4, Intel before Cascade Lake)
+            multiply uint8 by int8 in pairs summed in saturating int16, which 8-bit weights
+            overflow: there int8 layers then run an exact but slow emulation. Default None:
+            True exactly where this CPU needs it (:func:`taskflow.ops.cpu.lowp.int8_weight_max`).
 
         Returns
         -------
@@ -720,7 +726,8 @@ class Model:
 
         return quantize(self, calibration, mode=mode, per_channel=per_channel, method=method,
                         percentile=percentile, client=client, batch_size=batch_size,
-                        input_name=input_name, choose=choose, sample=sample)
+                        input_name=input_name, choose=choose, sample=sample,
+                        reduce_range=reduce_range)
 
     def _derived(self, graph: Graph) -> Model:
         """A model running ``graph`` as given (already optimised: no passes run again) that

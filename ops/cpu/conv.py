@@ -330,17 +330,6 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     src_x, pad = xh, dtype.type(0)
     # a one-group 1x1 on MKL converts each block of rows in its GEMM task instead (no pass of
     # its own: ResNet-50's 256 -> 64 int8 1x1, batch 8, spent 2.5 of its 4 ms converting)
-    late = precision != "" and not narrow_x and group == 1 and kh == kw == 1 \
-        and s == (1, 1) and not any(pb) and lowp.mkl_functions(precision, c) is not None
-    if narrow_x:  # handed over converted by the layer before
-        pad = xh.dtype.type(x_zp if precision == "int8" else 0)
-    elif precision == "bf16" and not late:
-        src_x, pad = lowp_rows.convert_input(xh, lowp.to_bf16, np.uint16), np.uint16(0)
-    elif precision == "int8" and not late:
-        src_x = lowp_rows.convert_input(
-            xh, lambda a, o: lowp.quantize_u8(a, x_scale, x_zp, o), np.uint8)
-        pad = np.uint8(x_zp)
-    z2d = None if zh is None else zh.reshape(rows, m)
     mg = m // group
     # the GEMMs' right-hand sides, (group, K, M/group): float32/64 arrays, or with a
     # precision one lowp-packed weight per group
@@ -352,6 +341,21 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         return packed(w, (f"{how}-{precision}", group),
                       lambda a: [pack(g) for g in layout(a.astype(np.float32))])
 
+    def one_by_one(a: np.ndarray) -> np.ndarray:
+        return a.reshape(group, mg, c // group).transpose(0, 2, 1)
+
+    late = precision != "" and not narrow_x and group == 1 and kh == kw == 1 and s == (1, 1) \
+        and not any(pb) and lowp.mkl_functions(precision, c, precision == "int8" and weights(
+            "1x1", one_by_one)[0].wmax) is not None
+    if narrow_x:  # handed over converted by the layer before
+        pad = xh.dtype.type(x_zp if precision == "int8" else 0)
+    elif precision == "bf16" and not late:
+        src_x, pad = lowp_rows.convert_input(xh, lowp.to_bf16, np.uint16), np.uint16(0)
+    elif precision == "int8" and not late:
+        src_x = lowp_rows.convert_input(
+            xh, lambda a, o: lowp.quantize_u8(a, x_scale, x_zp, o), np.uint8)
+        pad = np.uint8(x_zp)
+    z2d = None if zh is None else zh.reshape(rows, m)
     csr = None
     if kh == kw == 1 and s == (1, 1) and not any(pb):
         # 1x1: the input is the column matrix; the weight's transpose is a view
@@ -392,7 +396,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         elif pack is None:
             wt = w.astype(dtype, copy=False).reshape(group, mg, cg).transpose(0, 2, 1)
         else:
-            wt = weights("1x1", lambda a: a.reshape(group, mg, cg).transpose(0, 2, 1))
+            wt = weights("1x1", one_by_one)
         step = max(MIN_SLICE_ROWS, GEMM_SLICE_BYTES // (m * dtype.itemsize))
         kdim = cg
     else:

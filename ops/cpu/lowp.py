@@ -78,7 +78,12 @@ from numba import njit
 
 from taskflow.errors import ShapeError, UnsupportedOpError
 
-from ..quant import check_precision, quantize_weight_per_channel
+from ..quant import (
+    INT8_REDUCED_WEIGHT_MAX,
+    INT8_WEIGHT_MAX,
+    check_precision,
+    quantize_weight_per_channel,
+)
 from . import blas
 from .common import scratch
 
@@ -132,7 +137,9 @@ def lowp_backend(precision: str) -> str:
     precision = check_precision("lowp_backend", precision)
     if not precision:
         return blas.backend()
-    if (_bindings() if precision == "bf16" else _int8_bindings()) is None:
+    if precision == "int8" and int8_weight_max() == INT8_REDUCED_WEIGHT_MAX:
+        precision = "int8-7bit"  # exact with 7-bit weights only (see int8_weight_max)
+    elif (_bindings() if precision == "bf16" else _int8_bindings()) is None:
         return "emulated"
     features = cpu_features()
     cap = blas.isa_cap()
@@ -142,7 +149,7 @@ def lowp_backend(precision: str) -> str:
         else (("amx_int8", "amx"), ("avx512_vnni", "avx512-vnni"), ("avx_vnni", "avx-vnni"))
     for flag, name in (*wanted, ("avx512f", "avx512"), ("avx2", "avx2")):
         if flag in features:
-            return f"mkl-{name}"
+            return f"mkl-{name}" + ("-7bit" if precision == "int8-7bit" else "")
     return "mkl"
 
 
@@ -209,40 +216,57 @@ def _bindings() -> _Mkl | None:
     return blas.bindings("lowp", _Mkl)
 
 
-def _int8_bindings() -> _Mkl | None:
-    """:func:`_bindings` where MKL's int8 GEMM sums exactly on this CPU (:func:`_int8_exact`),
-    else None: the int8 GEMMs then run the emulation."""
+def _int8_bindings(wmax: int = INT8_WEIGHT_MAX) -> _Mkl | None:
+    """:func:`_bindings` where MKL's int8 GEMM sums exactly on this CPU with weights of
+    magnitude up to ``wmax`` (:func:`_int8_exact`), else None: the emulation runs it."""
     fns = _bindings()
-    return fns if fns is not None and _int8_exact() else None
+    bound = INT8_REDUCED_WEIGHT_MAX if wmax <= INT8_REDUCED_WEIGHT_MAX else INT8_WEIGHT_MAX
+    return fns if fns is not None and _int8_exact(bound) else None
 
 
-@functools.lru_cache(maxsize=1)
-def _int8_exact() -> bool:
-    """Whether MKL's ``cblas_gemm_s8u8s32`` gives the exact integer sums here.
+@functools.lru_cache(maxsize=2)
+def _int8_exact(wmax: int = INT8_WEIGHT_MAX) -> bool:
+    """Whether MKL's ``cblas_gemm_s8u8s32`` gives the exact integer sums here for uint8
+    activations and int8 weights of magnitude up to ``wmax``.
 
-    Without VNNI (an Intel CPU with AVX2 or AVX-512F only, or ``TASKFLOW_ISA=avx2`` on a newer
-    one) MKL multiplies pairs of u8 x s8 into int16 with saturation (``vpmaddubsw``): a pair of
-    255 * 127 products, 64770, is clipped to 32767, and quantised layers came out wrong by up
-    to half their range (seen on this suite's int8 tests under ``TASKFLOW_ISA=avx2``). Probed
-    once with such a product, a (64, 64) x (64, 64) of 255s and 127s."""
+    Without VNNI (an Intel CPU with AVX2 or AVX-512F only, AMD before Zen 4, or
+    ``TASKFLOW_ISA=avx2`` on a newer one) MKL multiplies pairs of u8 x s8 into int16 with
+    saturation (``vpmaddubsw``): a pair of 255 * 127 products, 64770, is clipped to 32767,
+    and quantised layers came out wrong by up to half their range (seen on this suite's int8
+    tests under ``TASKFLOW_ISA=avx2``). 7-bit weights (``wmax`` 63) fit: 2 * 255 * 63 =
+    32130. Probed once per bound with such products, a (64, 64) x (64, 64) of 255s and
+    ``wmax``."""
     fns = _bindings()
+    if fns is None:
+        return False
     k = 64
     a = np.full((k, k), 255, np.uint8)
-    b = _mkl_pack(fns.s8u8s32_get_size, fns.s8u8s32_pack, np.full((k, k), 127, np.int8))
+    b = _mkl_pack(fns.s8u8s32_get_size, fns.s8u8s32_pack, np.full((k, k), wmax, np.int8))
     acc = np.zeros((k, k), np.int32)
     offset = np.zeros(k, np.int32)
     fns.s8u8(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, ROW_OFFSET, k, k, k, 1.0,
              a.ctypes.data, k, 0, b.ctypes.data, k, 0, 0.0, acc.ctypes.data, k,
              offset.ctypes.data)
-    return bool(np.all(acc == 255 * 127 * k))
+    return bool(np.all(acc == 255 * wmax * k))
 
 
-def mkl_functions(precision: str, k: int) -> _Mkl | None:
+def int8_weight_max() -> int:
+    """The largest int8 weight magnitude whose products MKL sums exactly here: 127 (VNNI or
+    AMX), 63 (7-bit weights: CPUs without VNNI; :meth:`taskflow.Model.quantize`'s
+    ``reduce_range`` then quantises weights so), or 0 (no MKL int8 GEMM: the emulation)."""
+    for wmax in (INT8_WEIGHT_MAX, INT8_REDUCED_WEIGHT_MAX):
+        if _int8_bindings(wmax) is not None:
+            return wmax
+    return 0
+
+
+def mkl_functions(precision: str, k: int, wmax: int = INT8_WEIGHT_MAX) -> _Mkl | None:
     """MKL's bindings that run a ``precision`` ("bf16" / "int8") GEMM of depth ``k`` here, or
-    None where the emulation runs it."""
+    None where the emulation runs it (int8: with weights of magnitude up to ``wmax``, a
+    packed weight's :attr:`PackedInt8.wmax`)."""
     if precision == "bf16":
         return _bindings()
-    return _int8_bindings() if k <= MAX_INT8_K else None
+    return _int8_bindings(wmax) if k <= MAX_INT8_K else None
 
 
 def _mkl_pack(get_size: Any, pack: Any, b: np.ndarray) -> np.ndarray:
@@ -289,6 +313,8 @@ class PackedInt8:
         self.scale = scale
         self.colsum = values.sum(axis=0, dtype=np.int64)
         self.k, self.n = values.shape
+        #: the largest magnitude of ``values`` (what MKL must sum exactly: :func:`_int8_exact`)
+        self.wmax = int(np.abs(values.astype(np.int16)).max()) if values.size else 0
         self._mkl: np.ndarray | None = None
         self._f64: np.ndarray | None = None
 
@@ -494,7 +520,7 @@ def _gemm_q(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
             x_zp: int) -> np.ndarray:
     m, k = q.shape
     offset, multiplier = packed.terms(x_scale, x_zp)
-    fns = _int8_bindings()
+    fns = _int8_bindings(packed.wmax)
     if fns is None or k > MAX_INT8_K:
         acc = np.matmul(q.astype(np.float64) - int(x_zp), packed.emulated())
     else:

@@ -58,7 +58,7 @@ def gemm_rows(precision: str, a: np.ndarray, packed: PackedBF16 | PackedInt8, y:
     """
     m, k = a.shape
     n = packed.n
-    fns = mkl_functions(precision, k)
+    fns = mkl_functions(precision, k, getattr(packed, "wmax", 0))
     if fns is None or a.dtype != np.float32 or k != packed.k or y.shape != (m, n) \
             or y.dtype != np.float32 or not y.flags.c_contiguous or m == 0 or k == 0 or n == 0:
         return None
@@ -122,7 +122,7 @@ def conv_rows(precision: str, x4: np.ndarray, x2d: np.ndarray | None, w, kdim: i
     int8, batch 8, in one process: 0.91x the time of one MKL call per task and two passes.
     (A bf16 layer's float32 output in blocks of 256-2048 rows measured the same as one call
     per task.)"""
-    fns = mkl_functions(precision, kdim)
+    fns = mkl_functions(precision, kdim, getattr(w, "wmax", 0))
     if fns is None:
         return None
     kh, kw, s, d, pb, ho, wo = geometry

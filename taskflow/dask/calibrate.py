@@ -196,7 +196,7 @@ def quantize_files(model_path: str | os.PathLike, output: str | os.PathLike, *,
                    calibration: Any = None, eval_data: Any = None, mode: str = "static",
                    method: str = "minmax", percentile: float = 99.999, per_channel: bool = True,
                    input_name: str | None = None, batch_size: int = 32,
-                   cluster: Any = None) -> CompressionReport:
+                   cluster: Any = None, reduce_range: bool | None = None) -> CompressionReport:
     """``taskflow quantize``: load ``model_path``, quantise it calibrated on the Zarr store
     ``calibration`` (on a Dask cluster), save it, and compare the saved model (every quantised
     layer int8, as :func:`taskflow.load` and ONNX Runtime run it) with fp32 on held-out rows.
@@ -212,7 +212,7 @@ def quantize_files(model_path: str | os.PathLike, output: str | os.PathLike, *,
         The fp32 ONNX model, and where to write the QDQ model.
     calibration, eval_data : str, optional
         Zarr paths or URLs (array, or group with one array per input).
-    mode, method, percentile, per_channel, input_name, batch_size
+    mode, method, percentile, per_channel, input_name, batch_size, reduce_range
         As in :meth:`taskflow.Model.quantize`.
     cluster : callable, optional
         Returns the :class:`taskflow.Cluster` to calibrate on (a context manager); default:
@@ -259,7 +259,7 @@ def quantize_files(model_path: str | os.PathLike, output: str | os.PathLike, *,
             client = stack.enter_context(made).client
         quantized = model.quantize(calib, mode=mode, method=method, percentile=percentile,
                                    per_channel=per_channel, client=client,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, reduce_range=reduce_range)
         if held is not None:
             names = list(held)
             got = client.compute(list(held.values()), sync=True) if client is not None else \

@@ -30,7 +30,7 @@ import numpy as np
 from taskflow.errors import InputError
 from taskflow.ir.calibrate import RangeStats, qparams_u8
 from taskflow.ir.graph import Graph, Node, Value
-from taskflow.ops.quant import quantize_weight_per_channel
+from taskflow.ops.quant import INT8_WEIGHT_MAX, quantize_weight_per_channel
 
 #: The contractions that can run at reduced precision, and the fused op each becomes. This is
 #: the one place that names ops: the weight's layout (output channel axis) differs per op.
@@ -213,6 +213,7 @@ def fuse_qdq(graph: Graph) -> Graph:
 
 def quantize_graph(source_graph: Graph, ranges: Mapping[str, Any] | None = None, *,
                    per_channel: bool = True, mode: str = "static",
+                   weight_max: int = INT8_WEIGHT_MAX,
                    ) -> tuple[Graph, dict[str, dict[str, Any]]]:
     """Write ``source_graph`` in ONNX's QDQ form: int8 weights, u8 activations (static mode).
 
@@ -244,6 +245,9 @@ def quantize_graph(source_graph: Graph, ranges: Mapping[str, Any] | None = None,
     mode : {"static", "dynamic"}
         ``"dynamic"``: weights only (kernels quantise activations per call, see
         :func:`mark_precision`).
+    weight_max : int
+        The layers' weights' largest integer: 127, or 63 for 7-bit weights (``reduce_range``:
+        what MKL's int8 GEMM sums exactly on CPUs without VNNI).
 
     Returns
     -------
@@ -311,7 +315,7 @@ def quantize_graph(source_graph: Graph, ranges: Mapping[str, Any] | None = None,
         w_name = node.inputs[1]
         axis = _out_axis(node, g.initializers[w_name].ndim) if per_channel else None
         if (w_name, axis) not in weights:
-            weights[w_name, axis] = _dequantized_weight(g, w_name, axis, added)
+            weights[w_name, axis] = _dequantized_weight(g, w_name, axis, added, weight_max)
         node.inputs = [x, weights[w_name, axis], *node.inputs[2:]]
         x_scale = x_zero_point = None
         if mode == "static":
@@ -327,23 +331,25 @@ def quantize_graph(source_graph: Graph, ranges: Mapping[str, Any] | None = None,
     return g, report
 
 
-def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 ``q`` in [-127, 127] and float32 ``scale`` with ``w ~ q * scale``:
-    ``scale = max|w| / 127`` per slice along ``axis`` (a vector), or of the whole tensor
-    (``axis=None``, a scalar); 1.0 where ``w`` is all zero. The kernels' own quantisation
-    (:func:`taskflow.ops.quant.quantize_weight_per_channel`), so they recover exactly these
-    int8 values from the folded weights.
+def quantize_weight(w: np.ndarray, axis: int | None, wmax: int = INT8_WEIGHT_MAX
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 ``q`` in [-wmax, wmax] (127, or 63: 7-bit) and float32 ``scale`` with
+    ``w ~ q * scale``: ``scale = max|w| / wmax`` per slice along ``axis`` (a vector), or of
+    the whole tensor (``axis=None``, a scalar); 1.0 where ``w`` is all zero. The kernels' own
+    quantisation (:func:`taskflow.ops.quant.quantize_weight_per_channel`), so they recover
+    exactly these int8 values from the folded weights (7-bit ones too: the smallest exact
+    grid).
 
     Examples
     --------
-    >>> q, s = quantize_weight(np.array([[1.0, -0.5], [0.0, 0.0]], np.float32), axis=0)
+    >>> q, s = quantize_weight(np.array([[0.7, -0.123], [0.0, 0.0]], np.float32), axis=0)
     >>> q.tolist(), s.tolist()
-    ([[127, -64], [0, 0]], [0.007874015718698502, 1.0])
+    ([[127, -22], [0, 0]], [0.005511811003088951, 1.0])
     """
     if axis is None:
-        q, scale = quantize_weight_per_channel(np.reshape(w, (1, -1)), 0)
+        q, scale = quantize_weight_per_channel(np.reshape(w, (1, -1)), 0, wmax)
         return q.reshape(np.shape(w)), scale.reshape(())
-    return quantize_weight_per_channel(w, axis)
+    return quantize_weight_per_channel(w, axis, wmax)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -442,10 +448,12 @@ def _range(r: Any, name: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _dequantized_weight(g: Graph, w_name: str, axis: int | None, added: list[Node]) -> str:
-    """Add ``DequantizeLinear(int8 weight)`` for initializer ``w_name``; return its output."""
+def _dequantized_weight(g: Graph, w_name: str, axis: int | None, added: list[Node],
+                        wmax: int = INT8_WEIGHT_MAX) -> str:
+    """Add ``DequantizeLinear(int8 weight)`` for initializer ``w_name`` (values in [-wmax,
+    wmax]); return its output."""
     w = g.initializers[w_name]
-    q, scale = quantize_weight(w, axis)
+    q, scale = quantize_weight(w, axis, wmax)
     q_name = g.unique_name(f"{w_name}_quantized")
     g.initializers[q_name] = q
     s_name = g.unique_name(f"{w_name}_scale")

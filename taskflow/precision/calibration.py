@@ -22,6 +22,8 @@ from taskflow.ir.calibrate import (
 )
 from taskflow.ir.graph import Graph, Node
 from taskflow.ir.quantize import CONTRACTIONS, ineligible_reason, mark_precision, quantize_graph
+from taskflow.ops.cpu.lowp import int8_weight_max
+from taskflow.ops.quant import INT8_REDUCED_WEIGHT_MAX, INT8_WEIGHT_MAX
 from taskflow.precision.measure import (
     CHOICES,
     SAMPLE_BATCH,
@@ -208,7 +210,8 @@ def calibration_stats(target: CalibrationTarget, feed: Mapping[str, Any], batch_
 def quantize(model: Model, calibration: Any = None, *, mode: str = "static",
              per_channel: bool = True, method: str = "minmax", percentile: float = 99.999,
              client: Any = None, batch_size: int = 32, input_name: str | None = None,
-             choose: str = "measure", sample: Any = None) -> Model:
+             choose: str = "measure", sample: Any = None,
+             reduce_range: bool | None = None) -> Model:
     """What :meth:`taskflow.Model.quantize` does (see there).
 
     Examples
@@ -232,6 +235,12 @@ def quantize(model: Model, calibration: Any = None, *, mode: str = "static",
         raise InputError(f"choose={choose!r} is unknown; expected one of {CHOICES}")
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size!r}: expected an integer >= 1")
+    if reduce_range not in (None, True, False):
+        raise InputError(f"reduce_range={reduce_range!r}: expected True, False or None "
+                         "(7-bit weights where this CPU's int8 GEMM needs them)")
+    if reduce_range is None:
+        reduce_range = int8_weight_max() == INT8_REDUCED_WEIGHT_MAX
+    wmax = INT8_REDUCED_WEIGHT_MAX if reduce_range else INT8_WEIGHT_MAX
     size = weight_bytes(model.source_graph)
     source = prepare(model.source_graph)
     first_rows = None
@@ -242,10 +251,12 @@ def quantize(model: Model, calibration: Any = None, *, mode: str = "static",
         ranges, first_rows = calibrate(model, calibration, method=method, percentile=percentile,
                                        client=client, batch_size=batch_size,
                                        input_name=input_name, graph=source)
-        qgraph, layers = quantize_graph(source, ranges, per_channel=per_channel, mode="static")
+        qgraph, layers = quantize_graph(source, ranges, per_channel=per_channel, mode="static",
+                                        weight_max=wmax)
         qmodel = Model(qgraph, device=model.device, strict=model.strict)
     else:
-        qgraph, layers = quantize_graph(source, per_channel=per_channel, mode="dynamic")
+        qgraph, layers = quantize_graph(source, per_channel=per_channel, mode="dynamic",
+                                        weight_max=wmax)
         qmodel = Model(qgraph, device=model.device, strict=model.strict)
         qmodel = qmodel._derived(mark_precision(qmodel.graph, "int8"))
     names = reduced_layers(qmodel.graph)
@@ -260,6 +271,8 @@ def quantize(model: Model, calibration: Any = None, *, mode: str = "static",
         backend=lowp_backend("int8"),
         notes=[f"{name} not quantised: {info['reason']}" for name, info in layers.items()
                if not info["quantized"]]
+        + (["7-bit weights (reduce_range): without VNNI, int8 GEMMs sum 8-bit weights' "
+            "products in saturating int16"] if reduce_range else [])
         + (["save() writes every layer quantised (QDQ); which run int8 is this machine's "
             "choice"] if slower else []))
     return out

@@ -211,13 +211,16 @@ def test_int8_sums_exactly_where_pairs_of_products_overflow_int16(mode):
     k, n = 256, 48
     w = np.full((k, n), 0.5, np.float32)
     w[:, 1::2] = -0.5  # int8 +-127 in every column
+    w[-1] /= 127  # and +-1 in its last row: the column is on no coarser grid (63 levels)
     packed = lowp.pack_int8(w)
     x = np.full((70, k), 2.55, np.float32)  # x_scale 0.01, zero point 0: u8 255
     got = lowp.gemm_int8(x, packed, np.empty((70, n), np.float32), 0.01, 0)
-    want = (255 * 0.01) * (np.where(np.arange(n) % 2, -127, 127) * packed.scale) * k
+    assert packed.wmax == 127
+    sums = np.where(np.arange(n) % 2, -1, 1) * (127 * (k - 1) + 1)
+    want = (255 * 0.01) * (sums * packed.scale)
     assert_close(got, np.broadcast_to(want.astype(np.float32), got.shape), rtol=1e-5, atol=0)
     assert (lowp.lowp_backend("int8") == "emulated") == (mode == "emulate"
-                                                         or not lowp._int8_exact())
+                                                         or not lowp.int8_weight_max())
 
 
 def test_mkl_and_the_emulation_agree(monkeypatch):
@@ -322,8 +325,62 @@ def test_a_capped_mkl_reports_its_capped_path(monkeypatch):
         pytest.skip("no oneMKL")
     monkeypatch.setitem(blas._state, "isa", "avx2")
     assert lowp.lowp_backend("bf16") == "mkl-avx2"
-    # MKL's int8 saturates without VNNI on Intel CPUs: the emulation runs it there
-    assert lowp.lowp_backend("int8") == ("mkl-avx2" if lowp._int8_exact() else "emulated")
+    # MKL's int8 saturates without VNNI on Intel CPUs: 7-bit weights only run on it there
+    assert lowp.lowp_backend("int8") == (
+        "mkl-avx2" if lowp._int8_exact() else "mkl-avx2-7bit" if lowp._int8_exact(63)
+        else "emulated")
+
+
+def test_seven_bit_weights_run_on_mkl_where_eight_bit_ones_saturate():
+    """Capped at AVX2 (no VNNI: pairs of u8 x s8 products summed in saturating int16), MKL's
+    int8 GEMM is exact for 7-bit weights (2 * 255 * 63 fits int16), so a layer with them runs
+    on MKL while one with 8-bit weights runs the emulation; both give the exact sums. In a
+    fresh process: the cap is read when MKL loads."""
+    if lowp._bindings() is None:
+        pytest.skip("no oneMKL")
+    code = (
+        "import numpy as np\n"
+        "from taskflow.ops.cpu import lowp\n"
+        "from taskflow.ops.quant import quantize_weight_per_channel\n"
+        "k, n = 256, 48\n"
+        "sign = np.where(np.arange(n) % 2, -1.0, 1.0).astype(np.float32)\n"
+        "x = np.full((70, k), 2.55, np.float32)\n"
+        "w = np.tile(sign * 0.5, (k, 1))\n"
+        "w[-1] /= 127\n"  # on 127 levels, not on 63
+        "for wmax in (63, 127):\n"
+        "    q, s = quantize_weight_per_channel(w, 1, wmax)\n"
+        "    p = lowp.pack_int8(q * s)\n"
+        "    got = lowp.gemm_int8(x, p, np.empty((70, n), np.float32), 0.01, 0)\n"
+        "    want = np.float32(2.55) * p.scale * q.astype(np.float32).sum(0)\n"
+        "    print(wmax, p.wmax, lowp.mkl_functions('int8', k, p.wmax) is not None,\n"
+        "          bool(np.allclose(got, want, rtol=1e-5, atol=0)))\n"
+        "print(lowp.int8_weight_max(), lowp.lowp_backend('int8'))\n")
+    env = {**os.environ, "TASKFLOW_ISA": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line.split() for line in out.stdout.splitlines()]
+    wmax, backend = int(lines[2][0]), lines[2][1]
+    assert lines[0] == ["63", "63", str(wmax >= 63), "True"]  # 7-bit: on MKL wherever it is
+    assert lines[1] == ["127", "127", str(wmax == 127), "True"]  # exact, MKL or emulated
+    assert backend == {127: "mkl-avx2", 63: "mkl-avx2-7bit", 0: "emulated"}[wmax]
+    if "avx512_vnni" in lowp.cpu_features() and "GenuineIntel" in open("/proc/cpuinfo").read():
+        assert wmax == 63  # an Intel CPU capped at AVX2 saturates 8-bit pairs
+
+
+def test_seven_bit_weights_stay_seven_bit():
+    """A 7-bit weight (reduce_range) folded back to float lies on 63 levels and also on 126:
+    re-quantised by the kernels it must keep the 63 (the smallest exact grid), or its
+    integers would overflow what MKL sums exactly without VNNI."""
+    rng = np.random.default_rng(12)
+    w = rand(rng, 40, 24) * np.float32(3)
+    q7, s7 = quantize_weight_per_channel(w, 1, 63)
+    assert np.abs(q7).max() == 63 and np.all(np.abs(q7).max(0) == 63)
+    folded = (q7 * s7).astype(np.float32)
+    q, s = quantize_weight_per_channel(folded, 1)
+    np.testing.assert_array_equal(q, q7)
+    np.testing.assert_array_equal(q * s, folded)
+    assert lowp.pack_int8(folded).wmax == 63 and lowp.pack_int8(w).wmax == 127
 
 
 def test_weights_quantise_per_channel_and_dequantised_ones_stay_exact():

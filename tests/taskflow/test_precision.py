@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
 import taskflow as tf
@@ -129,6 +131,44 @@ def test_static_int8_agrees_shrinks_the_file_and_runs_in_onnxruntime(digits, tmp
             assert (node.attrs.get("x_scale", 0) > 0) == (kept[node.name] == "int8")
 
 
+def test_reduce_range_keeps_weights_seven_bit_from_file_to_kernel(digits, tmp_path):
+    """reduce_range=True: weights in [-63, 63] (what CPUs without VNNI sum exactly), in the
+    saved QDQ file and as the kernels quantise the folded weights again; accuracy holds, and
+    ONNX Runtime computes the file as taskflow does."""
+    ort = pytest.importorskip("onnxruntime")
+    from taskflow.ops.quant import quantize_weight_per_channel
+
+    model, x, train, test = digits
+    seven = model.quantize(x[train[:300]], choose="all", reduce_range=True)
+    eight = model.quantize(x[train[:300]], choose="all", reduce_range=False)
+    assert any("7-bit" in n for n in seven.precision_report.notes)
+    assert not any("7-bit" in n for n in eight.precision_report.notes)
+
+    def stored(m) -> int:  # the largest int8 weight of the QDQ graph
+        return max(int(np.abs(v.astype(np.int16)).max())
+                   for v in m.source_graph.initializers.values() if v.dtype == np.int8)
+
+    assert (stored(seven), stored(eight)) == (63, 127)
+    folded = [seven.graph.initializers[n.inputs[1]] for n in seven.graph.nodes
+              if n.attrs.get("precision") == "int8"]
+    assert len(folded) == 4  # each output channel: 63 levels exactly, as the kernels see it
+    assert all(np.abs(quantize_weight_per_channel(w, 0)[0]).max() == 63 for w in folded)
+    ref = model.run(None, {"input": x[test]})[0]
+    got = seven.run(None, {"input": x[test]})[0]
+    assert top1(ref, got) >= 0.98
+    assert not np.array_equal(got, eight.run(None, {"input": x[test]})[0])
+    seven.save(tmp_path / "int8-7bit.onnx")
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(tmp_path / "int8-7bit.onnx"), plain,
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, session.run(None, {"input": x[test]})[0], atol=1e-4)
+    reloaded = tf.load(tmp_path / "int8-7bit.onnx")
+    np.testing.assert_allclose(reloaded.run(None, {"input": x[test]})[0], got, atol=1e-5)
+    with pytest.raises(InputError, match="reduce_range='yes'"):
+        model.quantize(x[train[:300]], reduce_range="yes")
+
+
 def test_int8_file_of_a_conv_net_is_at_least_3_5x_smaller(tmp_path):
     from taskflow.frontend import nn
 
@@ -183,12 +223,15 @@ def test_cli_quantize_end_to_end_on_a_zarr_store(digits, tmp_path, capsys, clien
                       dtype="float32")[:] = x[rows]
     out = tmp_path / "digits-int8.onnx"
     code = main(["quantize", str(tmp_path / "digits.onnx"), "--calibration", store,
-                 "-o", str(out), "--batch-size", "64", "--scheduler", client.scheduler.address])
+                 "-o", str(out), "--batch-size", "64", "--scheduler", client.scheduler.address,
+                 "--reduce-range", "on"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     for word in ("precision  int8", "size", "top-1 agreement", "over 60 held-out rows",
-                 "speed", "0_Conv", f"saved {out}"):
+                 "speed", "0_Conv", f"saved {out}", "7-bit weights"):
         assert word in printed
+    stored = [v for v in onnx.load(out).graph.initializer if v.data_type == onnx.TensorProto.INT8]
+    assert max(np.abs(onnx.numpy_helper.to_array(v).astype(np.int16)).max() for v in stored) == 63
     reloaded = tf.load(out)
     got = reloaded.run(None, {"input": x[test]})[0]
     assert top1(model.run(None, {"input": x[test]})[0], got) >= 0.98
