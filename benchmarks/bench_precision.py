@@ -33,9 +33,12 @@ of the logits (resnet50). Size ratio: the :class:`~taskflow.precision.Compressio
 
 Read the figures per machine: the header prints the CPU features, what runs a bf16/int8 GEMM
 (:func:`taskflow.ops.cpu.lowp.lowp_backend`) and the one-thread sgemm peak. Issue 16's speed
-targets are written for AMX/VNNI machines; on an AVX2-only CPU oneMKL's bf16/int8 GEMMs are
-slower than its sgemm, so the measured choice keeps layers fp32 and ``taskflow-bf16/int8`` run
-at ~1.0x fp32 by design (the ``-all`` rows show the forced cost).
+targets are written for AMX/VNNI machines; on an AVX2-only CPU oneMKL's bf16 GEMM is slower
+than its sgemm, so the measured choice keeps bf16 layers fp32 (~1.0x fp32 by design; the
+``-all`` rows show the forced cost), while int8 runs there with 7-bit weights (``quantize``'s
+``reduce_range``, on by itself where the CPU needs it: the header's ``mkl-avx2-7bit``).
+``TASKFLOW_ISA=avx2`` caps oneMKL (only oneMKL) at AVX2 to measure that path on a newer CPU:
+then only the ``x tf fp32`` column compares like with like.
 
     python benchmarks/bench_precision.py [--models resnet50,minilm,digits] [--repeat 5]
         [--resnet-batch 2] [--minilm-batch 8] [--seq 128] [--threads 2] [--json out.json]
