@@ -295,3 +295,21 @@ def lane8(typingctx, v, k):
                                                              types.int32))
 
     return types.float32(v, k), codegen
+
+
+@intrinsic
+def copy32(typingctx, dst, src):
+    """The 32 bytes at address ``src`` copied to address ``dst`` (integers, as from
+    ``arr.ctypes.data``), unaligned: one vector load and store where a loop would move a few
+    bytes per step. The caller guarantees that both ranges lie in memory it owns."""
+    if not isinstance(dst, types.Integer) or not isinstance(src, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.IntType(8), 32).as_pointer()
+        d, s = (builder.inttoptr(context.cast(builder, v, t, types.intp), vec)
+                for v, t in zip(args, sig.args))
+        builder.store(builder.load(s, align=1), d, align=1)
+        return context.get_dummy_value()
+
+    return types.void(dst, src), codegen

@@ -124,7 +124,8 @@ def choose_by_measurement(model: Model, candidates: Sequence[str], precision: st
     candidates (only theirs); then each candidate's kernel runs on those inputs with its
     reduced attributes and with them removed, interleaved, ``repeat`` timed samples each after
     a warm-up (which packs the weights). The reduced kernel is kept only when it is more than
-    :data:`MIN_SPEEDUP` times faster.
+    :data:`MIN_SPEEDUP` times faster (merely faster where it hands narrow values to or from
+    its neighbours, below).
 
     The reduced kernel is timed as it runs among reduced neighbours: where the executor would
     hand this layer its input narrow, or have it hand its output on narrow
@@ -190,7 +191,12 @@ def choose_by_measurement(model: Model, candidates: Sequence[str], precision: st
         given = [_narrow_input(args[0], reduced), *args[1:]] if node.inputs[0] in narrow \
             else args
         fp32_s, reduced_s = _race(kernel, (args, plain), (given, reduced), repeat)
-        faster = fp32_s > reduced_s * MIN_SPEEDUP
+        # a layer handed its input narrow, or handing its output on narrow, keeps its
+        # reduced kernel unless fp32 is faster: in fp32 it would also cost its neighbours
+        # their narrow hand-offs (ResNet-50's first 1x1, 2.6% faster in int8 alone, made
+        # the stem and MaxPool write float32: int8 0.96x the time of keeping it int8)
+        linked = node.inputs[0] in narrow or name in handoffs
+        faster = fp32_s > reduced_s * (1.0 if linked else MIN_SPEEDUP)
         choices[name] = LayerChoice(
             name, node.op, tuple(tuple(a.shape) for a in args[:2] if a is not None),
             reduced["precision"], reduced["precision"] if faster else "fp32",

@@ -576,3 +576,52 @@ def test_edge_shapes(op, inputs, attrs, const, n_outputs, oracles):
 def test_bad_inputs_raise(op, args, kwargs, error):
     with pytest.raises(error):
         registry.get(op).reference(*args, **kwargs)
+
+
+def _im2col_reference(x, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, pad):
+    """Each output pixel's receptive field of NHWC ``x``, columns (kh, kw, c)."""
+    n, h, w, c = x.shape
+    big = np.full((n, h + 2 * ph + kh * dh, w + 2 * pw + kw * dw, c), pad, x.dtype)
+    big[:, ph:ph + h, pw:pw + w] = x
+    out = np.empty((n, ho, wo, kh, kw, c), x.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            out[:, :, :, a, b] = big[:, a * dh:a * dh + sh * ho:sh, b * dw:b * dw + sw * wo:sw]
+    return out.reshape(n * ho * wo, kh * kw * c)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("geometry", [
+    (7, 7, 2, 2, 1, 3, 3),  # ResNet's stem: runs of 21 values
+    (3, 3, 1, 1, 1, 1, 1),
+    (2, 5, 1, 2, 2, 0, 2),  # dilated rows, strided columns
+    (1, 1, 1, 1, 1, 0, 0),
+    (3, 3, 2, 2, 1, 0, 0),  # no padding: every row whole, to the input's last byte
+], ids=["stem", "3x3", "dilated", "1x1", "valid"])
+def test_im2col_copies_whole_kernel_rows_exactly(dtype, geometry):
+    """The kernel rows copied in 32-byte vectors spill past each run into what is written
+    next, never past ``cols`` or the input: rows checked against a numpy gather, in blocks
+    that end on the last output pixel (the spill must stop there), in a ``cols`` just big
+    enough and in one whose rows are strided (copied value by value)."""
+    from taskflow.ops.cpu.movement import im2col
+
+    kh, kw, sh, sw, dh, ph, pw = geometry
+    rng = np.random.default_rng(kh * kw)
+    for c in (1, 3, 4):
+        x = rng.integers(1, 250, (2, 9, 11, c)).astype(dtype)
+        ho = (9 + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (11 + 2 * pw - (kw - 1) - 1) // sw + 1
+        want = _im2col_reference(x, kh, kw, sh, sw, dh, 1, ph, pw, ho, wo, dtype(0))
+        rows, k = want.shape
+        for block in (7, rows):
+            for r0 in range(0, rows, block):
+                r1 = min(rows, r0 + block)
+                buf = np.full((r1 - r0) * k + 64, 255, dtype)  # the block, then a guard
+                cols = buf[:(r1 - r0) * k].reshape(r1 - r0, k)
+                im2col(x, cols, r0, kh, kw, sh, sw, dh, 1, ph, pw, ho, wo, 1, dtype(0))
+                np.testing.assert_array_equal(cols, want[r0:r1], f"c={c} rows {r0}:{r1}")
+                assert np.all(buf[(r1 - r0) * k:] == 255)  # nothing spilled past cols
+        wide = np.full((rows, k + 5), 255, dtype)
+        im2col(x, wide[:, :k], 0, kh, kw, sh, sw, dh, 1, ph, pw, ho, wo, 1, dtype(0))
+        np.testing.assert_array_equal(wide[:, :k], want)
+        assert np.all(wide[:, k:] == 255)  # a strided cols: nothing past each row

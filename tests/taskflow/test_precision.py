@@ -366,6 +366,25 @@ def test_a_max_pool_passes_narrow_activations_through(precision):
     assert np.ptp(narrow, axis=0).min() > 0  # the logits depend on the input
 
 
+def test_a_marginal_layer_keeps_int8_where_it_links_narrow_hand_offs(monkeypatch):
+    """Where the reduced kernel is faster by less than MIN_SPEEDUP, a layer that hands or
+    takes narrow activations stays reduced (in fp32 it would cost its neighbours their
+    hand-offs), an unlinked one goes fp32; and any layer measured slower goes fp32. The
+    timings are fixed here (the race is the machine's; the rule is what is tested)."""
+    from taskflow.frontend import nn
+    from taskflow.precision import measure
+
+    net = nn.Sequential([nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1),
+                         nn.ReLU(), nn.GlobalAvgPool2d(), nn.Flatten(), nn.Dense(8, 4)],
+                        input_shape=(3, 10, 10))
+    x = np.random.default_rng(7).standard_normal((4, 3, 10, 10), dtype=np.float32)
+    for fp32_s, kept in ((1.02e-3, ["int8", "int8", "fp32"]), (0.99e-3, ["fp32"] * 3)):
+        monkeypatch.setattr(measure, "_race", lambda *a, t=fp32_s: (t, 1.0e-3))
+        layers = net.to_model().quantize(x, choose="measure").precision_report.layers
+        assert [c.op for c in layers] == ["FusedConv", "FusedConv", "FusedGemm"]
+        assert [c.precision for c in layers] == kept
+
+
 def _programs(obj, depth: int = 0) -> list:
     """The per-task programs (taskflow.dask.units.Program) in a Dask graph's values."""
     from taskflow.dask.units import Program
