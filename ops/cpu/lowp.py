@@ -78,12 +78,7 @@ from numba import njit
 
 from taskflow.errors import ShapeError, UnsupportedOpError
 
-from ..quant import (
-    INT8_REDUCED_WEIGHT_MAX,
-    INT8_WEIGHT_MAX,
-    check_precision,
-    quantize_weight_per_channel,
-)
+from ..quant import INT8_WEIGHT_MAX, check_precision, quantize_weight_per_channel
 from . import blas
 from .common import scratch
 
@@ -137,7 +132,7 @@ def lowp_backend(precision: str) -> str:
     precision = check_precision("lowp_backend", precision)
     if not precision:
         return blas.backend()
-    if precision == "int8" and int8_weight_max() == INT8_REDUCED_WEIGHT_MAX:
+    if precision == "int8" and int8_weight_max() == PAIR_SAFE_WEIGHT_MAX:
         precision = "int8-7bit"  # exact with 7-bit weights only (see int8_weight_max)
     elif (_bindings() if precision == "bf16" else _int8_bindings()) is None:
         return "emulated"
@@ -216,11 +211,16 @@ def _bindings() -> _Mkl | None:
     return blas.bindings("lowp", _Mkl)
 
 
+#: The largest int8 weight magnitude whose u8 x s8 pairs fit int16 (2 * 255 * 64 = 32640):
+#: 7-bit weights, taskflow's (63) and ONNX Runtime's ``reduce_range`` ones (-64 to 64).
+PAIR_SAFE_WEIGHT_MAX = 64
+
+
 def _int8_bindings(wmax: int = INT8_WEIGHT_MAX) -> _Mkl | None:
     """:func:`_bindings` where MKL's int8 GEMM sums exactly on this CPU with weights of
     magnitude up to ``wmax`` (:func:`_int8_exact`), else None: the emulation runs it."""
     fns = _bindings()
-    bound = INT8_REDUCED_WEIGHT_MAX if wmax <= INT8_REDUCED_WEIGHT_MAX else INT8_WEIGHT_MAX
+    bound = PAIR_SAFE_WEIGHT_MAX if wmax <= PAIR_SAFE_WEIGHT_MAX else INT8_WEIGHT_MAX
     return fns if fns is not None and _int8_exact(bound) else None
 
 
@@ -233,8 +233,8 @@ def _int8_exact(wmax: int = INT8_WEIGHT_MAX) -> bool:
     ``TASKFLOW_ISA=avx2`` on a newer one) MKL multiplies pairs of u8 x s8 into int16 with
     saturation (``vpmaddubsw``): a pair of 255 * 127 products, 64770, is clipped to 32767,
     and quantised layers came out wrong by up to half their range (seen on this suite's int8
-    tests under ``TASKFLOW_ISA=avx2``). 7-bit weights (``wmax`` 63) fit: 2 * 255 * 63 =
-    32130. Probed once per bound with such products, a (64, 64) x (64, 64) of 255s and
+    tests under ``TASKFLOW_ISA=avx2``). 7-bit weights (``wmax`` 64) fit: 2 * 255 * 64 =
+    32640. Probed once per bound with such products, a (64, 64) x (64, 64) of 255s and
     ``wmax``."""
     fns = _bindings()
     if fns is None:
@@ -252,9 +252,10 @@ def _int8_exact(wmax: int = INT8_WEIGHT_MAX) -> bool:
 
 def int8_weight_max() -> int:
     """The largest int8 weight magnitude whose products MKL sums exactly here: 127 (VNNI or
-    AMX), 63 (7-bit weights: CPUs without VNNI; :meth:`taskflow.Model.quantize`'s
-    ``reduce_range`` then quantises weights so), or 0 (no MKL int8 GEMM: the emulation)."""
-    for wmax in (INT8_WEIGHT_MAX, INT8_REDUCED_WEIGHT_MAX):
+    AMX), 64 (7-bit weights: CPUs without VNNI; :meth:`taskflow.Model.quantize`'s
+    ``reduce_range`` then quantises weights to 63), or 0 (no MKL int8 GEMM: the
+    emulation)."""
+    for wmax in (INT8_WEIGHT_MAX, PAIR_SAFE_WEIGHT_MAX):
         if _int8_bindings(wmax) is not None:
             return wmax
     return 0

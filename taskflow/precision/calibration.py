@@ -239,7 +239,7 @@ def quantize(model: Model, calibration: Any = None, *, mode: str = "static",
         raise InputError(f"reduce_range={reduce_range!r}: expected True, False or None "
                          "(7-bit weights where this CPU's int8 GEMM needs them)")
     if reduce_range is None:
-        reduce_range = int8_weight_max() == INT8_REDUCED_WEIGHT_MAX
+        reduce_range = 0 < int8_weight_max() < INT8_WEIGHT_MAX
     wmax = INT8_REDUCED_WEIGHT_MAX if reduce_range else INT8_WEIGHT_MAX
     size = weight_bytes(model.source_graph)
     source = prepare(model.source_graph)

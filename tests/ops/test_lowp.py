@@ -347,7 +347,7 @@ def test_seven_bit_weights_run_on_mkl_where_eight_bit_ones_saturate():
         "x = np.full((70, k), 2.55, np.float32)\n"
         "w = np.tile(sign * 0.5, (k, 1))\n"
         "w[-1] /= 127\n"  # on 127 levels, not on 63
-        "for wmax in (63, 127):\n"
+        "for wmax in (63, 64, 127):\n"  # ours; ONNX Runtime's reduce_range; 8-bit
         "    q, s = quantize_weight_per_channel(w, 1, wmax)\n"
         "    p = lowp.pack_int8(q * s)\n"
         "    got = lowp.gemm_int8(x, p, np.empty((70, n), np.float32), 0.01, 0)\n"
@@ -360,12 +360,13 @@ def test_seven_bit_weights_run_on_mkl_where_eight_bit_ones_saturate():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line.split() for line in out.stdout.splitlines()]
-    wmax, backend = int(lines[2][0]), lines[2][1]
-    assert lines[0] == ["63", "63", str(wmax >= 63), "True"]  # 7-bit: on MKL wherever it is
-    assert lines[1] == ["127", "127", str(wmax == 127), "True"]  # exact, MKL or emulated
-    assert backend == {127: "mkl-avx2", 63: "mkl-avx2-7bit", 0: "emulated"}[wmax]
+    wmax, backend = int(lines[3][0]), lines[3][1]
+    assert lines[0] == ["63", "63", str(wmax >= 64), "True"]  # 7-bit: on MKL wherever it is
+    assert lines[1] == ["64", "64", str(wmax >= 64), "True"]
+    assert lines[2] == ["127", "127", str(wmax == 127), "True"]  # exact, MKL or emulated
+    assert backend == {127: "mkl-avx2", 64: "mkl-avx2-7bit", 0: "emulated"}[wmax]
     if "avx512_vnni" in lowp.cpu_features() and "GenuineIntel" in open("/proc/cpuinfo").read():
-        assert wmax == 63  # an Intel CPU capped at AVX2 saturates 8-bit pairs
+        assert wmax == 64  # an Intel CPU capped at AVX2 saturates 8-bit pairs, not 7-bit
 
 
 def test_seven_bit_weights_stay_seven_bit():
