@@ -15,8 +15,13 @@ from typing import Any
 import numpy as np
 
 from .. import registry
-from ..quant import to_handoff
-from . import direct, native_pool
+from ..quant import (
+    INT8_REDUCED_WEIGHT_MAX,
+    INT8_WEIGHT_MAX,
+    quantize_weight_per_channel,
+    to_handoff,
+)
+from . import direct, lowp, native_pool
 from .common import ConcatBuffer, as_nhwc, nchw_view, output_slot
 
 Case = tuple[str, Callable[..., list[Any]], dict[str, Any]]
@@ -272,6 +277,15 @@ def _into_a_concat(rng: np.random.Generator) -> None:
                     conv(x, w, None, pads=[k // 2] * 4, activation="Relu")
 
 
+def _seven_bit(w: np.ndarray, op: str, attrs: dict) -> np.ndarray:
+    """``w`` as ``Model.quantize(reduce_range=True)`` leaves it: 63 levels per output channel
+    (axis 0 of a convolution's weight and of a transposed Gemm B, else the last)."""
+    axis = 0 if op == "FusedConv" or attrs.get("transB") else -1
+    q, scale = quantize_weight_per_channel(w, axis, INT8_REDUCED_WEIGHT_MAX)
+    return (q * np.expand_dims(scale, [a for a in range(w.ndim) if a != axis % w.ndim])
+            ).astype(w.dtype)
+
+
 def warmup(dtypes: tuple[Any, ...] = (np.float32,), *,
            verbose: bool = False) -> dict[str, float]:
     """Run every case of :data:`CASES` once per dtype; return seconds spent per op.
@@ -281,14 +295,21 @@ def warmup(dtypes: tuple[Any, ...] = (np.float32,), *,
     """
     rng = np.random.default_rng(0)
     spent: dict[str, float] = {}
+    # where MKL sums int8 exactly only with 7-bit weights (no VNNI), int8 layers run MKL or
+    # the emulation by their weights: each int8 case runs with both
+    seven = 0 < lowp.int8_weight_max() < INT8_WEIGHT_MAX
     for dtype in dtypes:
         for op, make, attrs in CASES:
             args = make(rng, np.dtype(dtype))
             start = time.perf_counter()
-            registry.get(op).kernels["cpu"](*args, **attrs)
-            if op in ("Conv", "FusedConv"):  # and the direct kernels MKL's AVX-512 replaces
-                with direct.routed_as(False):
-                    registry.get(op).kernels["cpu"](*args, **attrs)
+            variants = [args]
+            if seven and attrs.get("precision") == "int8":
+                variants.append([args[0], _seven_bit(args[1], op, attrs), *args[2:]])
+            for given in variants:
+                registry.get(op).kernels["cpu"](*given, **attrs)
+                if op in ("Conv", "FusedConv"):  # and the direct kernels MKL's AVX-512 replaces
+                    with direct.routed_as(False):
+                        registry.get(op).kernels["cpu"](*given, **attrs)
             spent[op] = spent.get(op, 0.0) + time.perf_counter() - start
             if verbose:
                 print(f"  {op:22s} {time.perf_counter() - start:7.2f} s")
