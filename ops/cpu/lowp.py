@@ -224,7 +224,7 @@ def _int8_bindings(wmax: int = INT8_WEIGHT_MAX) -> _Mkl | None:
     return fns if fns is not None and _int8_exact(bound) else None
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def _int8_exact(wmax: int = INT8_WEIGHT_MAX) -> bool:
     """Whether MKL's ``cblas_gemm_s8u8s32`` gives the exact integer sums here for uint8
     activations and int8 weights of magnitude up to ``wmax``.
