@@ -318,6 +318,7 @@ class PackedInt8:
         self.wmax = int(np.abs(values.astype(np.int16)).max()) if values.size else 0
         self._mkl: np.ndarray | None = None
         self._f64: np.ndarray | None = None
+        self._terms: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def mkl(self, fns: _Mkl) -> np.ndarray:
         if self._mkl is None:
@@ -327,8 +328,15 @@ class PackedInt8:
     def terms(self, x_scale: float, x_zp: int) -> tuple[np.ndarray, np.ndarray]:
         """``(offset, multiplier)`` for A quantised at ``x_scale`` / ``x_zp``: MKL's int32
         column offsets ``-x_zp * colsum`` (|.| <= 255 * 127 * K: they fit), which take the
-        zero point off the sums exactly, and the float32 ``x_scale * scale`` per column."""
-        return (-int(x_zp) * self.colsum).astype(np.int32), np.float32(x_scale) * self.scale
+        zero point off the sums exactly, and the float32 ``x_scale * scale`` per column.
+        Kept per static scale (a layer's are fixed: computing them took 10 us per call)."""
+        key = (float(x_scale), int(x_zp))
+        got = self._terms.get(key)
+        if got is None:
+            got = (-key[1] * self.colsum).astype(np.int32), np.float32(x_scale) * self.scale
+            if len(self._terms) < 8:  # dynamic int8's scales change with every input
+                self._terms[key] = got
+        return got
 
     def emulated(self) -> np.ndarray:
         if self._f64 is None:
