@@ -456,9 +456,8 @@ def bench(args: argparse.Namespace) -> int:
     if args.all or args.suite:
         cases += suite.suite_cases("all" if args.all else args.suite)
     result = suite.run_suite(cases, threads=args.threads, repeat=args.repeat,
-                             cache_dir=args.cache,
-                             progress=lambda line: print(line, file=sys.stderr, flush=True),
-                             precision=args.precision)
+                             cache_dir=args.cache, precision=args.precision,
+                             progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.table())
     if args.json:
         with open(args.json, "w") as f:
@@ -498,9 +497,8 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
                         "as the model takes them (required for --mode static). Without --eval "
                         "its last 20%% of rows are held out: calibration uses the rest, the "
                         "report compares int8 with fp32 on them")
-    p.add_argument("--eval", metavar="DATA.zarr",
-                   help="held-out rows to compare int8 with fp32 on (the first 512); all "
-                        "--calibration rows then calibrate")
+    p.add_argument("--eval", metavar="DATA.zarr", help="held-out rows to compare int8 with "
+                   "fp32 on (the first 512); all --calibration rows then calibrate")
     p.add_argument("--mode", choices=("static", "dynamic"), default="static",
                    help="static: activations quantised with calibrated ranges (default); "
                         "dynamic: weights only, activation ranges measured per call")
@@ -510,9 +508,8 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
                    help="for --method percentile (default 99.999)")
     p.add_argument("--per-tensor", action="store_true",
                    help="one scale per weight tensor instead of per output channel")
-    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
-                   help="7-bit weights, which CPUs without VNNI (AVX2 only) need for a fast "
-                        "int8 GEMM; auto: where this CPU does (default)")
+    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto", help="7-bit "
+                   "weights, for a fast int8 GEMM without VNNI (AVX2 only); auto: where needed")
     p.add_argument("--input-name", metavar="NAME",
                    help="the model input the --calibration array feeds (default: the only one)")
     p.add_argument("--batch-size", type=_positive, default=32,

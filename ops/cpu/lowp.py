@@ -132,9 +132,8 @@ def lowp_backend(precision: str) -> str:
     precision = check_precision("lowp_backend", precision)
     if not precision:
         return blas.backend()
-    if precision == "int8" and int8_weight_max() == PAIR_SAFE_WEIGHT_MAX:
-        precision = "int8-7bit"  # exact with 7-bit weights only (see int8_weight_max)
-    elif (_bindings() if precision == "bf16" else _int8_bindings()) is None:
+    seven = precision == "int8" and int8_weight_max() == PAIR_SAFE_WEIGHT_MAX
+    if not seven and (_bindings() if precision == "bf16" else _int8_bindings()) is None:
         return "emulated"
     features = cpu_features()
     cap = blas.isa_cap()
@@ -144,7 +143,7 @@ def lowp_backend(precision: str) -> str:
         else (("amx_int8", "amx"), ("avx512_vnni", "avx512-vnni"), ("avx_vnni", "avx-vnni"))
     for flag, name in (*wanted, ("avx512f", "avx512"), ("avx2", "avx2")):
         if flag in features:
-            return f"mkl-{name}" + ("-7bit" if precision == "int8-7bit" else "")
+            return f"mkl-{name}" + ("-7bit" if seven else "")  # 7-bit weights only
     return "mkl"
 
 

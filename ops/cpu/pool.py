@@ -100,20 +100,41 @@ def max_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi,
                 store8(yf, o + k0, acc)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def max_pool_u8_rows(x, y, kh, kw, sh, sw, dh, dw, ph, pw, lo, hi):
-    """:func:`max_pool_rows` on an int8 layer's narrow output (NHWC uint8 codes, whose order
-    is their values' order). Each window starts from 0, the code of the reference's padding
-    (the lowest float32), so a padded tap needs nothing."""
+@njit(cache=True, inline="always")
+def _code(v):
+    """A uint8 code as its own order key: codes order as their values."""
+    return v
+
+
+@njit(cache=True, inline="always")
+def _bf16_key(v):
+    """bfloat16 bits as an order key: a positive's sign bit set, a negative's bits all
+    flipped. uint16 throughout: widened to int64, Numba's loop did not vectorise (70x
+    slower)."""
+    u = np.uint16
+    return u(v ^ u(u(0x8000) | u(u(v >> u(15)) * u(0x7FFF))))
+
+
+@njit(cache=True, inline="always")
+def _bf16_bits(key):
+    """The bfloat16 bits of an order key (:func:`_bf16_key` undone)."""
+    u = np.uint16
+    return u(key ^ u(u(0x8000) | u(u(u(key >> u(15)) ^ u(1)) * u(0x7FFF))))
+
+
+@njit(cache=True, inline="always")
+def _max_pool_codes(x, y, kh, kw, sh, sw, dh, dw, ph, pw, low, key, unkey, lo, hi):
+    """:func:`max_pool_rows` on a reduced layer's narrow output (NHWC codes), as the maximum
+    of their order keys ``key(code)``. Each window starts from ``low``, the key of the
+    reference's padding (the lowest float32), so a padded tap needs nothing."""
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[1], y.shape[2]
-    acc = np.empty(c, np.uint8)
+    acc = np.empty(c, x.dtype)
     for t in range(lo, hi):
         n = t // ho
         oh = t % ho
         for ow in range(wo):
-            for k in range(c):
-                acc[k] = 0
+            acc[:] = low
             for a in range(kh):
                 ih = oh * sh - ph + a * dh
                 if ih < 0 or ih >= h:
@@ -124,48 +145,24 @@ def max_pool_u8_rows(x, y, kh, kw, sh, sw, dh, dw, ph, pw, lo, hi):
                         continue
                     src = x[n, ih, iw]
                     for k in range(c):
-                        acc[k] = max(acc[k], src[k])
+                        acc[k] = max(acc[k], key(src[k]))
             out = y[n, oh, ow]
             for k in range(c):
-                out[k] = acc[k]
+                out[k] = unkey(acc[k])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def max_pool_u8_rows(x, y, kh, kw, sh, sw, dh, dw, ph, pw, lo, hi):
+    """An int8 layer's uint8 codes: windows start from 0 (the padding's code)."""
+    _max_pool_codes(x, y, kh, kw, sh, sw, dh, dw, ph, pw, np.uint8(0), _code, _code, lo, hi)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def max_pool_bf16_rows(x, y, kh, kw, sh, sw, dh, dw, ph, pw, lo, hi):
-    """:func:`max_pool_u8_rows` on a bf16 layer's narrow output (NHWC bfloat16 bits),
-    compared as order keys: a positive's sign bit set, a negative's bits all flipped. Windows
-    start from the key of bf16 -inf (0xFF80 flipped: 0x007F), the code of the reference's
-    padding. Every operation stays uint16 (Numba would widen to int64 and not vectorise:
-    measured 70x slower)."""
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    ho, wo = y.shape[1], y.shape[2]
-    u = np.uint16
-    one, sign, low, top = u(1), u(15), u(0x7FFF), u(0x8000)
-    acc = np.empty(c, u)
-    for t in range(lo, hi):
-        n = t // ho
-        oh = t % ho
-        for ow in range(wo):
-            for k in range(c):
-                acc[k] = u(0x007F)
-            for a in range(kh):
-                ih = oh * sh - ph + a * dh
-                if ih < 0 or ih >= h:
-                    continue
-                for b in range(kw):
-                    iw = ow * sw - pw + b * dw
-                    if iw < 0 or iw >= w:
-                        continue
-                    src = x[n, ih, iw]
-                    for k in range(c):
-                        v = src[k]
-                        key = u(v ^ u(top | u(u(v >> sign) * low)))
-                        if key > acc[k]:
-                            acc[k] = key
-            out = y[n, oh, ow]
-            for k in range(c):
-                v = acc[k]
-                out[k] = u(v ^ u(top | u(u(u(v >> sign) ^ one) * low)))
+    """A bf16 layer's bits: windows start from the key of bf16 -inf (0xFF80 flipped:
+    0x007F)."""
+    _max_pool_codes(x, y, kh, kw, sh, sw, dh, dw, ph, pw, np.uint16(0x007F), _bf16_key,
+                    _bf16_bits, lo, hi)
 
 
 def max_pool_into(x: np.ndarray, y: np.ndarray, c0: int, kernel, strides, dilations, pads,

@@ -286,6 +286,28 @@ def test_report_prints_a_compact_table():
     assert "8x1x8x8 * 16x1x3x3" in text and "0.50x" in text and "not evaluated" in text
 
 
+def _reduced(layers: list, precision: str, seed: int) -> tuple[tf.Model, np.ndarray]:
+    """An ``nn.Sequential`` of ``layers`` on 3x20x20 inputs with every layer in
+    ``precision`` (int8: calibrated on the batch), and that batch of 6."""
+    from taskflow.frontend import nn
+
+    model = nn.Sequential(layers, input_shape=(3, 20, 20)).to_model()
+    x = np.random.default_rng(seed).standard_normal((6, 3, 20, 20), dtype=np.float32)
+    reduced = model.quantize(x, choose="all") if precision == "int8" else \
+        model.with_precision("bf16", choose="all")
+    return reduced, x
+
+
+def _without_handoffs(model: tf.Model, x: np.ndarray) -> np.ndarray:
+    """``model``'s output on ``x`` with float32 between every pair of layers."""
+    plan = model._plan
+    handoffs, plan.handoffs = plan.handoffs, {}
+    try:
+        return model.run(None, {"input": x})[0]
+    finally:
+        plan.handoffs = handoffs
+
+
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_reduced_layers_hand_each_other_narrow_activations(precision):
     """Consecutive reduced convolutions pass bf16 bits / uint8 between them instead of
@@ -293,15 +315,10 @@ def test_reduced_layers_hand_each_other_narrow_activations(precision):
     feeds another op (here a pooling layer) stays float32, and traced runs see float32."""
     from taskflow.frontend import nn
 
-    net = nn.Sequential([nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(16, 32, 1), nn.ReLU(),
-                         nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.GlobalAvgPool2d(), nn.Flatten(), nn.Dense(32, 10)],
-                        input_shape=(3, 20, 20))
-    model = net.to_model()
-    x = np.random.default_rng(3).standard_normal((6, 3, 20, 20), dtype=np.float32)
-    reduced = model.quantize(x, choose="all") if precision == "int8" else \
-        model.with_precision("bf16", choose="all")
+    reduced, x = _reduced([nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                           nn.Conv2d(16, 32, 1), nn.ReLU(),
+                           nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+                           nn.GlobalAvgPool2d(), nn.Flatten(), nn.Dense(32, 10)], precision, 3)
     plan = reduced._plan
     convs = [k for k, s in enumerate(plan.steps) if s.node.op == "FusedConv"]
     assert len(convs) == 3 and sorted(plan.handoffs) == convs[:2]  # the last feeds the pool
@@ -313,10 +330,7 @@ def test_reduced_layers_hand_each_other_narrow_activations(precision):
             assert (attrs["y_scale"], attrs["y_zero_point"]) == (
                 nxt["x_scale"], nxt["x_zero_point"]) and attrs["y_scale"] > 0
     narrow = reduced.run(None, {"input": x})[0]
-    handoffs, plan.handoffs = plan.handoffs, {}
-    wide = reduced.run(None, {"input": x})[0]
-    plan.handoffs = handoffs
-    np.testing.assert_array_equal(narrow, wide)
+    np.testing.assert_array_equal(narrow, _without_handoffs(reduced, x))
     assert np.ptp(narrow, axis=0).min() > 0  # the logits depend on the input
     if precision == "bf16":
         trace: list = []
@@ -331,14 +345,9 @@ def test_a_max_pool_passes_narrow_activations_through(precision):
     before it has no activation: negative bf16 values must order right too."""
     from taskflow.frontend import nn
 
-    net = nn.Sequential([nn.Conv2d(3, 16, 3, padding=1), nn.MaxPool2d(3, 2, 1),
-                         nn.Conv2d(16, 32, 1), nn.ReLU(),
-                         nn.GlobalAvgPool2d(), nn.Flatten(), nn.Dense(32, 10)],
-                        input_shape=(3, 20, 20))
-    model = net.to_model()
-    x = np.random.default_rng(5).standard_normal((6, 3, 20, 20), dtype=np.float32)
-    reduced = model.quantize(x, choose="all") if precision == "int8" else \
-        model.with_precision("bf16", choose="all")
+    reduced, x = _reduced([nn.Conv2d(3, 16, 3, padding=1), nn.MaxPool2d(3, 2, 1),
+                           nn.Conv2d(16, 32, 1), nn.ReLU(),
+                           nn.GlobalAvgPool2d(), nn.Flatten(), nn.Dense(32, 10)], precision, 5)
     plan = reduced._plan
     ops = [s.node.op for s in plan.steps]
     first, pool = ops.index("FusedConv"), ops.index("MaxPool")
@@ -359,10 +368,7 @@ def test_a_max_pool_passes_narrow_activations_through(precision):
     narrow = reduced.run(None, {"input": x})[0]
     plan.steps[pool].fn = fn
     assert seen == [np.uint8 if precision == "int8" else np.uint16]
-    handoffs, plan.handoffs = plan.handoffs, {}
-    wide = reduced.run(None, {"input": x})[0]
-    plan.handoffs = handoffs
-    np.testing.assert_array_equal(narrow, wide)
+    np.testing.assert_array_equal(narrow, _without_handoffs(reduced, x))
     assert np.ptp(narrow, axis=0).min() > 0  # the logits depend on the input
 
 
