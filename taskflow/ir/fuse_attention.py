@@ -6,7 +6,9 @@ Exporters write attention as
         -> Softmax(last axis) -> [Where(IsNaN(.), 0, .)] -> MatMul(., V)
 
 (``K`` already transposed, as the first MatMul's right operand; the NaN guard is
-``torch.nn.functional.scaled_dot_product_attention``'s, for fully masked rows). Spelled
+``torch.nn.functional.scaled_dot_product_attention``'s, for fully masked rows). A Mul of Q or
+of K by a constant scalar, read by the first MatMul alone (sdpa's sqrt(scale) on each, as
+dynamo exports it), joins the scale too. Spelled
 out, every step writes a (batch, heads, S, T) tensor to memory; :func:`fuse_attention`
 replaces the chain by one ``FusedAttention`` node whose cpu kernel keeps the scores of a
 group of heads in cache (:mod:`taskflow.ops.cpu.attention`). Like the fusions in
@@ -15,6 +17,8 @@ judges shapes, so any match runs (the numpy reference is the unfused chain itsel
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -124,10 +128,38 @@ def _match(g: Graph, softmax: Node, consumers: dict[str, list[Node]],
             or _only_reader(g, value, consumers) is not chain[-1]:
         return None
     chain.append(node)
+    q, k = node.inputs
+    if q != k:  # a scalar Mul on Q or on Kᵀ (sdpa's sqrt(scale) on each) joins the scale
+        q, scale = _operand_scale(g, q, k, node, consumers, producers, chain, scale, divide)
+        k, scale = _operand_scale(g, k, q, node, consumers, producers, chain, scale, divide)
     attrs = {"scale": scale, "divide": divide, "nan_to_zero": nan_to_zero}
-    fused = Node("FusedAttention", [node.inputs[0], node.inputs[1], out.inputs[1], mask],
+    fused = Node("FusedAttention", [q, k, out.inputs[1], mask],
                  list(out.outputs), attrs, name=out.name or node.name, domain="taskflow")
     return fused, [*chain, out], extra
+
+
+def _operand_scale(g: Graph, value: str, other: str, scores: Node,
+                   consumers: dict[str, list[Node]], producers: dict[str, Node],
+                   chain: list[Node], scale: float, divide: int) -> tuple[str, float]:
+    """(operand, scale) with a ``Mul`` of ``value`` by a one-element
+    float32 constant folded into ``scale`` (the Mul appended to ``chain``), where ``value`` is
+    read by the scores' MatMul alone; else unchanged. torch's sdpa, exported by dynamo,
+    multiplies Q and Kᵀ each by sqrt(scale): two passes over (batch, heads, S, D) tensors
+    that the scores' scale then does for free. The products round once instead of twice (a
+    float32 ulp of difference)."""
+    node = producers.get(value)
+    if node is None or node.op != "Mul" or len(node.inputs) != 2 \
+            or _only_reader(g, value, consumers) is not scores:
+        return value, scale
+    for data, const in ((0, 1), (1, 0)):
+        c = _scalar(g, node.inputs[const])
+        v = g.values.get(node.inputs[data])
+        scalar_data = v is not None and v.shape is not None and len(v.shape) == 0
+        if c is not None and math.isfinite(c) and c != 0 and not scalar_data \
+                and node.inputs[data] != other:
+            chain.append(node)
+            return node.inputs[data], scale / c if divide else scale * c
+    return value, scale
 
 
 def fuse_attention(graph: Graph) -> Graph:

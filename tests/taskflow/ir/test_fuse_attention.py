@@ -109,10 +109,10 @@ def test_merged_heads_attention_is_fused(mask):
     _check(graph, feed, "FusedAttention")
 
 
-def test_sdpa_export_is_fused():
+def _sdpa(scale=None):
     """torch's scaled_dot_product_attention, as the dynamo exporter writes it: sqrt(scale) on Q
-    and on Kᵀ (left as they are), an additive mask, and a NaN guard after the softmax."""
-    graph, feed = _batch_first(None, "add")
+    and on Kᵀ, an additive mask, and a NaN guard after the softmax."""
+    graph, feed = _batch_first(scale, "add")
     feed["mask"][0, ..., :] = -np.inf  # sample 0 fully masked: NaN rows, guarded to 0
     nodes = {n.outputs[0]: n for n in graph.nodes}
     nodes["scores"].inputs = ["qs", "ks"]
@@ -122,10 +122,33 @@ def test_sdpa_export_is_fused():
                     Node("Where", ["isnan", "zero", "probs"], ["guarded"])]
     graph.initializers.update(r=np.array([D ** -0.25], np.float32),
                               zero=np.array([0.0], np.float32))
+    return graph, feed
+
+
+@pytest.mark.parametrize("scale", [None, "div"])
+def test_sdpa_export_is_fused(scale):
+    """The scalar Muls on Q and Kᵀ join the fused node's scale: no pass over Q or K is left."""
+    graph, feed = _sdpa(scale)
     out = _check(graph, feed, "FusedAttention")
-    assert out.op_counts()["Mul"] == 2 and "IsNaN" not in out.op_counts()
+    assert "Mul" not in out.op_counts() and "IsNaN" not in out.op_counts()
     (fused,) = [n for n in out.nodes if n.op == "FusedAttention"]
     assert fused.attrs["nan_to_zero"] == 1
+    assert fused.inputs[:2] == ["qt", "kt"]
+    r2 = np.float32(D ** -0.25) ** 2
+    want = math.sqrt(D) / r2 if scale == "div" else r2
+    assert fused.attrs["divide"] == int(scale == "div")
+    assert fused.attrs["scale"] == pytest.approx(want, rel=1e-6)
+
+
+def test_sdpa_scale_read_elsewhere_stays():
+    """A scaled Q that another node reads too must exist: its Mul stays, Kᵀ's still folds."""
+    graph, feed = _sdpa()
+    graph.nodes.append(Node("Identity", ["qs"], ["qs_out"]))
+    graph.outputs.append(Value("qs_out", np.float32))
+    out = _check(graph, feed, "FusedAttention")
+    assert out.op_counts()["Mul"] == 1
+    (fused,) = [n for n in out.nodes if n.op == "FusedAttention"]
+    assert fused.inputs[:2] == ["qs", "kt"]
 
 
 def _unfusable(case):
