@@ -6,6 +6,7 @@ All paths compute in NHWC (see :mod:`.common`) and return the logical NCHW view:
   weight per group is under 64K elements (any group width, ShuffleNet's folded channel
   shuffle included); few-channel stems read in NCHW; dense KxK on few channels or strided
   (with AVX-512, 6 pixels by 64 outputs in 16-lane registers: :mod:`.dense_wide`);
+- **patch embeddings** (kernel = stride, unpadded): NCHW patches as GEMM rows (:mod:`.patches`);
 - **1x1, stride 1, no padding**, larger weights: the NHWC input already is the
   ``(N*H*W, C)`` column matrix, so the convolution is a plain GEMM with the weight (a view,
   no copy); with few narrow groups, one GEMM with the block-diagonal weight;
@@ -71,6 +72,7 @@ from .common import (
 )
 from .epilogue import activate_row, activation_code, apply_epilogue
 from .movement import channel_shuffle_cpu, im2col, shuffle_row
+from .patches import conv_patches, is_patch_embedding
 from .simd import lanes_tag
 
 
@@ -225,9 +227,8 @@ def _fake_quant_weight(w: np.ndarray, precision: str) -> np.ndarray:
 
 
 def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarray | None,
-              group: int, s, d, pb, out, act: tuple[int, float, float],
-              shuffle: int = 0, precision: str = "", x_scale: float = 0.0,
-              x_zp: int = 0, use_sparse: int = 0,
+              group: int, s, d, pb, out, act: tuple[int, float, float], shuffle: int = 0,
+              precision: str = "", x_scale: float = 0.0, x_zp: int = 0, use_sparse: int = 0,
               y_handoff: tuple[str, float, int] = ("", 0.0, 0)) -> np.ndarray:
     """The NHWC convolution with epilogue (and, for ``shuffle`` > 1, its output channels
     shuffled in that many groups); returns the logical NCHW view of the output.
@@ -250,6 +251,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
     if plain and group == 1 and c <= direct.FEW_CHANNELS_MAX \
             and c * kh * kw <= direct.FEW_CHANNELS_MAX_TAPS and x.flags.c_contiguous:
         return _few_channels(x, w, bias, s, pb, out, act)  # reads the NCHW input in place
+    if plain and group == 1 and is_patch_embedding(x, (kh, kw), s, pb, d, out):  # reads it too
+        return conv_patches(x, w, None if bias is None else vector(bias, dtype), act, out)
     xh = as_nhwc(x)
     if precision == "int8" and not x_scale:
         x_scale, x_zp = dynamic_qparams(xh)
@@ -263,9 +266,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         xq = fake_quant_bf16(xh) if precision == "bf16" else fake_quant_u8(xh, x_scale, x_zp)
         wq = packed(w, ("fake-quant", precision), lambda a: _fake_quant_weight(a, precision))
         return conv_nhwc(nchw_view(xq), wq, bias, z, group, s, d, pb, out, act, shuffle)
-    # Written into channels c0:c0 + m of ``full``: a Concat's buffer when the interpreter
-    # offered one (taskflow.ir.placement), else a fresh output of m channels. An output
-    # handed on narrow only needs it in the emulation: untouched, np.empty costs no pages.
+    # Written into channels c0:c0 + m of ``full``: an offered Concat buffer (ir.placement), else
+    # a fresh output. One handed on narrow needs it in the emulation only (np.empty: no pages).
     full, c0 = (np.empty((n, ho, wo, m), dtype), 0) if y_handoff[0] else \
         output_buffer((n, ho, wo, m), dtype)
     y = full[..., c0:c0 + m]
@@ -523,17 +525,15 @@ def _fast(X, W, B, Z, group, auto_pad, dilations, kernel_shape, pads, strides, a
     if act is None or not fast_dtype(W) or W.dtype != dtype or (B is not None
                                                                   and B.dtype != dtype):
         return None
-    if lowp_attrs[0] and dtype != np.float32:
-        return None  # float64
-    if Z is not None and (Z.dtype != dtype or Z.ndim != 4):
+    if (lowp_attrs[0] and dtype != np.float32) or (  # float64
+            Z is not None and (Z.dtype != dtype or Z.ndim != 4)):
         return None
     geo = _geometry(X, W, group, auto_pad, dilations, kernel_shape, pads, strides)
     if geo is None:
         return None
     s, d, pb, out = geo
-    if B is not None and B.size != W.shape[0]:
-        return None
-    if Z is not None and Z.shape != (X.shape[0], W.shape[0], *out):
+    if (B is not None and B.size != W.shape[0]) or (
+            Z is not None and Z.shape != (X.shape[0], W.shape[0], *out)):
         return None
     if shuffle and (shuffle < 1 or W.shape[0] % shuffle):
         return None  # the reference says why

@@ -124,6 +124,8 @@ CASES: list[Case] = [
     # outputs are a multiple of 16, where the 24-channel one stays on 8)
     ("FusedConv", _inputs(_x(2, 3, 13, 13), _w(16, 3, 3, 3), _w(16)),
      {"strides": [2, 2], "pads": [1, 1, 1, 1], "activation": "HardSwish"}),
+    # a patch embedding (kernel = stride; its last row and column of pixels read by no patch)
+    ("Conv", _inputs(_x(2, 8, 9, 11), _w(16, 8, 2, 2), _w(16)), {"strides": [2, 2]}),
     # a dense 3x3 on 8 channels, 22 columns wide (24 = 16 + 8 outputs; border columns)
     ("FusedConv", _inputs(_x(2, 8, 22, 22, cl=True), _w(24, 8, 3, 3), _w(24)),
      {"pads": [1, 1, 1, 1], "activation": "Relu"}),

@@ -168,6 +168,34 @@ def test_resnet_layer_matches_ort():
     check("Conv", [x, w, b], {"pads": [1] * 4}, oracles=["ort"])
 
 
+@pytest.mark.parametrize(("c", "kernel", "size", "act"), [
+    (3, (8, 8), (17, 16), "Relu"),  # a ViT-like stem: row 16 is read by no patch
+    (8, (2, 3), (9, 14), ""),  # non-square, a column left over
+    (6, (4, 4), (8, 8), "HardSwish"),
+])
+def test_patch_embedding_gathers_patches_from_nchw(kernel_threads, c, kernel, size, act):
+    """Kernel = stride, no padding: the cpu kernel reads each patch as one GEMM row straight
+    from the NCHW input (taskflow.ops.cpu.patches), over 1 and 2 kernel threads, and agrees
+    with ONNX Runtime; with an activation, with the reference."""
+    from taskflow.ops.cpu import patches
+    rng = np.random.default_rng(4)
+    x, w, b = randn(rng, 5, c, *size), randn(rng, 24, c, *kernel) / 8, randn(rng, 24)
+    out = [(i - k) // k + 1 for i, k in zip(size, kernel)]
+    assert patches.is_patch_embedding(x, kernel, kernel, (0, 0), (1, 1), out)
+    attrs = {"strides": list(kernel)}
+    y = ops.get("Conv").kernels["cpu"](x, w, b, **attrs)
+    assert_close(y, run_ort("Conv", [x, w, b], attrs)[0], rtol=1e-4, atol=2e-5)
+    assert np.ptp(y, axis=(2, 3)).min() > 0.1  # each output channel varies over the pixels
+    if act:
+        fused = ops.get("FusedConv")
+        attrs["activation"] = act
+        assert_close(fused.kernels["cpu"](x, w, b, **attrs), fused.reference(x, w, b, **attrs),
+                     rtol=1e-5, atol=1e-5)
+    # padding read after the input, or a stride other than the kernel, is not a patch embedding
+    assert not patches.is_patch_embedding(x, kernel, kernel, (0, 0), (1, 1), [out[0] + 1, out[1]])
+    assert not patches.is_patch_embedding(x, kernel, (1, 1), (0, 0), (1, 1), out)
+
+
 def test_batch_sliced_im2col_matches_single_gemm(monkeypatch):
     rng = np.random.default_rng(3)
     x, w = randn(rng, 5, 3, 8, 8), randn(rng, 4, 3, 3, 3)
