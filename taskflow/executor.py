@@ -23,6 +23,7 @@ from taskflow.errors import ShapeError, TaskflowError, UnsupportedOpError
 from taskflow.ir.graph import Graph, Node
 from taskflow.ir.placement import Slot, concat_slots
 from taskflow.ops.device import DEVICE_DTYPE_KINDS, is_gpu, to_device, use_device
+from taskflow.views import view_runs, view_step
 
 #: Largest input a sample run (FLOP count, trace, warm-up) builds: a declared shape past this
 #: is a broken model, not a workload.
@@ -111,6 +112,9 @@ class ExecutionPlan:
         chained = {j for k, (_, count) in self.chains.items() for j in range(k, k + count)}
         #: Step k -> its attributes with ``y_precision``: reduced layers that hand their output
         #: to the next reduced layers narrow, in untraced runs (:func:`narrow_handoffs`).
+        #: Step k -> its role in a Reshape -> Transpose -> Reshape run computed as one view in
+        #: untraced runs (:func:`taskflow.views.view_runs`).
+        self.views = {} if device != "cpu" else view_runs(order, graph, set(self.shape_steps))
         self.handoffs = {} if device != "cpu" else narrow_handoffs(
             [(n.op, n.inputs, n.outputs, n.attrs) for n in order], set(graph.output_names),
             set(self.slots) | chained)
@@ -126,6 +130,7 @@ class ExecutionPlan:
         # a traced run sees every node's value, in float32
         chains = self.chains if trace is None else {}
         handoffs = self.handoffs if trace is None else {}
+        views = self.views if trace is None else {}
         times = _NODE_TIMES.get()
         if times is not None:  # checked once per run: an untimed run pays nothing per node
             trace = _timing(times, trace)
@@ -156,6 +161,8 @@ class ExecutionPlan:
                 if results is not None:  # steps k.. as one, with the chain's last outputs
                     done = k + chains[k][1] - 1
                     node = self.steps[done].node
+                elif k in views:
+                    results = view_step(views[k], node, args, step.fn)
                 elif slot is None:
                     results = ops.as_outputs(step.fn(*args, **handoffs.get(k, node.attrs)))
                 else:
