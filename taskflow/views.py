@@ -38,8 +38,10 @@ def view_runs(order: Sequence[Node], graph: Graph, skip: set[int]) -> dict[int, 
     index = {id(n): k for k, n in enumerate(order)}
 
     def next_of(node: Node, op: str) -> Node | None:
+        """The one ``op`` node reading ``node``'s output, as its data input; other readers
+        may only be Shape nodes (a :class:`Deferred` has the value's shape)."""
         v = node.outputs[0] if len(node.outputs) == 1 else ""
-        users = readers.get(v, [])
+        users = [u for u in readers.get(v, []) if u.op != "Shape"]
         if not v or v in outputs or len(users) != 1 or users[0].op != op \
                 or users[0].inputs[0] != v or v in users[0].inputs[1:]:
             return None
@@ -60,12 +62,25 @@ def view_runs(order: Sequence[Node], graph: Graph, skip: set[int]) -> dict[int, 
 
 
 class Deferred:
-    """A Reshape's input and target, then the Transpose's permutation, not yet applied."""
+    """A Reshape's input and target, then the Transpose's permutation, not yet applied;
+    :attr:`shape` is the value's (what a Shape node reads: the torchscript export reads the
+    transposed V's)."""
 
-    __slots__ = ("x", "shape", "allowzero", "perm")
+    __slots__ = ("x", "spec", "allowzero", "perm", "transposed")
 
-    def __init__(self, x: Any, shape: Any, allowzero: int) -> None:
-        self.x, self.shape, self.allowzero, self.perm = x, shape, allowzero, None
+    def __init__(self, x: Any, spec: Any, allowzero: int) -> None:
+        self.x, self.spec, self.allowzero = x, spec, allowzero
+        self.perm, self.transposed = None, False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        s1 = _target(self.x.shape, self.spec, self.allowzero)
+        if s1 is None:  # an invalid target: the Reshape's own error
+            return np.reshape(self.x, np.asarray(self.spec)).shape
+        if not self.transposed:
+            return tuple(s1)
+        perm = range(len(s1) - 1, -1, -1) if self.perm is None else self.perm
+        return tuple(s1[int(p)] for p in perm)
 
 
 def view_step(role: str, node: Node, args: list[Any], kernel: Any) -> tuple[Any]:
@@ -79,18 +94,18 @@ def view_step(role: str, node: Node, args: list[Any], kernel: Any) -> tuple[Any]
     if role == "mid":
         if not isinstance(d, Deferred):
             return (np.transpose(d, node.attrs.get("perm")),)
-        d.perm = node.attrs.get("perm")
+        d.perm, d.transposed = node.attrs.get("perm"), True
         return (d,)
     if not isinstance(d, Deferred):
         return (kernel(*args, **node.attrs),)
     allowzero = int(node.attrs.get("allowzero", 0))
-    s1 = _target(d.x.shape, d.shape, d.allowzero)
+    s1 = _target(d.x.shape, d.spec, d.allowzero)
     perm = None if s1 is None else (list(range(len(s1)))[::-1] if d.perm is None
                                     else [int(p) for p in d.perm])
     s2 = None if s1 is None or sorted(perm) != list(range(len(s1))) else \
         _target(tuple(s1[p] for p in perm), args[1], allowzero)
     if s2 is None:  # not a valid run: the ops one by one, which raise the right errors
-        y = np.transpose(kernel(d.x, d.shape, allowzero=d.allowzero), d.perm)
+        y = np.transpose(kernel(d.x, d.spec, allowzero=d.allowzero), d.perm)
         return (kernel(y, args[1], **node.attrs),)
     return (rearrange(d.x, s1, perm, s2),)
 

@@ -44,9 +44,10 @@ def test_rearrange_is_the_three_ops(shape, s1, perm, s2, view):
     assert np.shares_memory(got, x) == view
 
 
-def _graph(second_reader=False):
+def _graph(second_reader=False, shape_reader=False):
     """qkv -> Slice (Q) -> Reshape -> Transpose -> Reshape -> Mul, with shape tensors that
-    use 0 (copy the dimension) and -1 (inferred)."""
+    use 0 (copy the dimension) and -1 (inferred); ``shape_reader``: a Shape node reads the
+    transposed value too (as torchscript's export of nn.MultiheadAttention does)."""
     nodes = [Node("Slice", ["qkv", "starts", "ends", "axes"], ["q"]),
              Node("Reshape", ["q", "s1"], ["r1"]),
              Node("Transpose", ["r1"], ["t"], {"perm": [1, 0, 2]}),
@@ -56,6 +57,9 @@ def _graph(second_reader=False):
     if second_reader:  # the transposed value is read twice: the run must not defer it
         nodes.append(Node("Identity", ["t"], ["t_out"]))
         outputs.append(Value("t_out", np.float32))
+    if shape_reader:
+        nodes.append(Node("Shape", ["t"], ["t_shape"]))
+        outputs.append(Value("t_shape", np.int64))
     init = {"starts": np.array([0]), "ends": np.array([H * D]), "axes": np.array([2]),
             "s1": np.array([0, -1, D]), "s2": np.array([B, H, -1, D]),
             "two": np.array(2.0, np.float32)}
@@ -63,22 +67,25 @@ def _graph(second_reader=False):
                  outputs=outputs, initializers=init)
 
 
-@pytest.mark.parametrize("second_reader", [False, True])
-def test_the_executor_runs_a_head_split_as_one_view(second_reader):
+@pytest.mark.parametrize(("second_reader", "shape_reader"),
+                         [(False, False), (True, False), (False, True)])
+def test_the_executor_runs_a_head_split_as_one_view(second_reader, shape_reader):
     rng = np.random.default_rng(1)
     feed = {"qkv": rng.standard_normal((S, B, 3 * H * D), dtype=np.float32)}
-    want = ExecutionPlan(_graph(second_reader), device="reference").run(feed)
-    plan = ExecutionPlan(_graph(second_reader), device="cpu")
+    want = ExecutionPlan(_graph(second_reader, shape_reader), device="reference").run(feed)
+    plan = ExecutionPlan(_graph(second_reader, shape_reader), device="cpu")
     assert sorted(plan.views.values()) == ([] if second_reader else ["end", "mid", "start"])
-    got = plan.run(feed)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name])
+    for _ in range(2):  # the second run serves the Shape node's value from the shape cache
+        got = plan.run(feed)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
     np.testing.assert_array_equal(
         got["y"], 2 * feed["qkv"][:, :, :H * D].reshape(S, B, H, D).transpose(1, 2, 0, 3))
     # a traced run sees every node's value: the nodes run one by one there
     with node_timer() as times:
         traced = plan.run(feed)
-    assert [n.op for n, _ in times] == [n.op for n in _graph(second_reader).toposort()]
+    assert [n.op for n, _ in times] == [
+        n.op for n in _graph(second_reader, shape_reader).toposort()]
     np.testing.assert_array_equal(traced["y"], want["y"])
 
 
@@ -90,3 +97,14 @@ def test_a_bad_shape_in_a_run_fails_as_the_node_would():
     feed = {"qkv": np.ones((S, B, 3 * H * D), np.float32)}
     with pytest.raises(TaskflowError, match="Reshape"):
         plan.run(feed)
+
+
+def test_a_deferred_value_has_the_shape_of_the_value_it_stands_for():
+    from taskflow.views import Deferred
+    x = np.zeros((S, B, H * D), np.float32)
+    d = Deferred(x, np.array([0, -1, D]), 0)
+    assert d.shape == (S, B * H, D)
+    d.transposed = True  # a Transpose without perm reverses the axes
+    assert d.shape == (D, B * H, S)
+    d.perm = [1, 0, 2]
+    assert d.shape == (B * H, S, D)
