@@ -162,7 +162,7 @@ class ExecutionPlan:
                     done = k + chains[k][1] - 1
                     node = self.steps[done].node
                 elif k in views:
-                    results = view_step(views[k], node, args, step.fn)
+                    results = view_step(node, args, views[k], step.fn)
                 elif slot is None:
                     results = ops.as_outputs(step.fn(*args, **handoffs.get(k, node.attrs)))
                 else:

@@ -26,88 +26,116 @@ from typing import Any
 import numpy as np
 
 from taskflow.ir.graph import Graph, Node
+from taskflow.ops.movement import reshape, transpose
 
 
 def view_runs(order: Sequence[Node], graph: Graph, skip: set[int]) -> dict[int, str]:
-    """Step index -> "start" / "mid" / "end" for each Reshape -> Transpose -> Reshape run in
-    ``order`` where each node's one output is read by the next node alone, as its data input,
-    and is not a graph output; none of its steps in ``skip`` (the shape-only steps, whose
-    values the executor caches)."""
+    """Step index -> "start" / "mid" / "end" for each run of Reshape and Transpose nodes (at
+    least three, two of them Reshapes) where each node's one output is read by the next node
+    alone as its data input (and maybe by Shape nodes: a :class:`Deferred` has the value's
+    shape), and is not a graph output; none of its steps in ``skip`` (the shape-only steps,
+    whose values the executor caches)."""
     readers = graph.consumers()
     outputs = set(graph.output_names)
     index = {id(n): k for k, n in enumerate(order)}
 
-    def next_of(node: Node, op: str) -> Node | None:
-        """The one ``op`` node reading ``node``'s output, as its data input; other readers
-        may only be Shape nodes (a :class:`Deferred` has the value's shape)."""
+    def next_of(node: Node) -> Node | None:
         v = node.outputs[0] if len(node.outputs) == 1 else ""
         users = [u for u in readers.get(v, []) if u.op != "Shape"]
-        if not v or v in outputs or len(users) != 1 or users[0].op != op \
+        if not v or v in outputs or len(users) != 1 or users[0].op not in _MOVES \
                 or users[0].inputs[0] != v or v in users[0].inputs[1:]:
             return None
         return users[0]
 
     roles: dict[int, str] = {}
     for k, node in enumerate(order):
-        if node.op != "Reshape" or k in roles:
+        if node.op not in _MOVES or k in roles:
             continue
-        mid = next_of(node, "Transpose")
-        end = None if mid is None else next_of(mid, "Reshape")
-        if end is None or id(mid) not in index or id(end) not in index:
+        run = [node]
+        while (nxt := next_of(run[-1])) is not None and id(nxt) in index:
+            run.append(nxt)
+        steps = [index[id(n)] for n in run]
+        if len(run) < 3 or sum(n.op == "Reshape" for n in run) < 2 \
+                or skip.intersection(steps) or roles.keys() & set(steps):
             continue
-        run = (k, index[id(mid)], index[id(end)])
-        if not skip.intersection(run):
-            roles.update(zip(run, ("start", "mid", "end")))
+        roles.update(zip(steps, ["start"] + ["mid"] * (len(run) - 2) + ["end"]))
     return roles
 
 
+_MOVES = ("Reshape", "Transpose")
+
+
 class Deferred:
-    """A Reshape's input and target, then the Transpose's permutation, not yet applied;
+    """A value's source and the Reshape / Transpose steps not yet applied to it;
     :attr:`shape` is the value's (what a Shape node reads: the torchscript export reads the
     transposed V's)."""
 
-    __slots__ = ("x", "spec", "allowzero", "perm", "transposed")
+    __slots__ = ("x", "steps")
 
-    def __init__(self, x: Any, spec: Any, allowzero: int) -> None:
-        self.x, self.spec, self.allowzero = x, spec, allowzero
-        self.perm, self.transposed = None, False
+    def __init__(self, x: Any, steps: tuple = ()) -> None:
+        self.x, self.steps = x, steps
+
+    def add(self, node: Node, args: list[Any]) -> Deferred:
+        """This value through one more node (a new Deferred: a Shape node may still read
+        this one)."""
+        step = ("Reshape", args[1], int(node.attrs.get("allowzero", 0))) \
+            if node.op == "Reshape" else ("Transpose", node.attrs.get("perm"), 0)
+        return Deferred(self.x, (*self.steps, step))
 
     @property
     def shape(self) -> tuple[int, ...]:
-        s1 = _target(self.x.shape, self.spec, self.allowzero)
-        if s1 is None:  # an invalid target: the Reshape's own error
-            return np.reshape(self.x, np.asarray(self.spec)).shape
-        if not self.transposed:
-            return tuple(s1)
-        perm = range(len(s1) - 1, -1, -1) if self.perm is None else self.perm
-        return tuple(s1[int(p)] for p in perm)
+        resolved = _resolve(self.x.shape, self.steps)
+        if resolved is None:  # an invalid step: its own error
+            return _one_by_one(self.x, self.steps).shape
+        return tuple(resolved[1])
+
+    def compute(self) -> Any:
+        """The value: one view of the source where the strides allow, else with copies
+        only where the steps one by one would copy too (the ops' errors where invalid)."""
+        resolved = _resolve(self.x.shape, self.steps)
+        if resolved is None:
+            return _one_by_one(self.x, self.steps)
+        return rearrange(self.x, resolved[0])
 
 
-def view_step(role: str, node: Node, args: list[Any], kernel: Any) -> tuple[Any]:
-    """The step's output in a run: a :class:`Deferred` until the run's last Reshape, which
-    computes the run (``kernel``: its Reshape kernel, for anything else)."""
-    if role == "start":
-        if not isinstance(args[0], np.ndarray):
-            return (kernel(*args, **node.attrs),)
-        return (Deferred(args[0], args[1], int(node.attrs.get("allowzero", 0))),)
+def view_step(node: Node, args: list[Any], role: str, kernel: Any) -> tuple[Any]:
+    """The step's output in a run: a :class:`Deferred` until the run's last node, which
+    computes the run; a source that is not a numpy array runs the node (``kernel``)."""
     d = args[0]
-    if role == "mid":
-        if not isinstance(d, Deferred):
-            return (np.transpose(d, node.attrs.get("perm")),)
-        d.perm, d.transposed = node.attrs.get("perm"), True
-        return (d,)
-    if not isinstance(d, Deferred):
+    if role == "start":
+        if not isinstance(d, np.ndarray):
+            return (kernel(*args, **node.attrs),)
+        d = Deferred(d)
+    elif not isinstance(d, Deferred):
         return (kernel(*args, **node.attrs),)
-    allowzero = int(node.attrs.get("allowzero", 0))
-    s1 = _target(d.x.shape, d.spec, d.allowzero)
-    perm = None if s1 is None else (list(range(len(s1)))[::-1] if d.perm is None
-                                    else [int(p) for p in d.perm])
-    s2 = None if s1 is None or sorted(perm) != list(range(len(s1))) else \
-        _target(tuple(s1[p] for p in perm), args[1], allowzero)
-    if s2 is None:  # not a valid run: the ops one by one, which raise the right errors
-        y = np.transpose(kernel(d.x, d.spec, allowzero=d.allowzero), d.perm)
-        return (kernel(y, args[1], **node.attrs),)
-    return (rearrange(d.x, s1, perm, s2),)
+    d = d.add(node, args)
+    return (d.compute() if role == "end" else d,)
+
+
+def _one_by_one(x: np.ndarray, steps: Sequence[tuple]) -> np.ndarray:
+    for kind, arg, allowzero in steps:
+        x = reshape(x, arg, allowzero=allowzero) if kind == "Reshape" else transpose(x, perm=arg)
+    return x
+
+
+def _resolve(shape: tuple[int, ...], steps: Sequence[tuple]
+             ) -> tuple[list[tuple[str, list[int]]], list[int]] | None:
+    """The steps with their Reshape targets and Transpose permutations spelled out, and the
+    final shape; None where a step is invalid or the value is empty."""
+    dims, out = list(shape), []
+    for kind, arg, allowzero in steps:
+        if kind == "Reshape":
+            dims = _target(tuple(dims), arg, allowzero)
+            if dims is None:
+                return None
+            out.append((kind, dims))
+        else:
+            perm = list(range(len(dims)))[::-1] if arg is None else [int(p) for p in arg]
+            if sorted(perm) != list(range(len(dims))):
+                return None
+            dims = [dims[p] for p in perm]
+            out.append((kind, perm))
+    return out, dims
 
 
 def _target(shape: tuple[int, ...], spec: Any, allowzero: int) -> list[int] | None:
@@ -145,30 +173,44 @@ def _refine(a: Sequence[int], b: Sequence[int]) -> list[int] | None:
     return dims
 
 
-def _groups(shape: Sequence[int], fine: Sequence[int]) -> list[list[int]]:
-    """For each axis of ``shape``, the consecutive axes of ``fine`` it merges."""
-    groups, j = [], 0
-    for d in shape:
+def _take(sizes: Sequence[int], fine: Sequence[int], items: Sequence[Any]) -> list[list[Any]]:
+    """For each of ``sizes``, the consecutive ``items`` (one per axis of ``fine``) whose
+    axes multiply to it (none for a size-1 axis)."""
+    out, j = [], 0
+    for d in sizes:
         g, size = [], 1
         while size < d:
             size *= fine[j]
-            g.append(j)
+            g.append(items[j])
             j += 1
-        groups.append(g)
-    return groups
+        out.append(g)
+    return out
 
 
-def rearrange(x: np.ndarray, s1: Sequence[int], perm: Sequence[int],
-              s2: Sequence[int]) -> np.ndarray:
-    """``x.reshape(s1).transpose(perm).reshape(s2)``: a view of ``x`` where one exists, else
-    one copy (valid shapes; ``perm`` a permutation of s1's axes)."""
-    fine = _refine(x.shape, s1)
-    if fine is None:
-        return np.reshape(np.transpose(np.reshape(x, s1), perm), s2)
-    xf = np.reshape(x, fine)  # a split of x's axes: a view
-    order = [a for i in perm for a in _groups(s1, fine)[i]]
-    xt = np.transpose(xf, order)
-    fine2 = _refine(xt.shape, s2)
-    if fine2 is None:
-        return np.reshape(xt, s2)
-    return np.reshape(np.reshape(xt, fine2), s2)  # a split (a view), then the merge
+def rearrange(x: np.ndarray, steps: Sequence[tuple[str, list[int]]]) -> np.ndarray:
+    """``x`` through the resolved Reshape / Transpose ``steps``: a view where the strides
+    allow one. The logical axes are kept as groups of axes of a view of ``x``: a Transpose
+    permutes the groups; a Reshape splits the view's axes into the finest pieces the old and
+    the new shape are both made of (a split is always a view) and regroups them. Only where
+    two shapes have no such pieces (3 x 2 against 2 x 3) is the value formed there."""
+    xv = x
+    groups = [[a] for a in range(x.ndim)]
+    dims = list(x.shape)
+    for kind, arg in steps:
+        if kind == "Transpose":
+            groups, dims = [groups[p] for p in arg], [dims[p] for p in arg]
+            continue
+        seq = [a for g in groups for a in g]  # the view's axes, in the value's order
+        fine = _refine([xv.shape[a] for a in seq], arg)
+        if fine is None:
+            xv = np.reshape(np.reshape(np.transpose(xv, seq), dims), arg)
+            groups, dims = [[a] for a in range(xv.ndim)], list(arg)
+            continue
+        pieces = dict(zip(seq, _take([xv.shape[a] for a in seq], fine, fine)))
+        first, k = {}, 0
+        for a in range(xv.ndim):  # where each axis' pieces start in the split view
+            first[a], k = k, k + len(pieces.get(a, ()))
+        xv = np.reshape(xv, [p for a in range(xv.ndim) for p in pieces.get(a, ())])
+        axes = [first[a] + i for a in seq for i in range(len(pieces[a]))]
+        groups, dims = _take(arg, fine, axes), list(arg)
+    return np.reshape(np.transpose(xv, [a for g in groups for a in g]), dims)

@@ -38,10 +38,23 @@ def _qkv(rng):
 def test_rearrange_is_the_three_ops(shape, s1, perm, s2, view):
     rng = np.random.default_rng(0)
     x = _qkv(rng) if shape == "qkv" else rng.standard_normal(shape).astype(np.float32)
-    got = rearrange(x, s1, perm, s2)
+    got = rearrange(x, [("Reshape", list(s1)), ("Transpose", list(perm)), ("Reshape", list(s2))])
     np.testing.assert_array_equal(got, _naive(x, s1, perm, s2))
     assert got.shape == tuple(s2)
     assert np.shares_memory(got, x) == view
+
+
+def test_a_longer_run_is_one_view():
+    """BERT's K as dynamo exports it: heads split, moved forward, merged with the batch,
+    transposed, split again: (B, H, D, S), a view of the projection's output."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((B, S, H * D), dtype=np.float32)
+    steps = [("Reshape", [B, S, H, D]), ("Transpose", [0, 2, 1, 3]),
+             ("Reshape", [B * H, S, D]), ("Transpose", [0, 2, 1]), ("Reshape", [B, H, D, S])]
+    got = rearrange(x, steps)
+    want = x.reshape(B, S, H, D).transpose(0, 2, 1, 3).reshape(B * H, S, D)
+    np.testing.assert_array_equal(got, want.transpose(0, 2, 1).reshape(B, H, D, S))
+    assert np.shares_memory(got, x)
 
 
 def _graph(second_reader=False, shape_reader=False):
@@ -102,9 +115,9 @@ def test_a_bad_shape_in_a_run_fails_as_the_node_would():
 def test_a_deferred_value_has_the_shape_of_the_value_it_stands_for():
     from taskflow.views import Deferred
     x = np.zeros((S, B, H * D), np.float32)
-    d = Deferred(x, np.array([0, -1, D]), 0)
+    d = Deferred(x).add(Node("Reshape", ["x", "s"], ["r"]), [x, np.array([0, -1, D])])
     assert d.shape == (S, B * H, D)
-    d.transposed = True  # a Transpose without perm reverses the axes
-    assert d.shape == (D, B * H, S)
-    d.perm = [1, 0, 2]
-    assert d.shape == (B * H, S, D)
+    t = d.add(Node("Transpose", ["r"], ["t"]), [d])  # no perm: the axes reversed
+    assert t.shape == (D, B * H, S) and d.shape == (S, B * H, D)
+    t2 = t.add(Node("Transpose", ["t"], ["t2"], {"perm": [1, 2, 0]}), [t])
+    assert t2.shape == (B * H, S, D)
