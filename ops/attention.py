@@ -31,9 +31,16 @@ def attention_flops(in_shapes: Sequence[Any], out_shapes: Sequence[Any], **attrs
 
 @register("FusedAttention", "contraction", flops=attention_flops, domain="taskflow")
 def fused_attention(Q: np.ndarray, K: np.ndarray, V: np.ndarray, mask: np.ndarray | None = None,
+                    q_scale: np.ndarray | None = None, k_scale: np.ndarray | None = None,
                     *, scale: float = 1.0, divide: int = 0, nan_to_zero: int = 0) -> np.ndarray:
-    """Y = softmax((Q @ K) * scale + mask, last axis) @ V (``/ scale`` when ``divide``; NaN
-    probabilities, from fully masked rows, as 0 when ``nan_to_zero``)."""
+    """Y = softmax(((Q * q_scale) @ (K * k_scale)) * scale + mask, last axis) @ V (``/ scale``
+    when ``divide``; NaN probabilities, from fully masked rows, as 0 when ``nan_to_zero``).
+    ``q_scale`` and ``k_scale`` are one-element factors computed at run time (TorchScript's
+    sdpa export derives sqrt(scale) from Q's shape), each optional."""
+    if q_scale is not None:
+        Q = get("Mul").reference(Q, q_scale)
+    if k_scale is not None:
+        K = get("Mul").reference(K, k_scale)
     s = get("MatMul").reference(Q, K)
     if scale != 1 or divide:
         c = np.asarray(scale, dtype=s.dtype)

@@ -266,12 +266,19 @@ def _heads_readable(*blocks: np.ndarray) -> bool:
 
 @register_kernel("FusedAttention", "cpu")
 def fused_attention_cpu(Q: np.ndarray, K: np.ndarray, V: np.ndarray,
-                        mask: np.ndarray | None = None, *, scale: float = 1.0,
+                        mask: np.ndarray | None = None, q_scale: np.ndarray | None = None,
+                        k_scale: np.ndarray | None = None, *, scale: float = 1.0,
                         divide: int = 0, nan_to_zero: int = 0) -> np.ndarray:
-    """FusedAttention per group of heads: scores tile, mask and softmax in place, times V."""
-    if not _fits(Q, K, V, mask) or (divide and scale == 0):
-        return fused_attention(Q, K, V, mask, scale=scale, divide=divide,
+    """FusedAttention per group of heads: scores tile, mask and softmax in place, times V;
+    one-element ``q_scale`` / ``k_scale`` join the scores' scale."""
+    factors = [f for f in (q_scale, k_scale) if f is not None]
+    if not _fits(Q, K, V, mask) or (divide and scale == 0) or any(
+            f.size != 1 or f.ndim > 1 or f.dtype != Q.dtype for f in factors):
+        return fused_attention(Q, K, V, mask, q_scale, k_scale, scale=scale, divide=divide,
                                nan_to_zero=nan_to_zero)
+    if factors:  # as the scale: (1 / scale) * q * k when dividing
+        product = math.prod(float(f.reshape(())) for f in factors)
+        scale, divide = (1.0 / scale if divide else scale) * product, 0
     lead, s, t, dv = Q.shape[:-2], Q.shape[-2], K.shape[-1], V.shape[-1]
     if Q.ndim == 4:  # (B, S, H, Dv) memory: the head merge after attention is then a view
         y = new_output((lead[0], s, lead[1], dv), Q.dtype).transpose(0, 2, 1, 3)

@@ -62,10 +62,16 @@ def fused_matmul_gpu(A: Any, B: Any, bias: Any = None, *, activation: str = "",
 
 
 @gpu_kernel("FusedAttention")
-def fused_attention_gpu(Q: Any, K: Any, V: Any, mask: Any = None, *, scale: float = 1.0,
-                        divide: int = 0, nan_to_zero: int = 0) -> Any:
-    """softmax((Q @ K) * scale + mask) @ V: two batched GEMMs over every head at once."""
-    xp, (Q, K, V, mask) = operands(Q, K, V, mask)
+def fused_attention_gpu(Q: Any, K: Any, V: Any, mask: Any = None, q_scale: Any = None,
+                        k_scale: Any = None, *, scale: float = 1.0, divide: int = 0,
+                        nan_to_zero: int = 0) -> Any:
+    """softmax(((Q * q_scale) @ (K * k_scale)) * scale + mask) @ V: two batched GEMMs over
+    every head at once."""
+    xp, (Q, K, V, mask, q_scale, k_scale) = operands(Q, K, V, mask, q_scale, k_scale)
+    if q_scale is not None:
+        Q = Q * q_scale
+    if k_scale is not None:
+        K = K * k_scale
     s = matmul_gpu(Q, K)
     if scale != 1 or divide:
         c = s.dtype.type(scale)  # a scalar: CuPy takes no numpy arrays as operands

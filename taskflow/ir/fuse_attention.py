@@ -129,37 +129,51 @@ def _match(g: Graph, softmax: Node, consumers: dict[str, list[Node]],
         return None
     chain.append(node)
     q, k = node.inputs
+    factors = ["", ""]
     if q != k:  # a scalar Mul on Q or on Kᵀ (sdpa's sqrt(scale) on each) joins the scale
-        q, scale = _operand_scale(g, q, k, node, consumers, producers, chain, scale, divide)
-        k, scale = _operand_scale(g, k, q, node, consumers, producers, chain, scale, divide)
+        q, scale, factors[0] = _operand_scale(g, q, k, node, consumers, producers, chain, scale,
+                                              divide)
+        k, scale, factors[1] = _operand_scale(g, k, q, node, consumers, producers, chain, scale,
+                                              divide)
     attrs = {"scale": scale, "divide": divide, "nan_to_zero": nan_to_zero}
-    fused = Node("FusedAttention", [q, k, out.inputs[1], mask],
-                 list(out.outputs), attrs, name=out.name or node.name, domain="taskflow")
+    inputs = [q, k, out.inputs[1], mask] + (factors if any(factors) else [])
+    fused = Node("FusedAttention", inputs, list(out.outputs), attrs,
+                 name=out.name or node.name, domain="taskflow")
     return fused, [*chain, out], extra
 
 
 def _operand_scale(g: Graph, value: str, other: str, scores: Node,
                    consumers: dict[str, list[Node]], producers: dict[str, Node],
-                   chain: list[Node], scale: float, divide: int) -> tuple[str, float]:
-    """(operand, scale) with a ``Mul`` of ``value`` by a one-element
-    float32 constant folded into ``scale`` (the Mul appended to ``chain``), where ``value`` is
-    read by the scores' MatMul alone; else unchanged. torch's sdpa, exported by dynamo,
-    multiplies Q and Kᵀ each by sqrt(scale): two passes over (batch, heads, S, D) tensors
-    that the scores' scale then does for free. The products round once instead of twice (a
-    float32 ulp of difference)."""
+                   chain: list[Node], scale: float, divide: int) -> tuple[str, float, str]:
+    """(operand, scale, factor) with a ``Mul`` of ``value`` by one element folded into the
+    fused node (the Mul appended to ``chain``), where ``value`` is read by the scores'
+    MatMul alone: a float32 constant joins ``scale``; a value computed at run time whose
+    shape is known to hold one element becomes ``factor``, an input of the fused node. Else
+    unchanged, with no factor. torch's sdpa multiplies Q and Kᵀ each by sqrt(scale): two
+    passes over (batch, heads, S, D) tensors that the scores' scale then does for free.
+    dynamo exports the factor as a constant, TorchScript computes it from Q's shape. The
+    products round once instead of twice (a float32 ulp of difference)."""
     node = producers.get(value)
     if node is None or node.op != "Mul" or len(node.inputs) != 2 \
             or _only_reader(g, value, consumers) is not scores:
-        return value, scale
-    for data, const in ((0, 1), (1, 0)):
-        c = _scalar(g, node.inputs[const])
+        return value, scale, ""
+    for data, factor in ((0, 1), (1, 0)):
+        name = node.inputs[factor]
         v = g.values.get(node.inputs[data])
-        scalar_data = v is not None and v.shape is not None and len(v.shape) == 0
-        if c is not None and math.isfinite(c) and c != 0 and not scalar_data \
-                and node.inputs[data] != other:
+        if (v is not None and v.shape is not None and len(v.shape) == 0) \
+                or node.inputs[data] in (other, name):
+            continue  # a scalar times a one-element tensor has the tensor's rank
+        c = _scalar(g, name)
+        if c is not None and math.isfinite(c) and c != 0:
             chain.append(node)
-            return node.inputs[data], scale / c if divide else scale * c
-    return value, scale
+            return node.inputs[data], scale / c if divide else scale * c, ""
+        f = g.values.get(name)
+        if c is None and name not in g.initializers and f is not None \
+                and f.shape is not None and len(f.shape) <= 1 \
+                and all(d == 1 for d in f.shape) and np.dtype(f.dtype) == np.float32:
+            chain.append(node)
+            return node.inputs[data], scale, name
+    return value, scale, ""
 
 
 def fuse_attention(graph: Graph) -> Graph:

@@ -125,19 +125,30 @@ def _sdpa(scale=None):
     return graph, feed
 
 
+@pytest.mark.parametrize("runtime", [False, True], ids=["constant", "runtime"])
 @pytest.mark.parametrize("scale", [None, "div"])
-def test_sdpa_export_is_fused(scale):
-    """The scalar Muls on Q and Kᵀ join the fused node's scale: no pass over Q or K is left."""
+def test_sdpa_export_is_fused(scale, runtime):
+    """The scalar Muls on Q and Kᵀ join the fused node: a constant factor its scale, a
+    one-element value computed at run time (TorchScript's export) its q_scale / k_scale
+    inputs. No pass over Q or K is left."""
     graph, feed = _sdpa(scale)
+    if runtime:  # the factor as a one-element graph input: known to be one element only
+        feed["r"] = graph.initializers.pop("r")
+        graph.inputs.append(Value("r", np.float32, (1,)))
+        graph.values["r"] = graph.inputs[-1]
     out = _check(graph, feed, "FusedAttention")
     assert "Mul" not in out.op_counts() and "IsNaN" not in out.op_counts()
     (fused,) = [n for n in out.nodes if n.op == "FusedAttention"]
     assert fused.attrs["nan_to_zero"] == 1
     assert fused.inputs[:2] == ["qt", "kt"]
-    r2 = np.float32(D ** -0.25) ** 2
+    assert fused.inputs[4:] == (["r", "r"] if runtime else [])
+    r2 = 1.0 if runtime else np.float32(D ** -0.25) ** 2
     want = math.sqrt(D) / r2 if scale == "div" else r2
     assert fused.attrs["divide"] == int(scale == "div")
     assert fused.attrs["scale"] == pytest.approx(want, rel=1e-6)
+    if runtime:  # the cpu kernel takes the factors as the scale, whatever their value
+        feed["r"] = np.array([0.7], np.float32)
+        _check(graph, feed, "FusedAttention")
 
 
 def test_sdpa_scale_read_elsewhere_stays():
