@@ -29,7 +29,7 @@ from .common import (
     scratch,
 )
 from .direct import vector_lanes
-from .simd import lanes_tag, nanmax8, store8, vload, vsplat
+from .simd import add8, div8, lanes_tag, nanmax8, store8, vload, vsplat
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -225,6 +225,49 @@ def _avg_pool(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, lo_w, hi_w, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def avg_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, lo_w, hi_w, lo,
+                         hi, tag):
+    """:func:`_avg_pool` for a C-contiguous float32 NHWC x whose channels are whole vectors
+    of len(tag) lanes: each pixel's sum of a vector of channels stays in a register over the
+    taps (the loop above reads and writes it in memory per tap). The same sums in the same
+    order, divided in float32: the same quotients (a float32 division rounds once, as the
+    float64 one rounded to float32 does)."""
+    n_, h, w, c = x.shape
+    ho, wo, ctot = y.shape[1], y.shape[2], y.shape[3]
+    lanes = len(tag)
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    zero = vsplat(np.float32(0), tag)
+    for t in range(lo, hi):
+        n = t // ho
+        oh = t % ho
+        count_h = 0
+        for a in range(kh):
+            ih = oh * sh - ph + a * dh
+            if lo_h <= ih < hi_h:
+                count_h += 1
+        for ow in range(wo):
+            count_w = 0
+            for b in range(kw):
+                iw = ow * sw - pw + b * dw
+                if lo_w <= iw < hi_w:
+                    count_w += 1
+            count = vsplat(np.float32(max(count_h * count_w, 1)), tag)
+            o = (t * wo + ow) * ctot + c0
+            for k0 in range(0, c, lanes):
+                acc = zero
+                for a in range(kh):
+                    ih = oh * sh - ph + a * dh
+                    if ih < 0 or ih >= h:
+                        continue
+                    for b in range(kw):
+                        iw = ow * sw - pw + b * dw
+                        if 0 <= iw < w:
+                            acc = add8(acc, vload(xf, ((n * h + ih) * w + iw) * c + k0, tag))
+                store8(yf, o + k0, div8(acc, count))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _global_pool(x, y, take_max):
     """y[n, c] = mean (or max) of x[n, :, c] over the pixels of x (N, P, C)."""
     n_, p, c = x.shape
@@ -337,10 +380,17 @@ def average_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int 
     lo_w, hi_w = (-pb[1], w + pe[1]) if count_include_pad else (0, w)
     xh = as_nhwc(X)
     y, c0 = output_buffer((X.shape[0], out[0], out[1], X.shape[1]), X.dtype)
-    run_ranges(lambda lo, hi: _avg_pool(xh, y, c0, kernel_shape[0], kernel_shape[1], s[0],
-                                        s[1], d[0], d[1], pb[0], pb[1], lo_h, hi_h, lo_w, hi_w,
-                                        lo, hi),
-               X.shape[0] * out[0], _rows_per_task(out[1] * X.shape[1], kernel_shape))
+    c = X.shape[1]
+    lanes = 16 if vector_lanes() == 16 and c % 16 == 0 else 8
+    geometry = (kernel_shape[0], kernel_shape[1], s[0], s[1], d[0], d[1], pb[0], pb[1], lo_h,
+                hi_h, lo_w, hi_w)
+    if X.dtype == np.float32 and c % lanes == 0 and xh.flags.c_contiguous \
+            and y.flags.c_contiguous:
+        tag = lanes_tag(lanes)
+        rows = lambda lo, hi: avg_pool_vector_rows(xh, y, c0, *geometry, lo, hi, tag)  # noqa: E731
+    else:
+        rows = lambda lo, hi: _avg_pool(xh, y, c0, *geometry, lo, hi)  # noqa: E731
+    run_ranges(rows, X.shape[0] * out[0], _rows_per_task(out[1] * c, kernel_shape))
     return nchw_view(y[..., c0:c0 + X.shape[1]])
 
 

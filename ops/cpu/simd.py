@@ -232,12 +232,13 @@ def _binary(name: str, op: str):
         return vt(a, b), codegen
 
     fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = f"``a {'+' if op == 'fadd' else '*'} b`` lane by lane."
+    fn.__doc__ = f"``a {dict(fadd='+', fmul='*', fdiv='/')[op]} b`` lane by lane."
     return fn
 
 
 add8 = _binary("add8", "fadd")
 mul8 = _binary("mul8", "fmul")
+div8 = _binary("div8", "fdiv")
 
 
 @intrinsic

@@ -211,8 +211,15 @@ CASES: list[Case] = [
     ("MaxPool", _inputs(_narrow("int8", 2, 8, 9, 9)),
      {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "y_precision": "int8",
       "y_scale": 0.05, "y_zero_point": 3}),
+    # AveragePool likewise: 8 and 16 channels (Inception's 3x3 / 1 with pads, counting them
+    # or not), and 6 (the scalar loop)
     ("AveragePool", _inputs(_x(2, 8, 9, 9, cl=True)), {"kernel_shape": [3, 3],
                                                         "strides": [2, 2], "ceil_mode": 1}),
+    ("AveragePool", _inputs(_x(2, 16, 7, 7, cl=True)), {"kernel_shape": [3, 3],
+                                                         "pads": [1, 1, 1, 1]}),
+    ("AveragePool", _inputs(_x(2, 16, 7, 7, cl=True)),
+     {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+    ("AveragePool", _inputs(_x(2, 6, 7, 7, cl=True)), {"kernel_shape": [2, 2], "strides": [2, 2]}),
     ("GlobalAveragePool", _inputs(_x(2, 8, 5, 5, cl=True)), {}),
     ("GlobalMaxPool", _inputs(_x(2, 8, 5, 5)), {}),
     ("LRN", _inputs(_x(2, 8, 5, 5, cl=True)), {"size": 5, "alpha": 1e-4, "beta": 0.75}),
