@@ -65,6 +65,22 @@ def max_pool_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi):
                 out[k] = acc[k]
 
 
+@njit(cache=True, inline="always")
+def _window_vector(xf, acc, combine, n, h, w, c, k0, top, left, kh, kw, dh, dw, tag):
+    """``acc`` combined (``combine``: :func:`.simd.nanmax8`, :func:`.simd.add8`) with the
+    vector of channels k0.. of each tap of a pooling window (top-left input pixel ``top``,
+    ``left``) inside the NHWC image n of the flat ``xf``, row by row."""
+    for a in range(kh):
+        ih = top + a * dh
+        if ih < 0 or ih >= h:
+            continue
+        for b in range(kw):
+            iw = left + b * dw
+            if 0 <= iw < w:
+                acc = combine(acc, vload(xf, ((n * h + ih) * w + iw) * c + k0, tag))
+    return acc
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def max_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi, tag):
     """:func:`max_pool_rows` for a C-contiguous float32 NHWC x whose channels are whole
@@ -88,15 +104,8 @@ def max_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, fill, lo, hi,
             padded = rows_out or left < 0 or left + (kw - 1) * dw >= w  # a tap outside
             o = (t * wo + ow) * ctot + c0
             for k0 in range(0, c, lanes):
-                acc = pad if padded else low
-                for a in range(kh):
-                    ih = oh * sh - ph + a * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    for b in range(kw):
-                        iw = ow * sw - pw + b * dw
-                        if 0 <= iw < w:
-                            acc = nanmax8(acc, vload(xf, ((n * h + ih) * w + iw) * c + k0, tag))
+                acc = _window_vector(xf, pad if padded else low, nanmax8, n, h, w, c, k0,
+                                     oh * sh - ph, ow * sw - pw, kh, kw, dh, dw, tag)
                 store8(yf, o + k0, acc)
 
 
@@ -255,15 +264,8 @@ def avg_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, l
             count = vsplat(np.float32(max(count_h * count_w, 1)), tag)
             o = (t * wo + ow) * ctot + c0
             for k0 in range(0, c, lanes):
-                acc = zero
-                for a in range(kh):
-                    ih = oh * sh - ph + a * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    for b in range(kw):
-                        iw = ow * sw - pw + b * dw
-                        if 0 <= iw < w:
-                            acc = add8(acc, vload(xf, ((n * h + ih) * w + iw) * c + k0, tag))
+                acc = _window_vector(xf, zero, add8, n, h, w, c, k0, oh * sh - ph,
+                                     ow * sw - pw, kh, kw, dh, dw, tag)
                 store8(yf, o + k0, div8(acc, count))
 
 
