@@ -189,6 +189,16 @@ def max_pool_into(x: np.ndarray, y: np.ndarray, c0: int, kernel, strides, dilati
         max_pool_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, x.dtype.type(fill), lo, hi)
 
 
+@njit(cache=True, inline="always")
+def _taps(start, k, d, lo, hi):
+    """How many of a window's ``k`` taps (from ``start``, ``d`` apart) lie in [lo, hi)."""
+    count = 0
+    for a in range(k):
+        if lo <= start + a * d < hi:
+            count += 1
+    return count
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _avg_pool(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, lo_w, hi_w, lo, hi):
     """y[..., c0:c0 + C] = sum of in-input taps / (taps inside [lo, hi) per axis, at least 1),
@@ -203,19 +213,11 @@ def _avg_pool(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, lo_w, hi_w, 
         n = t // ho
         oh = t % ho
         acc = np.empty(c, x.dtype)
-        count_h = 0
-        for a in range(kh):
-            ih = oh * sh - ph + a * dh
-            if lo_h <= ih < hi_h:
-                count_h += 1
+        count_h = _taps(oh * sh - ph, kh, dh, lo_h, hi_h)
         for ow in range(wo):
             for k in range(c):
                 acc[k] = 0
-            count_w = 0
-            for b in range(kw):
-                iw = ow * sw - pw + b * dw
-                if lo_w <= iw < hi_w:
-                    count_w += 1
+            count_w = _taps(ow * sw - pw, kw, dw, lo_w, hi_w)
             for a in range(kh):
                 ih = oh * sh - ph + a * dh
                 if ih < 0 or ih >= h:
@@ -250,17 +252,9 @@ def avg_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, lo_h, hi_h, l
     for t in range(lo, hi):
         n = t // ho
         oh = t % ho
-        count_h = 0
-        for a in range(kh):
-            ih = oh * sh - ph + a * dh
-            if lo_h <= ih < hi_h:
-                count_h += 1
+        count_h = _taps(oh * sh - ph, kh, dh, lo_h, hi_h)
         for ow in range(wo):
-            count_w = 0
-            for b in range(kw):
-                iw = ow * sw - pw + b * dw
-                if lo_w <= iw < hi_w:
-                    count_w += 1
+            count_w = _taps(ow * sw - pw, kw, dw, lo_w, hi_w)
             count = vsplat(np.float32(max(count_h * count_w, 1)), tag)
             o = (t * wo + ow) * ctot + c0
             for k0 in range(0, c, lanes):
