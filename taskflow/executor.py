@@ -110,11 +110,11 @@ class ExecutionPlan:
         #: untraced runs (:func:`step_chains`).
         self.chains = {} if device != "cpu" else step_chains(order, graph, set(self.slots))
         chained = {j for k, (_, count) in self.chains.items() for j in range(k, k + count)}
+        #: Step k -> its role ("start", "mid", "end") in a run of Reshape and Transpose nodes
+        #: computed as one view in untraced runs (:func:`taskflow.views.view_runs`).
+        self.views = {} if device != "cpu" else view_runs(order, graph, set(self.shape_steps))
         #: Step k -> its attributes with ``y_precision``: reduced layers that hand their output
         #: to the next reduced layers narrow, in untraced runs (:func:`narrow_handoffs`).
-        #: Step k -> its role in a Reshape -> Transpose -> Reshape run computed as one view in
-        #: untraced runs (:func:`taskflow.views.view_runs`).
-        self.views = {} if device != "cpu" else view_runs(order, graph, set(self.shape_steps))
         self.handoffs = {} if device != "cpu" else narrow_handoffs(
             [(n.op, n.inputs, n.outputs, n.attrs) for n in order], set(graph.output_names),
             set(self.slots) | chained)

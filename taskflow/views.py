@@ -1,4 +1,4 @@
-"""Reshape -> Transpose -> Reshape runs computed as one view of their input.
+"""Runs of Reshape and Transpose nodes computed as one view of their input.
 
 torch's ``nn.MultiheadAttention`` (ViT, DETR, any ``nn.TransformerEncoderLayer``) exports the
 head split of Q, K and V as ``Reshape (S, B, H*D) -> (S, B*H, D)``, ``Transpose (1, 0, 2)``,
@@ -6,15 +6,17 @@ head split of Q, K and V as ``Reshape (S, B, H*D) -> (S, B*H, D)``, ``Transpose 
 cannot be a view: merging B and H needs B's stride to be H times H's. Node by node, numpy
 copies Q, K and V there, every layer (ViT-tiny, batch 32: 12 copies of 4.8 MB, ~9 ms of
 ~140). Yet the run as a whole is a view: (B, H, S, D) with strides (3*H*D, D, B*3*H*D, 1) of
-the projection's output.
+the projection's output. BERT's K, as dynamo exports it, is merged with the batch and split
+again (five nodes): a view as a whole too.
 
-:func:`view_runs` finds such runs in a plan; the executor then hands a :class:`Deferred` from
-the first Reshape to the Transpose and on to the last Reshape, which computes the whole run
-at once (:func:`rearrange`): the input split into the finest axes both shapes are made of
-(always a view), those axes permuted (a view), split again for the last shape (a view) and
-merged into it, by a view where the strides allow one and by one copy where not. The values
-are those of the three ops, in every case. Traced runs (calibration, per-node timings) see
-every node's value, so they run the nodes one by one.
+:func:`view_runs` finds such runs in a plan; the executor then hands a :class:`Deferred`
+down the run, and its last node computes the whole run at once (:func:`rearrange`): the
+logical axes are kept as groups of axes of a view of the input; a Transpose permutes the
+groups, a Reshape splits the view's axes into the finest pieces both shapes are made of
+(always a view) and regroups them, and the last shape is one merge: a view where the strides
+allow one, else one copy. The values are those of the nodes one by one, in every case.
+Traced runs (calibration, per-node timings) see every node's value, so they run the nodes
+one by one.
 """
 
 from __future__ import annotations

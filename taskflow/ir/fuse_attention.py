@@ -7,8 +7,9 @@ Exporters write attention as
 
 (``K`` already transposed, as the first MatMul's right operand; the NaN guard is
 ``torch.nn.functional.scaled_dot_product_attention``'s, for fully masked rows). A Mul of Q or
-of K by a constant scalar, read by the first MatMul alone (sdpa's sqrt(scale) on each, as
-dynamo exports it), joins the scale too. Spelled
+of K by one element, read by the first MatMul alone (sdpa's sqrt(scale) on each), joins the
+fused node too: a constant (dynamo's export) its scale, a value computed at run time
+(TorchScript's) its ``q_scale`` / ``k_scale`` input. Spelled
 out, every step writes a (batch, heads, S, T) tensor to memory; :func:`fuse_attention`
 replaces the chain by one ``FusedAttention`` node whose cpu kernel keeps the scores of a
 group of heads in cache (:mod:`taskflow.ops.cpu.attention`). Like the fusions in
