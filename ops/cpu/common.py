@@ -42,6 +42,10 @@ FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: Smallest task of a memory-bound kernel, in elements (~100 us of streaming on one core): a
 #: pool hand-off costs ~10-20 us, more when the helper thread has to wait for a core.
 MIN_TASK_ELEMENTS = 1 << 18
+#: Smallest task of a GEMM-based kernel split so that every kernel thread gets one (FLOPs):
+#: ~0.2 ms of GEMM, well above a pool hand-off (and the cost of a helper thread that is
+#: descheduled).
+MIN_TASK_FLOPS = 20_000_000
 #: Tasks per kernel thread for memory-bound kernels: enough to rebalance around a thread that
 #: is descheduled for a while, few enough that hand-offs stay negligible.
 TASKS_PER_THREAD = 4

@@ -58,6 +58,7 @@ from . import dense_wide, depthwise, direct, lowp, lowp_rows, pointwise_wide, sp
 from .blas import gemm
 from .common import (
     MIN_TASK_ELEMENTS,
+    MIN_TASK_FLOPS,
     as_nhwc,
     fast_dtype,
     nchw_view,
@@ -109,9 +110,6 @@ MIN_SLICE_ROWS = 256
 #: small part of each GEMM call (measured: ResNet-50's 256->1024 1x1 ran 13% slower in
 #: 1024-row slices than in one call).
 WEIGHT_ROWS_RATIO = 64
-#: Smallest slice when a small layer is split so that every kernel thread gets one: ~0.2 ms
-#: of GEMM, well above a pool hand-off (and the cost of a helper thread that is descheduled).
-MIN_TASK_FLOPS = 20_000_000
 #: A grouped 1x1 convolution with at most this many input channels, and fewer than
 #: DENSE_GROUPED_MAX_PER_GROUP per group, runs as one GEMM with a block-diagonal weight
 #: (measured against one BLAS call per group: faster up to K = 64 in all and 16 per group,

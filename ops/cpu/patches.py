@@ -18,15 +18,12 @@ import numpy as np
 from numba import njit
 
 from .blas import gemm
-from .common import nchw_view, output_buffer, packed, run_tasks, scratch, threads
+from .common import MIN_TASK_FLOPS, nchw_view, output_buffer, packed, run_tasks, scratch, threads
 from .epilogue import apply_epilogue
 
 #: Column block per task: the gathered patches and the GEMM's output rows stay in one
 #: core's L2 (2 MiB) while the GEMM reads them.
 BLOCK_BYTES = 1 << 20
-#: Smallest task when a small layer is split between kernel threads (see
-#: :data:`.conv.MIN_TASK_FLOPS`).
-MIN_TASK_FLOPS = 20_000_000
 
 
 def is_patch_embedding(x: np.ndarray, kernel: tuple[int, int], strides, pads, dilations,

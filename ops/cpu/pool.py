@@ -174,17 +174,26 @@ def max_pool_bf16_rows(x, y, kh, kw, sh, sw, dh, dw, ph, pw, lo, hi):
                     _bf16_bits, lo, hi)
 
 
+def _vector_tag(x: np.ndarray, y: np.ndarray) -> tuple[int, ...] | None:
+    """The lanes tag of the vector pool kernels for NHWC ``x`` into ``y``: float32, both
+    C-contiguous, channels whole vectors (16 lanes where the CPU has AVX-512F and they fill
+    them, else 8); None where the scalar loops run."""
+    c = x.shape[3]
+    lanes = 16 if vector_lanes() == 16 and c % 16 == 0 else 8
+    ok = x.dtype == np.float32 and c % lanes == 0 and x.flags.c_contiguous \
+        and y.flags.c_contiguous
+    return lanes_tag(lanes) if ok else None
+
+
 def max_pool_into(x: np.ndarray, y: np.ndarray, c0: int, kernel, strides, dilations, pads,
                   fill, lo: int, hi: int) -> None:
     """Output rows [lo, hi) of a max pool of the NHWC ``x`` into channels c0:c0 + C of the
     NHWC ``y``: :func:`max_pool_vector_rows` where it applies, else :func:`max_pool_rows`."""
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, strides, dilations, pads
-    c = x.shape[3]
-    lanes = 16 if vector_lanes() == 16 and c % 16 == 0 else 8
-    if x.dtype == np.float32 and c % lanes == 0 and x.flags.c_contiguous \
-            and y.flags.c_contiguous:
+    tag = _vector_tag(x, y)
+    if tag is not None:
         max_pool_vector_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, np.float32(fill), lo, hi,
-                             lanes_tag(lanes))
+                             tag)
     else:
         max_pool_rows(x, y, c0, kh, kw, sh, sw, dh, dw, ph, pw, x.dtype.type(fill), lo, hi)
 
@@ -376,17 +385,17 @@ def average_pool_cpu(X: np.ndarray, *, auto_pad: str = "NOTSET", ceil_mode: int 
     lo_w, hi_w = (-pb[1], w + pe[1]) if count_include_pad else (0, w)
     xh = as_nhwc(X)
     y, c0 = output_buffer((X.shape[0], out[0], out[1], X.shape[1]), X.dtype)
-    c = X.shape[1]
-    lanes = 16 if vector_lanes() == 16 and c % 16 == 0 else 8
     geometry = (kernel_shape[0], kernel_shape[1], s[0], s[1], d[0], d[1], pb[0], pb[1], lo_h,
                 hi_h, lo_w, hi_w)
-    if X.dtype == np.float32 and c % lanes == 0 and xh.flags.c_contiguous \
-            and y.flags.c_contiguous:
-        tag = lanes_tag(lanes)
-        rows = lambda lo, hi: avg_pool_vector_rows(xh, y, c0, *geometry, lo, hi, tag)  # noqa: E731
-    else:
-        rows = lambda lo, hi: _avg_pool(xh, y, c0, *geometry, lo, hi)  # noqa: E731
-    run_ranges(rows, X.shape[0] * out[0], _rows_per_task(out[1] * c, kernel_shape))
+    tag = _vector_tag(xh, y)
+
+    def rows(lo: int, hi: int) -> None:
+        if tag is not None:
+            avg_pool_vector_rows(xh, y, c0, *geometry, lo, hi, tag)
+        else:
+            _avg_pool(xh, y, c0, *geometry, lo, hi)
+
+    run_ranges(rows, X.shape[0] * out[0], _rows_per_task(out[1] * X.shape[1], kernel_shape))
     return nchw_view(y[..., c0:c0 + X.shape[1]])
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from .blas import backend, gemm_batch
-from .common import packed, run_tasks, scratch, threads
+from .common import MIN_TASK_FLOPS, packed, run_tasks, scratch, threads
 from .epilogue import activate_row
 
 #: The filter transform G of F(2x2, 3x3) (B^T and A^T are written out in the kernels).
@@ -154,8 +154,8 @@ def conv3x3(xh: np.ndarray, w: np.ndarray, bias: np.ndarray | None, zh: np.ndarr
     t = dtype.type
     p0, p1 = t(act[1]), t(act[2])
     step = max(MIN_TILES, SLICE_BYTES // (16 * (c + m) * dtype.itemsize))
-    # a task for every kernel thread, unless tasks would get tiny (see conv.MIN_TASK_FLOPS)
-    step = max(20_000_000 // (32 * c * m), min(step, -(-tiles // threads())))
+    # a task for every kernel thread, unless tasks would get tiny (32 FLOPs a tile and pair)
+    step = max(MIN_TASK_FLOPS // (32 * c * m), min(step, -(-tiles // threads())))
     matmul = product(dtype)
 
     def work(i: int) -> None:
