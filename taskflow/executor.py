@@ -22,8 +22,8 @@ from taskflow import ops
 from taskflow.errors import ShapeError, TaskflowError, UnsupportedOpError
 from taskflow.ir.graph import Graph, Node
 from taskflow.ir.placement import Slot, concat_slots
+from taskflow.ir.views import view_runs, view_step
 from taskflow.ops.device import DEVICE_DTYPE_KINDS, is_gpu, to_device, use_device
-from taskflow.views import view_runs, view_step
 
 #: Largest input a sample run (FLOP count, trace, warm-up) builds: a declared shape past this
 #: is a broken model, not a workload.
@@ -111,7 +111,7 @@ class ExecutionPlan:
         self.chains = {} if device != "cpu" else step_chains(order, graph, set(self.slots))
         chained = {j for k, (_, count) in self.chains.items() for j in range(k, k + count)}
         #: Step k -> its role ("start", "mid", "end") in a run of Reshape and Transpose nodes
-        #: computed as one view in untraced runs (:func:`taskflow.views.view_runs`).
+        #: computed as one view in untraced runs (:func:`taskflow.ir.views.view_runs`).
         self.views = {} if device != "cpu" else view_runs(order, graph, set(self.shape_steps))
         #: Step k -> its attributes with ``y_precision``: reduced layers that hand their output
         #: to the next reduced layers narrow, in untraced runs (:func:`narrow_handoffs`).

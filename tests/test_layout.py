@@ -21,7 +21,7 @@ STAGES = [
     ("taskflow.ops",),
     ("taskflow.ir",),
     ("taskflow.frontend",),
-    ("taskflow.executor", "taskflow.views"),
+    ("taskflow.executor",),
     ("taskflow.model", "taskflow.precision"),
     ("taskflow.pipeline",),
     ("taskflow.dashboard",),

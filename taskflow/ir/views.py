@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from taskflow.errors import TaskflowError
 from taskflow.ir.graph import Graph, Node
 from taskflow.ops.movement import reshape, transpose
 
@@ -54,11 +55,10 @@ def view_runs(order: Sequence[Node], graph: Graph, skip: set[int]) -> dict[int, 
         if node.op not in _MOVES or k in roles:
             continue
         run = [node]
-        while (nxt := next_of(run[-1])) is not None and id(nxt) in index:
+        while (nxt := next_of(run[-1])) is not None:
             run.append(nxt)
         steps = [index[id(n)] for n in run]
-        if len(run) < 3 or sum(n.op == "Reshape" for n in run) < 2 \
-                or skip.intersection(steps) or roles.keys() & set(steps):
+        if len(run) < 3 or sum(n.op == "Reshape" for n in run) < 2 or skip.intersection(steps):
             continue
         roles.update(zip(steps, ["start"] + ["mid"] * (len(run) - 2) + ["end"]))
     return roles
@@ -141,23 +141,16 @@ def _resolve(shape: tuple[int, ...], steps: Sequence[tuple]
 
 
 def _target(shape: tuple[int, ...], spec: Any, allowzero: int) -> list[int] | None:
-    """Reshape's output shape for an input of ``shape`` (0 copies the input's dimension
-    unless ``allowzero``, -1 is inferred), or None where it is invalid or empty."""
-    dims = [int(v) for v in np.asarray(spec).ravel()]
-    for i, v in enumerate(dims):
-        if v == 0 and not allowzero:
-            if i >= len(shape):
-                return None
-            dims[i] = shape[i]
-    total = math.prod(shape)
-    if dims.count(-1) > 1 or any(v < -1 for v in dims) or total == 0:
+    """Reshape's output shape for an input of ``shape``, as the Reshape reference resolves
+    it (on a zero-stride stand-in: no memory, always a view), or None where it is invalid
+    or empty."""
+    if math.prod(shape) == 0:
         return None
-    if -1 in dims:
-        known = math.prod(v for v in dims if v != -1)
-        if known == 0 or total % known:
-            return None
-        dims[dims.index(-1)] = total // known
-    return dims if math.prod(dims) == total else None
+    try:
+        return list(reshape(np.broadcast_to(np.float32(0), shape), spec,
+                            allowzero=allowzero).shape)
+    except TaskflowError:
+        return None
 
 
 def _refine(a: Sequence[int], b: Sequence[int]) -> list[int] | None:
@@ -211,8 +204,8 @@ def rearrange(x: np.ndarray, steps: Sequence[tuple[str, list[int]]]) -> np.ndarr
         pieces = dict(zip(seq, _take([xv.shape[a] for a in seq], fine, fine)))
         first, k = {}, 0
         for a in range(xv.ndim):  # where each axis' pieces start in the split view
-            first[a], k = k, k + len(pieces.get(a, ()))
-        xv = np.reshape(xv, [p for a in range(xv.ndim) for p in pieces.get(a, ())])
+            first[a], k = k, k + len(pieces[a])
+        xv = np.reshape(xv, [p for a in range(xv.ndim) for p in pieces[a]])
         axes = [first[a] + i for a in seq for i in range(len(pieces[a]))]
         groups, dims = _take(arg, fine, axes), list(arg)
     return np.reshape(np.transpose(xv, [a for g in groups for a in g]), dims)

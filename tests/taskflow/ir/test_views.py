@@ -9,7 +9,7 @@ import pytest
 from taskflow.errors import TaskflowError
 from taskflow.executor import ExecutionPlan, node_timer
 from taskflow.ir.graph import Graph, Node, Value
-from taskflow.views import rearrange
+from taskflow.ir.views import rearrange
 
 S, B, H, D = 7, 4, 3, 5
 
@@ -113,7 +113,7 @@ def test_a_bad_shape_in_a_run_fails_as_the_node_would():
 
 
 def test_a_deferred_value_has_the_shape_of_the_value_it_stands_for():
-    from taskflow.views import Deferred
+    from taskflow.ir.views import Deferred
     x = np.zeros((S, B, H * D), np.float32)
     d = Deferred(x).add(Node("Reshape", ["x", "s"], ["r"]), [x, np.array([0, -1, D])])
     assert d.shape == (S, B * H, D)
