@@ -54,6 +54,14 @@ with their conversion of A and, for int8, the dequantisation)::
 MKL's GEMMs alone reach 770 (bf16) and about twice that (int8) on such shapes; at K = 64
 (ResNet-50's first 1x1 layers) the AMX tiles are mostly idle and bf16 barely beats sgemm.
 
+Dot kernels. Where MKL does not use the CPU's dot-product instructions (an AMD Zen 4 has
+AVX512-VNNI and AVX512-BF16, and MKL ran its int8 GEMM there at 0.4x its sgemm), the GEMM
+runs on :mod:`.dotgemm`'s register-blocked Numba kernels instead (4-5x sgemm for int8, 2.3x
+for bf16 there): :func:`dot_kernels` decides per precision (the instruction present, no AMX,
+and the kernel measured faster than MKL's once per process); ``TASKFLOW_LOWP=dot`` or
+``=mkl`` forces either. The packed weight, the zero-point offsets and the epilogues are the
+same; only the GEMM call differs.
+
 Emulation. Without MKL's reduced GEMMs (no ``mkl`` wheel, ``TASKFLOW_BLAS=numpy``, or
 ``TASKFLOW_LOWP=emulate``, read per call) the same conversions feed the float32 GEMM of
 :func:`.blas.gemm` on the bfloat16-valued operands, and for int8 a float64 GEMM of the centred
@@ -79,7 +87,7 @@ from numba import njit
 from taskflow.errors import ShapeError, UnsupportedOpError
 
 from ..quant import INT8_WEIGHT_MAX, check_precision, quantize_weight_per_channel
-from . import blas
+from . import blas, dotgemm
 from .common import scratch
 
 #: cblas enums of the packed API (mkl_cblas.h)
@@ -132,19 +140,93 @@ def lowp_backend(precision: str) -> str:
     precision = check_precision("lowp_backend", precision)
     if not precision:
         return blas.backend()
+    if _bindings() is not None and dot_kernels(precision):
+        native = dotgemm.HAS_BF16 if precision == "bf16" else dotgemm.HAS_VNNI
+        return "dot-" + (("avx512-bf16" if precision == "bf16" else "avx512-vnni") if native
+                         else "emulated")
     seven = precision == "int8" and int8_weight_max() == PAIR_SAFE_WEIGHT_MAX
     if not seven and (_bindings() if precision == "bf16" else _int8_bindings()) is None:
         return "emulated"
-    features = cpu_features()
-    cap = blas.isa_cap()
-    if cap:
-        features = features & _CAPPED[cap]
+    features = _capped_features()
     wanted = (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16")) if precision == "bf16" \
         else (("amx_int8", "amx"), ("avx512_vnni", "avx512-vnni"), ("avx_vnni", "avx-vnni"))
     for flag, name in (*wanted, ("avx512f", "avx512"), ("avx2", "avx2")):
         if flag in features:
             return f"mkl-{name}" + ("-7bit" if seven else "")  # 7-bit weights only
     return "mkl"
+
+
+def _capped_features() -> frozenset[str]:
+    """:func:`cpu_features` less what ``TASKFLOW_ISA`` caps."""
+    cap = blas.isa_cap()
+    return cpu_features() & _CAPPED[cap] if cap else cpu_features()
+
+
+#: ``TASKFLOW_LOWP`` values: who runs the reduced GEMMs (read per call; unset: chosen here)
+LOWP_MODES = ("emulate", "mkl", "dot")
+
+
+def dot_kernels(precision: str) -> bool:
+    """Whether ``precision``'s ("bf16" / "int8") GEMMs run on :mod:`.dotgemm`'s kernels
+    instead of MKL's: forced by ``TASKFLOW_LOWP=dot`` (on any CPU: without the instruction
+    they compute the same in plain vector code) or ``=mkl``; by default where the CPU has the
+    dot instruction (AVX512-VNNI / AVX512-BF16), no AMX, no ``TASKFLOW_ISA`` cap below
+    AVX-512, and the kernel is measured faster than MKL's on a typical layer here
+    (:func:`_dot_faster`: MKL uses VNNI and BF16 on Intel CPUs, not on AMD's)."""
+    mode = os.environ.get("TASKFLOW_LOWP", "").strip().lower()
+    if mode in ("dot", "mkl", "emulate"):
+        return mode == "dot"
+    flag = "avx512_bf16" if precision == "bf16" else "avx512_vnni"
+    features = _capped_features()
+    native = dotgemm.HAS_BF16 if precision == "bf16" else dotgemm.HAS_VNNI
+    return native and flag in features and not features & {"amx_bf16", "amx_int8"} \
+        and _dot_faster(precision)
+
+
+@functools.lru_cache(maxsize=2)
+def _dot_faster(precision: str) -> bool:
+    """Whether :func:`.dotgemm.gemm_groups` beats MKL's ``precision`` GEMM here on a
+    (256, 512) x (512, 256) product, one thread, best of 3 each (~2 ms in all, once per
+    process). MKL wins ties."""
+    import time
+
+    fns = _bindings()
+    if fns is None:
+        return True
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((256, 512), dtype=np.float32)
+    w = (pack_bf16 if precision == "bf16" else pack_int8)(a[:256].T.copy())
+    out = np.empty((256, 256), np.float32)
+    run = (lambda: gemm_bf16(a, w, out)) if precision == "bf16" else \
+        (lambda: gemm_int8(a, w, out, 0.02, 128))
+
+    def best(dot: bool) -> float:
+        times = []
+        with _forced("dot" if dot else "mkl"):
+            for _ in range(4):
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+        return min(times[1:])  # the first call compiles or packs
+
+    return best(True) < best(False)
+
+
+class _forced:
+    """``TASKFLOW_LOWP`` set to ``mode`` inside a ``with`` block (this module's own probe)."""
+
+    def __init__(self, mode: str):
+        self.mode, self.saved = mode, None
+
+    def __enter__(self) -> None:
+        self.saved = os.environ.get("TASKFLOW_LOWP")
+        os.environ["TASKFLOW_LOWP"] = self.mode
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is None:
+            os.environ.pop("TASKFLOW_LOWP", None)
+        else:
+            os.environ["TASKFLOW_LOWP"] = self.saved
 
 
 def precision_attrs(precision: str | bytes, x_scale: float,
@@ -217,8 +299,11 @@ PAIR_SAFE_WEIGHT_MAX = 64
 
 def _int8_bindings(wmax: int = INT8_WEIGHT_MAX) -> _Mkl | None:
     """:func:`_bindings` where MKL's int8 GEMM sums exactly on this CPU with weights of
-    magnitude up to ``wmax`` (:func:`_int8_exact`), else None: the emulation runs it."""
+    magnitude up to ``wmax`` (:func:`_int8_exact`) or :mod:`.dotgemm`'s kernel runs it (it
+    always sums exactly), else None: the emulation runs it."""
     fns = _bindings()
+    if fns is not None and dot_kernels("int8"):
+        return fns
     bound = PAIR_SAFE_WEIGHT_MAX if wmax <= PAIR_SAFE_WEIGHT_MAX else INT8_WEIGHT_MAX
     return fns if fns is not None and _int8_exact(bound) else None
 
@@ -291,6 +376,15 @@ class PackedBF16:
         self.k, self.n = bits.shape
         self._mkl: np.ndarray | None = None
         self._f32: np.ndarray | None = None
+        self._groups: np.ndarray | None = None
+        #: :func:`.dotgemm.gemm_groups`' ``init``: zeros, padded to whole panels
+        self.zeros = dotgemm.padded_init(None, self.n, np.float32)
+
+    def groups(self) -> np.ndarray:
+        """The weight packed for :func:`.dotgemm.gemm_groups` (on first use)."""
+        if self._groups is None:
+            self._groups = dotgemm.pack_groups(self.bits)
+        return self._groups
 
     def mkl(self, fns: _Mkl) -> np.ndarray:
         if self._mkl is None:  # a race packs twice, harmlessly
@@ -317,6 +411,7 @@ class PackedInt8:
         self.wmax = int(np.abs(values.astype(np.int16)).max()) if values.size else 0
         self._mkl: np.ndarray | None = None
         self._f64: np.ndarray | None = None
+        self._groups: np.ndarray | None = None
         self._terms: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def mkl(self, fns: _Mkl) -> np.ndarray:
@@ -324,15 +419,23 @@ class PackedInt8:
             self._mkl = _mkl_pack(fns.s8u8s32_get_size, fns.s8u8s32_pack, self.values)
         return self._mkl
 
+    def groups(self) -> np.ndarray:
+        """The weight packed for :func:`.dotgemm.gemm_groups` (on first use)."""
+        if self._groups is None:
+            self._groups = dotgemm.pack_groups(self.values)
+        return self._groups
+
     def terms(self, x_scale: float, x_zp: int) -> tuple[np.ndarray, np.ndarray]:
         """``(offset, multiplier)`` for A quantised at ``x_scale`` / ``x_zp``: MKL's int32
         column offsets ``-x_zp * colsum`` (|.| <= 255 * 127 * K: they fit), which take the
-        zero point off the sums exactly, and the float32 ``x_scale * scale`` per column.
+        zero point off the sums exactly (zero-padded to whole panels: also the ``init`` of
+        :func:`.dotgemm.gemm_groups`), and the float32 ``x_scale * scale`` per column.
         Kept per static scale (a layer's are fixed: computing them took 10 us per call)."""
         key = (float(x_scale), int(x_zp))
         got = self._terms.get(key)
         if got is None:
-            got = (-key[1] * self.colsum).astype(np.int32), np.float32(x_scale) * self.scale
+            offset = dotgemm.padded_init(-key[1] * self.colsum, self.n, np.int32)
+            got = offset, np.float32(x_scale) * self.scale
             if len(self._terms) < 8:  # dynamic int8's scales change with every input
                 self._terms[key] = got
         return got
@@ -484,8 +587,13 @@ def _gemm_bits(bits: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndar
     if fns is None:
         return blas.gemm((bits.astype(np.uint32) << 16).view(np.float32), packed.emulated(),
                          out)
-    b = packed.mkl(fns)  # a local: the buffer stays alive through the call
     c, ldc = _c_matrix(out)
+    if dot_kernels("bf16"):
+        dotgemm.gemm_groups(bits, packed.groups(), packed.zeros, c)
+        if c is not out:
+            out[...] = c
+        return out
+    b = packed.mkl(fns)  # a local: the buffer stays alive through the call
     fns.bf16(blas._ROW_MAJOR, blas._NO_TRANS, PACKED, m, packed.n, k, 1.0, bits.ctypes.data,
              _lda(bits), b.ctypes.data, packed.n, 0.0, c.ctypes.data, ldc)
     if c is not out:
@@ -531,6 +639,9 @@ def _gemm_q(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
     fns = _int8_bindings(packed.wmax)
     if fns is None or k > MAX_INT8_K:
         acc = np.matmul(q.astype(np.float64) - int(x_zp), packed.emulated())
+    elif dot_kernels("int8"):
+        acc = scratch("lowp-acc", (m, packed.n), np.int32)
+        dotgemm.gemm_groups(q, packed.groups(), offset, acc)
     else:
         b = packed.mkl(fns)
         acc = scratch("lowp-acc", (m, packed.n), np.int32)

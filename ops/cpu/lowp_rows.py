@@ -21,6 +21,7 @@ from numba import njit
 
 from .blas import _NO_TRANS, _ROW_MAJOR
 from .common import run_ranges, scratch
+from .dotgemm import gemm_groups
 from .epilogue import NONE, RELU, empty_operand, epilogue_rows
 from .lowp import (
     PACKED,
@@ -30,6 +31,7 @@ from .lowp import (
     _dequantize,
     _quantize_u8,
     _to_bf16,
+    dot_kernels,
     mkl_functions,
 )
 from .movement import im2col
@@ -65,38 +67,47 @@ def gemm_rows(precision: str, a: np.ndarray, packed: PackedBF16 | PackedInt8, y:
     bias, code, p0, p1 = epilogue
     no_z = empty_operand(np.float32, 2)
     src = a.view(np.uint32) if precision == "bf16" else a
+    b, groups = _weights(precision, packed, fns)
     if precision == "bf16":
-        bits, b = scratch("lowp-rows", (m, k), np.uint16), packed.mkl(fns)
-        return lambda lo, hi: _bf16_rows(fns.bf16_ptr, src, bits, b, y, lo, hi, bias, no_z,
-                                         code, p0, p1)
+        bits = scratch("lowp-rows", (m, k), np.uint16)
+        return lambda lo, hi: _bf16_rows(fns.bf16_ptr, src, bits, b, groups, packed.zeros, y,
+                                         lo, hi, bias, no_z, code, p0, p1)
     q, acc = scratch("lowp-rows", (m, k), np.uint8), scratch("lowp-rows-acc", (m, n), np.int32)
-    b = packed.mkl(fns)
     offset, multiplier = packed.terms(x_scale, x_zp)
     xs, zp = np.float32(x_scale), np.float32(int(x_zp))
-    return lambda lo, hi: _int8_rows(fns.s8u8_ptr, src, q, b, acc, offset, y, lo, hi, xs, zp,
-                                     multiplier, bias, no_z, code, p0, p1)
+    return lambda lo, hi: _int8_rows(fns.s8u8_ptr, src, q, b, groups, acc, offset, y, lo, hi,
+                                     xs, zp, multiplier, bias, no_z, code, p0, p1)
+
+
+def _weights(precision: str, packed: PackedBF16 | PackedInt8, fns) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """``(MKL's packed weight, the weight packed for .dotgemm)``: the second where
+    :func:`.lowp.dot_kernels` runs ``precision`` here, else an empty stand-in for the first
+    (the row functions take one or the other)."""
+    if dot_kernels(precision):
+        return empty_operand(np.uint8, 1), packed.groups()
+    return packed.mkl(fns), empty_operand(np.int8 if precision == "int8" else np.uint16, 3)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _bf16_rows(fn, bits, a16, b, y, lo, hi, bias, no_z, code, p0, p1):
-    """Rows lo:hi: ``a16 = bf16(bits)``, MKL's packed bf16 GEMM into ``y``, the epilogue."""
-    m, k, n = hi - lo, bits.shape[1], y.shape[1]
+def _bf16_rows(fn, bits, a16, b, groups, zeros, y, lo, hi, bias, no_z, code, p0, p1):
+    """Rows lo:hi: ``a16 = bf16(bits)``, MKL's packed bf16 GEMM (or .dotgemm's, with
+    ``groups``) into ``y``, the epilogue."""
+    n = y.shape[1]
     _to_bf16(bits[lo:hi], a16[lo:hi])
-    fn(_ROW_MAJOR, _NO_TRANS, PACKED, m, n, k, np.float32(1.0),
-       a16[lo:hi].ctypes.data, k, b.ctypes.data, n, np.float32(0.0), y[lo:hi].ctypes.data, n)
+    _gemm_bf16(fn, a16[lo:hi], b, groups, zeros, y[lo:hi], n, n)
     epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _int8_rows(fn, a, q, b, acc, offset, y, lo, hi, xs, zp, multiplier, bias, no_z, code, p0,
-               p1):
-    """Rows lo:hi: ``q = u8(a)``, MKL's packed s8u8s32 GEMM into ``acc`` (the zero point taken
-    off through the column offsets), ``y = acc * multiplier``, the epilogue."""
-    m, k, n = hi - lo, a.shape[1], y.shape[1]
+def _int8_rows(fn, a, q, b, groups, acc, offset, y, lo, hi, xs, zp, multiplier, bias, no_z,
+               code, p0, p1):
+    """Rows lo:hi: ``q = u8(a)``, MKL's packed s8u8s32 GEMM (or .dotgemm's, with ``groups``)
+    into ``acc`` (the zero point taken off through the column offsets), ``y = acc *
+    multiplier``, the epilogue."""
+    n = y.shape[1]
     _quantize_u8(a[lo:hi], q[lo:hi], xs, zp)
-    fn(_ROW_MAJOR, _NO_TRANS, PACKED, ROW_OFFSET, m, n, k, np.float32(1.0),
-       q[lo:hi].ctypes.data, k, np.int8(0), b.ctypes.data, n, np.int8(0), np.float32(0.0),
-       acc[lo:hi].ctypes.data, n, offset.ctypes.data)
+    _gemm_s8u8(fn, q[lo:hi], b, groups, acc[lo:], offset, n)
     _dequantize(acc[lo:hi], y[lo:hi], multiplier)
     epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
 
@@ -133,7 +144,8 @@ def conv_rows(precision: str, x4: np.ndarray, x2d: np.ndarray | None, w, kdim: i
     args = (fns.s8u8_ptr if int8 else fns.bf16_ptr, x4,
             empty_operand(narrow, 2) if x2d is None else x2d, _float_source(precision, xf))
     geo = (kh, kw, s[0], s[1], d[0], d[1], pb[0], pb[1], ho, wo)
-    b = w.mkl(fns)
+    b, groups = _weights(precision, w, fns)
+    zeros = empty_operand(f32, 1) if int8 else w.zeros
     bias_ = empty_operand(f32, 1) if bias is None else bias
     z_ = empty_operand(f32, 2) if z2d is None else z2d
     code, p0, p1 = act[0], f32(act[1]), f32(act[2])
@@ -147,15 +159,16 @@ def conv_rows(precision: str, x4: np.ndarray, x2d: np.ndarray | None, w, kdim: i
         ys, yzp = f32(y_qparams[0]), f32(int(y_qparams[1]))
         rows_fn = _narrow_int8_rows if int8 else _narrow_bf16_rows
         return lambda r0, r1: rows_fn(
-            *args, scratch("im2col", cols, narrow), pad, r0, r1, *geo, b,
+            *args, scratch("im2col", cols, narrow), pad, r0, r1, *geo, b, groups, zeros,
             scratch("lowp-acc", acc, np.int32), scratch("lowp-c", (rows, m), f32), offset,
             multiplier, y2d, bias_, z_, z2d is not None, code, p0, p1, xs, zp, ys, yzp)
     if not int8:
         return lambda r0, r1: _bf16_conv_rows(
-            *args, scratch("im2col", cols, narrow), r0, r1, *geo, b, y2d, c0, m, bias_, z_,
+            *args, scratch("im2col", cols, narrow), r0, r1, *geo, b, groups, zeros, y2d, c0, m,
+            bias_, z_,
             z2d is not None, code, p0, p1)
     return lambda r0, r1: _int8_conv_rows(
-        *args, scratch("im2col", cols, narrow), pad, r0, r1, *geo, b,
+        *args, scratch("im2col", cols, narrow), pad, r0, r1, *geo, b, groups,
         scratch("lowp-acc", acc, np.int32), offset, multiplier, y2d, c0, m, bias_, z_,
         z2d is not None, code, p0, p1, xs, zp)
 
@@ -189,20 +202,28 @@ def _slice_operand(x4, x2, xf, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho,
 
 
 @njit(cache=True, inline="always")
-def _gemm_bf16(fn, a, b, c, ldc, m):
-    """``c = a @ B`` through MKL's packed bf16 GEMM: ``a`` (rows, K) bf16 bits, ``c`` float32
-    rows ``ldc`` apart, ``m`` columns."""
+def _gemm_bf16(fn, a, b, groups, zeros, c, ldc, m):
+    """``c = a @ B`` through MKL's packed bf16 GEMM ``b`` (or .dotgemm's kernel on
+    ``groups``, where it is not empty): ``a`` (rows, K) bf16 bits, ``c`` float32 rows ``ldc``
+    apart, ``m`` columns."""
+    if groups.shape[0] > 0:
+        gemm_groups(a, groups, zeros, c[:, :m])
+        return
     k = a.shape[1]
     fn(_ROW_MAJOR, _NO_TRANS, PACKED, a.shape[0], m, k, np.float32(1.0), a.ctypes.data, k,
        b.ctypes.data, m, np.float32(0.0), c.ctypes.data, ldc)
 
 
 @njit(cache=True, inline="always")
-def _gemm_s8u8(fn, a, b, acc, offset, m):
-    """The int32 sums of ``a @ B`` through MKL's packed s8u8s32 GEMM (the zero point taken off
-    through the column ``offset``), into the first rows of ``acc``; returns them."""
+def _gemm_s8u8(fn, a, b, groups, acc, offset, m):
+    """The int32 sums of ``a @ B`` through MKL's packed s8u8s32 GEMM ``b`` (or .dotgemm's
+    kernel on ``groups``, where it is not empty; the zero point taken off through the column
+    ``offset``), into the first rows of ``acc``; returns them."""
     k, rows = a.shape[1], a.shape[0]
     out = acc[:rows]
+    if groups.shape[0] > 0:
+        gemm_groups(a, groups, offset, out)
+        return out
     fn(_ROW_MAJOR, _NO_TRANS, PACKED, ROW_OFFSET, rows, m, k, np.float32(1.0),
        a.ctypes.data, k, np.int8(0), b.ctypes.data, m, np.int8(0), np.float32(0.0),
        out.ctypes.data, m, offset.ctypes.data)
@@ -211,19 +232,19 @@ def _gemm_s8u8(fn, a, b, acc, offset, m):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _bf16_conv_rows(fn, x4, x2, xf, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo, b,
-                    y2d, c0, m, bias, z2d, has_z, code, p0, p1):
+                    groups, zeros, y2d, c0, m, bias, z2d, has_z, code, p0, p1):
     """Rows r0:r1 of a bf16 convolution (see :func:`conv_rows`)."""
     a = _slice_operand(x4, x2, xf, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                        np.uint16(0), np.float32(0), np.float32(0))
-    _gemm_bf16(fn, a, b, y2d[r0:r1, c0:], y2d.shape[1], m)
+    _gemm_bf16(fn, a, b, groups, zeros, y2d[r0:r1, c0:], y2d.shape[1], m)
     epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
                   np.float32(1))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _int8_conv_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
-                    b, acc, offset, multiplier, y2d, c0, m, bias, z2d, has_z, code, p0, p1, xs,
-                    zp):
+                    b, groups, acc, offset, multiplier, y2d, c0, m, bias, z2d, has_z, code, p0,
+                    p1, xs, zp):
     """Rows r0:r1 of an int8 convolution on the quantised input (see :func:`conv_rows`):
     MKL's s8u8s32 into ``acc``, the zero point taken off through the column ``offset``, then
     ``acc * multiplier`` and the epilogue."""
@@ -231,7 +252,8 @@ def _int8_conv_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, p
         q1 = min(r1, q0 + NARROW_ROWS)
         a = _slice_operand(x4, x2, xf, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                            pad, xs, zp)
-        _dequant_epilogue(_gemm_s8u8(fn, a, b, acc, offset, m), y2d[q0:q1], c0, multiplier,
+        _dequant_epilogue(_gemm_s8u8(fn, a, b, groups, acc, offset, m), y2d[q0:q1], c0,
+                          multiplier,
                           bias, z2d[q0:q1] if has_z else z2d, has_z, code, p0, p1)
 
 
@@ -269,8 +291,8 @@ def _dequant_epilogue(acc, y, c0, multiplier, bias, z, has_z, code, p0, p1):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _narrow_bf16_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
-                      b, acc, c, offset, multiplier, y2d, bias, z2d, has_z, code, p0, p1, xs,
-                      zp, ys, yzp):
+                      b, groups, zeros, acc, c, offset, multiplier, y2d, bias, z2d, has_z, code,
+                      p0, p1, xs, zp, ys, yzp):
     """Rows r0:r1 of a bf16 convolution whose output goes on narrow: per block of
     :data:`NARROW_ROWS` rows, the block's operand, MKL's GEMM into the float32 ``c``, then
     the epilogue and :func:`_to_narrow`."""
@@ -280,7 +302,7 @@ def _narrow_bf16_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw,
         a = _slice_operand(x4, x2, xf, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                            pad, xs, zp)
         cb = c[:q1 - q0]
-        _gemm_bf16(fn, a, b, cb, m, m)
+        _gemm_bf16(fn, a, b, groups, zeros, cb, m, m)
         epilogue_rows(cb, 0, m, bias, z2d[q0:q1] if has_z else z2d, code, p0, p1,
                       np.float32(1))
         _to_narrow(cb, y2d[q0:q1], ys, yzp)
@@ -288,8 +310,8 @@ def _narrow_bf16_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw,
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _narrow_int8_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
-                      b, acc, c, offset, multiplier, y2d, bias, z2d, has_z, code, p0, p1, xs,
-                      zp, ys, yzp):
+                      b, groups, zeros, acc, c, offset, multiplier, y2d, bias, z2d, has_z, code,
+                      p0, p1, xs, zp, ys, yzp):
     """:func:`_narrow_bf16_rows` for int8: MKL's s8u8s32 GEMM into ``acc`` (the zero point
     taken off through the column ``offset``), ``c = acc * multiplier``."""
     m = y2d.shape[1]
@@ -298,7 +320,7 @@ def _narrow_int8_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw,
         a = _slice_operand(x4, x2, xf, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                            pad, xs, zp)
         cb = c[:q1 - q0]
-        _dequant_epilogue(_gemm_s8u8(fn, a, b, acc, offset, m), cb, 0, multiplier, bias,
+        _dequant_epilogue(_gemm_s8u8(fn, a, b, groups, acc, offset, m), cb, 0, multiplier, bias,
                           z2d[q0:q1] if has_z else z2d, has_z, code, p0, p1)
         _to_narrow(cb, y2d[q0:q1], ys, yzp)
 

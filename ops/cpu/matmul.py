@@ -228,7 +228,8 @@ def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
     parts = max(1, min(m // MIN_BLOCK, per_thread * threads()))
     step = -(-m // parts)
     tasks = -(-m // step)
-    if precision == "bf16" and fused is not None and tasks > 1 and a.flags.c_contiguous:
+    if precision == "bf16" and fused is not None and tasks > 1 and a.flags.c_contiguous \
+            and not lowp.dot_kernels("bf16"):
         # a job of the native pool: the helpers take their blocks without the GIL
         native = native_pool.pool()
         fns = lowp.mkl_functions("bf16", wp.k)

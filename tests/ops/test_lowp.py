@@ -1,8 +1,9 @@
 """Reduced-precision kernels (``ops/cpu/lowp.py``): FusedConv, FusedGemm and FusedMatMul with
 ``precision`` "bf16" / "int8" against their references (the float32 op on fake-quantised
-operands, ``ops/quant.py``), on oneMKL's bf16 and s8u8s32 GEMMs and on the emulation
-(``TASKFLOW_LOWP=emulate``). Then: the precision really applies (results differ from float32,
-within the format's error), MKL and the emulation agree, the attributes are checked, the CPU
+operands, ``ops/quant.py``), on oneMKL's bf16 and s8u8s32 GEMMs, on the dot-instruction
+kernels (``ops/cpu/dotgemm.py``) and on the emulation (``TASKFLOW_LOWP=mkl|dot|emulate``).
+Then: the precision really applies (results differ from float32, within the format's error),
+MKL, the dot kernels and the emulation agree, the attributes are checked, the CPU
 features are read, and ``TASKFLOW_ISA=avx2`` reaches MKL.
 """
 
@@ -39,18 +40,18 @@ PRECISIONS = {"bf16": ("bf16", 0.0, 0), "int8": ("int8", 0.03, 200),
               "int8-dynamic": ("int8", 0.0, 0)}
 
 
-@pytest.fixture(params=["mkl", "emulate"])
+@pytest.fixture(params=["mkl", "dot", "emulate"])
 def mode(request, monkeypatch):
-    """Run on oneMKL's reduced GEMMs, then on the emulation (read per call)."""
+    """Run on oneMKL's reduced GEMMs, on .dotgemm's kernels (VNNI / AVX512-BF16 where the CPU
+    has them, their plain-vector form elsewhere), then on the emulation (read per call)."""
+    monkeypatch.setenv("TASKFLOW_LOWP", request.param)
     if request.param == "emulate":
-        monkeypatch.setenv("TASKFLOW_LOWP", "emulate")
         assert lowp.lowp_backend("int8") == "emulated"
     else:
-        monkeypatch.delenv("TASKFLOW_LOWP", raising=False)
         if lowp._bindings() is None:
             pytest.skip("no oneMKL reduced-precision GEMMs (mkl wheel missing or "
                         "TASKFLOW_BLAS=numpy)")
-        assert lowp.lowp_backend("bf16").startswith("mkl-")
+        assert lowp.lowp_backend("bf16").startswith(f"{request.param}-")
     return request.param
 
 
@@ -223,24 +224,25 @@ def test_int8_sums_exactly_where_pairs_of_products_overflow_int16(mode):
                                                          or not lowp.int8_weight_max())
 
 
-def test_mkl_and_the_emulation_agree(monkeypatch):
-    """int8 bit for bit (both sum the same integers exactly); bf16 to summation order."""
+def test_mkl_the_dot_kernels_and_the_emulation_agree(monkeypatch):
+    """int8 bit for bit (all sum the same integers exactly); bf16 to summation order."""
     if lowp._bindings() is None:
         pytest.skip("no oneMKL reduced-precision GEMMs")
     rng = np.random.default_rng(9)
     a, b = rand(rng, 33, 70)[:, 3:], rand(rng, 67, 19)  # a strided A
     p8, p16 = lowp.pack_int8(b), lowp.pack_bf16(b)
     out = {}
-    for env in ("", "emulate"):
+    for env in ("mkl", "dot", "emulate"):
         monkeypatch.setenv("TASKFLOW_LOWP", env)
         c = np.zeros((33, 40), np.float32)[:, 5:24]  # a strided output, as a group's columns
         out[env] = (lowp.gemm_int8(a, p8, c, 0.05, 17).copy(),
-                    lowp.gemm_bf16(a, p16, np.empty((33, 19), np.float32)))
-    np.testing.assert_array_equal(out[""][0], out["emulate"][0])
-    assert_close(out[""][1], out["emulate"][1], rtol=1e-5, atol=1e-5)
+                    lowp.gemm_bf16(a, p16, np.zeros((33, 40), np.float32)[:, 7:26]).copy())
+    for env in ("mkl", "dot"):
+        np.testing.assert_array_equal(out[env][0], out["emulate"][0])
+        assert_close(out[env][1], out["emulate"][1], rtol=1e-5, atol=1e-5)
     ref = fake_quant_u8(a, 0.05, 17) @ (p8.values * p8.scale)
-    assert_close(out[""][0], ref, rtol=1e-5, atol=1e-5)
-    assert_close(out[""][1], fake_quant_bf16(a) @ fake_quant_bf16(b), rtol=1e-5, atol=1e-5)
+    assert_close(out["dot"][0], ref, rtol=1e-5, atol=1e-5)
+    assert_close(out["dot"][1], fake_quant_bf16(a) @ fake_quant_bf16(b), rtol=1e-5, atol=1e-5)
 
 
 def test_conversions_round_like_the_reference():

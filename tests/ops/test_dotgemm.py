@@ -1,0 +1,100 @@
+"""The dot-instruction GEMMs (``ops/cpu/dotgemm.py``): exact int32 sums of uint8 x int8 and
+float32 sums of bf16 x bf16 products, against numpy in int64 / float64, on shapes that cut
+the 4-row x 64-column register block, the 16-column panels and the 4-byte K groups
+everywhere; strided outputs; and the same kernel compiled without the dot instructions (their
+plain-vector form, what a CPU without VNNI / AVX512-BF16 runs) agreeing bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+from taskflow.ops.cpu import dotgemm
+
+#: (M, K, N): single elements, every remainder of rows (4), panels (16 columns), blocks (64)
+#: and groups (4 bytes: 4 int8 or 2 bf16), and a ResNet-sized K
+SHAPES = [(1, 1, 1), (3, 5, 17), (5, 7, 3), (6, 130, 70), (9, 4, 64), (13, 66, 129),
+          (4, 1153, 48)]
+
+
+def _bf16(rng, shape):
+    """Random bf16 bits of values in [-4, 4] (uint16), and those values in float64."""
+    f = rng.uniform(-4, 4, shape).astype(np.float32)
+    bits = ((f.view(np.uint32) + 0x8000) >> 16).astype(np.uint16)
+    return bits, (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_int8_sums_are_exact(m, k, n):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    w = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    w[0, :] = -127  # the extremes: 255 * -127 in every group of the first rows
+    a[:, 0] = 255
+    offset = rng.integers(-10**6, 10**6, n).astype(np.int32)
+    out = np.full((m, n), -7, np.int32)
+    dotgemm.gemm_groups(a, dotgemm.pack_groups(w), dotgemm.padded_init(offset, n, np.int32),
+                        out)
+    np.testing.assert_array_equal(out, a.astype(np.int64) @ w.astype(np.int64) + offset)
+
+
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_bf16_sums_match_float64(m, k, n):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    (a, af), (b, bf) = _bf16(rng, (m, k)), _bf16(rng, (k, n))
+    out = np.full((m, n), np.nan, np.float32)
+    dotgemm.gemm_groups(a, dotgemm.pack_groups(b), dotgemm.padded_init(None, n, np.float32),
+                        out)
+    # float32 sums of exact products: within the classic bound k * u * sum |a| |b|
+    bound = k * 2.0 ** -24 * (np.abs(af) @ np.abs(bf))
+    assert np.all(np.abs(out - af @ bf) <= bound + 1e-30)
+    if out.size > 8:
+        assert np.std(out) > 1  # the output depends on the inputs
+
+
+def test_outputs_can_be_column_blocks_of_wider_arrays():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (7, 40), dtype=np.uint8)[:, 3:]  # a strided A too
+    w = rng.integers(-127, 128, (37, 21), dtype=np.int8)
+    wide = np.zeros((7, 50), np.int32)
+    dotgemm.gemm_groups(a, dotgemm.pack_groups(w), dotgemm.padded_init(None, 21, np.int32),
+                        wide[:, 11:32])
+    np.testing.assert_array_equal(wide[:, 11:32], a.astype(np.int64) @ w)
+    assert not wide[:, :11].any() and not wide[:, 32:].any()  # nothing written beside it
+
+
+def test_packing_puts_a_group_of_a_column_together():
+    w = np.arange(6 * 18, dtype=np.int32).reshape(6, 18).astype(np.int8)
+    p = dotgemm.pack_groups(w)
+    assert p.shape == (2, 2, 64)  # 18 columns: 2 panels; 6 rows: 2 groups of 4
+    np.testing.assert_array_equal(p[0, 0, :8], [w[0, 0], w[1, 0], w[2, 0], w[3, 0],
+                                                 w[0, 1], w[1, 1], w[2, 1], w[3, 1]])
+    np.testing.assert_array_equal(p[1, 1, :4], [w[4, 16], w[5, 16], 0, 0])  # zero-padded
+    assert not p[1, :, 8:].any()  # columns 18-31 do not exist
+
+
+def test_the_plain_vector_form_agrees(monkeypatch):
+    """The kernel compiled as on a CPU without the dot instructions (a fresh compilation with
+    them switched off) gives the same int32 sums, and the same float32 sums: it adds the odd
+    then the even product with fused multiply-adds, and a bf16 product is exact."""
+    monkeypatch.setattr(dotgemm, "HAS_VNNI", False)
+    monkeypatch.setattr(dotgemm, "HAS_BF16", False)
+    plain = njit(nogil=True)(dotgemm.gemm_groups.py_func)
+    rng = np.random.default_rng(5)
+    m, k, n = 9, 35, 40
+    a8, w8 = rng.integers(0, 256, (m, k), dtype=np.uint8), rng.integers(-127, 128, (k, n),
+                                                                         dtype=np.int8)
+    got = np.empty((m, n), np.int32)
+    plain(a8, dotgemm.pack_groups(w8), dotgemm.padded_init(None, n, np.int32), got)
+    np.testing.assert_array_equal(got, a8.astype(np.int64) @ w8)
+    (a16, af), (b16, bf) = _bf16(rng, (m, k)), _bf16(rng, (k, n))
+    zeros = dotgemm.padded_init(None, n, np.float32)
+    outs = [np.empty((m, n), np.float32) for _ in range(2)]
+    plain(a16, dotgemm.pack_groups(b16), zeros, outs[0])
+    dotgemm.gemm_groups(a16, dotgemm.pack_groups(b16), zeros, outs[1])
+    np.testing.assert_allclose(outs[0], af @ bf, rtol=0, atol=1e-3)
+    if dotgemm.HAS_BF16 is False or not dotgemm._HOST.get("avx512bf16"):
+        return  # nothing native to compare with here
+    # vdpbf16ps rounds once per pair where two FMAs round twice: within one ulp per group
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=k * 2.0 ** -20)
