@@ -589,7 +589,7 @@ def _gemm_bits(bits: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndar
                          out)
     c, ldc = _c_matrix(out)
     if dot_kernels("bf16"):
-        dotgemm.gemm_groups(bits, packed.groups(), packed.zeros, c)
+        dotgemm.gemm_groups(bits, packed.groups(), packed.zeros, c, dotgemm.raw_epilogue())
         if c is not out:
             out[...] = c
         return out
@@ -641,7 +641,7 @@ def _gemm_q(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
         acc = np.matmul(q.astype(np.float64) - int(x_zp), packed.emulated())
     elif dot_kernels("int8"):
         acc = scratch("lowp-acc", (m, packed.n), np.int32)
-        dotgemm.gemm_groups(q, packed.groups(), offset, acc)
+        dotgemm.gemm_groups(q, packed.groups(), offset, acc, dotgemm.raw_epilogue())
     else:
         b = packed.mkl(fns)
         acc = scratch("lowp-acc", (m, packed.n), np.int32)

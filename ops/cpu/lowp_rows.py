@@ -21,7 +21,7 @@ from numba import njit
 
 from .blas import _NO_TRANS, _ROW_MAJOR
 from .common import run_ranges, scratch
-from .dotgemm import gemm_groups
+from .dotgemm import gemm_groups, raw_in_njit
 from .epilogue import NONE, RELU, empty_operand, epilogue_rows
 from .lowp import (
     PACKED,
@@ -207,7 +207,7 @@ def _gemm_bf16(fn, a, b, groups, zeros, c, ldc, m):
     ``groups``, where it is not empty): ``a`` (rows, K) bf16 bits, ``c`` float32 rows ``ldc``
     apart, ``m`` columns."""
     if groups.shape[0] > 0:
-        gemm_groups(a, groups, zeros, c[:, :m])
+        gemm_groups(a, groups, zeros, c[:, :m], raw_in_njit(zeros))
         return
     k = a.shape[1]
     fn(_ROW_MAJOR, _NO_TRANS, PACKED, a.shape[0], m, k, np.float32(1.0), a.ctypes.data, k,
@@ -222,7 +222,7 @@ def _gemm_s8u8(fn, a, b, groups, acc, offset, m):
     k, rows = a.shape[1], a.shape[0]
     out = acc[:rows]
     if groups.shape[0] > 0:
-        gemm_groups(a, groups, offset, out)
+        gemm_groups(a, groups, offset, out, raw_in_njit(np.empty(0, np.float32)))
         return out
     fn(_ROW_MAJOR, _NO_TRANS, PACKED, ROW_OFFSET, rows, m, k, np.float32(1.0),
        a.ctypes.data, k, np.int8(0), b.ctypes.data, m, np.int8(0), np.float32(0.0),
@@ -248,13 +248,27 @@ def _int8_conv_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, p
     """Rows r0:r1 of an int8 convolution on the quantised input (see :func:`conv_rows`):
     MKL's s8u8s32 into ``acc``, the zero point taken off through the column ``offset``, then
     ``acc * multiplier`` and the epilogue."""
+    fused = _fusable(groups, bias, m, code)
     for q0 in range(r0, r1, NARROW_ROWS):  # blocks whose int32 sums stay in L2
         q1 = min(r1, q0 + NARROW_ROWS)
         a = _slice_operand(x4, x2, xf, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                            pad, xs, zp)
+        if fused:  # the epilogue on the sums in registers
+            gemm_groups(a, groups, offset, y2d[q0:q1, c0:c0 + m],
+                        (multiplier, bias, z2d[q0:q1] if has_z else z2d, code, xs, zp))
+            continue
         _dequant_epilogue(_gemm_s8u8(fn, a, b, groups, acc, offset, m), y2d[q0:q1], c0,
                           multiplier,
                           bias, z2d[q0:q1] if has_z else z2d, has_z, code, p0, p1)
+
+
+@njit(cache=True, inline="always")
+def _fusable(groups, bias, m, code):
+    """Whether .dotgemm's kernel runs this int8 layer (``groups`` not empty) with its
+    epilogue on the sums in registers: a bias of all ``m`` columns or none, and no activation
+    or ReLU (the others take :func:`_dequant_epilogue`'s passes)."""
+    return groups.shape[0] > 0 and (bias.shape[0] == m or bias.shape[0] == 0) \
+        and (code == NONE or code == RELU)
 
 
 @njit(cache=True, inline="always")
@@ -313,12 +327,18 @@ def _narrow_int8_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw,
                       b, groups, zeros, acc, c, offset, multiplier, y2d, bias, z2d, has_z, code,
                       p0, p1, xs, zp, ys, yzp):
     """:func:`_narrow_bf16_rows` for int8: MKL's s8u8s32 GEMM into ``acc`` (the zero point
-    taken off through the column ``offset``), ``c = acc * multiplier``."""
+    taken off through the column ``offset``), ``c = acc * multiplier``; or .dotgemm's kernel
+    with the epilogue and the quantisation on its sums in registers (:func:`_fusable`)."""
     m = y2d.shape[1]
+    fused = _fusable(groups, bias, m, code)
     for q0 in range(r0, r1, NARROW_ROWS):
         q1 = min(r1, q0 + NARROW_ROWS)
         a = _slice_operand(x4, x2, xf, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                            pad, xs, zp)
+        if fused:
+            gemm_groups(a, groups, offset, y2d[q0:q1],
+                        (multiplier, bias, z2d[q0:q1] if has_z else z2d, code, ys, yzp))
+            continue
         cb = c[:q1 - q0]
         _dequant_epilogue(_gemm_s8u8(fn, a, b, groups, acc, offset, m), cb, 0, multiplier, bias,
                           z2d[q0:q1] if has_z else z2d, has_z, code, p0, p1)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from numba import njit
-from taskflow.ops.cpu import dotgemm
+from taskflow.ops.cpu import dotgemm, lowp_rows
+from taskflow.ops.cpu.epilogue import NONE, RELU
+
+RAW = dotgemm.raw_epilogue()
 
 #: (M, K, N): single elements, every remainder of rows (4), panels (16 columns), blocks (64)
 #: and groups (4 bytes: 4 int8 or 2 bf16), and a ResNet-sized K
@@ -35,7 +38,7 @@ def test_int8_sums_are_exact(m, k, n):
     offset = rng.integers(-10**6, 10**6, n).astype(np.int32)
     out = np.full((m, n), -7, np.int32)
     dotgemm.gemm_groups(a, dotgemm.pack_groups(w), dotgemm.padded_init(offset, n, np.int32),
-                        out)
+                        out, RAW)
     np.testing.assert_array_equal(out, a.astype(np.int64) @ w.astype(np.int64) + offset)
 
 
@@ -45,7 +48,7 @@ def test_bf16_sums_match_float64(m, k, n):
     (a, af), (b, bf) = _bf16(rng, (m, k)), _bf16(rng, (k, n))
     out = np.full((m, n), np.nan, np.float32)
     dotgemm.gemm_groups(a, dotgemm.pack_groups(b), dotgemm.padded_init(None, n, np.float32),
-                        out)
+                        out, RAW)
     # float32 sums of exact products: within the classic bound k * u * sum |a| |b|
     bound = k * 2.0 ** -24 * (np.abs(af) @ np.abs(bf))
     assert np.all(np.abs(out - af @ bf) <= bound + 1e-30)
@@ -59,9 +62,45 @@ def test_outputs_can_be_column_blocks_of_wider_arrays():
     w = rng.integers(-127, 128, (37, 21), dtype=np.int8)
     wide = np.zeros((7, 50), np.int32)
     dotgemm.gemm_groups(a, dotgemm.pack_groups(w), dotgemm.padded_init(None, 21, np.int32),
-                        wide[:, 11:32])
+                        wide[:, 11:32], RAW)
     np.testing.assert_array_equal(wide[:, 11:32], a.astype(np.int64) @ w)
     assert not wide[:, :11].any() and not wide[:, 32:].any()  # nothing written beside it
+
+
+@pytest.mark.parametrize("code", [NONE, RELU])
+@pytest.mark.parametrize("bias, residual", [(True, True), (True, False), (False, False)])
+def test_the_epilogue_in_registers_is_the_two_pass_one(code, bias, residual):
+    """int8 sums dequantised, biased, added to a residual and activated on the accumulators
+    (float32 out), then quantised for the next layer (uint8 out): bit for bit what
+    lowp_rows' separate passes compute from the same sums, partial panels included."""
+    rng = np.random.default_rng(code * 10 + bias * 2 + residual)
+    m, k, n = 11, 40, 37  # 37 columns: two whole panels and a partial one
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    w = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    b, init = dotgemm.pack_groups(w), dotgemm.padded_init(
+        rng.integers(-3000, 3000, n).astype(np.int32), n, np.int32)
+    mult = rng.uniform(1e-4, 1e-3, n).astype(np.float32)
+    bias_ = rng.standard_normal(n).astype(np.float32) if bias else np.zeros(0, np.float32)
+    z = rng.standard_normal((m, n)).astype(np.float32) if residual else \
+        np.zeros((0, 0), np.float32)
+    ys, yzp = np.float32(0.02), np.float32(100)
+    acc = np.empty((m, n), np.int32)
+    dotgemm.gemm_groups(a, b, init, acc, RAW)
+    want = np.empty((m, n), np.float32)
+    lowp_rows._dequant_epilogue(acc, want, 0, mult, bias_, z, residual, code, np.float32(0),
+                                np.float32(0))
+    want8 = np.empty((m, n), np.uint8)
+    lowp_rows._to_narrow(want, want8, ys, yzp)
+    ep = (mult, bias_, z, code, ys, yzp)
+    got = np.full((m, n), np.nan, np.float32)
+    dotgemm.gemm_groups(a, b, init, got, ep)
+    np.testing.assert_array_equal(got, want)
+    got8 = np.zeros((m, n + 5), np.uint8)[:, 2:n + 2]  # a column block of a wider array
+    dotgemm.gemm_groups(a, b, init, got8, ep)
+    np.testing.assert_array_equal(got8, want8)
+    assert np.ptp(want8) > 50  # the quantised outputs use the range
+    if code == RELU:
+        assert (want == 0).any() and (want > 0).any()
 
 
 def test_packing_puts_a_group_of_a_column_together():
@@ -86,13 +125,13 @@ def test_the_plain_vector_form_agrees(monkeypatch):
     a8, w8 = rng.integers(0, 256, (m, k), dtype=np.uint8), rng.integers(-127, 128, (k, n),
                                                                          dtype=np.int8)
     got = np.empty((m, n), np.int32)
-    plain(a8, dotgemm.pack_groups(w8), dotgemm.padded_init(None, n, np.int32), got)
+    plain(a8, dotgemm.pack_groups(w8), dotgemm.padded_init(None, n, np.int32), got, RAW)
     np.testing.assert_array_equal(got, a8.astype(np.int64) @ w8)
     (a16, af), (b16, bf) = _bf16(rng, (m, k)), _bf16(rng, (k, n))
     zeros = dotgemm.padded_init(None, n, np.float32)
     outs = [np.empty((m, n), np.float32) for _ in range(2)]
-    plain(a16, dotgemm.pack_groups(b16), zeros, outs[0])
-    dotgemm.gemm_groups(a16, dotgemm.pack_groups(b16), zeros, outs[1])
+    plain(a16, dotgemm.pack_groups(b16), zeros, outs[0], RAW)
+    dotgemm.gemm_groups(a16, dotgemm.pack_groups(b16), zeros, outs[1], RAW)
     np.testing.assert_allclose(outs[0], af @ bf, rtol=0, atol=1e-3)
     if dotgemm.HAS_BF16 is False or not dotgemm._HOST.get("avx512bf16"):
         return  # nothing native to compare with here
