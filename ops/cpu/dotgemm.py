@@ -350,12 +350,30 @@ def finish(typingctx, f, eps, r, c, count):
     return F32x16(f, eps, r, c, count), codegen
 
 
+def _bf16_bits(builder, f):
+    """The bfloat16 bits of float32 lanes, as :func:`.lowp._to_bf16`: to nearest, ties to
+    even; a NaN stays a quiet NaN."""
+    b = builder.bitcast(f, _V16)
+
+    def const(x):
+        return ir.Constant(_V16, [x] * LANES)
+
+    odd = builder.and_(builder.lshr(b, const(16)), const(1))
+    rounded = builder.lshr(builder.add(builder.add(b, const(0x7FFF)), odd), const(16))
+    nan = builder.icmp_unsigned(">", builder.and_(b, const(0x7FFFFFFF)), const(0x7F800000))
+    quiet = builder.or_(builder.lshr(b, const(16)), const(0x40))
+    return builder.trunc(builder.select(nan, quiet, rounded),
+                         ir.VectorType(ir.IntType(16), LANES))
+
+
 @intrinsic
 def put(typingctx, out, r, c, v, count):
     """``out[r, c:c + count] = v[:count]`` (a masked store): int32 or float32 lanes into an
-    ``out`` of their type, float32 lanes holding 0 to 255 into a uint8 ``out``."""
+    ``out`` of their type, float32 lanes holding 0 to 255 into a uint8 ``out``, float32
+    lanes as their bfloat16 bits into a uint16 ``out``."""
     if not isinstance(out, types.Array) or out.ndim != 2 or (out.dtype, v) not in (
-            (types.int32, I32x16), (types.float32, F32x16), (types.uint8, F32x16)):
+            (types.int32, I32x16), (types.float32, F32x16), (types.uint8, F32x16),
+            (types.uint16, F32x16)):
         return None
 
     def codegen(context, builder, sig, args):
@@ -363,9 +381,12 @@ def put(typingctx, out, r, c, v, count):
         value = args[3]
         if sig.args[0].dtype == types.uint8:
             value = builder.fptoui(value, ir.VectorType(ir.IntType(8), LANES))
+        elif sig.args[0].dtype == types.uint16:
+            value = _bf16_bits(builder, value)
         mask = _mask(builder, context.cast(builder, args[4], sig.args[4], types.int64))
         target = builder.bitcast(ptr, value.type.as_pointer())
-        kind = {types.uint8: "i8", types.float32: "f32", types.int32: "i32"}[sig.args[0].dtype]
+        kind = {types.uint8: "i8", types.uint16: "i16", types.float32: "f32",
+                types.int32: "i32"}[sig.args[0].dtype]
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [value.type, target.type, _I32,
                                                              mask.type]),
@@ -394,8 +415,8 @@ def _quantize_impl(f, scale, zero_point):
 
 def _store(out, r, c, n, v, eps):
     """Stores the 16 sums ``v`` into ``out[r, c:]`` (fewer where ``c + 16 > n``): as they are
-    into an ``out`` of their type, else through :func:`finish` into a float32 ``out``, and on
-    through :func:`_quantize` into a uint8 one."""
+    into an ``out`` of their type, else through :func:`finish` into a float32 ``out`` (or a
+    uint16 one, as bf16 bits), and on through :func:`_quantize` into a uint8 one."""
 
 
 @overload(_store, inline="always")
@@ -406,7 +427,7 @@ def _store_impl(out, r, c, n, v, eps):
         def raw(out, r, c, n, v, eps):
             put(out, r, c, v, min(LANES, n - c))
         return raw
-    if out.dtype == types.float32:
+    if out.dtype == types.float32 or out.dtype == types.uint16:  # uint16: bf16 bits
         def finished(out, r, c, n, v, eps):
             count = min(LANES, n - c)
             put(out, r, c, finish(as_float(v), eps, r, c, count), count)

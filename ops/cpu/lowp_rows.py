@@ -236,6 +236,10 @@ def _bf16_conv_rows(fn, x4, x2, xf, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw
     """Rows r0:r1 of a bf16 convolution (see :func:`conv_rows`)."""
     a = _slice_operand(x4, x2, xf, cols, r0, r1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                        np.uint16(0), np.float32(0), np.float32(0))
+    if _fusable(groups, bias, m, code):  # the epilogue on the sums in registers
+        gemm_groups(a, groups, zeros, y2d[r0:r1, c0:c0 + m], (
+            bias[:0], bias, z2d[r0:r1] if has_z else z2d, code, np.float32(1), np.float32(0)))
+        return
     _gemm_bf16(fn, a, b, groups, zeros, y2d[r0:r1, c0:], y2d.shape[1], m)
     epilogue_rows(y2d[r0:r1], c0, m, bias, z2d[r0:r1] if has_z else z2d, code, p0, p1,
                   np.float32(1))
@@ -264,9 +268,9 @@ def _int8_conv_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw, p
 
 @njit(cache=True, inline="always")
 def _fusable(groups, bias, m, code):
-    """Whether .dotgemm's kernel runs this int8 layer (``groups`` not empty) with its
-    epilogue on the sums in registers: a bias of all ``m`` columns or none, and no activation
-    or ReLU (the others take :func:`_dequant_epilogue`'s passes)."""
+    """Whether .dotgemm's kernel runs this layer (``groups`` not empty) with its epilogue on
+    the sums in registers: a bias of all ``m`` columns or none, and no activation or ReLU
+    (the others take the separate passes)."""
     return groups.shape[0] > 0 and (bias.shape[0] == m or bias.shape[0] == 0) \
         and (code == NONE or code == RELU)
 
@@ -315,6 +319,10 @@ def _narrow_bf16_rows(fn, x4, x2, xf, cols, pad, r0, r1, kh, kw, sh, sw, dh, dw,
         q1 = min(r1, q0 + NARROW_ROWS)
         a = _slice_operand(x4, x2, xf, cols, q0, q1, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo,
                            pad, xs, zp)
+        if _fusable(groups, bias, m, code):  # epilogue and bf16 rounding in registers
+            gemm_groups(a, groups, zeros, y2d[q0:q1],
+                        (bias[:0], bias, z2d[q0:q1] if has_z else z2d, code, ys, yzp))
+            continue
         cb = c[:q1 - q0]
         _gemm_bf16(fn, a, b, groups, zeros, cb, m, m)
         epilogue_rows(cb, 0, m, bias, z2d[q0:q1] if has_z else z2d, code, p0, p1,

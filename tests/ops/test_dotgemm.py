@@ -137,3 +137,44 @@ def test_the_plain_vector_form_agrees(monkeypatch):
         return  # nothing native to compare with here
     # vdpbf16ps rounds once per pair where two FMAs round twice: within one ulp per group
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=k * 2.0 ** -20)
+
+
+@pytest.mark.parametrize("code", [NONE, RELU])
+def test_bf16_epilogue_in_registers_is_the_two_pass_one(code):
+    """bf16 sums biased, added to a residual and activated on the accumulators (float32 out),
+    then rounded to bf16 bits for the next layer (uint16 out): bit for bit epilogue_rows then
+    lowp's rounding."""
+    from taskflow.ops.cpu.epilogue import epilogue_rows
+    from taskflow.ops.cpu.lowp import _to_bf16
+
+    rng = np.random.default_rng(code + 40)
+    m, k, n = 7, 33, 45
+    (a, _), (b, _) = _bf16(rng, (m, k)), _bf16(rng, (k, n))
+    bias = rng.standard_normal(n).astype(np.float32)
+    z = rng.standard_normal((m, n)).astype(np.float32)
+    packed, zeros = dotgemm.pack_groups(b), dotgemm.padded_init(None, n, np.float32)
+    want = np.empty((m, n), np.float32)
+    dotgemm.gemm_groups(a, packed, zeros, want, RAW)
+    epilogue_rows(want, 0, n, bias, z, code, np.float32(0), np.float32(0), np.float32(1))
+    want16 = np.empty((m, n), np.uint16)
+    _to_bf16(want.view(np.uint32), want16)
+    ep = (bias[:0], bias, z, code, np.float32(1), np.float32(0))
+    got = np.empty((m, n), np.float32)
+    dotgemm.gemm_groups(a, packed, zeros, got, ep)
+    np.testing.assert_array_equal(got, want)
+    got16 = np.empty((m, n), np.uint16)
+    dotgemm.gemm_groups(a, packed, zeros, got16, ep)
+    np.testing.assert_array_equal(got16, want16)
+
+
+def test_bf16_bits_round_ties_to_even_and_keep_nan():
+    """1 + 2**-8 and 1 + 3 * 2**-8 lie halfway between two bf16 values: they round to the
+    even one (0x3F80, 0x3F82); a NaN product stays a quiet NaN."""
+    one = 0x3F80
+    a = np.array([[one, one]], np.uint16)
+    b = np.array([[one, one, 0x7FC1], [0x3B80, 0x3C40, one]], np.uint16)  # 2**-8, 3 * 2**-8
+    out = np.zeros((1, 3), np.uint16)
+    dotgemm.gemm_groups(a, dotgemm.pack_groups(b), dotgemm.padded_init(None, 3, np.float32),
+                        out, RAW)
+    np.testing.assert_array_equal(out[0, :2], [0x3F80, 0x3F82])
+    assert out[0, 2] & 0x7FC0 == 0x7FC0  # quiet NaN
