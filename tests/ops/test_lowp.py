@@ -333,6 +333,27 @@ def test_a_capped_mkl_reports_its_capped_path(monkeypatch):
         else "emulated")
 
 
+def test_the_dot_kernels_run_where_the_cpu_has_their_instructions(monkeypatch):
+    """Forced either way by TASKFLOW_LOWP; by default only with the instruction, no AMX and no
+    AVX2 cap (a capped run models a CPU without VNNI / AVX512-BF16), and then the backend's
+    name says so."""
+    if lowp._bindings() is None:
+        pytest.skip("no oneMKL")
+    for mode, want in (("dot", True), ("mkl", False)):
+        monkeypatch.setenv("TASKFLOW_LOWP", mode)
+        assert lowp.dot_kernels("int8") is want and lowp.dot_kernels("bf16") is want
+        assert lowp.lowp_backend("int8").startswith(mode)
+    monkeypatch.delenv("TASKFLOW_LOWP")
+    features = lowp.cpu_features()
+    for precision, flag in (("int8", "avx512_vnni"), ("bf16", "avx512_bf16")):
+        if flag not in features or features & {"amx_int8", "amx_bf16"}:
+            assert not lowp.dot_kernels(precision)
+        elif lowp.dot_kernels(precision):
+            assert lowp.lowp_backend(precision) == f"dot-{flag.replace('_', '-')}"
+    monkeypatch.setitem(blas._state, "isa", "avx2")
+    assert not lowp.dot_kernels("int8") and not lowp.dot_kernels("bf16")
+
+
 def test_seven_bit_weights_run_on_mkl_where_eight_bit_ones_saturate():
     """Capped at AVX2 (no VNNI: pairs of u8 x s8 products summed in saturating int16), MKL's
     int8 GEMM is exact for 7-bit weights (2 * 255 * 63 fits int16), so a layer with them runs
