@@ -95,6 +95,10 @@ def _bf16_rows(fn, bits, a16, b, groups, zeros, y, lo, hi, bias, no_z, code, p0,
     ``groups``) into ``y``, the epilogue."""
     n = y.shape[1]
     _to_bf16(bits[lo:hi], a16[lo:hi])
+    if _fusable(groups, bias, n, code):  # the epilogue on the sums in registers
+        gemm_groups(a16[lo:hi], groups, zeros, y[lo:hi],
+                    (bias[:0], bias, no_z, code, np.float32(1), np.float32(0)))
+        return
     _gemm_bf16(fn, a16[lo:hi], b, groups, zeros, y[lo:hi], n, n)
     epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
 
@@ -107,6 +111,9 @@ def _int8_rows(fn, a, q, b, groups, acc, offset, y, lo, hi, xs, zp, multiplier, 
     multiplier``, the epilogue."""
     n = y.shape[1]
     _quantize_u8(a[lo:hi], q[lo:hi], xs, zp)
+    if _fusable(groups, bias, n, code):  # the epilogue on the sums in registers
+        gemm_groups(q[lo:hi], groups, offset, y[lo:hi], (multiplier, bias, no_z, code, xs, zp))
+        return
     _gemm_s8u8(fn, q[lo:hi], b, groups, acc[lo:], offset, n)
     _dequantize(acc[lo:hi], y[lo:hi], multiplier)
     epilogue_rows(y[lo:hi], 0, n, bias, no_z, code, p0, p1, np.float32(1))
