@@ -174,7 +174,7 @@ def dot_kernels(precision: str) -> bool:
     AVX-512, and the kernel is measured faster than MKL's on a typical layer here
     (:func:`_dot_faster`: MKL uses VNNI and BF16 on Intel CPUs, not on AMD's)."""
     mode = os.environ.get("TASKFLOW_LOWP", "").strip().lower()
-    if mode in ("dot", "mkl", "emulate"):
+    if mode in LOWP_MODES:
         return mode == "dot"
     flag = "avx512_bf16" if precision == "bf16" else "avx512_vnni"
     features = _capped_features()
@@ -186,47 +186,30 @@ def dot_kernels(precision: str) -> bool:
 @functools.lru_cache(maxsize=2)
 def _dot_faster(precision: str) -> bool:
     """Whether :func:`.dotgemm.gemm_groups` beats MKL's ``precision`` GEMM here on a
-    (256, 512) x (512, 256) product, one thread, best of 3 each (~2 ms in all, once per
-    process). MKL wins ties."""
+    (256, 512) x (512, 256) product, one thread, best of 3 each after a first call that
+    compiles and packs (~2 ms in all, once per process). MKL wins ties."""
     import time
 
-    fns = _bindings()
-    if fns is None:
+    if _bindings() is None:
         return True
     rng = np.random.default_rng(0)
     a = rng.standard_normal((256, 512), dtype=np.float32)
     w = (pack_bf16 if precision == "bf16" else pack_int8)(a[:256].T.copy())
     out = np.empty((256, 256), np.float32)
-    run = (lambda: gemm_bf16(a, w, out)) if precision == "bf16" else \
-        (lambda: gemm_int8(a, w, out, 0.02, 128))
+    narrow = to_bf16(a) if precision == "bf16" else quantize_u8(a, 0.02, 128)
 
     def best(dot: bool) -> float:
         times = []
-        with _forced("dot" if dot else "mkl"):
-            for _ in range(4):
-                t0 = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - t0)
-        return min(times[1:])  # the first call compiles or packs
+        for _ in range(4):
+            t0 = time.perf_counter()
+            if precision == "bf16":
+                _gemm_bits(narrow, w, out, dot)
+            else:
+                _gemm_q(narrow, w, out, 0.02, 128, dot)
+            times.append(time.perf_counter() - t0)
+        return min(times[1:])
 
     return best(True) < best(False)
-
-
-class _forced:
-    """``TASKFLOW_LOWP`` set to ``mode`` inside a ``with`` block (this module's own probe)."""
-
-    def __init__(self, mode: str):
-        self.mode, self.saved = mode, None
-
-    def __enter__(self) -> None:
-        self.saved = os.environ.get("TASKFLOW_LOWP")
-        os.environ["TASKFLOW_LOWP"] = self.mode
-
-    def __exit__(self, *exc: object) -> None:
-        if self.saved is None:
-            os.environ.pop("TASKFLOW_LOWP", None)
-        else:
-            os.environ["TASKFLOW_LOWP"] = self.saved
 
 
 def precision_attrs(precision: str | bytes, x_scale: float,
@@ -304,6 +287,13 @@ def _int8_bindings(wmax: int = INT8_WEIGHT_MAX) -> _Mkl | None:
     fns = _bindings()
     if fns is not None and dot_kernels("int8"):
         return fns
+    return _mkl_int8_bindings(wmax)
+
+
+def _mkl_int8_bindings(wmax: int) -> _Mkl | None:
+    """:func:`_bindings` where MKL's own int8 GEMM sums exactly here with weights of magnitude
+    up to ``wmax``, else None."""
+    fns = _bindings()
     bound = PAIR_SAFE_WEIGHT_MAX if wmax <= PAIR_SAFE_WEIGHT_MAX else INT8_WEIGHT_MAX
     return fns if fns is not None and _int8_exact(bound) else None
 
@@ -581,14 +571,16 @@ def gemm_bf16_bits(bits: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.
     return out if bits is None else _gemm_bits(bits, packed, out)
 
 
-def _gemm_bits(bits: np.ndarray, packed: PackedBF16, out: np.ndarray) -> np.ndarray:
+def _gemm_bits(bits: np.ndarray, packed: PackedBF16, out: np.ndarray,
+               dot: bool | None = None) -> np.ndarray:
+    """The bf16 GEMM on MKL or, where ``dot`` (default: :func:`dot_kernels`), .dotgemm."""
     m, k = bits.shape
     fns = _bindings()
     if fns is None:
         return blas.gemm((bits.astype(np.uint32) << 16).view(np.float32), packed.emulated(),
                          out)
     c, ldc = _c_matrix(out)
-    if dot_kernels("bf16"):
+    if dot_kernels("bf16") if dot is None else dot:
         dotgemm.gemm_groups(bits, packed.groups(), packed.zeros, c, dotgemm.raw_epilogue())
         if c is not out:
             out[...] = c
@@ -633,13 +625,15 @@ def gemm_u8(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
 
 
 def _gemm_q(q: np.ndarray, packed: PackedInt8, out: np.ndarray, x_scale: float,
-            x_zp: int) -> np.ndarray:
+            x_zp: int, dot: bool | None = None) -> np.ndarray:
+    """The int8 GEMM on MKL or, where ``dot`` (default: :func:`dot_kernels`), .dotgemm."""
     m, k = q.shape
     offset, multiplier = packed.terms(x_scale, x_zp)
-    fns = _int8_bindings(packed.wmax)
+    dot = dot_kernels("int8") if dot is None else dot
+    fns = _bindings() if dot else _mkl_int8_bindings(packed.wmax)
     if fns is None or k > MAX_INT8_K:
         acc = np.matmul(q.astype(np.float64) - int(x_zp), packed.emulated())
-    elif dot_kernels("int8"):
+    elif dot:
         acc = scratch("lowp-acc", (m, packed.n), np.int32)
         dotgemm.gemm_groups(q, packed.groups(), offset, acc, dotgemm.raw_epilogue())
     else:
