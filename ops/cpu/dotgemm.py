@@ -40,8 +40,9 @@ summation-order differences, as MKL's).
 The epilogue. The sums can leave the registers finished: an int8 layer's dequantisation,
 bias, residual and ReLU, and the quantisation for the next int8 layer, are applied to the 16
 accumulators of each store (:func:`finish`, :func:`_quantize`), so the int32 sums never go
-to memory and the output is written once, as float32 or as uint8. ResNet-50 int8, batch 8:
-the separate passes cost 0.5 ns per output element; in registers about 0.1.
+to memory and the output is written once, as float32 or as uint8; a bf16 layer's bias,
+residual and ReLU likewise, its output float32 or bf16 bits. One thread, 512 x 64 x 256
+int8: 44 us for the raw sums, 58 us with dequantisation, bias and ReLU (float32 out).
 
 Elsewhere. Where the CPU lacks the instruction, the intrinsics emit the same arithmetic in
 plain LLVM vector operations (the results are identical; the speed is not): :mod:`.lowp`
