@@ -15,7 +15,8 @@ machine (one thread, GOP/s)::
     12544 x 576 x 256      86         32          311         77        171
     3136 x 64 x 256        96         32          371         91        208
 
-That is about the instructions' peak on this core (one 512-bit ``vpdpbusd`` or
+(``benchmarks/bench_lowp_gemm.py`` prints this table on any machine, the dequantisation
+pass included.) That is about the instructions' peak on this core (one 512-bit ``vpdpbusd`` or
 ``vdpbf16ps`` per cycle): the register block keeps them busy, and B's 64-column block of
 K x 64 bytes stays in L2.
 
