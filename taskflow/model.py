@@ -692,7 +692,8 @@ class Model:
             without VNNI (AVX2 only: most AMD before Zen 4, Intel before Cascade Lake)
             multiply uint8 by int8 in pairs summed in saturating int16, which 8-bit weights
             overflow: there int8 layers then run an exact but slow emulation. Default None:
-            True exactly where this CPU needs it (:func:`taskflow.ops.cpu.lowp.int8_weight_max`).
+            True exactly where this CPU needs it
+            (:func:`taskflow.ops.cpu.lowp_engine.int8_weight_max`).
 
         Returns
         -------

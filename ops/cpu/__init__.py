@@ -12,9 +12,10 @@ the packed-weight cache; :mod:`.warmup` compiles them all (``taskflow warmup``).
     eltwise.py   activations, Add/Sub/Mul/Div, Softmax, Gelu, Erf      movement.py  Concat, shuffle
     movement.py  also im2col, the convolutions' GEMM operand (float32, bf16 bits, uint8)
     blas.py      the GEMM all of them call (oneMKL's sequential sgemm, else numpy's)
-    lowp.py      bf16 and int8 GEMMs of FusedConv/Gemm/MatMul's ``precision`` (oneMKL, else
-                 emulated); cpu_features, lowp_backend
-    lowp_rows.py their row blocks (conversion, MKL GEMM, epilogue) as one Numba call each
+    lowp.py      bf16 and int8 GEMMs of FusedConv/Gemm/MatMul's ``precision`` (oneMKL or
+                 dotgemm.py's VNNI / AVX512-BF16 kernels, else emulated); lowp_engine.py
+                 which of them runs here (cpu_features, lowp_backend, dot_kernels)
+    lowp_rows.py their row blocks (conversion, GEMM, epilogue) as one Numba call each
     sparse.py    CSR weights of FusedConv/Gemm/MatMul's ``sparse`` (oneMKL's sparse BLAS, else
                  a Numba loop); sparse_backend
     attention.py batched MatMul, FusedAttention (strided batch GEMMs per group of heads)

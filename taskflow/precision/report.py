@@ -88,7 +88,7 @@ class CompressionReport:
     layers : list of LayerChoice
         Every candidate layer, with what runs.
     backend : str
-        What runs a reduced GEMM here (:func:`taskflow.ops.cpu.lowp.lowp_backend`).
+        What runs a reduced GEMM here (:func:`taskflow.ops.cpu.lowp_engine.lowp_backend`).
     rows : int
         Held-out rows compared by :func:`evaluate` (0: not evaluated).
     top1_agreement : float or None
