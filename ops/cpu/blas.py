@@ -1,22 +1,34 @@
-"""The GEMM of the cpu kernels: oneMKL's sequential sgemm/dgemm when it is installed, else numpy.
+"""The GEMM of the cpu kernels: a sequential sgemm/dgemm (oneMKL's or OpenBLAS's), else numpy.
 
 Every convolution and matrix product of the cpu kernels ends in :func:`gemm`, one call per
-task of the kernel pool (see :mod:`.common`), each on one thread. numpy's ``matmul`` calls
-OpenBLAS; on the layer shapes of the benchmark CNNs oneMKL's sequential sgemm is 1.15-1.4x
-faster per core than OpenBLAS's (K = 6-34 small-channel layers: up to 2x), and ONNX
-Runtime's MLAS is faster than both, so on x86-64 Linux taskflow depends on the ``mkl`` wheel
-and calls its ``cblas_?gemm`` through ctypes (which releases the GIL), in the sequential
-threading layer: the kernels do their own threading.
+task of the kernel pool (see :mod:`.common`), each on one thread: the kernels do their own
+threading, so the library must run each call on its calling thread. Two libraries can:
 
-``TASKFLOW_BLAS=numpy`` (read at import) keeps every GEMM on numpy; so does a missing or
-unusable MKL. Operands MKL cannot take (other dtypes, non-unit inner strides) go to numpy
-too, so the result is the same product either way, up to summation order.
+- oneMKL (the ``mkl`` wheel, a dependency on x86-64 Linux) in its sequential threading layer.
+  On Intel CPUs its sgemm is 1.15-1.4x faster per core than OpenBLAS's on the layer shapes of
+  the benchmark CNNs (K = 6-34 small-channel layers: up to 2x). Its reduced-precision,
+  batched and sparse GEMMs (:mod:`.lowp`, :mod:`.sparse`, :func:`gemm_batch`) are used
+  whichever library runs the float GEMMs.
+- OpenBLAS from the ``scipy-openblas32`` wheel: a copy of its own (numpy's OpenBLAS is left
+  alone), held at one thread at every call whatever threadpoolctl does to the process's
+  other BLAS libraries (:mod:`.openblas`). oneMKL dispatches by vendor: on
+  an AMD EPYC (Zen 4, 2 cores) its sequential sgemm ran at 73-100 GFLOP/s on one thread
+  alone, but two of them side by side, one per core (what the kernel tasks do), reached only
+  65-160 together, where OpenBLAS's reached 87-193 (1.0-1.3x, 2.1x on a 256-row classifier);
+  ResNet-50 at batch 32 ran 1.27x faster on it, MiniLM 1.08x.
+
+``TASKFLOW_BLAS`` (read at import) chooses: ``auto`` (the default) takes OpenBLAS on CPUs
+that are not Intel's and oneMKL on Intel's (or whichever of the two is installed);
+``mkl`` and ``openblas`` force one; ``numpy`` loads neither and keeps every GEMM on numpy's
+``matmul`` (so does having neither). Operands a library cannot take (other dtypes, non-unit
+inner strides) go to numpy too, so the result is the same product either way, up to
+summation order.
 
 ``TASKFLOW_ISA=avx2`` (or ``avx512``), read when MKL loads, caps the instruction sets MKL
 dispatches to (``MKL_ENABLE_INSTRUCTIONS`` set before MKL loads, and
 ``MKL_Enable_Instructions`` before its first computation), so that an AMX or AVX-512 machine
-can run the AVX2 code paths; MKL honours it on Intel CPUs only. The reduced-precision GEMMs
-built on this library are in :mod:`.lowp`.
+can run the AVX2 code paths; MKL honours it on Intel CPUs only. With a cap, ``auto`` keeps
+the float GEMMs on MKL too (the cap is how the AVX2 paths are tested).
 """
 
 from __future__ import annotations
@@ -41,6 +53,26 @@ _state: dict[str, Any] = {}
 #: ``TASKFLOW_ISA`` values: the MKL_ENABLE_INSTRUCTIONS value and mkl_enable_instructions code
 #: (mkl.h: MKL_ENABLE_AVX2 = 2, MKL_ENABLE_AVX512 = 4) that cap MKL at that instruction set.
 ISA_CAPS = {"avx2": ("AVX2", 2), "avx512": ("AVX512", 4)}
+#: ``TASKFLOW_BLAS`` values
+CHOICES = ("auto", "mkl", "openblas", "numpy")
+#: the cblas sgemm/dgemm argument types: order, transa, transb, m, n, k (ints), then alpha,
+#: a, lda, b, ldb, beta, c, ldc
+_INTS = [ctypes.c_int] * 6
+
+
+def _gemm_args(real: Any) -> list[Any]:
+    return _INTS + [real, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, real,
+                    ctypes.c_void_p, ctypes.c_int]
+
+
+def choice() -> str:
+    """``TASKFLOW_BLAS``, lower-cased; an unknown value warns and counts as ``auto``."""
+    value = os.environ.get("TASKFLOW_BLAS", "auto").strip().lower() or "auto"
+    if value not in CHOICES:
+        warnings.warn(f"taskflow: TASKFLOW_BLAS={value!r} is not one of {list(CHOICES)}; "
+                      "using 'auto'", RuntimeWarning, stacklevel=3)
+        return "auto"
+    return value
 
 
 def _find_mkl() -> str | None:
@@ -60,8 +92,9 @@ def _find_mkl() -> str | None:
 
 
 def _load() -> Any:
-    """The ctypes handle of MKL set to its sequential layer, or None (numpy then)."""
-    if os.environ.get("TASKFLOW_BLAS", "auto").lower() in ("numpy", "openblas"):
+    """The ctypes handle of MKL set to its sequential layer, or None (no MKL, or
+    ``TASKFLOW_BLAS=numpy``)."""
+    if choice() == "numpy":
         return None
     path = _find_mkl()
     if path is None:
@@ -84,19 +117,15 @@ def _load() -> Any:
             # Both are no-ops on non-Intel CPUs (the call returns 0 there).
             mkl.MKL_Enable_Instructions(cap[1])
             _state["isa"] = isa
-        args = [ctypes.c_int] * 6
         for name, real in (("cblas_sgemm", ctypes.c_float), ("cblas_dgemm", ctypes.c_double)):
             fn = getattr(mkl, name)
-            fn.argtypes = args + [real, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                                  ctypes.c_int, real, ctypes.c_void_p, ctypes.c_int]
+            fn.argtypes = _gemm_args(real)
             fn.restype = None
         # the same two as C function pointers that Numba-compiled kernels call
         for name, real in (("sgemm", ctypes.c_float), ("dgemm", ctypes.c_double)):
-            proto = ctypes.CFUNCTYPE(None, *args, real, ctypes.c_void_p, ctypes.c_int,
-                                     ctypes.c_void_p, ctypes.c_int, real, ctypes.c_void_p,
-                                     ctypes.c_int)
-            _state[name] = proto(ctypes.cast(getattr(mkl, f"cblas_{name}"), ctypes.c_void_p)
-                                 .value)
+            proto = ctypes.CFUNCTYPE(None, *_gemm_args(real))
+            _state[f"mkl-{name}"] = proto(
+                ctypes.cast(getattr(mkl, f"cblas_{name}"), ctypes.c_void_p).value)
         # batched products of attention (one call per group of heads); optional: an MKL
         # without it (before 2020.2) makes gemm_batch loop over numpy's matmul instead
         batch = getattr(mkl, "cblas_sgemm_batch_strided", None)
@@ -113,9 +142,65 @@ def _load() -> Any:
         return None
 
 
+def _load_openblas() -> bool:
+    """Load :mod:`.openblas` and put its pinned sgemm/dgemm pointers in ``_state``; False if
+    the ``scipy-openblas32`` wheel is missing or unusable."""
+    try:
+        from . import openblas
+    except (OSError, AttributeError) as exc:
+        if not isinstance(exc, OSError) or "not installed" not in str(exc):
+            warnings.warn(f"taskflow: OpenBLAS is unusable ({exc})", RuntimeWarning,
+                          stacklevel=2)
+        return False
+    for name, real in (("sgemm", ctypes.c_float), ("dgemm", ctypes.c_double)):
+        proto = ctypes.CFUNCTYPE(None, *_gemm_args(real))
+        _state[f"openblas-{name}"] = proto(getattr(openblas, name).address)
+    return True
+
+
+def is_intel() -> bool:
+    """Whether the CPU is Intel's (``GenuineIntel`` in ``/proc/cpuinfo``); False where
+    there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip() == "GenuineIntel"
+    except OSError:
+        pass
+    return False
+
+
+def _pick() -> str:
+    """Which library runs the float GEMMs: "mkl", "openblas" or "numpy" (see the module
+    docstring)."""
+    want = choice()
+    if want == "numpy":
+        return "numpy"
+    mkl = _mkl()
+    if want == "mkl" or (want == "auto" and mkl is not None
+                         and (is_intel() or _state.get("isa"))):
+        return "mkl" if mkl is not None else "numpy"
+    if _load_openblas():
+        return "openblas"
+    return "mkl" if mkl is not None and want == "auto" else "numpy"
+
+
 def backend() -> str:
-    """``"mkl"`` or ``"numpy"``: what :func:`gemm` calls."""
-    return "numpy" if _mkl() is None else "mkl"
+    """``"mkl"``, ``"openblas"`` (each sequential, on the calling thread) or ``"numpy"``: what
+    :func:`gemm` calls."""
+    if "backend" not in _state:
+        _mkl()  # before the lock: loading MKL takes it too
+        with _lock:
+            if "backend" not in _state:
+                _state["backend"] = _pick()
+    return _state["backend"]
+
+
+def has_mkl() -> bool:
+    """Whether oneMKL is loaded (its batched, reduced-precision and sparse GEMMs), whichever
+    library runs the float GEMMs."""
+    return _mkl() is not None
 
 
 def isa_cap() -> str:
@@ -206,12 +291,12 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def gemm_pointer(dtype: Any) -> Any:
-    """MKL's sequential ``cblas_sgemm`` (float32) or ``cblas_dgemm`` (float64) as a ctypes
-    function pointer that Numba-compiled code can call (row-major cblas arguments; operands
-    as addresses), or None without MKL (or for another dtype)."""
-    if _mkl() is None:
-        return None
-    return _state.get(_POINTERS.get(np.dtype(dtype).char, ""))
+    """The sequential ``cblas_sgemm`` (float32) or ``cblas_dgemm`` (float64) of
+    :func:`backend` as a ctypes function pointer that Numba-compiled code can call (row-major
+    cblas arguments; operands as addresses), or None on numpy (or for another dtype)."""
+    name = _POINTERS.get(np.dtype(dtype).char)
+    lib = backend()
+    return None if name is None or lib == "numpy" else _state.get(f"{lib}-{name}")
 
 
 def _batch_layout(m: np.ndarray) -> tuple[int, int, int] | None:

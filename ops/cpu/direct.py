@@ -26,7 +26,8 @@ the row's pixels while they are in cache.
   :data:`DENSE_MIN_WIDTH` and :data:`DENSE_MAX_TAPS` let it run.
 
 These kernels are 8 lanes wide, and their limits were measured against MKL's AVX2 sgemm.
-Where MKL runs its AVX-512 kernels (:func:`mkl_is_wider`), its GEMM is as fast or faster on
+Where the GEMM runs AVX-512 kernels (:func:`mkl_is_wider`: MKL's, or OpenBLAS's, which
+:mod:`.blas` takes on AMD CPUs), it is as fast or faster on
 every pointwise and dense shape measured (Sapphire Rapids-class VM, 2 threads: ResNet-50's
 64 -> 256 and 256 -> 64 1x1 at 56x56 1.6x, MobileNetV3's 96 -> 576 1.7x, 16 -> 72 even;
 SqueezeNet's 16 -> 64 3x3 1.5x, its 32 -> 128 and 48 -> 192 even), so
@@ -91,9 +92,11 @@ DENSE_MAX_STRIDED_TAPS = 1200
 
 @functools.lru_cache(maxsize=1)
 def mkl_is_wider() -> bool:
-    """Whether the GEMM here is MKL running 16-lane (AVX-512) kernels: MKL is the BLAS, the
-    CPU has AVX-512F and ``TASKFLOW_ISA`` does not cap MKL at AVX2."""
-    return blas.backend() == "mkl" and "avx512f" in cpu_features() and blas.isa_cap() != "avx2"
+    """Whether the GEMM here runs 16-lane (AVX-512) kernels: a sequential BLAS (MKL or
+    OpenBLAS) runs it, the CPU has AVX-512F and ``TASKFLOW_ISA`` does not cap MKL at AVX2
+    (with a cap, :mod:`.blas` keeps the float GEMMs on MKL)."""
+    return blas.backend() != "numpy" and "avx512f" in cpu_features() \
+        and blas.isa_cap() != "avx2"
 
 
 #: Lane tags (:func:`.simd.lanes_tag`) of the kernels written for both widths.

@@ -48,8 +48,9 @@ COLUMN_BLOCK = 128
 #: Multiply-adds below which a GEMM (a classifier head at small batch) is left to BLAS as is:
 #: splitting and thread switching would cost more than it saves.
 SMALL_GEMM = 1 << 24
-#: With MKL, multiply-adds from which a GEMM below SMALL_GEMM is still split into row blocks
-#: over the kernel threads (~0.2 ms of one core); smaller ones are one sequential MKL call.
+#: With a sequential BLAS, multiply-adds from which a GEMM below SMALL_GEMM is still split
+#: into row blocks over the kernel threads (~0.2 ms of one core); smaller ones are one
+#: sequential call.
 SPLIT_GEMM = 1 << 21
 #: Multiply-adds below which a split GEMM has one row block per kernel thread, not
 #: TASKS_PER_THREAD: each block's MKL call re-packs B, and GPT's (512, 128) @ (128, 384) ran at
@@ -76,7 +77,7 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
     """
     m, n = a.shape[0], b.shape[1]
     macs = m * n * a.shape[1]
-    if m < 2 * MIN_BLOCK and n >= 2 * COLUMN_BLOCK and threads() > 1 and backend() == "mkl" \
+    if m < 2 * MIN_BLOCK and n >= 2 * COLUMN_BLOCK and threads() > 1 and backend() != "numpy" \
             and a.dtype == b.dtype and macs >= SPLIT_GEMM:
         # few rows (a classifier at small batch): column blocks of whole COLUMN_BLOCKs over
         # the kernel threads, MKL's sequential sgemm in each (1.2-1.6x OpenBLAS's own
@@ -89,7 +90,7 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
         return _whole(y, post)
     # MKL's GEMM for this dtype as a pointer Numba calls (the tasks below), or None
     fn = gemm_pointer(a.dtype) if a.dtype == b.dtype else None
-    sequential = backend() == "mkl" and a.dtype == b.dtype and macs < SMALL_GEMM
+    sequential = backend() != "numpy" and a.dtype == b.dtype and macs < SMALL_GEMM
     if not sequential and (macs < SMALL_GEMM or m < 2 * MIN_BLOCK):
         # small, or few rows (VGG's 25088x4096 weight): one call, with BLAS's own threads,
         # which split the weight's columns among themselves

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .blas import backend, gemm_batch
+from .blas import gemm_batch, has_mkl
 from .common import MIN_TASK_FLOPS, packed, run_tasks, scratch, threads
 from .epilogue import activate_row
 
@@ -192,6 +192,6 @@ def product(dtype: np.dtype):
     28-34. SqueezeNet's fire8/9 expand 3x3 (64 -> 256 channels, 13x13, batch 32, 2 threads)
     took 45 ms each with numpy, 23 ms with MKL.
     """
-    if np.dtype(dtype) == np.float32 and backend() == "mkl":
+    if np.dtype(dtype) == np.float32 and has_mkl():
         return _mkl_product
     return _numpy_product

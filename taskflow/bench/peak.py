@@ -56,8 +56,9 @@ def sgemm_peak(threads: int = 1, repeat: int = 3, size: int = PEAK_GEMM_SIZE) ->
     """The best fp32 GEMM rate of this process on ``threads`` threads.
 
     Two ways are timed and the faster one counts, so the peak is never understated:
-    ``threads`` sequential oneMKL sgemms side by side, one per thread (what taskflow's kernels
-    do: MKL's sequential layer, taskflow's own threads), and numpy's ``matmul`` under the
+    ``threads`` sequential sgemms of the kernels' BLAS side by side, one per thread (what
+    taskflow's kernels do: oneMKL's sequential layer or OpenBLAS at one thread, taskflow's
+    own threads), and numpy's ``matmul`` under the
     threadpool limits in force (its BLAS threading itself; call inside
     :func:`taskflow.dask.threads.apply_kernel_threads` so it gets ``threads``).
     """
@@ -67,13 +68,14 @@ def sgemm_peak(threads: int = 1, repeat: int = 3, size: int = PEAK_GEMM_SIZE) ->
     outs = [np.empty_like(a) for _ in range(max(1, threads))]
     flop = 2.0 * size**3
     rates: dict[str, float] = {}
-    if blas.backend() == "mkl":
+    if blas.backend() != "numpy":
+        name = {"mkl": "oneMKL", "openblas": "OpenBLAS"}[blas.backend()]
         with ThreadPoolExecutor(len(outs)) as pool:
 
             def side_by_side() -> None:
                 list(pool.map(lambda out: blas.gemm(a, a, out), outs))
 
-            rates[f"oneMKL sgemm, sequential, {len(outs)} thread(s) side by side, {size}^2"] = (
+            rates[f"{name} sgemm, sequential, {len(outs)} thread(s) side by side, {size}^2"] = (
                 flop * len(outs) / _best(side_by_side, repeat) / 1e9
             )
     rates[f"numpy matmul, {size}^2"] = (

@@ -1,4 +1,5 @@
-"""ops/cpu/blas.py: the kernels' GEMM (MKL's sequential cblas_?gemm, else numpy) against numpy."""
+"""ops/cpu/blas.py: the kernels' GEMM (MKL's or OpenBLAS's sequential cblas_?gemm, else numpy)
+against numpy, and which library runs it."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ import pytest
 from taskflow.ops.cpu import blas
 
 
-@pytest.fixture(params=["mkl", "numpy"])
+@pytest.fixture(params=["mkl", "openblas", "numpy"])
 def backend(request):
-    """Each backend in turn (MKL only where it is installed)."""
-    handle = blas._mkl()
-    if request.param == "mkl" and handle is None:
-        pytest.skip("MKL is not installed here (taskflow then runs every GEMM on numpy)")
-    saved = blas._state["mkl"]
-    blas._state["mkl"] = handle if request.param == "mkl" else None
+    """Each library in turn (MKL and OpenBLAS only where they are installed)."""
+    if request.param == "mkl" and blas._mkl() is None:
+        pytest.skip("MKL is not installed here (taskflow then runs the GEMMs on OpenBLAS)")
+    if request.param == "openblas" and not blas._load_openblas():
+        pytest.skip("the scipy-openblas32 wheel is not installed here")
+    saved = blas.backend()
+    blas._state["backend"] = request.param
     yield request.param
-    blas._state["mkl"] = saved
+    blas._state["backend"] = saved
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -58,18 +60,72 @@ def test_operands_blas_cannot_take_go_to_numpy(backend):
     np.testing.assert_array_equal(blas.gemm(ints, ints.T, np.empty((2, 2), int)), ints @ ints.T)
 
 
+def _fresh(code: str, **env: str) -> str:
+    """``code``'s output in a fresh process (the library is chosen once, at first use), with
+    ``env`` over this one's (``TASKFLOW_BLAS`` and ``TASKFLOW_ISA`` unset unless given)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("TASKFLOW_BLAS", "TASKFLOW_ISA")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env},
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
 @pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
                     reason="taskflow depends on the mkl wheel on x86-64 Linux only")
-def test_mkl_is_what_the_kernels_use_where_it_is_a_dependency():
-    """Losing MKL silently (a moved library, a changed wheel layout) would cost 15-40% on
-    every convolution: on x86-64 Linux it is installed with taskflow and must load."""
+def test_a_sequential_blas_is_what_the_kernels_use_where_it_is_a_dependency():
+    """Losing the sequential GEMM silently (a moved library, a changed wheel layout) would
+    cost 15-40% on every convolution: on x86-64 Linux MKL and OpenBLAS are installed with
+    taskflow, and the kernels take MKL on Intel CPUs, OpenBLAS on others."""
     assert blas._find_mkl() is not None, "the mkl wheel is a dependency on this platform"
-    assert blas.backend() == "mkl"
+    want = "mkl" if blas.is_intel() else "openblas"
+    assert _fresh("from taskflow.ops.cpu import blas; print(blas.backend(), blas.has_mkl())") \
+        == f"{want} True"
 
 
-def test_taskflow_blas_numpy_keeps_gemms_on_numpy():
-    env = {**os.environ, "TASKFLOW_BLAS": "numpy"}
-    out = subprocess.run([sys.executable, "-c", "from taskflow.ops.cpu import blas; "
-                          "print(blas.backend())"], env=env, capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "numpy"
+@pytest.mark.parametrize("value, want", [("numpy", "numpy False"), ("mkl", "mkl True"),
+                                         ("openblas", "openblas True")])
+def test_taskflow_blas_forces_a_library(value, want):
+    if value != "numpy" and blas._mkl() is None:
+        pytest.skip("MKL is not installed here")
+    if value == "openblas" and not blas._load_openblas():
+        pytest.skip("the scipy-openblas32 wheel is not installed here")
+    code = ("import numpy as np; from taskflow.ops.cpu import blas; "
+            "a = np.arange(12, dtype=np.float32).reshape(3, 4); "
+            "ok = np.allclose(blas.gemm(a, a.T, np.empty((3, 3), np.float32)), a @ a.T); "
+            "print(blas.backend(), blas.has_mkl(), ok)")
+    assert _fresh(code, TASKFLOW_BLAS=value) == f"{want} True"
+
+
+def test_an_isa_cap_keeps_the_float_gemms_on_mkl():
+    """``TASKFLOW_ISA`` caps MKL only; it is how the AVX2 paths are tested, so ``auto`` must
+    not hand the GEMMs to OpenBLAS (which ignores the cap) under it."""
+    if blas._mkl() is None:
+        pytest.skip("MKL is not installed here")
+    assert _fresh("from taskflow.ops.cpu import blas; print(blas.backend())",
+                  TASKFLOW_ISA="avx2") == "mkl"
+
+
+def test_openblas_stays_on_one_thread_and_leaves_numpys_alone():
+    """The kernels' OpenBLAS runs on the calling thread even after threadpoolctl raised every
+    BLAS library's thread count (two tasks would otherwise put 2 x 2 threads on 2 cores),
+    and loading it does not change numpy's own BLAS threads."""
+    if not blas._load_openblas():
+        pytest.skip("the scipy-openblas32 wheel is not installed here")
+    code = """
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+from taskflow.ops.cpu import blas, openblas
+def numpy_threads():
+    return sorted(i["num_threads"] for i in threadpool_info()
+                  if i["user_api"] == "blas" and i["filepath"] != openblas.find())
+before = numpy_threads()
+blas._load_openblas()
+after = numpy_threads()
+fn = blas._state["openblas-sgemm"]
+a = np.ones((64, 32), np.float32); out = np.empty((64, 64), np.float32)
+with threadpool_limits(limits=2):
+    raised = openblas.LIB.scipy_openblas_get_num_threads()
+    assert blas.gemm_rows(fn, a, a.T, out, 0, 64)
+    pinned = openblas.LIB.scipy_openblas_get_num_threads()
+print(before == after, raised, pinned, bool((out == 32).all()))
+"""
+    assert _fresh(code, TASKFLOW_BLAS="numpy") == "True 2 1 True"

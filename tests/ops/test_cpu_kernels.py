@@ -149,11 +149,12 @@ def test_the_cases_reach_every_compiled_kernel():
     """Each Numba function is compiled by the cases (the suite tests compiled code, not only
     reference fallbacks), which is also what ``taskflow warmup`` relies on."""
     warmup()
-    # the functions that call MKL's GEMMs compile only where MKL runs them: sgemm wherever
-    # MKL is loaded, its bf16 and int8 GEMMs where lowp uses them (not with
-    # TASKFLOW_LOWP=emulate, nor int8 where MKL's sums saturate: TASKFLOW_ISA=avx2 on Intel)
-    mkl = blas.backend() == "mkl"
-    skip = set() if mkl else {attention._attention_heads, matmul._gemm_epilogue_rows,
+    # the functions that call a BLAS's GEMMs compile only where it runs them: sgemm wherever
+    # MKL or OpenBLAS runs the float GEMMs, MKL's bf16 and int8 GEMMs where lowp uses them
+    # (not with TASKFLOW_LOWP=emulate, nor int8 where MKL's sums saturate: TASKFLOW_ISA=avx2
+    # on Intel)
+    sequential = blas.backend() != "numpy"
+    skip = set() if sequential else {attention._attention_heads, matmul._gemm_epilogue_rows,
                               blas.gemm_rows}
     if direct.vector_lanes() != 16:  # the 16-lane-only kernels run only with AVX-512F
         skip |= {dense_wide.dense_wide_rows, pointwise_wide.pointwise_wide_rows}
