@@ -178,12 +178,14 @@ def _pick() -> str:
     if want == "numpy":
         return "numpy"
     mkl = _mkl()
-    if want == "mkl" or (want == "auto" and mkl is not None
-                         and (is_intel() or _state.get("isa"))):
-        return "mkl" if mkl is not None else "numpy"
-    if _load_openblas():
-        return "openblas"
-    return "mkl" if mkl is not None and want == "auto" else "numpy"
+    if mkl is not None and (want == "mkl" or (want == "auto" and (is_intel()
+                                                                   or _state.get("isa")))):
+        return "mkl"
+    pick = "openblas" if _load_openblas() else "mkl" if mkl is not None else "numpy"
+    if want not in ("auto", pick):  # the one asked for is not there: say so
+        warnings.warn(f"taskflow: TASKFLOW_BLAS={want} but that library is not installed; "
+                      f"the GEMMs use {pick}", RuntimeWarning, stacklevel=3)
+    return pick
 
 
 def backend() -> str:

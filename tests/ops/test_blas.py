@@ -129,3 +129,16 @@ with threadpool_limits(limits=2):
 print(before == after, raised, pinned, bool((out == 32).all()))
 """
     assert _fresh(code, TASKFLOW_BLAS="numpy") == "True 2 1 True"
+
+
+def test_without_mkl_the_float_gemms_take_openblas(monkeypatch):
+    """Where oneMKL is missing (another platform, or uninstalled), ``auto`` takes OpenBLAS on
+    any CPU, and a forced ``mkl`` says it is missing and does the same."""
+    if not blas._load_openblas():
+        pytest.skip("the scipy-openblas32 wheel is not installed here")
+    monkeypatch.setattr(blas, "_mkl", lambda: None)
+    monkeypatch.setenv("TASKFLOW_BLAS", "auto")
+    assert blas._pick() == "openblas"
+    monkeypatch.setenv("TASKFLOW_BLAS", "mkl")
+    with pytest.warns(RuntimeWarning, match="TASKFLOW_BLAS=mkl but that library is not"):
+        assert blas._pick() == "openblas"
