@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .blas import gemm_batch, has_mkl
+from .blas import batch_function, gemm_batch
 from .common import MIN_TASK_FLOPS, packed, run_tasks, scratch, threads
 from .epilogue import activate_row
 
@@ -177,21 +177,21 @@ def _numpy_product(v: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
     np.matmul(v, u, out=out)
 
 
-def _mkl_product(v: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
+def _batch_product(v: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
     gemm_batch(v, u, out)
 
 
 def product(dtype: np.dtype):
-    """The call for a task's 16 products ``(tiles, C) @ (C, M)``: MKL's strided batch GEMM
-    for float32 with MKL, else numpy's matmul.
+    """The call for a task's 16 products ``(tiles, C) @ (C, M)``: the strided batch GEMM of
+    :func:`.blas.batch_function` (OpenBLAS's or MKL's) for float32, else numpy's matmul.
 
-    Not numpy's (OpenBLAS, one sgemm per matrix) when MKL is there: on a 2-core AVX2 EPYC,
-    OpenBLAS 0.3.31 ran the same product, e.g. (256, 64) @ (64, 64), (256, 128) @ (128, 128)
-    or (256, 64) @ (64, 256), at 30-35 GFLOP/s per core or at 9-20 depending on where its
-    buffers lay (not on the shape or the data), while MKL's batch GEMM ran every one at
-    28-34. SqueezeNet's fire8/9 expand 3x3 (64 -> 256 channels, 13x13, batch 32, 2 threads)
-    took 45 ms each with numpy, 23 ms with MKL.
+    Not numpy's (its own OpenBLAS, one sgemm per matrix) when there is one: on a 2-core AVX2
+    EPYC, numpy's OpenBLAS 0.3.31 ran the same product, e.g. (256, 64) @ (64, 64),
+    (256, 128) @ (128, 128) or (256, 64) @ (64, 256), at 30-35 GFLOP/s per core or at 9-20
+    depending on where its buffers lay (not on the shape or the data), while MKL's batch GEMM
+    ran every one at 28-34. SqueezeNet's fire8/9 expand 3x3 (64 -> 256 channels, 13x13, batch
+    32, 2 threads) took 45 ms each with numpy, 23 ms with MKL.
     """
-    if np.dtype(dtype) == np.float32 and has_mkl():
-        return _mkl_product
+    if np.dtype(dtype) == np.float32 and batch_function() is not None:
+        return _batch_product
     return _numpy_product
