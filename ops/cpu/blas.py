@@ -6,9 +6,9 @@ threading, so the library must run each call on its calling thread. Two librarie
 
 - oneMKL (the ``mkl`` wheel, a dependency on x86-64 Linux) in its sequential threading layer.
   On Intel CPUs its sgemm is 1.15-1.4x faster per core than OpenBLAS's on the layer shapes of
-  the benchmark CNNs (K = 6-34 small-channel layers: up to 2x). Its reduced-precision,
-  batched and sparse GEMMs (:mod:`.lowp`, :mod:`.sparse`, :func:`gemm_batch`) are used
-  whichever library runs the float GEMMs.
+  the benchmark CNNs (K = 6-34 small-channel layers: up to 2x). Its reduced-precision and
+  sparse GEMMs (:mod:`.lowp`, :mod:`.sparse`) are used whichever library runs the float
+  GEMMs; the batched float one (:func:`gemm_batch`) follows the float GEMMs.
 - OpenBLAS from the ``scipy-openblas32`` wheel: a copy of its own (numpy's OpenBLAS is left
   alone), held at one thread at every call whatever threadpoolctl does to the process's
   other BLAS libraries (:mod:`.openblas`). oneMKL dispatches by vendor: on
@@ -216,7 +216,7 @@ def batch_function() -> Any:
 
 
 def has_mkl() -> bool:
-    """Whether oneMKL is loaded (its batched, reduced-precision and sparse GEMMs), whichever
+    """Whether oneMKL is loaded (its reduced-precision and sparse GEMMs), whichever
     library runs the float GEMMs."""
     return _mkl() is not None
 
