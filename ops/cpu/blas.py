@@ -80,20 +80,33 @@ def choice() -> str:
     return value
 
 
-def _find_mkl() -> str | None:
-    """Path of ``libmkl_rt`` from the installed ``mkl`` wheel, or None."""
+def wheel_library(dist_name: str, match: Callable[[str], bool]) -> str | None:
+    """Path of the first file of the installed wheel ``dist_name`` whose base name
+    ``match``es and exists, or None. Found through the wheel's file list, without importing
+    it (scipy-openblas32's module would load its library at its default thread count)."""
     try:
         from importlib.metadata import PackageNotFoundError, distribution
 
-        dist = distribution("mkl")
+        dist = distribution(dist_name)
     except (ImportError, PackageNotFoundError):
         return None
     for f in dist.files or ():
-        if os.path.basename(str(f)).startswith("libmkl_rt.so"):
+        if match(os.path.basename(str(f))):
             path = str(dist.locate_file(f))
             if os.path.exists(path):
                 return path
     return None
+
+
+def _find_mkl() -> str | None:
+    """Path of ``libmkl_rt`` from the installed ``mkl`` wheel, or None."""
+    return wheel_library("mkl", lambda base: base.startswith("libmkl_rt.so"))
+
+
+def find_openblas() -> str | None:
+    """Path of the OpenBLAS library of the installed ``scipy-openblas32`` wheel, or None."""
+    return wheel_library("scipy-openblas32", lambda base: "openblas" in base
+                         and base.endswith((".so", ".dylib", ".dll")))
 
 
 def _load() -> Any:
@@ -147,13 +160,13 @@ def _load() -> Any:
 
 def _load_openblas() -> bool:
     """Load :mod:`.openblas` and put its pinned sgemm/dgemm pointers in ``_state``; False if
-    the ``scipy-openblas32`` wheel is missing or unusable."""
+    the ``scipy-openblas32`` wheel is missing (silently) or unusable (with a warning)."""
+    if find_openblas() is None:
+        return False
     try:
         from . import openblas
     except (OSError, AttributeError) as exc:
-        if not isinstance(exc, OSError) or "not installed" not in str(exc):
-            warnings.warn(f"taskflow: OpenBLAS is unusable ({exc})", RuntimeWarning,
-                          stacklevel=2)
+        warnings.warn(f"taskflow: OpenBLAS is unusable ({exc})", RuntimeWarning, stacklevel=2)
         return False
     for name, real in (("sgemm", ctypes.c_float), ("dgemm", ctypes.c_double)):
         proto = ctypes.CFUNCTYPE(None, *_gemm_args(real))
@@ -209,10 +222,7 @@ def batch_function() -> Any:
     OpenBLAS's where it runs the float GEMMs (1.0-1.6x oneMKL's, two side by side on the Zen 4
     VM, on Winograd's and attention's shapes), else oneMKL's; None on numpy, or with an MKL
     too old for it."""
-    lib = backend()
-    if lib == "openblas":
-        return _state["openblas-sgemm_batch"]
-    return _state.get("mkl-sgemm_batch") if _mkl() is not None and lib != "numpy" else None
+    return _state.get(f"{backend()}-sgemm_batch")
 
 
 def has_mkl() -> bool:
@@ -312,9 +322,7 @@ def gemm_pointer(dtype: Any) -> Any:
     """The sequential ``cblas_sgemm`` (float32) or ``cblas_dgemm`` (float64) of
     :func:`backend` as a ctypes function pointer that Numba-compiled code can call (row-major
     cblas arguments; operands as addresses), or None on numpy (or for another dtype)."""
-    name = _POINTERS.get(np.dtype(dtype).char)
-    lib = backend()
-    return None if name is None or lib == "numpy" else _state.get(f"{lib}-{name}")
+    return _state.get(f"{backend()}-{_POINTERS.get(np.dtype(dtype).char)}")
 
 
 def _batch_layout(m: np.ndarray) -> tuple[int, int, int] | None:

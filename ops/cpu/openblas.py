@@ -13,7 +13,7 @@ The cfuncs call OpenBLAS by names of our own, bound to the library's addresses w
 ``llvmlite``'s ``add_symbol``: so Numba caches them on disk like any kernel (compiling them
 takes ~0.5 s), and the library stays loaded privately (no RTLD_GLOBAL: its names are those of
 SciPy's own OpenBLAS). Importing raises OSError or AttributeError where the wheel is missing
-or unusable.
+or unusable (:func:`.blas.find_openblas` finds it).
 """
 
 from __future__ import annotations
@@ -24,24 +24,7 @@ import os
 from llvmlite import binding
 from numba import cfunc, types
 
-
-def find() -> str | None:
-    """Path of the OpenBLAS library of the installed ``scipy-openblas32`` wheel, or None.
-    Found through the wheel's file list: importing its module would load the library with
-    its default thread count."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    try:
-        dist = distribution("scipy-openblas32")
-    except PackageNotFoundError:
-        return None
-    for f in dist.files or ():
-        base = os.path.basename(str(f))
-        if "openblas" in base and base.endswith((".so", ".dylib", ".dll")):
-            path = str(dist.locate_file(f))
-            if os.path.exists(path):
-                return path
-    return None
+from .blas import find_openblas as find
 
 
 def _load() -> ctypes.CDLL:
