@@ -35,7 +35,7 @@ import numpy as np
 from ..conv import resolve_pads, spatial_attrs
 from ..pool import pool_geometry
 from ..squeeze_excite import POOLS
-from . import dense_wide, depthwise, direct, pointwise_wide
+from . import blas, dense_wide, depthwise, direct, pointwise_wide
 from .blas import gemm
 from .common import (
     as_nhwc,
@@ -407,13 +407,16 @@ class _Projection:
 def _expansion(xh: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
                act1: tuple[int, float, float], mid: tuple) -> Callable:
     """``fill(n0, n1, r0, r1, buf)``: the 1x1 expansion of rows [r0, r1) of images n0..n1
-    of the NHWC ``xh``. MKL's 16-lane GEMM, then the epilogue on the block in cache, where
-    the convolutions route 1x1 layers to it (from :data:`MKL_MIN_CHANNELS` input channels);
-    else the 8-lane direct kernel, epilogue fused."""
+    of the NHWC ``xh``. The BLAS's 16-lane GEMM, then the epilogue on the block in cache,
+    where the convolutions route 1x1 layers to it (from :data:`MKL_MIN_CHANNELS` input
+    channels) and oneMKL runs it or :mod:`.pointwise_wide` cannot; else the 16-lane or 8-lane
+    direct kernel, epilogue fused."""
     c, m = xh.shape[3], w1.shape[0]
     f32 = np.float32
-    mkl = direct.pointwise_max_weight() == 0 and c >= MKL_MIN_CHANNELS
-    wide = not mkl and direct.vector_lanes() == 16 and pointwise_wide.usable(c, m)
+    wide = direct.vector_lanes() == 16 and pointwise_wide.usable(c, m)
+    mkl = direct.pointwise_max_weight() == 0 and c >= MKL_MIN_CHANNELS \
+        and (blas.backend() == "mkl" or not wide)
+    wide = wide and not mkl
     wt1 = w1.reshape(m, c).T
     if wide:
         wp1 = packed(w1, ("pointwise-wide", "<f4"), pointwise_wide.pack)

@@ -2,7 +2,9 @@
 
 All paths compute in NHWC (see :mod:`.common`) and return the logical NCHW view:
 
-- **register-blocked direct kernels** (:mod:`.direct`, float32): depthwise; 1x1 whose
+- **register-blocked direct kernels** (:mod:`.direct`, float32): depthwise; with AVX-512,
+  one-group 1x1 layers with whole 16-lane vectors of outputs (:mod:`.pointwise_wide`: on
+  any number of inputs, or on at most 64 where oneMKL runs the GEMMs); other 1x1 whose
   weight per group is under 64K elements (any group width, ShuffleNet's folded channel
   shuffle included); few-channel stems read in NCHW; dense KxK on few channels or strided
   (with AVX-512, 6 pixels by 64 outputs in 16-lane registers: :mod:`.dense_wide`);

@@ -1,4 +1,4 @@
-"""The 16-lane 1x1 convolution (one group) for few input channels, where the CPU has AVX-512F.
+"""The 16-lane 1x1 convolution (one group), where the CPU has AVX-512F.
 
 A 1x1 layer on K = 16-64 input channels is a GEMM too thin for MKL: its K is too short to
 pay for packing the operands, it writes its C at some GFLOP/s per thread, and its bias and
@@ -9,6 +9,11 @@ channels in 24 accumulators of 16 lanes; per input channel it loads 4 weight vec
 broadcasts 6 input values (folded into the multiply-adds), as :mod:`.dense_wide` does for
 KxK layers. Bias, residual and activation are applied in registers before the one store.
 Output counts that are not a multiple of 64 finish in blocks of 6 rows by one vector.
+
+Against OpenBLAS's sgemm the same blocking wins at any K (see :data:`MAX_CHANNELS`): its
+24 multiply-adds per 4 weight loads keep the core's FMA unit busy even where a 64-output
+weight block outgrows L1, and it needs no packing pass. Rows of many channels prefetch
+the next block of rows (:data:`PREFETCH_MIN_CHANNELS`).
 """
 
 from __future__ import annotations
@@ -16,28 +21,40 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import blas
 from .direct import T16, _act8, _act_vectors, _in_registers
 from .epilogue import activate_row
-from .simd import add8, fma8, store8, vbroadcast, vload
+from .simd import add8, fma8, prefetch, store8, vbroadcast, vload
 
 #: Output channels per wide block: 4 vectors of 16 lanes.
 BLOCK = 64
 #: Rows (pixels) per block.
 ROWS = 6
-#: Where it runs (routing in :mod:`.conv` and :mod:`.chains`): 1x1 layers on at most
-#: MAX_CHANNELS input channels, whole vectors of outputs. Measured against MKL's GEMM and
-#: its epilogue pass on 2 threads, batch 32, interleaved: 16 -> 64 on 55 x 55 1.16x, 32 ->
-#: 128 on 27 x 27 into a Concat's buffer 1.38x, 48 -> 192 1.13x, 64 -> 256 1.01x; in
-#: SqueezeNet (node by node) its 1x1 layers together 3.3 ms faster, of 140. An 8-lane tail
-#: (M % 16 == 8) through a buffer ran 16 -> 72 at 0.66x MKL, so those stay where they were.
-#: Inside MobileNetV3's chains (K = 16-24) it ties with the 8-lane direct kernel.
+#: Where it runs (routing in :mod:`.conv` and :mod:`.chains`): 1x1 layers with whole
+#: vectors of outputs; where oneMKL runs the float GEMMs, only on at most MAX_CHANNELS
+#: input channels. Measured against MKL's GEMM and its epilogue pass on 2 threads, batch 32,
+#: interleaved (Intel VM): 16 -> 64 on 55 x 55 1.16x, 32 -> 128 on 27 x 27 into a Concat's
+#: buffer 1.38x, 48 -> 192 1.13x, 64 -> 256 1.01x; in SqueezeNet (node by node) its 1x1
+#: layers together 3.3 ms faster, of 140. An 8-lane tail (M % 16 == 8) through a buffer ran
+#: 16 -> 72 at 0.66x MKL, so those stay where they were. Inside MobileNetV3's chains
+#: (K = 16-24) it ties with the 8-lane direct kernel. Against OpenBLAS's sgemm (Zen 4 VM,
+#: batch 32, with the prefetch below) it was faster on every 1x1 shape tried, at any K:
+#: 2 threads, 128 -> 16 on 55 x 55 2.8x, 256 -> 32 1.7x, 512 -> 64 on 13 x 13 1.5x,
+#: ResNet-50's 256 -> 64 on 56 x 56 1.5x, 512 -> 128 1.3x, 1024 -> 256 1.16x, 2048 -> 512
+#: 1.1x, 256 -> 1024 1.13x, 96 -> 576 1.2x (205-222 GFLOP/s, near the two cores' peak);
+#: 1 thread, 1.1-1.5x.
 MAX_CHANNELS = 64
+#: Rows of more input channels than this prefetch the next block of rows while a block
+#: computes: six rows read side by side are six short streams, which the hardware
+#: prefetchers did not follow (Zen 4: 128 -> 16 on 55 x 55, 1 thread, 10.3 -> 5.0 ms; at
+#: 64 channels the hardware kept up and the hints cost 1.9 -> 2.5 ms).
+PREFETCH_MIN_CHANNELS = 64
 
 
 def usable(k: int, m: int) -> bool:
     """Whether :func:`pointwise_wide_rows` takes a one-group float32 1x1 layer of ``k`` input
-    and ``m`` output channels."""
-    return m % 16 == 0 and 0 < k <= MAX_CHANNELS
+    and ``m`` output channels (see :data:`MAX_CHANNELS`)."""
+    return m % 16 == 0 and 0 < k and (k <= MAX_CHANNELS or blas.backend() != "mkl")
 
 
 def pack(w: np.ndarray) -> np.ndarray:
@@ -55,7 +72,18 @@ def pack(w: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, inline="always")
-def _wide6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5):
+def _prefetch6(xf, p, k):
+    """Prefetch the cache lines at p, p + k, ... p + 5k (6 rows' same column)."""
+    prefetch(xf, p)
+    prefetch(xf, p + k)
+    prefetch(xf, p + 2 * k)
+    prefetch(xf, p + 3 * k)
+    prefetch(xf, p + 4 * k)
+    prefetch(xf, p + 5 * k)
+
+
+@njit(cache=True, inline="always")
+def _wide6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5, pn):
     """The sums of 6 rows (input offsets q0..q5) by the 64 outputs m0:m0 + 64."""
     b0 = vload(bias, m0, T16)
     b1 = vload(bias, m0 + 16, T16)
@@ -69,6 +97,8 @@ def _wide6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5):
     a50, a51, a52, a53 = b0, b1, b2, b3
     wq = m0 * k
     for i in range(k):
+        if pn >= 0 and (i & 15) == 0:
+            _prefetch6(xf, pn + i, k)
         w0 = vload(wf, wq, T16)
         w1 = vload(wf, wq + 16, T16)
         w2 = vload(wf, wq + 32, T16)
@@ -109,12 +139,14 @@ def _wide6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5):
 
 
 @njit(cache=True, inline="always")
-def _narrow6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5):
+def _narrow6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5, pn):
     """The sums of 6 rows by the 16 outputs m0:m0 + 16 (weight block at m0 * k)."""
     b = vload(bias, m0, T16)
     a0, a1, a2, a3, a4, a5 = b, b, b, b, b, b
     wq = m0 * k
     for i in range(k):
+        if pn >= 0 and (i & 15) == 0:
+            _prefetch6(xf, pn + i, k)
         w0 = vload(wf, wq, T16)
         a0 = fma8(vbroadcast(xf, q0 + i, T16), w0, a0)
         a1 = fma8(vbroadcast(xf, q1 + i, T16), w0, a1)
@@ -171,11 +203,13 @@ def pointwise_wide_rows(x, w, bias, z, y, c0, m, act, p0, p1, one, lo, hi):
         q3 = min(r + 3, last) * k
         q4 = min(r + 4, last) * k
         q5 = min(r + 5, last) * k
+        nxt = (r + ROWS) * k  # the next block's rows: prefetched while these compute
+        pn = nxt if k > PREFETCH_MIN_CHANNELS and r + 2 * ROWS <= hi else -1
         m0 = 0
         while m0 + BLOCK <= m:
             (a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23,
              a30, a31, a32, a33, a40, a41, a42, a43, a50, a51, a52, a53) = _wide6(
-                xf, w, bias, m0, k, q0, q1, q2, q3, q4, q5)
+                xf, w, bias, m0, k, q0, q1, q2, q3, q4, q5, pn)
             o = r * ctot + c0 + m0
             zo = r * zs + m0
             _row4(yf, zf, o, zo, a00, a01, a02, a03, act, lo_v, hi_v, p0_v, p1_v)
@@ -194,8 +228,9 @@ def pointwise_wide_rows(x, w, bias, z, y, c0, m, act, p0, p1, one, lo, hi):
                 _row4(yf, zf, o + 5 * ctot, zo + 5 * zs, a50, a51, a52, a53, act, lo_v,
                       hi_v, p0_v, p1_v)
             m0 += BLOCK
+            pn = -1
         while m0 < m:
-            a0, a1, a2, a3, a4, a5 = _narrow6(xf, w, bias, m0, k, q0, q1, q2, q3, q4, q5)
+            a0, a1, a2, a3, a4, a5 = _narrow6(xf, w, bias, m0, k, q0, q1, q2, q3, q4, q5, pn)
             o = r * ctot + c0 + m0
             zo = r * zs + m0
             store8(yf, o, _out(a0, zf, zo, act, lo_v, hi_v, p0_v, p1_v))
@@ -214,6 +249,7 @@ def pointwise_wide_rows(x, w, bias, z, y, c0, m, act, p0, p1, one, lo, hi):
                 store8(yf, o + 5 * ctot, _out(a5, zf, zo + 5 * zs, act, lo_v, hi_v, p0_v,
                                                p1_v))
             m0 += 16
+            pn = -1
         if not _in_registers(act):
             for i in range(nr):
                 activate_row(y[r + i, c0:c0 + m], act, p0, p1, one)

@@ -23,7 +23,9 @@ registers the CPU has, so nothing here assumes AVX). These intrinsics make and u
 - :func:`add8`, :func:`mul8` and :func:`clamp8`: what the fused activations need;
 - :func:`max8` and :func:`lane8`: lane-wise maxima and one lane's value, for row reductions
   (softmax's maximum and sum) that LLVM does not vectorise by itself (a float reduction in
-  order is a chain of dependent operations).
+  order is a chain of dependent operations);
+- :func:`prefetch`: a hint to bring one cache line into L1 ahead of its use, for kernels that
+  read several rows at once, which the hardware prefetchers do not follow.
 
 The operations (fma8 to lane8, store8) take vectors of either width, the "8" in their names
 notwithstanding. A kernel written once for both widths takes a *tag*, a tuple of ``lanes``
@@ -314,3 +316,24 @@ def copy32(typingctx, dst, src):
         return context.get_dummy_value()
 
     return types.void(dst, src), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """A hint to load the cache line holding ``arr[i]`` (a 1-D C-contiguous float32 array)
+    into L1 for reading (``llvm.prefetch``: ``prefetcht0`` on x86). A hint never faults, but
+    the caller keeps ``i`` in bounds anyway."""
+    if not _is_flat_float32(arr) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i8p = ir.IntType(8).as_pointer()
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]))
+        ptr = _element_pointer(context, builder, sig, args)
+        # read (0), highest locality (3: all cache levels), data cache (1)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0),
+                          ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen

@@ -601,18 +601,21 @@ def test_dense_wide_writes_only_its_channels_of_a_wider_buffer(activation):
     assert np.ptp(want[:, :, :, 1:9], axis=(2, 3)).min() > 0.1  # outputs vary over the pixels
 
 
+@pytest.mark.parametrize("k", [24, 136], ids=["k24", "k136-prefetch"])
 @pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
 @pytest.mark.parametrize("activation", ["HardSwish", "LeakyRelu"])
-def test_pointwise_wide_writes_only_its_rows_and_channels(activation, residual):
+def test_pointwise_wide_writes_only_its_rows_and_channels(activation, residual, k):
     """pointwise_wide_rows on rows 5:28 into channels 20:132 of a wider buffer: 112 outputs
     (a block of 64, then three of 16), blocks of 6 rows and a last one of 5 (its missing row
     computed again, stored once), with and without a residual; HardSwish in registers,
-    LeakyRelu afterwards, row by row. The rows and channels around stay as they were."""
+    LeakyRelu afterwards, row by row. The rows and channels around stay as they were. With
+    136 input channels, the blocks prefetch the next block's rows (the last two do not)."""
     if "avx512f" not in lowp.cpu_features():
         pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
+    assert (k > pointwise_wide.PREFETCH_MIN_CHANNELS) == (k == 136)
     rng = np.random.default_rng(17)
-    x = rng.standard_normal((40, 24), dtype=np.float32)
-    w = rng.standard_normal((112, 24), dtype=np.float32) * np.float32(0.3)
+    x = rng.standard_normal((40, k), dtype=np.float32)
+    w = rng.standard_normal((112, k), dtype=np.float32) * np.float32(0.3 * np.sqrt(24 / k))
     b = rng.standard_normal(112, dtype=np.float32)
     z = rng.standard_normal((23, 112), dtype=np.float32) if residual else None
     params = {"LeakyRelu": [0.1]}.get(activation, [])
@@ -633,6 +636,34 @@ def test_pointwise_wide_writes_only_its_rows_and_channels(activation, residual):
     assert (full[:5] == 7).all() and (full[28:] == 7).all()
     assert (full[:, :20] == 7).all() and (full[:, 132:] == 7).all()
     assert np.ptp(want, axis=0).min() > 0.1  # every output varies over the rows
+
+
+@pytest.mark.parametrize("library", ["mkl", "openblas", "numpy"])
+def test_wide_pointwise_takes_wide_inputs_unless_mkl_runs_the_gemms(monkeypatch, library):
+    """A 1x1 layer on 136 input channels (a SqueezeNet-style squeeze to 48, with a residual):
+    the 16-lane kernel takes it where OpenBLAS or numpy runs the GEMMs (it beat OpenBLAS on
+    every 1x1 shape measured), the GEMM where oneMKL does; both match the reference."""
+    if "avx512f" not in lowp.cpu_features():
+        pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
+    if library == "mkl" and blas._mkl() is None:
+        pytest.skip("MKL is not installed here")
+    if library == "openblas" and not blas._load_openblas():
+        pytest.skip("the scipy-openblas32 wheel is not installed here")
+    monkeypatch.setitem(blas._state, "backend", library)
+    calls = []
+    kernel = pointwise_wide.pointwise_wide_rows
+    monkeypatch.setattr(pointwise_wide, "pointwise_wide_rows",
+                        lambda *a: (calls.append(a[-1] - a[-2]), kernel(*a))[1])
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((3, 9, 11, 136), dtype=np.float32).transpose(0, 3, 1, 2)
+    w = rng.standard_normal((48, 136, 1, 1), dtype=np.float32) * np.float32(0.1)
+    b = rng.standard_normal(48, dtype=np.float32)
+    z = rng.standard_normal((3, 48, 9, 11), dtype=np.float32)
+    got = ops.get("FusedConv").kernels["cpu"](x, w, b, z, activation="Relu")
+    want = ops.get("FusedConv").reference(np.ascontiguousarray(x), w, b, z, activation="Relu")
+    assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert np.ptp(want, axis=(2, 3)).min() > 0.1  # the outputs vary over the pixels
+    assert (sum(calls) == 3 * 9 * 11) == (library != "mkl") and bool(calls) == (library != "mkl")
 
 
 @pytest.mark.parametrize("shuffle", [1, 4])
