@@ -23,6 +23,7 @@ from taskflow.errors import ShapeError, TaskflowError, UnsupportedOpError
 from taskflow.ir.graph import Graph, Node
 from taskflow.ir.placement import Slot, concat_slots
 from taskflow.ir.views import view_runs, view_step
+from taskflow.ops.cpu.common import mark_constant
 from taskflow.ops.device import DEVICE_DTYPE_KINDS, is_gpu, to_device, use_device
 
 #: Largest input a sample run (FLOP count, trace, warm-up) builds: a declared shape past this
@@ -91,6 +92,8 @@ class ExecutionPlan:
         ]
         #: The weights as the kernels get them: uploaded once for a gpu device.
         self.constants: dict[str, Any] = graph.initializers
+        # weights the cpu kernels may pack once where an operand could also be an activation
+        mark_constant(self.constants.values())
         if is_gpu(device):
             with use_device(device):
                 self.constants = {k: to_device(v) if v.dtype.kind in DEVICE_DTYPE_KINDS else v

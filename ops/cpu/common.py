@@ -30,7 +30,7 @@ import queue
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -307,6 +307,31 @@ def packed(weight: np.ndarray, how: Hashable, pack: Callable[[np.ndarray], Any])
     with _PACKED_LOCK:
         _PACKED[key] = (ref, value)
     return value
+
+
+#: Arrays registered by :func:`mark_constant`: id -> weak reference.
+_CONSTANTS: dict[int, weakref.ref] = {}
+
+
+def mark_constant(arrays: Iterable[Any]) -> None:
+    """Register ``arrays`` (a model's initializers: the executor's plan does this) as
+    constants, so kernels that meet an operand which may or may not be a weight (MatMul's B)
+    can tell, and pack it once (:func:`packed`). Non-numpy values are ignored."""
+    with _PACKED_LOCK:
+        for a in arrays:
+            if isinstance(a, np.ndarray):
+                _CONSTANTS[id(a)] = weakref.ref(a, _forget(id(a)))
+
+
+def _forget(key: int) -> Callable[[Any], None]:
+    """The weak reference's callback: drop the entry when its array dies."""
+    return lambda _ref: _CONSTANTS.pop(key, None)
+
+
+def is_constant(a: Any) -> bool:
+    """Whether ``a`` itself (not a view of it) was registered by :func:`mark_constant`."""
+    ref = _CONSTANTS.get(id(a))
+    return ref is not None and ref() is a
 
 
 # --- kernel threads ---------------------------------------------------------------------------

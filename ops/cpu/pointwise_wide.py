@@ -44,6 +44,9 @@ ROWS = 6
 #: 1.1x, 256 -> 1024 1.13x, 96 -> 576 1.2x (205-222 GFLOP/s, near the two cores' peak);
 #: 1 thread, 1.1-1.5x.
 MAX_CHANNELS = 64
+#: ...and never on more than this many: a 64-output block's weight (K x 64 float32, 512 KB
+#: here) is read again for every 6 rows, from L2 while it fits there (measured up to 2048).
+MAX_WIDE_CHANNELS = 2048
 #: Rows of more input channels than this prefetch the next block of rows while a block
 #: computes: six rows read side by side are six short streams, which the hardware
 #: prefetchers did not follow (Zen 4: 128 -> 16 on 55 x 55, 1 thread, 10.3 -> 5.0 ms; at
@@ -54,7 +57,8 @@ PREFETCH_MIN_CHANNELS = 64
 def usable(k: int, m: int) -> bool:
     """Whether :func:`pointwise_wide_rows` takes a one-group float32 1x1 layer of ``k`` input
     and ``m`` output channels (see :data:`MAX_CHANNELS`)."""
-    return m % 16 == 0 and 0 < k and (k <= MAX_CHANNELS or blas.backend() != "mkl")
+    return m % 16 == 0 and 0 < k <= MAX_WIDE_CHANNELS \
+        and (k <= MAX_CHANNELS or blas.backend() != "mkl")
 
 
 def pack(w: np.ndarray) -> np.ndarray:

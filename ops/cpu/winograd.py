@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import blas
 from .blas import batch_function, gemm_batch
 from .common import MIN_TASK_FLOPS, packed, run_tasks, scratch, threads
 from .epilogue import activate_row
@@ -31,9 +32,14 @@ SLICE_BYTES = 3 << 19
 #: block (up to 1 MiB on ResNet's last stage) once per call.
 MIN_TILES = 256
 #: Below this many input channels the 16 GEMMs (K = channels) are too thin for BLAS to pay for
-#: the transforms: measured on SqueezeNet's layers, im2col won at 16 and 32 channels (K = 144,
-#: 288), Winograd from 48 up (1.2x at 48, 1.3-1.5x at 64-128).
+#: the transforms: measured against oneMKL on SqueezeNet's layers, im2col won at 16 and 32
+#: channels (K = 144, 288), Winograd from 48 up (1.2x at 48, 1.3-1.5x at 64-128).
 MIN_CHANNELS = 40
+#: :data:`MIN_CHANNELS` where OpenBLAS runs the GEMMs (its batch call runs the 16): on the
+#: Zen 4 VM, batch 32, against the 16-lane direct kernel or im2col, Winograd won from 24
+#: channels (2 threads: 24 -> 96 on 28 x 28 1.4x, 32 -> 32 on 56 x 56 1.37x, 32 -> 128 on
+#: 27 x 27 1.06x (1 thread 1.14x), 24 -> 64 1.07x) and lost at 16 (16 -> 64 on 55 x 55 0.9x).
+MIN_CHANNELS_OPENBLAS = 24
 
 
 def transform_filter(w: np.ndarray) -> np.ndarray:
@@ -131,9 +137,10 @@ def _output_transform(m, y, c0, t0, tiles_h, tiles_w, bias, z, act, p0, p1, one)
 
 def usable(w: np.ndarray, group: int, strides, dilations) -> bool:
     """Whether F(2x2, 3x3) applies: a dense 3x3 stride-1 undilated filter on enough
-    channels."""
+    channels (for the library that runs the GEMMs)."""
+    least = MIN_CHANNELS_OPENBLAS if blas.backend() == "openblas" else MIN_CHANNELS
     return (w.shape[2:] == (3, 3) and group == 1 and tuple(strides) == (1, 1)
-            and tuple(dilations) == (1, 1) and w.shape[1] >= MIN_CHANNELS)
+            and tuple(dilations) == (1, 1) and w.shape[1] >= least)
 
 
 def conv3x3(xh: np.ndarray, w: np.ndarray, bias: np.ndarray | None, zh: np.ndarray | None,

@@ -254,9 +254,9 @@ CONV_PATHS = {
     # columns (a block of 6, then one overlapping it); strided, 13 interior columns
     "dense-wide": ((128, 16, 3, 3), {"pads": [1, 1, 1, 1]}, 16, 11),
     "dense-wide-strided": ((64, 12, 3, 3), {"pads": [1, 0, 1, 1], "strides": [2, 2]}, 12, 29),
-    # wide enough for dense_rows, but 288 taps x 96 outputs: im2col + GEMM (and 96 outputs
-    # are no whole 64-output blocks for dense_wide)
-    "im2col-3x3": ((96, 32, 3, 3), {"pads": [1, 1, 1, 1]}, 32, 22),
+    # wide enough for dense_rows, but 180 taps x 96 outputs: im2col + GEMM (and 96 outputs
+    # are no whole 64-output blocks for dense_wide; 20 channels are too few for Winograd)
+    "im2col-3x3": ((96, 20, 3, 3), {"pads": [1, 1, 1, 1]}, 20, 22),
     # direct.few_channels_rows on an NCHW input (channels-last input goes to im2col)
     "few-channels": ((24, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 3, 11),
     # SqueezeNet's stem: 64 outputs, with 16 lanes two vectors a block
@@ -664,6 +664,16 @@ def test_wide_pointwise_takes_wide_inputs_unless_mkl_runs_the_gemms(monkeypatch,
     assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert np.ptp(want, axis=(2, 3)).min() > 0.1  # the outputs vary over the pixels
     assert (sum(calls) == 3 * 9 * 11) == (library != "mkl") and bool(calls) == (library != "mkl")
+
+
+@pytest.mark.parametrize("library", ["mkl", "openblas"])
+def test_winograd_starts_at_fewer_channels_on_openblas(monkeypatch, library):
+    """3x3 layers on 24-39 input channels go to Winograd where OpenBLAS's batch call runs its
+    GEMMs (measured faster there), not where oneMKL's does; 16 channels never, 40 always."""
+    monkeypatch.setitem(blas._state, "backend", library)
+    taken = {c: winograd.usable(np.zeros((64, c, 3, 3), np.float32), 1, (1, 1), (1, 1))
+             for c in (16, 24, 32, 40)}
+    assert taken == {16: False, 24: library == "openblas", 32: library == "openblas", 40: True}
 
 
 @pytest.mark.parametrize("shuffle", [1, 4])

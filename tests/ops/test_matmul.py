@@ -203,3 +203,38 @@ def test_flops_on_known_shapes():
     assert einsum([(3, 4)], [(4,)], equation="ij->j") == 12  # one add per element
     # A chain is costed along numpy's contraction path: two n^3 products, not one n^4 loop.
     assert einsum([(6, 6)] * 3, [(6, 6)], equation="ij,jk,kl->il") == 2 * (2 * 6**3)
+
+
+@pytest.mark.parametrize("registered", [True, False], ids=["weight", "activation"])
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] or "none")
+def test_fused_matmul_on_a_registered_weight_runs_the_wide_kernel(monkeypatch, act,
+                                                                   registered):
+    """FusedMatMul whose B is a model's weight (registered as the plan registers its
+    initializers) with whole 16-lane vectors of columns runs the 16-lane 1x1 kernel where the
+    CPU has AVX-512F (and oneMKL does not run the GEMMs: there only on K <= 64); a B that is
+    not registered (an activation) takes the GEMM. Both match the unfused ops: 203 rows (row
+    tasks and a last block of 5), 136 inputs (prefetched rows), 80 outputs (64 + 16)."""
+    from taskflow.ops.cpu import blas, common, lowp, matmul, pointwise_wide
+
+    monkeypatch.setattr(matmul, "WIDE_MIN_MACS", 0)  # a small case: the size floor lowered
+    rng = np.random.default_rng(30)
+    a = randn(rng, 7, 29, 136)  # 203 rows: at least 2 * MIN_BLOCK
+    b = randn(rng, 136, 80) * np.float32(0.1)
+    bias = randn(rng, 80)
+    if registered:
+        common.mark_constant([b])
+    assert common.is_constant(b) == registered and not common.is_constant(b.T)
+    calls = []
+    kernel = pointwise_wide.pointwise_wide_rows
+    monkeypatch.setattr(pointwise_wide, "pointwise_wide_rows",
+                        lambda *args: (calls.append(args[-1] - args[-2]), kernel(*args))[1])
+    activation, params = act
+    got = ops.get("FusedMatMul").kernels["cpu"](a, b, bias, activation=activation,
+                                                activation_params=params)
+    pre = a @ b + bias
+    want = unfused_activation(pre, activation, params)
+    assert_close(got, want, rtol=1e-4, atol=1e-5, what=f"FusedMatMul {activation}")
+    assert np.ptp(pre.reshape(-1, 80), axis=0).min() > 0.1  # every output varies over rows
+    assert np.ptp(want) > 0.5
+    wide = registered and "avx512f" in lowp.cpu_features() and blas.backend() != "mkl"
+    assert sum(calls) == (7 * 29 if wide else 0)
