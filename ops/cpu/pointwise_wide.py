@@ -8,7 +8,8 @@ Runtime's 1.1). This kernel reads the NHWC rows in place and keeps 6 rows by 64 
 channels in 24 accumulators of 16 lanes; per input channel it loads 4 weight vectors and
 broadcasts 6 input values (folded into the multiply-adds), as :mod:`.dense_wide` does for
 KxK layers. Bias, residual and activation are applied in registers before the one store.
-Output counts that are not a multiple of 64 finish in blocks of 6 rows by one vector.
+Output counts that are not a multiple of 64 finish in blocks of 6 rows by one vector (a last
+8 outputs by an 8-lane one).
 
 Against OpenBLAS's sgemm the same blocking wins at any K (see :data:`MAX_CHANNELS`): its
 24 multiply-adds per 4 weight loads keep the core's FMA unit busy even where a 64-output
@@ -22,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from . import blas
-from .direct import T16, _act8, _act_vectors, _in_registers
+from .direct import T8, T16, _act8, _act_vectors, _in_registers
 from .epilogue import activate_row
 from .simd import add8, fma8, prefetch, store8, vbroadcast, vload
 
@@ -42,7 +43,10 @@ ROWS = 6
 #: 2 threads, 128 -> 16 on 55 x 55 2.8x, 256 -> 32 1.7x, 512 -> 64 on 13 x 13 1.5x,
 #: ResNet-50's 256 -> 64 on 56 x 56 1.5x, 512 -> 128 1.3x, 1024 -> 256 1.16x, 2048 -> 512
 #: 1.1x, 256 -> 1024 1.13x, 96 -> 576 1.2x (205-222 GFLOP/s, near the two cores' peak);
-#: 1 thread, 1.1-1.5x.
+#: 1 thread, 1.1-1.5x. There a last block of 8 outputs runs in 8-lane registers (not
+#: through a buffer, as in the MKL measurement above): 512 -> 1000 on 13 x 13 1.11x, 16 -> 72
+#: on 55 x 55 1.75x, 24 -> 88 1.25x, 40 -> 120 1.25x; whole models 1.03-1.04x (SqueezeNet,
+#: MobileNetV3-small, Inception v1).
 MAX_CHANNELS = 64
 #: ...and never on more than this many: a 64-output block's weight (K x 64 float32, 512 KB
 #: here) is read again for every 6 rows, from L2 while it fits there (measured up to 2048).
@@ -56,20 +60,25 @@ PREFETCH_MIN_CHANNELS = 64
 
 def usable(k: int, m: int) -> bool:
     """Whether :func:`pointwise_wide_rows` takes a one-group float32 1x1 layer of ``k`` input
-    and ``m`` output channels (see :data:`MAX_CHANNELS`)."""
-    return m % 16 == 0 and 0 < k <= MAX_WIDE_CHANNELS \
-        and (k <= MAX_CHANNELS or blas.backend() != "mkl")
+    and ``m`` output channels (see :data:`MAX_CHANNELS`): whole 16-lane vectors of outputs
+    where oneMKL runs the GEMMs, else whole 8-lane ones (a last block of 8, at half the
+    rate: SqueezeNet's 1000 classes, MobileNetV3's 40-120 channels)."""
+    if k <= 0 or k > MAX_WIDE_CHANNELS or m % 8:
+        return False
+    if blas.backend() == "mkl":
+        return k <= MAX_CHANNELS and m % 16 == 0
+    return m >= 16
 
 
 def pack(w: np.ndarray) -> np.ndarray:
-    """A (M, K, 1, 1) or (M, K) weight, M % 16 == 0, for :func:`pointwise_wide_rows`: blocks
-    of 64 outputs while 64 remain, then of 16; each block's (K, width) is contiguous, so
-    block m0 starts at m0 * K."""
+    """A (M, K, 1, 1) or (M, K) weight, M % 8 == 0, for :func:`pointwise_wide_rows`: blocks
+    of 64 outputs while 64 remain, then of 16, then a last one of 8; each block's (K, width)
+    is contiguous, so block m0 starts at m0 * K."""
     m, k = w.shape[0], w.shape[1]
     w2 = w.reshape(m, k).astype(np.float32)
     blocks, m0 = [], 0
     while m0 < m:
-        width = BLOCK if m0 + BLOCK <= m else 16
+        width = BLOCK if m0 + BLOCK <= m else 16 if m0 + 16 <= m else 8
         blocks.append(np.ascontiguousarray(w2[m0:m0 + width].T).ravel())
         m0 += width
     return np.concatenate(blocks)
@@ -143,32 +152,33 @@ def _wide6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5, pn):
 
 
 @njit(cache=True, inline="always")
-def _narrow6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5, pn):
-    """The sums of 6 rows by the 16 outputs m0:m0 + 16 (weight block at m0 * k)."""
-    b = vload(bias, m0, T16)
+def _narrow6(xf, wf, bias, m0, k, q0, q1, q2, q3, q4, q5, pn, tag):
+    """The sums of 6 rows by the L = len(tag) outputs m0:m0 + L (weight block at m0 * k)."""
+    lanes = len(tag)
+    b = vload(bias, m0, tag)
     a0, a1, a2, a3, a4, a5 = b, b, b, b, b, b
     wq = m0 * k
     for i in range(k):
         if pn >= 0 and (i & 15) == 0:
             _prefetch6(xf, pn + i, k)
-        w0 = vload(wf, wq, T16)
-        a0 = fma8(vbroadcast(xf, q0 + i, T16), w0, a0)
-        a1 = fma8(vbroadcast(xf, q1 + i, T16), w0, a1)
-        a2 = fma8(vbroadcast(xf, q2 + i, T16), w0, a2)
-        a3 = fma8(vbroadcast(xf, q3 + i, T16), w0, a3)
-        a4 = fma8(vbroadcast(xf, q4 + i, T16), w0, a4)
-        a5 = fma8(vbroadcast(xf, q5 + i, T16), w0, a5)
-        wq += 16
+        w0 = vload(wf, wq, tag)
+        a0 = fma8(vbroadcast(xf, q0 + i, tag), w0, a0)
+        a1 = fma8(vbroadcast(xf, q1 + i, tag), w0, a1)
+        a2 = fma8(vbroadcast(xf, q2 + i, tag), w0, a2)
+        a3 = fma8(vbroadcast(xf, q3 + i, tag), w0, a3)
+        a4 = fma8(vbroadcast(xf, q4 + i, tag), w0, a4)
+        a5 = fma8(vbroadcast(xf, q5 + i, tag), w0, a5)
+        wq += lanes
     return a0, a1, a2, a3, a4, a5
 
 
 @njit(cache=True, inline="always")
-def _out(v, zf, zo, act, lo, hi, p0, p1):
+def _out(v, zf, zo, act, lo, hi, p0, p1, tag=T16):
     """One vector to store: the sums v plus the residual at zf[zo:zo + 16] (zeros when there
     is none), activated. No branch on an array here: Numba prunes the reference counting of
     an array argument only in straight-line code, and an atomic count per vector stored
     would cost more than the multiply-adds of a 16-channel input."""
-    return _act8(add8(v, vload(zf, zo, T16)), act, lo, hi, p0, p1)
+    return _act8(add8(v, vload(zf, zo, tag)), act, lo, hi, p0, p1)
 
 
 @njit(cache=True, inline="always")
@@ -186,7 +196,7 @@ def pointwise_wide_rows(x, w, bias, z, y, c0, m, act, p0, p1, one, lo, hi):
     [lo, hi) and the m outputs j.
 
     x (R, K) and z (R, m) C-contiguous float32 (an empty z: no residual); w packed by
-    :func:`pack`; bias (m,); m % 16 == 0; y (R, Ctot) C-contiguous, the output in columns
+    :func:`pack`; bias (m,); m % 8 == 0; y (R, Ctot) C-contiguous, the output in columns
     c0:c0 + m. Rows go 6 at a time; a last block of fewer rows computes its last
     row again in the missing places and stores each row once.
     """
@@ -198,6 +208,7 @@ def pointwise_wide_rows(x, w, bias, z, y, c0, m, act, p0, p1, one, lo, hi):
     zs = m if has_z else 0  # the residual's row stride: no residual reads zeros, row after row
     zf = z.reshape(-1) if has_z else np.zeros(m, np.float32)
     lo_v, hi_v, p0_v, p1_v = _act_vectors(act, p0, p1, one, T16)
+    lo_8, hi_8, p0_8, p1_8 = _act_vectors(act, p0, p1, one, T8)
     last = hi - 1
     for r in range(lo, hi, ROWS):
         nr = min(ROWS, hi - r)
@@ -233,8 +244,9 @@ def pointwise_wide_rows(x, w, bias, z, y, c0, m, act, p0, p1, one, lo, hi):
                       hi_v, p0_v, p1_v)
             m0 += BLOCK
             pn = -1
-        while m0 < m:
-            a0, a1, a2, a3, a4, a5 = _narrow6(xf, w, bias, m0, k, q0, q1, q2, q3, q4, q5, pn)
+        while m0 + 16 <= m:
+            a0, a1, a2, a3, a4, a5 = _narrow6(xf, w, bias, m0, k, q0, q1, q2, q3, q4, q5, pn,
+                                              T16)
             o = r * ctot + c0 + m0
             zo = r * zs + m0
             store8(yf, o, _out(a0, zf, zo, act, lo_v, hi_v, p0_v, p1_v))
@@ -254,6 +266,26 @@ def pointwise_wide_rows(x, w, bias, z, y, c0, m, act, p0, p1, one, lo, hi):
                                                p1_v))
             m0 += 16
             pn = -1
+        if m0 < m:  # the last 8 outputs, in 8-lane vectors (written out: see _out)
+            a0, a1, a2, a3, a4, a5 = _narrow6(xf, w, bias, m0, k, q0, q1, q2, q3, q4, q5, pn,
+                                              T8)
+            o = r * ctot + c0 + m0
+            zo = r * zs + m0
+            store8(yf, o, _out(a0, zf, zo, act, lo_8, hi_8, p0_8, p1_8, T8))
+            if nr > 1:
+                store8(yf, o + ctot, _out(a1, zf, zo + zs, act, lo_8, hi_8, p0_8, p1_8, T8))
+            if nr > 2:
+                store8(yf, o + 2 * ctot, _out(a2, zf, zo + 2 * zs, act, lo_8, hi_8, p0_8, p1_8,
+                                               T8))
+            if nr > 3:
+                store8(yf, o + 3 * ctot, _out(a3, zf, zo + 3 * zs, act, lo_8, hi_8, p0_8, p1_8,
+                                               T8))
+            if nr > 4:
+                store8(yf, o + 4 * ctot, _out(a4, zf, zo + 4 * zs, act, lo_8, hi_8, p0_8, p1_8,
+                                               T8))
+            if nr > 5:
+                store8(yf, o + 5 * ctot, _out(a5, zf, zo + 5 * zs, act, lo_8, hi_8, p0_8, p1_8,
+                                               T8))
         if not _in_registers(act):
             for i in range(nr):
                 activate_row(y[r + i, c0:c0 + m], act, p0, p1, one)

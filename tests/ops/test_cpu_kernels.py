@@ -601,23 +601,25 @@ def test_dense_wide_writes_only_its_channels_of_a_wider_buffer(activation):
     assert np.ptp(want[:, :, :, 1:9], axis=(2, 3)).min() > 0.1  # outputs vary over the pixels
 
 
+@pytest.mark.parametrize("m", [112, 120], ids=["m112", "m120-tail8"])
 @pytest.mark.parametrize("k", [24, 136], ids=["k24", "k136-prefetch"])
 @pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
 @pytest.mark.parametrize("activation", ["HardSwish", "LeakyRelu"])
-def test_pointwise_wide_writes_only_its_rows_and_channels(activation, residual, k):
-    """pointwise_wide_rows on rows 5:28 into channels 20:132 of a wider buffer: 112 outputs
-    (a block of 64, then three of 16), blocks of 6 rows and a last one of 5 (its missing row
-    computed again, stored once), with and without a residual; HardSwish in registers,
-    LeakyRelu afterwards, row by row. The rows and channels around stay as they were. With
-    136 input channels, the blocks prefetch the next block's rows (the last two do not)."""
+def test_pointwise_wide_writes_only_its_rows_and_channels(activation, residual, k, m):
+    """pointwise_wide_rows on rows 5:28 into channels 20:20 + m of a wider buffer: 112
+    outputs (a block of 64, then three of 16) or 120 (and a last 8-lane block of 8), blocks of
+    6 rows and a last one of 5 (its missing row computed again, stored once), with and
+    without a residual; HardSwish in registers, LeakyRelu afterwards, row by row. The rows
+    and channels around stay as they were. With 136 input channels, the blocks prefetch the
+    next block's rows (the last two do not)."""
     if "avx512f" not in lowp.cpu_features():
         pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
     assert (k > pointwise_wide.PREFETCH_MIN_CHANNELS) == (k == 136)
     rng = np.random.default_rng(17)
     x = rng.standard_normal((40, k), dtype=np.float32)
-    w = rng.standard_normal((112, k), dtype=np.float32) * np.float32(0.3 * np.sqrt(24 / k))
-    b = rng.standard_normal(112, dtype=np.float32)
-    z = rng.standard_normal((23, 112), dtype=np.float32) if residual else None
+    w = rng.standard_normal((m, k), dtype=np.float32) * np.float32(0.3 * np.sqrt(24 / k))
+    b = rng.standard_normal(m, dtype=np.float32)
+    z = rng.standard_normal((23, m), dtype=np.float32) if residual else None
     params = {"LeakyRelu": [0.1]}.get(activation, [])
     act, p0, p1 = epilogue.activation_code(activation, params)
     want = x[5:28].astype(np.float64) @ w.T.astype(np.float64) + b
@@ -626,15 +628,15 @@ def test_pointwise_wide_writes_only_its_rows_and_channels(activation, residual, 
     want = ops.get(activation).reference(want, **({"alpha": 0.1} if params else {}))
     full = np.full((40, 150), 7.0, np.float32)
     t = np.float32
-    zin = z if residual else np.zeros((0, 112), np.float32)
+    zin = z if residual else np.zeros((0, m), np.float32)
     # the kernel reads rows lo:hi of x and writes the same rows of the output buffer; the
     # residual is indexed from the range's first row
     out = full[5:28]
     pointwise_wide.pointwise_wide_rows(np.ascontiguousarray(x[5:28]), pointwise_wide.pack(w),
-                                       b, zin, out, 20, 112, act, t(p0), t(p1), t(1), 0, 23)
-    assert_close(full[5:28, 20:132], want.astype(np.float32), rtol=1e-5, atol=1e-5)
+                                       b, zin, out, 20, m, act, t(p0), t(p1), t(1), 0, 23)
+    assert_close(full[5:28, 20:20 + m], want.astype(np.float32), rtol=1e-5, atol=1e-5)
     assert (full[:5] == 7).all() and (full[28:] == 7).all()
-    assert (full[:, :20] == 7).all() and (full[:, 132:] == 7).all()
+    assert (full[:, :20] == 7).all() and (full[:, 20 + m:] == 7).all()
     assert np.ptp(want, axis=0).min() > 0.1  # every output varies over the rows
 
 
@@ -664,6 +666,21 @@ def test_wide_pointwise_takes_wide_inputs_unless_mkl_runs_the_gemms(monkeypatch,
     assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert np.ptp(want, axis=(2, 3)).min() > 0.1  # the outputs vary over the pixels
     assert (sum(calls) == 3 * 9 * 11) == (library != "mkl") and bool(calls) == (library != "mkl")
+
+
+@pytest.mark.parametrize("library", ["mkl", "openblas", "numpy"])
+def test_wide_pointwise_shapes_by_library(monkeypatch, library):
+    """Where pointwise_wide runs: whole 16-lane outputs on at most 64 inputs against oneMKL;
+    elsewhere any multiple of 8 outputs from 16 (an 8-lane last block) on up to 2048
+    inputs."""
+    monkeypatch.setitem(blas._state, "backend", library)
+    shapes = [(24, 48), (24, 40), (136, 48), (136, 1000), (2048, 64), (2049, 64), (24, 8),
+              (24, 12)]
+    taken = [pointwise_wide.usable(k, m) for k, m in shapes]
+    if library == "mkl":
+        assert taken == [True, False, False, False, False, False, False, False]
+    else:
+        assert taken == [True, True, True, True, True, False, False, False]
 
 
 @pytest.mark.parametrize("library", ["mkl", "openblas"])
