@@ -68,10 +68,12 @@ REDUCED_BALANCED_GEMM = 8 * BALANCED_GEMM
 EPILOGUE_TASK_ELEMENTS = MIN_TASK_ELEMENTS // 8
 #: Multiply-adds per task of :func:`_wide_matmul` (as :mod:`.conv` splits its 1x1 layers).
 WIDE_TASK_MACS = 1 << 21
-#: Products below this many multiply-adds stay on the GEMM's native row tasks: the GPT
-#: decoder's (512 rows, 25M multiply-adds each) ran 5% slower through :func:`_wide_matmul`'s
-#: Python-dispatched tasks, MiniLM's (4096 rows, 0.6-2.4G) 1.12x faster, ViT-tiny's 1.07x.
-WIDE_MIN_MACS = 1 << 26
+#: Products from this many multiply-adds run :func:`_wide_matmul` (smaller ones: one
+#: sequential GEMM call). Its row blocks go to the native pool (:mod:`.native_pool`) as the
+#: GEMM's do: through Python-dispatched tasks the GPT decoder's (512 rows, 8-34M multiply-adds)
+#: ran 5% slower than the GEMM; in the native pool the whole decoder runs 1.08x faster, MiniLM
+#: (4096 rows, 0.6-2.4G) 1.12x, ViT-tiny 1.07-1.10x.
+WIDE_MIN_MACS = SPLIT_GEMM
 
 
 def parallel_matmul(a: np.ndarray, b: np.ndarray,
@@ -181,6 +183,14 @@ def _wide_matmul(a: np.ndarray, b: np.ndarray, post: Epilogue | None) -> np.ndar
     bias = np.zeros(n, np.float32) if post is None or post.bias is None else post.bias
     act = (NONE, 0.0, 0.0) if post is None else post.act
     f32 = np.float32
+    # row blocks as the GEMM splits them, in the native pool where it is free
+    per_thread = 1 if m * k * n < BALANCED_GEMM else TASKS_PER_THREAD
+    parts = max(1, min(m // pointwise_wide.ROWS, per_thread * threads()))
+    step = -(-m // parts)
+    native = native_pool.pool()
+    if native is not None and native.wide(a, wp, y, bias, act, step,
+                                          min(threads(), -(-m // step)) - 1):
+        return y
     no_z = np.zeros((0, n), np.float32)
     run_ranges(lambda lo, hi: pointwise_wide.pointwise_wide_rows(
         a, wp, bias, no_z, y, 0, n, act[0], f32(act[1]), f32(act[2]), f32(1), lo, hi),

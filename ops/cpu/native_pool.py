@@ -42,6 +42,7 @@ from .blas import _NO_TRANS, _ROW_MAJOR, _layout, gemm_pointer
 from .epilogue import NONE, epilogue_rows
 from .lowp import PACKED
 from .lowp import _to_bf16 as lowp_to_bf16
+from .pointwise_wide import pointwise_wide_rows
 
 #: How long an idle helper keeps polling (without the GIL) before it sleeps.
 SPIN_S = 2e-3
@@ -58,7 +59,9 @@ _CLOSED = 1 << 62
  _JOB_FIELDS) = range(18)
 #: job kinds: a float32 GEMM (MKL's sgemm), or A rounded to bfloat16 row block by row block
 #: into the buffer at _BITS times a packed bf16 weight (MKL's cblas_gemm_bf16bf16f32_compute)
-_F32, _BF16 = 0, 1
+#: or :func:`.pointwise_wide.pointwise_wide_rows` on A (C-contiguous) and the weight it packed
+#: (at _B), bias and activation in its own registers
+_F32, _BF16, _WIDE = 0, 1, 2
 
 
 @intrinsic
@@ -137,6 +140,15 @@ def _run_block(job, p, sgemm, bf16, no_z, i):
     hi = min(m, lo + step)
     ldc = job[_LDC]
     y = job[_Y] + lo * ldc * 4
+    if job[_KIND] == _WIDE:  # the epilogue is the kernel's own
+        k = job[_K]
+        pointwise_wide_rows(numba.carray(_f32_at(job[_A]), (m, k)),
+                            numba.carray(_f32_at(job[_B]), (k * n,)),
+                            numba.carray(_f32_at(job[_BIAS]), (n,)),
+                            numba.carray(_f32_at(job[_BIAS]), (0, n)),  # no residual
+                            numba.carray(_f32_at(job[_Y]), (m, ldc)), 0, n, job[_CODE],
+                            np.float32(p[0]), np.float32(p[1]), np.float32(1), lo, hi)
+        return
     if job[_KIND] == _BF16:  # A C-contiguous (M, K), the bits buffer too
         k = job[_K]
         bits = job[_BITS] + lo * k * 2
@@ -258,6 +270,21 @@ class NativePool:
                           a.shape[1], la[0], la[1], lb[0], lb[1], y.strides[0] // 4, step,
                           act[0], 0 if bias is None else bias.shape[0], _F32, 0),
                          act, step, helpers)
+
+    def wide(self, a: np.ndarray, wp: np.ndarray, y: np.ndarray, bias: np.ndarray,
+             act: tuple[int, float, float], step: int, helpers: int) -> bool:
+        """``y = act(a @ W + bias)`` by :func:`.pointwise_wide.pointwise_wide_rows` in blocks
+        of ``step`` rows, as :meth:`gemm` runs its GEMM: ``a`` C-contiguous float32 (M, K),
+        ``wp`` the weight as :func:`.pointwise_wide.pack` lays it out, ``bias`` (N,) float32,
+        ``y`` (M, N) float32 C-contiguous; False (nothing done) if another job is running."""
+        m, n = y.shape
+        if not (a.flags.c_contiguous and y.flags.c_contiguous and bias.flags.c_contiguous
+                and wp.flags.c_contiguous and a.dtype == wp.dtype == bias.dtype == y.dtype
+                == np.float32 and wp.size == a.shape[1] * n and bias.shape == (n,)):
+            return False
+        return self._run((a.ctypes.data, wp.ctypes.data, y.ctypes.data, bias.ctypes.data, m, n,
+                          a.shape[1], _NO_TRANS, a.shape[1], _NO_TRANS, n, n, step, act[0], n,
+                          _WIDE, 0), act, step, helpers)
 
     def gemm_bf16(self, a: np.ndarray, bits: np.ndarray, b: np.ndarray, y: np.ndarray,
                   bias: np.ndarray | None, act: tuple[int, float, float], step: int,

@@ -88,3 +88,27 @@ def assert_close(actual: Any, expected: Any, *, rtol: float = 1e-5, atol: float 
                                    err_msg=what)
     else:
         np.testing.assert_array_equal(actual, expected, err_msg=what)
+
+
+def spy_wide_rows(monkeypatch) -> list[int]:
+    """A list that gets the row count of every block :mod:`taskflow.ops.cpu.pointwise_wide`'s
+    kernel runs from Python, and of every whole job the native pool ran through it (its
+    blocks are Numba calls no patch can see)."""
+    from taskflow.ops.cpu import native_pool, pointwise_wide
+
+    calls: list[int] = []
+    kernel = pointwise_wide.pointwise_wide_rows
+    monkeypatch.setattr(pointwise_wide, "pointwise_wide_rows",
+                        lambda *args: (calls.append(args[-1] - args[-2]), kernel(*args))[1])
+    shared = native_pool.pool()
+    if shared is not None:
+        job = shared.wide
+
+        def wide(a, *rest):
+            ran = job(a, *rest)
+            if ran:
+                calls.append(a.shape[0])
+            return ran
+
+        monkeypatch.setattr(shared, "wide", wide)
+    return calls

@@ -122,6 +122,41 @@ def test_native_bf16_jobs_run_once_match_the_row_blocks_and_helpers_take_some(tw
     assert helped > 0
 
 
+def test_native_wide_jobs_run_once_match_and_helpers_take_some(two_threads):
+    """Jobs of pointwise_wide's kernel on a packed weight (a weight MatMul's route) in a row,
+    interleaved with float32 GEMM jobs, with varied shapes (a last 8-lane block, K past the
+    prefetch threshold) and activations: every result right, and the helper ran some."""
+    from taskflow.ops.cpu import epilogue, pointwise_wide
+
+    shared = native_pool.pool()
+    if shared is None:
+        pytest.skip("no native pool without a sequential BLAS")
+    if "avx512f" not in lowp.cpu_features():
+        pytest.skip("the 16-lane kernels run only where the CPU has AVX-512F")
+    rng = np.random.default_rng(9)
+    helped, start = 0, time.perf_counter()
+    for i in range(200):
+        m, k, n = 250 + 7 * (i % 30), 48 + 40 * (i % 4), 40 + 16 * (i % 5)  # n % 16 == 8
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        name = ["", "Relu", "Gelu"][i % 3]
+        act = epilogue.activation_code(name, [])
+        y = np.full((m, n), np.nan, np.float32)
+        assert shared.wide(a, pointwise_wide.pack(w.T), y, bias, act, 36, 1)
+        want = a @ w + bias
+        want = ops.get(name).reference(want) if name else want
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        helped += -(-m // 36) - shared.caller_blocks
+        f = rng.standard_normal((k, n)).astype(np.float32)  # and a float32 GEMM job after it
+        assert shared.gemm(a, f, y, None, (0, 0.0, 0.0), 64, 1)
+        np.testing.assert_allclose(y, a @ f, rtol=1e-4, atol=1e-3)
+        if helped and i >= 30 or time.perf_counter() - start > 20:
+            break
+    assert helped > 0
+    assert not shared.wide(a, pointwise_wide.pack(w.T)[:-1], y, bias, act, 36, 1)  # refused
+
+
 def test_gemm_rows_refuses_what_mkl_cannot_read_and_the_block_route_takes_it(two_threads):
     """Columns of A two elements apart are not a cblas matrix: ``gemm_rows`` must do nothing
     and say so, and FusedGemm must still be right (the Python block route)."""

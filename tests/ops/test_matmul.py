@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from taskflow.errors import ShapeError
 
-from .oracles import assert_close, run_onnx_reference, run_ort
+from .oracles import assert_close, run_onnx_reference, run_ort, spy_wide_rows
 from .test_conv import ACTS, unfused_activation
 
 DEFAULT_TOL = (1e-5, 1e-6)
@@ -214,7 +214,7 @@ def test_fused_matmul_on_a_registered_weight_runs_the_wide_kernel(monkeypatch, a
     CPU has AVX-512F (and oneMKL does not run the GEMMs: there only on K <= 64); a B that is
     not registered (an activation) takes the GEMM. Both match the unfused ops: 203 rows (row
     tasks and a last block of 5), 136 inputs (prefetched rows), 80 outputs (64 + 16)."""
-    from taskflow.ops.cpu import blas, common, lowp, matmul, pointwise_wide
+    from taskflow.ops.cpu import blas, common, lowp, matmul
 
     monkeypatch.setattr(matmul, "WIDE_MIN_MACS", 0)  # a small case: the size floor lowered
     rng = np.random.default_rng(30)
@@ -224,10 +224,7 @@ def test_fused_matmul_on_a_registered_weight_runs_the_wide_kernel(monkeypatch, a
     if registered:
         common.mark_constant([b])
     assert common.is_constant(b) == registered and not common.is_constant(b.T)
-    calls = []
-    kernel = pointwise_wide.pointwise_wide_rows
-    monkeypatch.setattr(pointwise_wide, "pointwise_wide_rows",
-                        lambda *args: (calls.append(args[-1] - args[-2]), kernel(*args))[1])
+    calls = spy_wide_rows(monkeypatch)
     activation, params = act
     got = ops.get("FusedMatMul").kernels["cpu"](a, b, bias, activation=activation,
                                                 activation_params=params)

@@ -10,6 +10,8 @@ from onnx import TensorProto, helper
 import taskflow as tf
 from taskflow.executor import SHAPE_CACHE_MAX_ELEMENTS, shape_only_steps
 
+from ..ops.oracles import spy_wide_rows
+
 
 def _dynamic_reshape_model() -> onnx.ModelProto:
     """y = Reshape(x, [N, -1]) * 2 + ConstantOfShape([N, C*H]) with N read by Shape/Gather,
@@ -82,7 +84,7 @@ def test_initializers_are_registered_and_a_linear_layer_packs_its_weight(monkeyp
     (K, N) weight then runs as one FusedMatMul on the weight packed once (the 16-lane kernel
     where the CPU has AVX-512F and oneMKL does not run the GEMMs), and matches numpy. The
     input is not registered."""
-    from taskflow.ops.cpu import blas, common, lowp, pointwise_wide
+    from taskflow.ops.cpu import blas, common, lowp
 
     rng = np.random.default_rng(5)
     w = (rng.standard_normal((256, 128)) * 0.1).astype(np.float32)
@@ -99,10 +101,7 @@ def test_initializers_are_registered_and_a_linear_layer_packs_its_weight(monkeyp
     (node,) = model.graph.nodes
     weight, bias = (model._plan.constants[name] for name in node.inputs[1:3])
     assert common.is_constant(weight) and common.is_constant(bias)
-    calls = []
-    kernel = pointwise_wide.pointwise_wide_rows
-    monkeypatch.setattr(pointwise_wide, "pointwise_wide_rows",
-                        lambda *args: (calls.append(args[-1] - args[-2]), kernel(*args))[1])
+    calls = spy_wide_rows(monkeypatch)
     x = rng.standard_normal((2048, 256)).astype(np.float32)  # 67M multiply-adds
     (y,) = model.run(None, {"x": x})
     assert not common.is_constant(x)
