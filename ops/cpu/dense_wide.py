@@ -164,14 +164,14 @@ def _one(xf, wf, bias, m0, xrow, iw0, wq0, a_lo, a_hi, kw, c, wd, rs, ps, cs):
 
 
 @njit(cache=True, inline="always")
-def _step(r, col, first, end, xq, yo, rstep_x, rstep_y, cstep_x, cstep_y):
-    """The next interior pixel after (run row r, column col) at input offset ``xq`` and output
-    offset ``yo``: one column on, or the first interior column of the next row. Additions
-    only: offsets from divisions cost ~9% of a 16-channel block's time."""
+def _step(col, first, end, xq, yo, rstep_x, rstep_y, cstep_x, cstep_y):
+    """The next interior pixel after column ``col`` at input offset ``xq`` and output offset
+    ``yo``: one column on, or the first interior column of the next row. Additions only:
+    offsets from divisions cost ~9% of a 16-channel block's time."""
     if col + 1 < end:
-        return r, col + 1, xq + cstep_x, yo + cstep_y
+        return col + 1, xq + cstep_x, yo + cstep_y
     back = end - 1 - first
-    return r + 1, first, xq + rstep_x - back * cstep_x, yo + rstep_y - back * cstep_y
+    return first, xq + rstep_x - back * cstep_x, yo + rstep_y - back * cstep_y
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -228,11 +228,11 @@ def dense_wide_rows(x, w, bias, y, c0, kh, kw, sh, sw, ph, pw, act, p0, p1, one,
                 col0 = first + i - r0 * width
                 q0 = x_row0 + r0 * rx + col0 * cx
                 o0 = y_row0 + r0 * ry + col0 * cy
-                r1, col1, q1, o1 = _step(r0, col0, first, end, q0, o0, rx, ry, cx, cy)
-                r2, col2, q2, o2 = _step(r1, col1, first, end, q1, o1, rx, ry, cx, cy)
-                r3, col3, q3, o3 = _step(r2, col2, first, end, q2, o2, rx, ry, cx, cy)
-                r4, col4, q4, o4 = _step(r3, col3, first, end, q3, o3, rx, ry, cx, cy)
-                _r5, _col5, q5, o5 = _step(r4, col4, first, end, q4, o4, rx, ry, cx, cy)
+                col1, q1, o1 = _step(col0, first, end, q0, o0, rx, ry, cx, cy)
+                col2, q2, o2 = _step(col1, first, end, q1, o1, rx, ry, cx, cy)
+                col3, q3, o3 = _step(col2, first, end, q2, o2, rx, ry, cx, cy)
+                col4, q4, o4 = _step(col3, first, end, q3, o3, rx, ry, cx, cy)
+                _col5, q5, o5 = _step(col4, first, end, q4, o4, rx, ry, cx, cy)
                 (a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23,
                  a30, a31, a32, a33, a40, a41, a42, a43, a50, a51, a52, a53) = _six(
                     xf, w, bias, m0, q0, q1, q2, q3, q4, q5, wq0, a_lo, a_hi, kw, c, rs, ps, cs)

@@ -122,9 +122,7 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
                 return y
         return _whole(blas_gemm(a, b, y), post)
     y = np.empty((m, n), np.result_type(a, b))
-    per_thread = 1 if macs < BALANCED_GEMM else TASKS_PER_THREAD
-    parts = max(1, min(m // MIN_BLOCK, per_thread * threads()))
-    step = max(1, -(-m // parts))
+    step = _row_step(m, macs, MIN_BLOCK)
     tasks = -(-m // step)
 
     def block(i: int) -> None:
@@ -157,10 +155,19 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray,
     return y
 
 
+def _row_step(m: int, macs: int, least: int, balanced: int = BALANCED_GEMM) -> int:
+    """Rows per block of an ``m``-row product split over the kernel threads: one block per
+    thread below ``balanced`` multiply-adds, else TASKS_PER_THREAD; blocks of at least
+    ``least`` rows where there are enough."""
+    per_thread = 1 if macs < balanced else TASKS_PER_THREAD
+    parts = max(1, min(m // least, per_thread * threads()))
+    return max(1, -(-m // parts))
+
+
 def _wide_matmul_usable(a: np.ndarray, b: np.ndarray, post: Any) -> bool:
     """Whether :func:`_wide_matmul` takes ``a @ b``: float32, ``b`` a model's weight
-    (:func:`.common.is_constant`: it is packed once) with whole 16-lane vectors of columns,
-    where :func:`.pointwise_wide.usable` (AVX-512; any K unless oneMKL runs the GEMMs), an
+    (:func:`.common.is_constant`: it is packed once) of a shape :func:`.pointwise_wide.usable`
+    takes (AVX-512; not oneMKL's K > 64, nor column counts that are no multiple of 8), an
     epilogue it can apply (bias and activation, or none), and enough rows: every row task
     reads all of B (a classifier at small batch splits B's columns instead)."""
     return a.dtype == b.dtype == np.float32 and a.ndim == b.ndim == 2 \
@@ -184,9 +191,7 @@ def _wide_matmul(a: np.ndarray, b: np.ndarray, post: Epilogue | None) -> np.ndar
     act = (NONE, 0.0, 0.0) if post is None else post.act
     f32 = np.float32
     # row blocks as the GEMM splits them, in the native pool where it is free
-    per_thread = 1 if m * k * n < BALANCED_GEMM else TASKS_PER_THREAD
-    parts = max(1, min(m // pointwise_wide.ROWS, per_thread * threads()))
-    step = -(-m // parts)
+    step = _row_step(m, m * k * n, pointwise_wide.ROWS)
     native = native_pool.pool()
     if native is not None and native.wide(a, wp, y, bias, act, step,
                                           min(threads(), -(-m // step)) - 1):
@@ -281,9 +286,7 @@ def lowp_matmul(a: np.ndarray, w: np.ndarray, trans_w: bool, precision: str,
         return y
     # reduced GEMMs run 3-5x faster on matrix units: one block per thread up to 8x as many
     # multiply-adds (MiniLM's FFN at batch 8, 1024 x 384 x 1536 bf16 with GELU: 2.1 -> 1.5 ms)
-    per_thread = 1 if m * n * wp.k < REDUCED_BALANCED_GEMM else TASKS_PER_THREAD
-    parts = max(1, min(m // MIN_BLOCK, per_thread * threads()))
-    step = -(-m // parts)
+    step = _row_step(m, m * n * wp.k, MIN_BLOCK, REDUCED_BALANCED_GEMM)
     tasks = -(-m // step)
     if precision == "bf16" and fused is not None and tasks > 1 and a.flags.c_contiguous \
             and not lowp.dot_kernels("bf16"):
