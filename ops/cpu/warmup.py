@@ -21,8 +21,9 @@ from ..quant import (
     quantize_weight_per_channel,
     to_handoff,
 )
-from . import direct, lowp, native_pool
+from . import direct, fewrows, lowp, native_pool, pointwise_wide
 from .common import ConcatBuffer, as_nhwc, nchw_view, output_slot
+from .epilogue import RELU
 
 Case = tuple[str, Callable[..., list[Any]], dict[str, Any]]
 
@@ -286,6 +287,18 @@ def _into_a_concat(rng: np.random.Generator) -> None:
                     conv(x, w, None, pads=[k // 2] * 4, activation="Relu")
 
 
+def _few_rows(rng: np.random.Generator) -> None:
+    """The few-row product kernel (:mod:`.fewrows`), where the CPU has AVX-512F: its route
+    needs a model's registered weight and more multiply-adds than a case should have."""
+    if direct.vector_lanes() != 16:
+        return
+    f32 = np.float32
+    x = rng.standard_normal((7, 40)).astype(f32)
+    wp = pointwise_wide.pack(rng.standard_normal((88, 40)).astype(f32))  # 64 + 16 + 8
+    y = np.zeros((7, 88), f32)
+    fewrows.fewrows_cols(x, wp, y, RELU, f32(0), f32(0), f32(1), 0, 88)
+
+
 def _seven_bit(w: np.ndarray, op: str, attrs: dict) -> np.ndarray:
     """``w`` as ``Model.quantize(reduce_range=True)`` leaves it: 63 levels per output channel
     (axis 0 of a convolution's weight and of a transposed Gemm B, else the last)."""
@@ -326,6 +339,9 @@ def warmup(dtypes: tuple[Any, ...] = (np.float32,), *,
         start = time.perf_counter()
         _into_a_concat(rng)
         spent["Concat"] = spent.get("Concat", 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
+        _few_rows(rng)
+        spent["FusedGemm"] = spent.get("FusedGemm", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
     native_pool.warm()  # its blocks run only in GEMMs bigger than the cases'
     spent["native pool"] = time.perf_counter() - start

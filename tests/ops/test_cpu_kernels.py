@@ -26,6 +26,7 @@ from taskflow.ops.cpu import (
     direct,
     eltwise,
     epilogue,
+    fewrows,
     lowp,
     lowp_rows,
     matmul,
@@ -109,8 +110,8 @@ TOL: dict[str, tuple[float, float]] = {
 #: float64: the same orderings, 2^29 times finer.
 FLOAT64_TOL = (1e-11, 1e-11)
 CPU_MODULES = (attention, blas, common, conv, dense_wide, depthwise, direct, eltwise, epilogue,
-               lowp, lowp_rows, matmul, movement, native_pool, norm, pointwise_wide, pool,
-               skip_norm, sparse, squeeze_excite, winograd)
+               fewrows, lowp, lowp_rows, matmul, movement, native_pool, norm, pointwise_wide,
+               pool, skip_norm, sparse, squeeze_excite, winograd)
 #: Batch sizes besides each case's own: empty, one sample, a ragged last chunk.
 EDGE_BATCHES = (None, 0, 1, 3)
 
@@ -157,7 +158,8 @@ def test_the_cases_reach_every_compiled_kernel():
     skip = set() if sequential else {attention._attention_heads, matmul._gemm_epilogue_rows,
                               blas.gemm_rows}
     if direct.vector_lanes() != 16:  # the 16-lane-only kernels run only with AVX-512F
-        skip |= {dense_wide.dense_wide_rows, pointwise_wide.pointwise_wide_rows}
+        skip |= {dense_wide.dense_wide_rows, pointwise_wide.pointwise_wide_rows,
+                 fewrows.fewrows_cols}
     for precision, fns in (("bf16", {lowp_rows._bf16_rows, lowp_rows._bf16_conv_rows,
                                      lowp_rows._narrow_bf16_rows}),
                            ("int8", {lowp_rows._int8_rows, lowp_rows._int8_conv_rows,
