@@ -256,6 +256,9 @@ CONV_PATHS = {
     # columns (a block of 6, then one overlapping it); strided, 13 interior columns
     "dense-wide": ((128, 16, 3, 3), {"pads": [1, 1, 1, 1]}, 16, 11),
     "dense-wide-strided": ((64, 12, 3, 3), {"pads": [1, 0, 1, 1], "strides": [2, 2]}, 12, 29),
+    # 720 taps: past MAX_STRIDED_TAPS, dense_wide only where OpenBLAS runs the GEMMs
+    "dense-wide-strided-many": ((64, 80, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 80,
+                                17),
     # wide enough for dense_rows, but 180 taps x 96 outputs: im2col + GEMM (and 96 outputs
     # are no whole 64-output blocks for dense_wide; 20 channels are too few for Winograd)
     "im2col-3x3": ((96, 20, 3, 3), {"pads": [1, 1, 1, 1]}, 20, 22),
@@ -693,6 +696,18 @@ def test_winograd_starts_at_fewer_channels_on_openblas(monkeypatch, library):
     taken = {c: winograd.usable(np.zeros((64, c, 3, 3), np.float32), 1, (1, 1), (1, 1))
              for c in (16, 24, 32, 40)}
     assert taken == {16: False, 24: library == "openblas", 32: library == "openblas", 40: True}
+
+
+@pytest.mark.parametrize("library", ["mkl", "openblas", "numpy"])
+def test_strided_dense_wide_has_no_tap_limit_off_mkl(monkeypatch, library):
+    """Strided layers past MAX_STRIDED_TAPS (ResNet-50's 3x3 / 2 on 128-512 channels) run
+    dense_wide where OpenBLAS (or no BLAS) runs the GEMMs, im2col + GEMM against oneMKL;
+    stride 1 keeps MAX_TAPS everywhere."""
+    monkeypatch.setitem(blas._state, "backend", library)
+    taken = {(c, s): dense_wide.usable(c, 128, 3, 3, (s, s), 28 // s, 28, 1)
+             for c in (64, 65, 512) for s in (1, 2)}
+    assert taken == {(64, 1): False, (64, 2): True, (65, 1): False,
+                     (65, 2): library != "mkl", (512, 1): False, (512, 2): library != "mkl"}
 
 
 @pytest.mark.parametrize("shuffle", [1, 4])
