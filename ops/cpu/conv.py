@@ -321,9 +321,8 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         return nchw_view(y)
     rows = n * ho * wo
     y2d = full.reshape(rows, full.shape[3])  # C-contiguous: our columns are c0:c0 + m
-    # the output handed to the next layer narrow (bf16 bits / uint8): written by the fused
-    # row blocks below, else (the emulation) converted from the float32 output at the end
-    # (the unused buffer then goes back to the pool)
+    # the output handed to the next layer narrow (bf16 bits / uint8): written by the fused row
+    # blocks below, else (the emulation) converted from the float32 output at the end
     y_narrow = None if not y_handoff[0] else \
         new_output((n, ho, wo, m), np.uint16 if y_handoff[0] == "bf16" else np.uint8)
     # A reduced layer converts its input once (bf16 bits, or uint8 at the layer's scale),
@@ -359,9 +358,11 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
         pad = np.uint8(x_zp)
     z2d = None if zh is None else zh.reshape(rows, m)
     csr = None
-    if kh == kw == 1 and s == (1, 1) and not any(pb):
-        # 1x1: the input is the column matrix; the weight's transpose is a view
-        x2d = src_x.reshape(rows, c)
+    if kh == kw == 1 and not any(pb) and (s == (1, 1) or vec_ok):
+        # 1x1: the input is the column matrix (strided: its pixels subsampled, copied once);
+        # the weight's transpose is a view
+        x2d = (src_x if s == (1, 1) else np.ascontiguousarray(src_x[:, ::s[0], ::s[1]])
+               ).reshape(rows, c)
         if vec_ok and group == 1 and shuffle <= 1 and direct.vector_lanes() == 16 \
                 and pointwise_wide.usable(c, m) and xh.flags.c_contiguous \
                 and (zh is None or zh.flags.c_contiguous):
@@ -389,10 +390,9 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarr
             wt = None
         elif group > 1 and c <= DENSE_GROUPED_MAX_CHANNELS and cg < DENSE_GROUPED_MAX_PER_GROUP \
                 and np.isfinite(np.sum(xh)):
-            # few, narrow groups: one GEMM with the block-diagonal weight beats one BLAS call
-            # per group, whose packing dominates at K = 3-16 (ShuffleNet's first 1x1 with
-            # K = 6 per group: 1.6x faster), despite ``group`` times the multiply-adds. Only
-            # for finite inputs: inf * 0 would put nan into the other groups' outputs.
+            # few, narrow groups: one GEMM with the block-diagonal weight beats one BLAS call per
+            # group, whose packing dominates at K = 3-16 (ShuffleNet's first 1x1, K = 6 per group:
+            # 1.6x), despite ``group`` times the multiply-adds. Finite inputs only: inf * 0 = nan.
             wt = weights("dense1x1", lambda a: _block_diagonal(a, group))
             group, mg, cg = 1, m, c
         elif pack is None:

@@ -241,6 +241,10 @@ CONV_PATHS = {
     # 16; 75 rows, so blocks of 6 and a last one of 3
     "1x1-wide": ((80, 16, 1, 1), {}, 16, 5),
     "1x1-strided": ((24, 16, 1, 1), {"strides": [2, 2]}, 16, 7),
+    # strided 1x1 layers run as 1x1 layers on their subsampled pixels: the wide kernel (a
+    # block of 64 and one of 16 outputs), and grouped with unequal strides
+    "1x1-strided-wide": ((80, 24, 1, 1), {"strides": [2, 2]}, 24, 9),
+    "1x1-strided-grouped": ((24, 4, 1, 1), {"group": 4, "strides": [2, 1]}, 16, 7),
     "im2col": ((24, 8, 5, 5), {"pads": [2, 1, 2, 1], "dilations": [1, 2]}, 8, 9),
     "winograd": ((24, 64, 3, 3), {"pads": [1, 1, 1, 1]}, 64, 9),
     "winograd-valid": ((16, 48, 3, 3), {}, 48, 8),
