@@ -148,12 +148,15 @@ def dense_max_taps() -> int:
     :func:`mkl_is_wider`."""
     return 0 if _wide() else DENSE_MAX_TAPS
 
+#: The activations :func:`_act8` applies to a vector (those of CNNs); others run on the
+#: stored row afterwards.
+IN_REGISTERS = (NONE, RELU, CLIP, HARD_SWISH, HARD_SIGMOID)
+
+
 @njit(cache=True, inline="always")
 def _in_registers(act):
-    """Whether :func:`_act8` applies ``act`` (the activations of CNNs); others run on the
-    stored row afterwards."""
-    return act == NONE or act == RELU or act == CLIP or act == HARD_SWISH \
-        or act == HARD_SIGMOID
+    """Whether :func:`_act8` applies ``act`` (:data:`IN_REGISTERS`)."""
+    return act in IN_REGISTERS
 
 
 @njit(cache=True, inline="always")

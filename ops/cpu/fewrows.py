@@ -115,6 +115,26 @@ def _add_store4(yf, o, v0, v1, v2, v3, act, lo, hi, p0, p1):
 
 
 @njit(cache=True, inline="always")
+def _narrow_rows(xf, w, yf, wq, n, q0, q1, q2, q3, q4, q5, o, m, nr, act, lo, hi, p0, p1,
+                 tag):
+    """A narrow block's (L = len(tag) outputs) sums over ``n`` inputs of 6 rows, added to the
+    first ``nr`` of the rows at ``o`` (stride ``m``). Only the last blocks of a layer take it:
+    its branches on arrays cost reference counts the 64-output path does not pay."""
+    v0, v1, v2, v3, v4, v5 = _panel_narrow(xf, w, wq, n, q0, q1, q2, q3, q4, q5, tag)
+    _add_store(yf, o, v0, act, lo, hi, p0, p1, tag)
+    if nr > 1:
+        _add_store(yf, o + m, v1, act, lo, hi, p0, p1, tag)
+    if nr > 2:
+        _add_store(yf, o + 2 * m, v2, act, lo, hi, p0, p1, tag)
+    if nr > 3:
+        _add_store(yf, o + 3 * m, v3, act, lo, hi, p0, p1, tag)
+    if nr > 4:
+        _add_store(yf, o + 4 * m, v4, act, lo, hi, p0, p1, tag)
+    if nr > 5:
+        _add_store(yf, o + 5 * m, v5, act, lo, hi, p0, p1, tag)
+
+
+@njit(cache=True, inline="always")
 def _width(m0, m):
     """The width of the packed block starting at output m0 (as :func:`.pointwise_wide.pack`
     cuts them)."""
@@ -170,33 +190,11 @@ def fewrows_cols(x, w, y, act, p0, p1, one, c0, c1):
                         _add_store4(yf, o + 5 * m, a50, a51, a52, a53, a, lo16, hi16, p016,
                                     p116)
                 elif width == 16:
-                    v0, v1, v2, v3, v4, v5 = _panel_narrow(xf, w, wq, n, q0, q1, q2, q3, q4,
-                                                           q5, T16)
-                    _add_store(yf, o, v0, a, lo16, hi16, p016, p116, T16)
-                    if nr > 1:
-                        _add_store(yf, o + m, v1, a, lo16, hi16, p016, p116, T16)
-                    if nr > 2:
-                        _add_store(yf, o + 2 * m, v2, a, lo16, hi16, p016, p116, T16)
-                    if nr > 3:
-                        _add_store(yf, o + 3 * m, v3, a, lo16, hi16, p016, p116, T16)
-                    if nr > 4:
-                        _add_store(yf, o + 4 * m, v4, a, lo16, hi16, p016, p116, T16)
-                    if nr > 5:
-                        _add_store(yf, o + 5 * m, v5, a, lo16, hi16, p016, p116, T16)
+                    _narrow_rows(xf, w, yf, wq, n, q0, q1, q2, q3, q4, q5, o, m, nr, a, lo16,
+                                 hi16, p016, p116, T16)
                 else:
-                    v0, v1, v2, v3, v4, v5 = _panel_narrow(xf, w, wq, n, q0, q1, q2, q3, q4,
-                                                           q5, T8)
-                    _add_store(yf, o, v0, a, lo8, hi8, p08, p18, T8)
-                    if nr > 1:
-                        _add_store(yf, o + m, v1, a, lo8, hi8, p08, p18, T8)
-                    if nr > 2:
-                        _add_store(yf, o + 2 * m, v2, a, lo8, hi8, p08, p18, T8)
-                    if nr > 3:
-                        _add_store(yf, o + 3 * m, v3, a, lo8, hi8, p08, p18, T8)
-                    if nr > 4:
-                        _add_store(yf, o + 4 * m, v4, a, lo8, hi8, p08, p18, T8)
-                    if nr > 5:
-                        _add_store(yf, o + 5 * m, v5, a, lo8, hi8, p08, p18, T8)
+                    _narrow_rows(xf, w, yf, wq, n, q0, q1, q2, q3, q4, q5, o, m, nr, a, lo8,
+                                 hi8, p08, p18, T8)
         m0 += width
 
 

@@ -42,17 +42,7 @@ from .common import (
     threads,
     vector,
 )
-from .epilogue import (
-    CLIP,
-    HARD_SIGMOID,
-    HARD_SWISH,
-    NONE,
-    RELU,
-    activation_code,
-    apply_epilogue,
-    empty_operand,
-    epilogue_rows,
-)
+from .epilogue import NONE, activation_code, apply_epilogue, empty_operand, epilogue_rows
 from .sparse import sparse_matmul
 
 #: Smallest block of a split GEMM: below it BLAS's per-call packing dominates.
@@ -216,10 +206,6 @@ def _wide_matmul(a: np.ndarray, b: np.ndarray, post: Epilogue | None) -> np.ndar
     return y
 
 
-#: Activations :func:`.fewrows.fewrows_cols` applies in registers.
-_FEWROWS_ACTIVATIONS = frozenset({NONE, RELU, CLIP, HARD_SWISH, HARD_SIGMOID})
-
-
 def _fewrows(a: np.ndarray, w: np.ndarray, trans: bool, post: Any) -> np.ndarray | None:
     """``post(a @ (w.T if trans else w))`` by :mod:`.fewrows` where it takes the product, else
     None: float32, at most MAX_ROWS rows (a classifier at small batch) and at least
@@ -235,7 +221,7 @@ def _fewrows(a: np.ndarray, w: np.ndarray, trans: bool, post: Any) -> np.ndarray
     if not (a.dtype == w.dtype == np.float32 and w.ndim == 2 and a.flags.c_contiguous
             and 0 < m <= fewrows.MAX_ROWS and n >= 16 and n % 8 == 0
             and m * n * k >= SPLIT_GEMM and (post is None or (
-                isinstance(post, Epilogue) and post.act[0] in _FEWROWS_ACTIVATIONS))
+                isinstance(post, Epilogue) and post.act[0] in direct.IN_REGISTERS))
             and direct.vector_lanes() == 16 and backend() != "mkl" and is_constant(w)):
         return None
     wp = packed(w, ("fewrows", trans, "<f4"),
@@ -394,8 +380,11 @@ def _gemm(A, B, C, alpha, beta, transA, transB, act,
     elif sparse and A.dtype == np.float32:
         y = sparse_matmul(a, B, bool(transB))
     elif alpha == 1:
-        y = _fewrows(a, B, bool(transB), _epilogue(bias, act))
-        return parallel_matmul(a, b, _epilogue(bias, act)) if y is None else y
+        post = _epilogue(bias, act)
+        # B.T, a view, is no registered weight: the few-row kernel takes B itself here (with
+        # transB=0, parallel_matmul routes it)
+        y = _fewrows(a, B, True, post) if transB else None
+        return parallel_matmul(a, b, post) if y is None else y
     else:
         y = parallel_matmul(a, b)
     if alpha != 1:
